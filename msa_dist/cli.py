@@ -1,0 +1,112 @@
+"""The `msa-dist` command: parse, build, run. User mistakes print one line, no traceback."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Optional
+
+from msa_dist.errors import MsaDistError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="msa-dist", description="Image-text sentiment training on one or many GPUs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    shards = sub.add_parser("shards", help="pack the raw data into WebDataset shards, or verify them")
+    ssub = shards.add_subparsers(dest="shards_command", required=True)
+    b = ssub.add_parser("build", help="build shards from a course-layout DATA_ROOT")
+    b.add_argument("data_root")
+    b.add_argument("--out", default="shards")
+    b.add_argument("--val-fraction", type=float, default=0.1)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--shard-size", type=int, default=1000)
+    b.add_argument("--strict", action="store_true", help="fail on the first bad record instead of skipping it")
+    b.add_argument("--labels", help="a guid,tag file to read instead of train.txt / test_without_label.txt")
+    b.add_argument("--split", help="with --labels: the split name its records go to")
+    b.add_argument("--image-size", type=int, default=0,
+                   help="re-encode images with this shorter side (0 keeps the original bytes)")
+    v = ssub.add_parser("verify", help="re-read every shard and check it against manifest.json")
+    v.add_argument("shard_dir")
+
+    t = sub.add_parser("train", help="train a model")
+    t.add_argument("--config", required=True)
+    t.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    t.add_argument("--resume", default=None, help="'auto' (the run's latest checkpoint) or a checkpoint dir")
+    t.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
+    t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=3e-4")
+
+    e = sub.add_parser("evaluate", help="metrics of a trained run on a labelled split")
+    e.add_argument("--run", required=True)
+    e.add_argument("--shards", required=True)
+    e.add_argument("--split", default="val")
+    e.add_argument("--checkpoint", default="best", help="best | latest | step-NNNNNNN")
+
+    pr = sub.add_parser("predict", help="write guid,tag predictions for the test split")
+    pr.add_argument("--run", required=True)
+    pr.add_argument("--shards", required=True)
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--split", default="test")
+    pr.add_argument("--checkpoint", default="best")
+
+    d = sub.add_parser("demo", help="the whole job on a built-in synthetic dataset, on the CPU")
+    d.add_argument("--out", default="msa-dist-demo")
+    d.add_argument("overrides", nargs="*")
+    return p
+
+
+def _run(args) -> int:
+    if args.command == "shards":
+        from msa_dist.data.shards import build_shards, print_build_summary, verify_shards
+        from msa_dist.engine.display import console
+        if args.shards_command == "build":
+            if bool(args.labels) != bool(args.split):
+                raise MsaDistError("--labels and --split go together")
+            manifest = build_shards(args.data_root, args.out, val_fraction=args.val_fraction, seed=args.seed,
+                                    shard_size=args.shard_size, strict=args.strict, labels_file=args.labels,
+                                    split_name=args.split, image_size=args.image_size, console=console)
+            print_build_summary(manifest, console)
+        else:
+            result = verify_shards(args.shard_dir)
+            console.print(f"verified {result['shards']} shards, {result['samples']} samples: OK")
+        return 0
+    if args.command == "train":
+        from pathlib import Path
+
+        from msa_dist.config import load_config
+        from msa_dist.engine.trainer import train
+        cfg = load_config(args.config, args.overrides)
+        run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+        summary = train(cfg, run_dir, resume=args.resume)
+        return 0 if summary["status"] in ("finished", "preempted") else 1
+    if args.command == "evaluate":
+        from msa_dist.engine.display import print_metrics
+        from msa_dist.engine.inference import evaluate
+        metrics = evaluate(args.run, args.shards, args.split, args.checkpoint)
+        print_metrics(metrics, f"{args.split} metrics ({args.checkpoint} checkpoint of {args.run})")
+        return 0
+    if args.command == "predict":
+        from msa_dist.engine.display import console
+        from msa_dist.engine.inference import predict
+        n = predict(args.run, args.shards, args.out, args.split, args.checkpoint)
+        console.print(f"wrote {n} predictions to {args.out}")
+        return 0
+    if args.command == "demo":
+        from msa_dist.demo import run_demo
+        run_demo(args.out, args.overrides)
+        return 0
+    raise AssertionError(args.command)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point of `msa-dist` and `python -m msa_dist`."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except MsaDistError as exc:
+        print(f"msa-dist: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("msa-dist: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,304 @@
+"""The config schema: a tree of dataclasses, loaded as defaults < YAML file < dotted CLI overrides.
+
+Unknown keys and values of the wrong type raise `MsaDistError` naming the dotted key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from msa_dist.errors import MsaDistError
+
+
+@dataclass
+class DataConfig:
+    shards: str = "shards"  # directory written by `msa-dist shards build` (holds manifest.json)
+    image_size: int = 224  # side of the square crop fed to the image encoder, in pixels
+    resize_size: int = 256  # eval: shorter side is resized to this before the center crop
+    max_length: int = 128  # text tokens per sample at most; batches pad to their longest sample
+    workers: int = 2  # DataLoader worker processes per rank
+    shuffle_buffer: int = 500  # samples held in the per-worker shuffle buffer (train only)
+    resampled: bool = False  # sample shards with replacement instead of reading each once per epoch
+    pin_memory: bool = True  # page-locked host batches for faster copies to a GPU
+    image_draft: bool = True  # let PIL decode JPEGs at reduced size when they are much larger
+
+
+@dataclass
+class TextEncoderConfig:
+    name: str = "bert-base-uncased"  # Hugging Face hub name, local directory, or "tiny" (from scratch)
+    pooling: str = "cls"  # cls | mean: how token states become one text vector
+    freeze: bool = False  # keep the text backbone's weights fixed
+    tiny_hidden: int = 128  # tiny model only: hidden size
+    tiny_layers: int = 2  # tiny model only: transformer layers
+    tiny_heads: int = 2  # tiny model only: attention heads
+    tiny_vocab_size: int = 8000  # tiny model only: WordPiece vocabulary trained on the train texts
+
+
+@dataclass
+class ImageEncoderConfig:
+    name: str = "resnet50"  # torchvision model name (resnet18/34/50/101...) or "tiny" (small CNN)
+    weights: str = "imagenet"  # imagenet | none | path to a local state_dict file (.pth)
+    freeze: bool = False  # keep the image backbone's weights fixed
+    tiny_width: int = 32  # tiny CNN only: channels of the first stage
+    channels_last: bool = False  # use the channels_last memory format (faster convs on GPUs)
+
+
+@dataclass
+class HeadConfig:
+    fusion: str = "concat"  # how the two modalities are combined
+    proj_dim: int = 256  # each modality's feature is projected to this width before fusion
+    hidden: int = 512  # width of the MLP's hidden layers
+    layers: int = 1  # hidden layers in the MLP
+    dropout: float = 0.1  # dropout before each MLP layer
+
+
+@dataclass
+class ModelConfig:
+    modality: str = "both"  # both | text | image: the seed's ablations with the same code
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4  # learning rate of the fusion head
+    text_lr: float = 2e-5  # learning rate of the text backbone
+    image_lr: float = 1e-4  # learning rate of the image backbone
+    weight_decay: float = 0.01  # AdamW weight decay (not applied to biases and norms)
+    betas: tuple = (0.9, 0.999)  # AdamW betas
+    warmup_steps: int = 50  # optimizer steps of linear warmup
+    schedule: str = "cosine"  # cosine | linear | constant: decay after warmup
+    min_lr_ratio: float = 0.0  # final learning rate as a fraction of the peak
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    fused: bool = False  # fused AdamW kernel (GPU only)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3  # passes over the train split
+    batch_size: int = 32  # micro batch per rank
+    grad_accum_steps: int = 1  # micro batches per optimizer step
+    seed: int = 0  # seeds weights, augmentation and shuffling: a run is repeatable
+    class_weighting: bool = False  # weight the loss by inverse class frequency of the train split
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    eval_every_epochs: int = 1  # evaluate on val every N epochs (and after the last)
+    max_steps_per_epoch: int = 0  # cap optimizer steps per epoch (0 = the whole split); for smoke runs
+    best_metric: str = "macro_f1"  # val metric that picks the best checkpoint (accuracy, macro_f1, ...)
+    max_nonfinite_steps: int = 10  # consecutive non-finite losses before the run stops
+    deterministic: bool = False  # torch deterministic algorithms (debug mode)
+    detect_anomaly: bool = False  # autograd anomaly detection (debug mode; slow)
+
+
+@dataclass
+class BackendConfig:
+    name: str = "single"  # single | ddp | deepspeed
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
+    deepspeed_config: str = ""  # optional DeepSpeed JSON merged over the generated one
+    device: str = "auto"  # auto | cpu | cuda
+    ddp_bucket_mb: int = 25  # DDP gradient bucket size
+    ddp_static_graph: bool = False  # DDP static graph optimisation
+    compile: bool = False  # torch.compile the model
+
+
+@dataclass
+class CheckpointConfig:
+    keep_last: int = 2  # step checkpoints kept besides `best`
+    every_steps: int = 0  # also save every N optimizer steps (0 = only at epoch ends)
+
+
+@dataclass
+class LogConfig:
+    progress: bool = True  # rich progress bar (off for non-interactive runs, e.g. tests)
+    every_steps: int = 10  # write a train record to metrics.jsonl every N optimizer steps
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+CHOICES = {
+    "model.modality": ("both", "text", "image"),
+    "model.text.pooling": ("cls", "mean"),
+    "optim.schedule": ("cosine", "linear", "constant"),
+    "backend.name": ("single", "ddp", "deepspeed"),
+    "backend.precision": ("fp32", "bf16", "fp16"),
+    "backend.zero_stage": (0, 1, 2, 3),
+    "backend.device": ("auto", "cpu", "cuda"),
+}
+# Registered by other modules (e.g. fusion variants) so the schema stays in one place.
+EXTRA_CHOICES: dict[str, tuple] = {"model.head.fusion": ("concat",)}
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Convert a YAML/CLI value to the field's declared type, or raise naming the key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise MsaDistError(f"config key '{key}' expects true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise MsaDistError(f"config key '{key}' expects an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise MsaDistError(f"config key '{key}' expects an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise MsaDistError(f"config key '{key}' expects a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise MsaDistError(f"config key '{key}' expects a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise MsaDistError(f"config key '{key}' expects a string, got {value!r}")
+        return "" if value is None else str(value)
+    if tp is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[]").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise MsaDistError(f"config key '{key}' expects a list, got {value!r}")
+        return tuple(_coerce(v, float, key) for v in value)
+    return value
+
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _apply(obj: Any, values: dict, prefix: str = "") -> None:
+    """Write a nested dict into a dataclass tree, checking keys and types."""
+    if not isinstance(values, dict):
+        raise MsaDistError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")
+    types_ = _field_types(type(obj))
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in types_:
+            raise MsaDistError(f"unknown config key '{key}'")
+        tp = types_[name]
+        if dataclasses.is_dataclass(tp):
+            _apply(getattr(obj, name), value, key + ".")
+        else:
+            setattr(obj, name, _coerce(value, tp, key))
+
+
+def _parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise MsaDistError(f"override '{text}' must look like key.sub=value")
+    key, raw = text.split("=", 1)
+    value = yaml.safe_load(raw) if raw != "" else ""
+    return key.strip(), value
+
+
+def set_dotted(cfg: Config, key: str, value: Any) -> None:
+    """Set one dotted key (e.g. 'optim.lr') with type checking."""
+    parts = key.split(".")
+    nested: dict = {}
+    cur = nested
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    _apply(cfg, nested)
+
+
+def validate(cfg: Config) -> Config:
+    """Check choices and ranges; raise `MsaDistError` naming the key."""
+    flat = to_dict(cfg)
+    for key, allowed in {**CHOICES, **EXTRA_CHOICES}.items():
+        value = _get(flat, key)
+        if value not in allowed:
+            raise MsaDistError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}; got {value!r}")
+    positive = ("train.epochs", "train.batch_size", "train.grad_accum_steps", "data.image_size",
+                "data.max_length", "model.head.proj_dim", "model.head.hidden")
+    for key in positive:
+        if _get(flat, key) <= 0:
+            raise MsaDistError(f"config key '{key}' must be positive; got {_get(flat, key)!r}")
+    for key in ("optim.lr", "optim.text_lr", "optim.image_lr"):
+        if _get(flat, key) < 0:
+            raise MsaDistError(f"config key '{key}' must be >= 0; got {_get(flat, key)!r}")
+    if not 0 <= cfg.model.head.dropout < 1:
+        raise MsaDistError(f"config key 'model.head.dropout' must be in [0, 1); got {cfg.model.head.dropout!r}")
+    if cfg.data.workers < 0:
+        raise MsaDistError("config key 'data.workers' must be >= 0")
+    return cfg
+
+
+def _get(flat: dict, key: str) -> Any:
+    cur: Any = flat
+    for p in key.split("."):
+        cur = cur[p]
+    return cur
+
+
+def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
+                base: Optional[dict] = None) -> Config:
+    """Build a Config: defaults < `base` dict < YAML file < dotted overrides."""
+    cfg = Config()
+    if base:
+        _apply(cfg, base)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise MsaDistError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MsaDistError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        _apply(cfg, data)
+    for item in overrides or []:
+        key, value = _parse_override(item)
+        set_dotted(cfg, key, value)
+    return validate(cfg)
+
+
+def to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts (tuples become lists), for YAML/JSON/checkpoints."""
+    def conv(v):
+        if isinstance(v, tuple):
+            return list(v)
+        if isinstance(v, dict):
+            return {k: conv(x) for k, x in v.items()}
+        return v
+    return conv(dataclasses.asdict(cfg))
+
+
+def from_dict(values: dict) -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. the copy saved inside a checkpoint)."""
+    cfg = Config()
+    _apply(cfg, values)
+    return validate(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

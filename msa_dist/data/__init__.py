@@ -1,0 +1,1 @@
+"""Raw course-layout reading, WebDataset shard building and the streaming loader."""

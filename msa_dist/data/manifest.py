@@ -1,0 +1,76 @@
+"""`manifest.json`: what a shard directory holds (splits, shards with checksums, skipped records).
+
+Layout (format 1):
+    {"format": 1, "labels": [...], "options": {...build options...},
+     "splits": {split: {"samples": n, "labelled": n, "class_counts": {label: n} (labelled splits),
+                        "shards": [{"name": "train-000000.tar", "samples": n, "sha256": hex}],
+                        "guids": [guid, ... in written order]}},
+     "decodings": {"utf-8": n, "gb18030": n},
+     "skipped": [{"guid": ..., "split": ..., "source": ..., "line": n, "reason": ..., "detail": ...}]}
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from msa_dist.errors import MsaDistError
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = 1
+
+
+def _build_hint(shard_dir: Path) -> str:
+    return f"build shards with `msa-dist shards build DATA_ROOT --out {shard_dir}`"
+
+
+def load_manifest(shard_dir: str | Path) -> dict:
+    """Read and sanity-check `shard_dir/manifest.json`; MsaDistError with a hint when absent or invalid."""
+    shard_dir = Path(shard_dir)
+    if not shard_dir.is_dir():
+        raise MsaDistError(f"shard directory {shard_dir} does not exist: {_build_hint(shard_dir)}")
+    path = shard_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise MsaDistError(f"no {MANIFEST_NAME} in {shard_dir}: {_build_hint(shard_dir)}")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MsaDistError(f"{path} is not readable JSON ({exc}): {_build_hint(shard_dir)}") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise MsaDistError(f"{path} has no 'splits' mapping: {_build_hint(shard_dir)}")
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise MsaDistError(f"{path} has format {manifest.get('format')!r}, this version reads format "
+                           f"{MANIFEST_FORMAT}: {_build_hint(shard_dir)}")
+    return manifest
+
+
+def write_manifest(directory: str | Path, manifest: dict) -> Path:
+    """Write `manifest.json` atomically (temp file + os.replace) so readers never see half of it."""
+    path = Path(directory) / MANIFEST_NAME
+    tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def split_names(manifest: dict) -> list[str]:
+    """The splits recorded in a manifest, in build order (train, val, test or the --split name)."""
+    return list(manifest["splits"])
+
+
+def shard_urls(shard_dir: str | Path, split: str, manifest: Optional[dict] = None) -> list[str]:
+    """Absolute paths of one split's shards, in order; MsaDistError if the split is absent or empty."""
+    shard_dir = Path(shard_dir)
+    if manifest is None:
+        manifest = load_manifest(shard_dir)
+    splits = manifest["splits"]
+    if split not in splits:
+        have = ", ".join(splits) or "none"
+        raise MsaDistError(f"split '{split}' is not in {shard_dir / MANIFEST_NAME} (splits: {have})")
+    shards = splits[split].get("shards") or []
+    if not shards:
+        raise MsaDistError(f"split '{split}' in {shard_dir} has no shards "
+                           f"({splits[split].get('samples', 0)} samples)")
+    root = shard_dir.resolve()
+    return [str(root / s["name"]) for s in shards]

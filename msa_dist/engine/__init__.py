@@ -1,0 +1,1 @@
+"""The training loop, checkpoints, metrics and the backends (single / ddp / deepspeed)."""

@@ -1,0 +1,60 @@
+"""What a run directory holds besides checkpoints, and how a model is rebuilt from it.
+
+RUN_DIR/config.yaml      the resolved config
+RUN_DIR/tokenizer/       the tokenizer (trained on the train texts for the tiny model)
+RUN_DIR/text_config/     the text backbone's architecture, so no hub access is needed later
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from msa_dist.config import Config, from_dict
+from msa_dist.data.loader import iter_texts
+from msa_dist.errors import MsaDistError
+from msa_dist.models import build_model
+from msa_dist.models.text import save_text_architecture
+from msa_dist.models.tokenizer import load_pretrained_tokenizer, train_wordpiece_tokenizer
+
+
+def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
+    """Rank 0 trains (tiny) or loads (pretrained) the tokenizer into the run dir; all ranks load it."""
+    tok_dir = run_dir / "tokenizer"
+    if backend.env.is_main and not (tok_dir / "tokenizer_config.json").exists():
+        if cfg.model.text.name == "tiny":
+            tokenizer = train_wordpiece_tokenizer(iter_texts(cfg.data.shards, "train"), cfg.model.text.tiny_vocab_size)
+        else:
+            tokenizer = load_pretrained_tokenizer(cfg.model.text.name)
+        tokenizer.save_pretrained(str(tok_dir))
+    backend.barrier()
+    return load_pretrained_tokenizer(str(tok_dir))
+
+
+def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.Module:
+    """The model with pretrained weights where configured; saves the text architecture (rank 0)."""
+    model = build_model(cfg.model, vocab_size=len(tokenizer), pretrained=True)
+    if backend.env.is_main and model.text_encoder is not None:
+        save_text_architecture(model.text_encoder, run_dir / "text_config")
+    return model
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The resolved config saved by `msa-dist train`."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise MsaDistError(f"{run_dir} is not a run directory (no config.yaml): pass the --run-dir of a `msa-dist train`")
+    return from_dict(yaml.safe_load(path.read_text()))
+
+
+def load_trained_model(run_dir: Path, weights: Path, device: torch.device):
+    """Rebuild the architecture from the run dir (no hub access) and load plain weights."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    tokenizer = load_pretrained_tokenizer(str(run_dir / "tokenizer"))
+    arch_dir = run_dir / "text_config"
+    model = build_model(cfg.model, vocab_size=len(tokenizer), pretrained=False,
+                        arch_dir=str(arch_dir) if arch_dir.exists() else None)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return cfg, tokenizer, model.to(device).eval()

@@ -1,0 +1,61 @@
+"""Evaluation and prediction over a split, split across ranks and reduced to one result."""
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from msa_dist.config import Config
+from msa_dist.data.loader import StreamSpec, build_loader, split_size
+from msa_dist.engine.batch import model_inputs
+from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
+from msa_dist.labels import NUM_CLASSES
+
+
+def eval_batches_per_rank(num_samples: int, batch_size: int, world_size: int, workers: int) -> list[int]:
+    """Batches each rank reads in an eval pass (blocks dealt round-robin to world*workers readers)."""
+    readers = world_size * max(workers, 1)
+    blocks = -(-num_samples // batch_size)
+    per_reader = [blocks // readers + (1 if q < blocks % readers else 0) for q in range(readers)]
+    w = max(workers, 1)
+    return [sum(per_reader[r * w:(r + 1) * w]) for r in range(world_size)]
+
+
+@torch.no_grad()
+def run_split(cfg: Config, model, tokenizer, env, backend, split: str, batch_size: int,
+              shard_dir: str | None = None, autocast=None) -> tuple[dict | None, list]:
+    """Metrics (labelled splits; reduced across ranks) and this rank's (key, probs) predictions.
+
+    Every rank runs the same number of forward passes (padding with repeats of its last batch)
+    because a ZeRO-3 forward is itself a collective.
+    """
+    shard_dir = shard_dir or cfg.data.shards
+    spec = StreamSpec(split=split, train=False, batch_size=batch_size, rank=env.rank,
+                      world_size=env.world_size, seed=cfg.train.seed)
+    n = split_size(shard_dir, split)
+    counts = eval_batches_per_rank(n, batch_size, env.world_size, cfg.data.workers)
+    loader = build_loader(cfg.data, shard_dir, spec, tokenizer)
+    cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
+    predictions, last = [], None
+    was_training = model.training
+    model.eval()
+    batches = itertools.chain(loader, itertools.repeat(None))
+    for i, batch in zip(range(max(counts)), batches):
+        padding = batch is None
+        batch = last if padding else batch
+        if batch is None:  # this rank has no data at all: nothing to pad with
+            continue
+        with autocast or torch.autocast(env.device.type, enabled=False):
+            logits = model(**model_inputs(batch, env.device, cfg.model.modality))
+        if padding:
+            continue
+        last = batch
+        probs = torch.softmax(logits.float(), dim=-1).cpu()
+        predictions.extend(zip(batch["keys"], probs.tolist()))
+        labels = batch["labels"]
+        if (labels >= 0).all():
+            cm += confusion_matrix(labels, probs.argmax(-1))
+    model.train(was_training)
+    cm = backend.all_reduce_sum(cm.to(env.device)).cpu() if backend else cm
+    metrics = metrics_from_confusion(cm) if cm.sum() > 0 else None
+    return metrics, predictions

@@ -1,0 +1,54 @@
+"""`evaluate` and `predict` from a finished run directory, in one process, without any backend."""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from msa_dist.data.manifest import load_manifest
+from msa_dist.engine.artifacts import load_trained_model
+from msa_dist.engine.checkpoint import model_weights_path
+from msa_dist.engine.evaluation import run_split
+from msa_dist.engine.runtime import read_env
+from msa_dist.errors import MsaDistError
+from msa_dist.labels import LABELS
+
+
+def _load(run_dir: str, which: str, device: str = "auto"):
+    env = read_env(device)
+    cfg, tokenizer, model = load_trained_model(Path(run_dir), model_weights_path(Path(run_dir), which), env.device)
+    # One process reads the whole split, whatever the training world was.
+    env = type(env)(rank=0, local_rank=0, world_size=1, device=env.device)
+    return env, cfg, tokenizer, model
+
+
+def evaluate(run_dir: str, shard_dir: str, split: str = "val", which: str = "best", batch_size: int = 64) -> dict:
+    """Metrics of the run's `which` checkpoint on a labelled split."""
+    env, cfg, tokenizer, model = _load(run_dir, which)
+    metrics, _ = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir)
+    if metrics is None:
+        raise MsaDistError(f"split '{split}' in {shard_dir} has no labels: use `msa-dist predict` for it")
+    return metrics
+
+
+def predict(run_dir: str, shard_dir: str, out: str, split: str = "test", which: str = "best",
+            batch_size: int = 64) -> int:
+    """Write `guid,tag` for every sample of `split`, in the order the shards were built from."""
+    order = load_manifest(shard_dir)["splits"].get(split, {}).get("guids")
+    env, cfg, tokenizer, model = _load(run_dir, which)
+    _, predictions = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir)
+    by_key = {key: LABELS[max(range(len(probs)), key=probs.__getitem__)] for key, probs in predictions}
+    missing = [g for g in order if g not in by_key] if order else []
+    if missing:
+        raise MsaDistError(f"{len(missing)} samples of split '{split}' could not be read (first: {missing[0]}); "
+                           f"run `msa-dist shards verify {shard_dir}`")
+    keys = order or sorted(by_key)
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["guid", "tag"])
+        writer.writerows((k, by_key[k]) for k in keys)
+    os.replace(tmp, out_path)
+    return len(keys)

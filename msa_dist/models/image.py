@@ -1,0 +1,170 @@
+"""The image encoder: a torchvision classification backbone (or a tiny CNN) without its classifier."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torchvision
+from torch import nn
+
+from msa_dist.config import ImageEncoderConfig
+from msa_dist.errors import MsaDistError
+
+
+class TinyCNN(nn.Module):
+    """Four conv-BN-ReLU stages with stride 2 (widths w, 2w, 4w, 8w): fast on CPU at any input size."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        stages, in_channels = [], 3
+        for out_channels in widths:
+            stages.append(nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(out_channels),
+                nn.ReLU(inplace=True),
+            ))
+            in_channels = out_channels
+        self.features = nn.Sequential(*stages)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.out_dim = widths[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.avgpool(self.features(images)), 1)
+
+
+def _strip_classifier(model: nn.Module, name: str) -> tuple[int, str]:
+    """Replace the final Linear classifier by Identity; return (feature width, its state_dict key prefix)."""
+    if isinstance(getattr(model, "fc", None), nn.Linear):
+        out_dim = model.fc.in_features
+        model.fc = nn.Identity()
+        return out_dim, "fc."
+    classifier = getattr(model, "classifier", None)
+    if isinstance(classifier, nn.Linear):
+        model.classifier = nn.Identity()
+        return classifier.in_features, "classifier."
+    if isinstance(classifier, nn.Sequential) and isinstance(classifier[-1], nn.Linear):
+        index = len(classifier) - 1
+        out_dim = classifier[index].in_features
+        classifier[index] = nn.Identity()
+        return out_dim, f"classifier.{index}."
+    raise MsaDistError(f"model.image.name={name}: no final Linear `fc` or `classifier` found to remove; "
+                       "use a torchvision classification model such as resnet50")
+
+
+class ImageEncoder(nn.Module):
+    """Backbone -> [B, out_dim] pooled features; `forward_map` gives the last feature map [B, C, h, w]."""
+
+    def __init__(self, backbone: nn.Module, out_dim: int, channels_last: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.out_dim = int(out_dim)
+        self.channels_last = channels_last
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        # the weights being channels_last only pays off when the input is too
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.backbone(self._prepare(images))
+
+    def forward_map(self, images: torch.Tensor) -> torch.Tensor:
+        """The last feature map before global pooling (e.g. ResNet-50: [B, 2048, 7, 7] at 224 px).
+
+        C equals out_dim except for models whose classifier keeps hidden layers (e.g. MobileNetV3).
+        """
+        images, net = self._prepare(images), self.backbone
+        if isinstance(net, torchvision.models.ResNet):
+            x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
+            return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        if hasattr(net, "features"):
+            return net.features(images)
+        raise NotImplementedError(f"forward_map is not implemented for {type(net).__name__}")
+
+
+def _read_state_dict(path: str) -> dict:
+    file = Path(path)
+    if not file.is_file():
+        raise MsaDistError(f"model.image.weights: file not found: {path} "
+                           "(expected imagenet, none, or a path to a state_dict .pth file)")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # unpickling errors have no common base class
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MsaDistError(f"model.image.weights: could not read {path} as a state_dict: {detail}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise MsaDistError(f"model.image.weights: {path} does not hold a state_dict (got {type(state).__name__})")
+    return state
+
+
+def _download_imagenet(name: str) -> dict:
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    filename = weights.url.rsplit("/", 1)[-1]
+    try:
+        # uses $TORCH_HOME/hub/checkpoints when the file is already there
+        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True)
+    except (OSError, RuntimeError):
+        raise MsaDistError(f"could not download the ImageNet weights for {name} (no network access?). "
+                           f"Download {weights.url} where there is internet, put the file on disk here "
+                           f"and set model.image.weights=/path/to/{filename}") from None
+
+
+def _load_weights(model: nn.Module, state: dict, head_prefix: Optional[str], name: str, source: str) -> None:
+    """Load a backbone or full classifier state_dict; the removed classifier's keys are dropped."""
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if head_prefix is not None:
+        state = {k: v for k, v in state.items() if not k.startswith(head_prefix)}
+    expected = set(model.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise MsaDistError(f"model.image.weights: {source} does not match {name}: {len(missing)} missing keys "
+                           f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        shape_errors = [line.strip() for line in str(exc).splitlines() if "size mismatch" in line]
+        detail = shape_errors[0] if shape_errors else str(exc).strip().splitlines()[0]
+        raise MsaDistError(f"model.image.weights: {source} does not match {name}: {detail}") from None
+
+
+def _torchvision_backbone(cfg: ImageEncoderConfig, pretrained: bool) -> tuple[nn.Module, int]:
+    try:
+        model = torchvision.models.get_model(cfg.name, weights=None)
+    except ValueError:
+        raise MsaDistError(f"model.image.name: unknown torchvision model {cfg.name!r} "
+                           "(e.g. resnet18, resnet50, or tiny)") from None
+    out_dim, head_prefix = _strip_classifier(model, cfg.name)
+    if not pretrained or cfg.weights == "none":
+        return model, out_dim
+    if cfg.weights == "imagenet":
+        _load_weights(model, _download_imagenet(cfg.name), head_prefix, cfg.name, "the ImageNet checkpoint")
+    else:
+        _load_weights(model, _read_state_dict(cfg.weights), head_prefix, cfg.name, cfg.weights)
+    return model, out_dim
+
+
+def build_image_encoder(cfg: ImageEncoderConfig, pretrained: bool = True) -> ImageEncoder:
+    """Build the image encoder; `pretrained=False` skips loading weights (a checkpoint of ours follows).
+
+    `cfg.freeze` only turns off gradients: BatchNorm statistics still update in train() mode.
+    """
+    if cfg.name == "tiny":
+        backbone = TinyCNN(cfg.tiny_width)
+        out_dim = backbone.out_dim
+        if pretrained and cfg.weights == "imagenet":
+            warnings.warn("model.image.weights=imagenet has no effect with model.image.name=tiny: "
+                          "the tiny CNN starts from random weights", stacklevel=2)
+        elif pretrained and cfg.weights != "none":
+            _load_weights(backbone, _read_state_dict(cfg.weights), None, "tiny", cfg.weights)
+    else:
+        backbone, out_dim = _torchvision_backbone(cfg, pretrained)
+    if cfg.channels_last:
+        backbone = backbone.to(memory_format=torch.channels_last)
+    encoder = ImageEncoder(backbone, out_dim, cfg.channels_last)
+    if cfg.freeze:
+        encoder.requires_grad_(False)
+    return encoder

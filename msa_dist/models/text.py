@@ -1,0 +1,104 @@
+"""The text encoder: any Hugging Face `AutoModel`, pooled to one vector per text."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, BertConfig, BertModel
+
+from msa_dist.config import TextEncoderConfig
+from msa_dist.errors import MsaDistError
+from msa_dist.models.tokenizer import offline_hint
+
+POOLINGS = ("cls", "mean")
+
+
+class TextEncoder(nn.Module):
+    """Hugging Face backbone -> [B, out_dim]: the first token's state ("cls") or a masked mean ("mean")."""
+
+    def __init__(self, model: nn.Module, pooling: str = "cls"):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise MsaDistError(f"config key 'model.text.pooling' must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+        self.model = model
+        self.pooling = pooling
+        self.out_dim = int(model.config.hidden_size)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        token_states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            return token_states[:, 0]
+        text_mask = attention_mask.unsqueeze(-1).to(token_states.dtype)
+        # clamp: an all-padding row gives zeros instead of NaN
+        return (token_states * text_mask).sum(dim=1) / text_mask.sum(dim=1).clamp(min=1.0)
+
+
+def _drop_pooler(model: nn.Module) -> nn.Module:
+    """Remove BERT's pooler: it is never used, and unused trainable params break DDP's reducer."""
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None
+    return model
+
+
+def _tiny_bert(cfg: TextEncoderConfig, vocab_size: int) -> nn.Module:
+    if cfg.tiny_hidden % cfg.tiny_heads:
+        raise MsaDistError(f"model.text.tiny_hidden ({cfg.tiny_hidden}) must be divisible by "
+                           f"model.text.tiny_heads ({cfg.tiny_heads})")
+    config = BertConfig(
+        vocab_size=vocab_size, hidden_size=cfg.tiny_hidden, num_hidden_layers=cfg.tiny_layers,
+        num_attention_heads=cfg.tiny_heads, intermediate_size=4 * cfg.tiny_hidden, max_position_embeddings=512,
+    )
+    return BertModel(config, add_pooling_layer=False)
+
+
+def _from_pretrained(name: str) -> nn.Module:
+    try:
+        model = AutoModel.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        if Path(name).is_dir():
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise MsaDistError(f"could not load a text model from directory '{name}' (model.text.name): "
+                               f"{first_line}") from None
+        raise MsaDistError(offline_hint("text model", name)) from None
+    # checkpoints may be stored in half precision; the backend picks the compute precision
+    return model.float()
+
+
+def _from_architecture(name: str, arch_dir: Optional[str]) -> nn.Module:
+    source = arch_dir or name
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError):
+        if arch_dir is not None:
+            raise MsaDistError(f"text model architecture not found in '{arch_dir}' (expected a config.json "
+                               "written by save_text_architecture)") from None
+        raise MsaDistError(offline_hint("text model config", name)) from None
+    return AutoModel.from_config(config).float()
+
+
+def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pretrained: bool = True,
+                       arch_dir: Optional[str] = None) -> TextEncoder:
+    """Build the text encoder: "tiny" from scratch, else a hub name / local dir (weights or only the architecture).
+
+    `vocab_size` sizes the tiny model's embeddings; pretrained models keep their own vocabulary.
+    `pretrained=False` builds the architecture without weights (from `arch_dir` if given), for loading a
+    checkpoint of ours without the hub. `cfg.freeze` only turns off gradients: dropout still follows
+    train()/eval() like the rest of the model.
+    """
+    if cfg.name == "tiny":
+        model = _tiny_bert(cfg, vocab_size)
+    elif pretrained:
+        model = _from_pretrained(cfg.name)
+    else:
+        model = _from_architecture(cfg.name, arch_dir)
+    encoder = TextEncoder(_drop_pooler(model), cfg.pooling)
+    if cfg.freeze:
+        encoder.requires_grad_(False)
+    return encoder
+
+
+def save_text_architecture(text_encoder: TextEncoder, directory: str | Path) -> None:
+    """Write the backbone's config.json so `build_text_encoder(pretrained=False, arch_dir=...)` needs no hub."""
+    text_encoder.model.config.save_pretrained(str(directory))
