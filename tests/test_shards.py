@@ -140,7 +140,7 @@ def test_bad_record_is_skipped_and_listed(tmp_path, raw_dataset, case):
     originally_listed = guid in raw_dataset.labels or guid in raw_dataset.test
     assert (guid in written) == (not removed)
     n_listed = len(raw_dataset.labels) + len(raw_dataset.test)
-    assert len(written) == n_listed - (removed and originally_listed)
+    assert len(written) == n_listed - int(removed and originally_listed)
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["skipped"] == manifest["skipped"]
 
 

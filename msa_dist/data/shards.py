@@ -268,24 +268,27 @@ def print_build_summary(manifest: dict, console: Console) -> None:
         table.add_row(escape(split), str(info["samples"]), *cells, str(len(info["shards"])))
     console.print(table)
     decodings = ", ".join(f"{name} {n}" for name, n in manifest["decodings"].items())
-    console.print(f"text decodings: {decodings}")
+    console.print(f"text decodings: {decodings}", highlight=False)
     skipped = manifest["skipped"]
     if not skipped:
         console.print("skipped: none")
         return
     reasons = Counter(s["reason"] for s in skipped)
     by_reason = ", ".join(f"{escape(reason)} {n}" for reason, n in reasons.most_common())
-    console.print(f"[yellow]skipped {len(skipped)} records[/]: {by_reason}")
+    console.print(f"[yellow]skipped {len(skipped)} records[/]: {by_reason}", highlight=False)
     for s in skipped[:SKIPPED_SHOWN]:
         console.print(escape(f"  guid {s['guid']} ({s['split']}, {s['source']} line {s['line']}): "
-                             f"{s['reason']} ({s['detail']})"))
+                             f"{s['reason']} ({s['detail']})"), highlight=False)
     if len(skipped) > SKIPPED_SHOWN:
-        console.print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more, all listed in {MANIFEST_NAME}")
+        console.print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more, all listed in {MANIFEST_NAME}",
+                      highlight=False)
 
 
 def print_verify_summary(summary: dict, console: Console) -> None:
     """Print what `verify_shards` checked, and any shard files on disk that no manifest lists."""
     per_split = ", ".join(f"{escape(split)} {n}" for split, n in summary["splits"].items())
-    console.print(f"[green]ok[/]: {summary['shards']} shards, {summary['samples']} samples ({per_split})")
+    console.print(f"[green]ok[/]: {summary['shards']} shards, {summary['samples']} samples ({per_split})",
+                  highlight=False)
     if summary["unlisted"]:
-        console.print(escape(f"note: shard files not in the manifest (ignored): {', '.join(summary['unlisted'])}"))
+        console.print(escape(f"note: shard files not in the manifest (ignored): {', '.join(summary['unlisted'])}"),
+                      highlight=False)

@@ -21,6 +21,7 @@ from msa_dist.engine.backends import build_backend
 from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.display import console, print_metrics, progress_bar
 from msa_dist.engine.evaluation import run_split
+from msa_dist.engine.losses import build_loss
 from msa_dist.engine.runtime import read_env
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS
@@ -108,9 +109,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], env, backend) -> d
         if env.is_main:
             console.print(f"resumed from {start} (epoch {state.epoch}, step {state.step}, batch {state.batch_in_epoch})")
 
-    loss_fn = torch.nn.CrossEntropyLoss(
-        weight=class_weights(cfg.data.shards).to(env.device) if tcfg.class_weighting else None,
-        label_smoothing=tcfg.label_smoothing)
+    loss_fn = build_loss(tcfg, class_weights(cfg.data.shards).to(env.device))
     stop = _StopFlag()
     log_file = (run_dir / "metrics.jsonl").open("a") if env.is_main else None
     summary = {"run_dir": str(run_dir), "status": "finished", "global_batch_size": global_batch}
