@@ -57,18 +57,15 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     if args.command == "shards":
-        from msa_dist.data.shards import build_shards, print_build_summary, verify_shards
+        from msa_dist.data.shards import build_shards, print_build_summary, print_verify_summary, verify_shards
         from msa_dist.engine.display import console
         if args.shards_command == "build":
-            if bool(args.labels) != bool(args.split):
-                raise MsaDistError("--labels and --split go together")
             manifest = build_shards(args.data_root, args.out, val_fraction=args.val_fraction, seed=args.seed,
                                     shard_size=args.shard_size, strict=args.strict, labels_file=args.labels,
                                     split_name=args.split, image_size=args.image_size, console=console)
             print_build_summary(manifest, console)
         else:
-            result = verify_shards(args.shard_dir)
-            console.print(f"verified {result['shards']} shards, {result['samples']} samples: OK")
+            print_verify_summary(verify_shards(args.shard_dir), console)
         return 0
     if args.command == "train":
         from pathlib import Path

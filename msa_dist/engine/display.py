@@ -24,6 +24,9 @@ def progress_bar(enabled: bool):
 
 
 class _NullProgress(contextlib.nullcontext):
+    def __enter__(self):
+        return self
+
     def add_task(self, *args, **kwargs):
         return 0
 
