@@ -49,6 +49,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--split", default="test")
     pr.add_argument("--checkpoint", default="best")
 
+    c = sub.add_parser("config", help="print the resolved config, or the reference of every key")
+    c.add_argument("action", choices=["show", "reference"])
+    c.add_argument("--config", default=None)
+    c.add_argument("overrides", nargs="*")
+
     d = sub.add_parser("demo", help="the whole job on a built-in synthetic dataset, on the CPU")
     d.add_argument("--out", default="msa-dist-demo")
     d.add_argument("overrides", nargs="*")
@@ -88,6 +93,17 @@ def _run(args) -> int:
         n = predict(args.run, args.shards, args.out, args.split, args.checkpoint)
         console.print(f"wrote {n} predictions to {args.out}")
         return 0
+    if args.command == "config":
+        import yaml
+
+        from msa_dist.config import describe_fields, load_config, to_dict
+        if args.action == "show":
+            print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
+        else:
+            print("| key | default | meaning |\n|---|---|---|")
+            for key, default, doc in describe_fields():
+                print(f"| `{key}` | `{default}` | {doc} |")
+        return 0
     if args.command == "demo":
         from msa_dist.demo import run_demo
         run_demo(args.out, args.overrides)
@@ -98,7 +114,15 @@ def _run(args) -> int:
 def main(argv: Optional[list[str]] = None) -> int:
     """Entry point of `msa-dist` and `python -m msa_dist`."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, extras = parser.parse_known_args(argv)
+    # Overrides may come between options (`--config F a.b=1 --run-dir D`); the deepspeed
+    # launcher adds --local_rank=N anywhere. Everything else unknown is an error.
+    extras = [x for x in extras if not x.startswith(("--local_rank", "--local-rank"))]
+    if extras and hasattr(args, "overrides") and all("=" in x and not x.startswith("-") for x in extras):
+        args.overrides = [*args.overrides, *extras]
+    elif extras:
+        parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
         return _run(args)
     except MsaDistError as exc:
