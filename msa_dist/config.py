@@ -20,7 +20,7 @@ from msa_dist.errors import MsaDistError
 class DataConfig:
     shards: str = "shards"  # directory written by `msa-dist shards build` (holds manifest.json)
     image_size: int = 224  # side of the square crop fed to the image encoder, in pixels
-    resize_size: int = 256  # eval: shorter side is resized to this before the center crop
+    resize_size: int = 224  # eval: shorter side is resized to this before the center crop (the seed: 224)
     max_length: int = 128  # text tokens per sample at most; batches pad to their longest sample
     workers: int = 2  # DataLoader worker processes per rank
     shuffle_buffer: int = 500  # samples held in the per-worker shuffle buffer (train only)
@@ -38,6 +38,8 @@ class TextEncoderConfig:
     tiny_layers: int = 2  # tiny model only: transformer layers
     tiny_heads: int = 2  # tiny model only: attention heads
     tiny_vocab_size: int = 8000  # tiny model only: WordPiece vocabulary trained on the train texts
+    unfreeze_last_n_layers: int = -1  # train only the top N transformer layers (and what follows them); -1 = all
+    layer_decay: float = 1.0  # layer-wise lr decay: each layer below the top gets this factor more; 1 = off
 
 
 @dataclass
@@ -47,6 +49,8 @@ class ImageEncoderConfig:
     freeze: bool = False  # keep the image backbone's weights fixed
     tiny_width: int = 32  # tiny CNN only: channels of the first stage
     channels_last: bool = False  # use the channels_last memory format (faster convs on GPUs)
+    unfreeze_last_n_layers: int = -1  # train only the top N stages/blocks (and what follows them); -1 = all
+    layer_decay: float = 1.0  # layer-wise lr decay: each stage/block below the top gets this factor more; 1 = off
 
 
 @dataclass
@@ -56,6 +60,9 @@ class HeadConfig:
     hidden: int = 512  # width of the MLP's hidden layers
     layers: int = 1  # hidden layers in the MLP
     dropout: float = 0.1  # dropout before each MLP layer
+    modality_dropout: float = 0.0  # training only: fraction of samples that lose one modality (chosen at random)
+    attn_layers: int = 1  # cross_attention only: bidirectional text<->image attention blocks
+    attn_heads: int = 4  # cross_attention only: attention heads (must divide proj_dim)
 
 
 @dataclass
@@ -88,6 +95,8 @@ class TrainConfig:
     seed: int = 0  # seeds weights, augmentation and shuffling: a run is repeatable
     class_weighting: bool = False  # weight the loss by inverse class frequency of the train split
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    loss: str = "ce"  # ce | focal: focal down-weights samples the model already gets right
+    focal_gamma: float = 2.0  # focal loss only: exponent of (1 - p_true)
     eval_every_epochs: int = 1  # evaluate on val every N epochs (and after the last)
     max_steps_per_epoch: int = 0  # cap optimizer steps per epoch (0 = the whole split); for smoke runs
     best_metric: str = "macro_f1"  # val metric that picks the best checkpoint (accuracy, macro_f1, ...)
@@ -133,7 +142,7 @@ class Config:
 
 CHOICES = {
     "model.modality": ("both", "text", "image"),
-    "model.text.pooling": ("cls", "mean"),
+    "model.text.pooling": ("cls", "mean", "last"),
     "optim.schedule": ("cosine", "linear", "constant"),
     "backend.name": ("single", "ddp", "deepspeed"),
     "backend.precision": ("fp32", "bf16", "fp16"),
@@ -141,7 +150,8 @@ CHOICES = {
     "backend.device": ("auto", "cpu", "cuda"),
 }
 # Registered by other modules (e.g. fusion variants) so the schema stays in one place.
-EXTRA_CHOICES: dict[str, tuple] = {"model.head.fusion": ("concat",)}
+EXTRA_CHOICES: dict[str, tuple] = {"model.head.fusion": ("concat", "gated", "cross_attention", "late"),
+                                   "train.loss": ("ce", "focal")}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
@@ -302,3 +312,29 @@ def from_dict(values: dict) -> Config:
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def describe_fields(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(dotted key, default, one-line doc) for every leaf field: the config reference."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = _field_types(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe_fields(tp, f"{prefix}{f.name}.")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        rows.append((prefix + f.name, default, _field_docs(cls).get(f.name, "")))
+    return rows
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """The trailing `# comment` of each field in the class source."""
+    import ast
+    import inspect
+    lines, _ = inspect.getsourcelines(cls)
+    docs = {}
+    for node in ast.parse("".join(lines)).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            text = lines[node.lineno - 1]
+            docs[node.target.id] = text.split("#", 1)[1].strip() if "#" in text else ""
+    return docs
