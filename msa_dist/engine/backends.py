@@ -2,7 +2,13 @@
 
 `build_backend(cfg.backend, env)` picks one at setup. Each backend chooses its precision once
 (disabled pieces are no-ops: `nullcontext()`, `GradScaler(enabled=False)`), so the training loop
-calls the same methods whatever runs underneath.
+calls the same methods whatever runs underneath:
+
+    with backend.accumulate(is_boundary):      # DDP: no gradient all-reduce on accumulation steps
+        with backend.autocast():               # bf16 / fp16 autocast, or nothing
+            logits = backend.model(...)
+        backend.backward(loss, skip=nonfinite) # scaled for accumulation (and fp16)
+    backend.step(is_boundary)                  # clip, step, schedule at a boundary
 """
 from __future__ import annotations
 
@@ -15,19 +21,22 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from torch.distributed.rendezvous import rendezvous
 
 from msa_dist.config import BackendConfig, OptimConfig
 from msa_dist.engine.optim import build_optimizer, build_scheduler
-from msa_dist.engine.runtime import DistEnv
+from msa_dist.engine.runtime import DistEnv, elastic_restart_count
 from msa_dist.errors import MsaDistError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # long enough for rank 0's tokenizer / eval
 
 
 class Backend:
     """One process, CPU or one GPU, no process group. The base of the others."""
 
     name = "single"
+    checkpoint_format = "torch"  # model.pt + state.pt, the same for any number of ranks
 
     def __init__(self, cfg: BackendConfig, env: DistEnv):
         self.cfg, self.env = cfg, env
@@ -38,6 +47,7 @@ class Backend:
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
         self.grad_accum_steps = 1
         self.grad_clip = 0.0
+        self._window_has_grads = False  # a backward ran since the last optimizer step
 
     # -- setup -------------------------------------------------------------------------------
     def init_process_group(self) -> None:
@@ -57,6 +67,14 @@ class Backend:
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
 
+    def check_resume(self, saved: dict, ckpt_dir: Path) -> None:
+        """Raise in one line if this backend cannot load a checkpoint written under layout `saved`."""
+        if saved.get("checkpoint_format", "torch") != self.checkpoint_format:
+            raise MsaDistError(
+                f"{ckpt_dir} was written by backend.name={saved.get('backend')} and cannot be resumed with "
+                f"backend.name={self.name}: resume with backend.name={saved.get('backend')}, or start a new run "
+                f"from its weights with train.init_from={ckpt_dir / 'model.pt'}")
+
     # -- the step ----------------------------------------------------------------------------
     def autocast(self):
         """Mixed precision for the forward pass (a no-op in fp32)."""
@@ -68,12 +86,28 @@ class Backend:
         """Context for forward + backward of one micro batch (DDP skips the gradient sync)."""
         return contextlib.nullcontext()
 
-    def backward(self, loss: torch.Tensor) -> None:
+    def backward(self, loss: torch.Tensor, skip: bool = False) -> None:
+        """Backward of one micro batch. `skip` (a non-finite loss on some rank): every parameter's
+        gradient from this batch is replaced by zeros, so the collectives inside backward (DDP's
+        all-reduce, ZeRO's reduce-scatter) still run on all ranks, and nothing is learnt from it."""
+        with _zeroed_param_grads(self.module, skip):
+            self._backward(loss)
+        self._window_has_grads = self._window_has_grads or not skip
+
+    def _backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.grad_accum_steps).backward()
 
     def step(self, is_boundary: bool) -> Optional[float]:
-        """After each micro batch; at a boundary: clip, step, schedule. Returns the grad norm."""
+        """After each micro batch; at a boundary: clip, step, schedule. Returns the grad norm.
+
+        A window whose every loss was skipped (non-finite) changes no weight; the schedule
+        still advances, so the learning rate follows the step count on every backend.
+        """
         if not is_boundary:
+            return None
+        if not self._window_has_grads:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
             return None
         self.scaler.unscale_(self.optimizer)
         norm = torch.nn.utils.clip_grad_norm_(
@@ -82,14 +116,14 @@ class Backend:
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._window_has_grads = False
         return float(norm)
-
-    def zero_grad(self) -> None:
-        """Drop accumulated gradients (a skipped step)."""
-        self.optimizer.zero_grad(set_to_none=True)
 
     def lr(self) -> float:
         return self.optimizer.param_groups[-1]["lr"]
+
+    def sync_buffers(self) -> None:
+        """Give every rank the same buffers (BatchNorm statistics) before an evaluation or a save."""
 
     # -- collectives (identity for one process) -----------------------------------------------
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -122,30 +156,24 @@ class Backend:
         """Leave the process group, if any."""
 
 
-class DDPBackend(Backend):
-    """torchrun + DistributedDataParallel; NCCL on GPUs, gloo on CPUs."""
+def join_process_group(env: DistEnv) -> None:
+    """init_process_group from the launcher's environment: NCCL on GPUs, gloo on CPUs.
 
-    name = "ddp"
+    The store's keys get a prefix per torchrun restart: after a restart, a rank that read a key
+    the failed attempt left behind (a dead peer's address) would wait for that peer forever.
+    """
+    if dist.is_initialized():
+        return
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    store, rank, world_size = next(rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
+    store = dist.PrefixStore(f"msa-dist/attempt-{elastic_restart_count()}", store)
+    dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo", store=store, rank=rank,
+                            world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT)
 
-    def init_process_group(self) -> None:
-        if "RANK" not in os.environ:
-            raise MsaDistError("backend.name=ddp needs a launcher: run it under torchrun "
-                               "(launch/torchrun.sh) or use backend.name=single")
-        if not dist.is_initialized():
-            if self.env.device.type == "cuda":
-                torch.cuda.set_device(self.env.device)
-            dist.init_process_group("nccl" if self.env.device.type == "cuda" else "gloo",
-                                    timeout=datetime.timedelta(minutes=30))
 
-    def _wrap(self, module):
-        ids = [self.env.device.index] if self.env.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=ids, bucket_cap_mb=self.cfg.ddp_bucket_mb,
-            static_graph=self.cfg.ddp_static_graph, find_unused_parameters=False)
-
-    def accumulate(self, is_boundary: bool):
-        # No gradient all-reduce on accumulation micro steps; it happens once, at the boundary.
-        return contextlib.nullcontext() if is_boundary else self.model.no_sync()
+class ProcessGroupBackend(Backend):
+    """What every multi-process backend shares: collectives over torch.distributed."""
 
     def all_reduce_sum(self, tensor):
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
@@ -159,13 +187,65 @@ class DDPBackend(Backend):
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def sync_buffers(self) -> None:
+        # Each rank updates BatchNorm's running statistics from its own batches (DDP broadcasts
+        # rank 0's before each forward; DeepSpeed never does): rank 0's win, as in model.pt.
+        for buffer in self.module.buffers():
+            dist.broadcast(buffer.data, src=0)
+
     def close(self):
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        # The group outlives one run: `ablate` and `sweep` train several in one process, and a
+        # second init_process_group on the same store would read the first one's stale keys.
+        # `leave_process_group` ends it when the command is done. No barrier here: after a
+        # failure on one rank the others would wait in it for the full timeout.
+        pass
 
 
-def build_backend(cfg: BackendConfig, env: DistEnv) -> Backend:
-    """The one place that branches on the backend name."""
+def leave_process_group() -> None:
+    """Destroy the process group at the end of a command (no-op without one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class DDPBackend(ProcessGroupBackend):
+    """torchrun + DistributedDataParallel; NCCL on GPUs, gloo on CPUs."""
+
+    name = "ddp"
+
+    def init_process_group(self) -> None:
+        if "RANK" not in os.environ:
+            raise MsaDistError("backend.name=ddp needs a launcher: run it under torchrun "
+                               "(launch/torchrun.sh) or use backend.name=single")
+        join_process_group(self.env)
+
+    def _wrap(self, module):
+        ids = [self.env.device.index] if self.env.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(
+            module, device_ids=ids, bucket_cap_mb=self.cfg.ddp_bucket_mb,
+            static_graph=self.cfg.ddp_static_graph, find_unused_parameters=False)
+
+    def accumulate(self, is_boundary: bool):
+        # No gradient all-reduce on accumulation micro steps; it happens once, at the boundary.
+        return contextlib.nullcontext() if is_boundary else self.model.no_sync()
+
+
+@contextlib.contextmanager
+def _zeroed_param_grads(module: torch.nn.Module, enabled: bool):
+    """Replace the gradient reaching each trainable parameter by zeros while active."""
+    if not enabled:
+        yield
+        return
+    handles = [p.register_hook(torch.zeros_like) for p in module.parameters() if p.requires_grad]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def build_backend(cfg: BackendConfig, env: DistEnv, join: bool = True) -> Backend:
+    """The one place that branches on the backend name. `join=False`: the caller calls
+    `backend.init_process_group()` itself (after checks that should fail fast)."""
     if cfg.name == "single":
         if env.world_size > 1:
             raise MsaDistError(f"backend.name=single but WORLD_SIZE={env.world_size}: "
@@ -179,8 +259,14 @@ def build_backend(cfg: BackendConfig, env: DistEnv) -> Backend:
         backend = DDPBackend(cfg, env)
     else:
         from msa_dist.engine.deepspeed_backend import DeepSpeedBackend
+        if cfg.ddp_static_graph or cfg.ddp_bucket_mb != BackendConfig.ddp_bucket_mb:
+            warnings.warn("backend.ddp_* options have no effect with backend.name=deepspeed")
         backend = DeepSpeedBackend(cfg, env)
-    if cfg.precision == "fp16" and env.device.type == "cpu" and cfg.name != "deepspeed":
-        warnings.warn("fp16 autocast on a CPU is slow and rarely useful; bf16 is the CPU choice")
-    backend.init_process_group()
+    if cfg.name != "deepspeed":
+        if cfg.deepspeed_config:
+            warnings.warn(f"backend.deepspeed_config has no effect with backend.name={cfg.name}")
+        if cfg.precision == "fp16" and env.device.type == "cpu":
+            warnings.warn("fp16 autocast on a CPU is slow and rarely useful; bf16 is the CPU choice")
+    if join:
+        backend.init_process_group()
     return backend

@@ -5,8 +5,9 @@ Layout under RUN_DIR/checkpoints/:
                  the backend's own state files, rng-rank{R}.pt, client.json
   best/          model.pt + metrics.json of the best evaluation so far
   latest         text file naming the newest complete step directory
-A directory is written under a temporary name and renamed when complete, and `latest` is
-replaced atomically after that: a kill during a save leaves the previous checkpoint usable.
+A directory is written under a temporary name and renamed when complete (client.json, written
+last, marks it complete), and `latest` is replaced atomically after that: a kill during a save
+leaves the previous checkpoint usable.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -49,17 +51,22 @@ def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, kee
     if backend.env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+    backend.sync_buffers()  # ranks agree on BatchNorm statistics, so any rank's restore is rank 0's
     backend.barrier()
     backend.save_state(tmp, client_state)
     torch.save(rng_state(), tmp / f"rng-rank{backend.env.rank}.pt")
     backend.barrier()
     if backend.env.is_main:
+        # client.json is written last: a directory that has it is complete.
         (tmp / "client.json").write_text(json.dumps(
             {k: v for k, v in client_state.items() if k != "config"}, indent=1, default=str))
-        if final.exists():
-            shutil.rmtree(final)
+        old = ckpt_root / f".old-step-{step:07d}"
+        if final.exists():  # the same step saved again (e.g. epoch end after a step save)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
         os.replace(tmp, final)
         _atomic_write_text(ckpt_root / "latest", final.name)
+        shutil.rmtree(old, ignore_errors=True)
         _prune(ckpt_root, keep_last)
     backend.barrier()
     return final
@@ -89,12 +96,22 @@ def save_best(backend, ckpt_root: Path, step_dir: Path, metrics: dict) -> None:
 
 
 def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
-    """The newest complete step directory, or None."""
+    """The step directory `latest` names or, if a kill interrupted a save, the newest complete one."""
     pointer = ckpt_root / "latest"
-    if not pointer.is_file():
-        return None
-    path = ckpt_root / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    if pointer.is_file():
+        path = ckpt_root / pointer.read_text().strip()
+        if (path / "client.json").is_file():
+            return path
+    complete = [p for p in ckpt_root.glob("*step-*") if (p / "client.json").is_file() and not p.name.startswith(".tmp")]
+    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+
+
+def read_client(ckpt_dir: Path) -> dict:
+    """client.json of a step directory: train state, layout (world size, backend, ...)."""
+    path = Path(ckpt_dir) / "client.json"
+    if not path.is_file():
+        raise MsaDistError(f"{ckpt_dir} is not a complete checkpoint (no client.json)")
+    return json.loads(path.read_text())
 
 
 def load_checkpoint(backend, ckpt_dir: Path) -> dict:
@@ -104,6 +121,36 @@ def load_checkpoint(backend, ckpt_dir: Path) -> dict:
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     return client
+
+
+def data_position(batch_in_epoch: int, saved_layout: dict, layout: dict, epoch_name: str, verbose: bool) -> int:
+    """The mid-epoch position to resume at: it only means something for the layout that dealt the epoch."""
+    keys = ("world_size", "workers", "batch_size", "grad_accum_steps")
+    if batch_in_epoch == 0 or all(saved_layout.get(k) == layout[k] for k in keys):
+        return batch_in_epoch
+    if verbose:
+        was = ", ".join(f"{k}={saved_layout.get(k)}" for k in keys)
+        now = ", ".join(f"{k}={layout[k]}" for k in keys)
+        warnings.warn(f"the checkpoint's mid-epoch data position belongs to {was}; this run has {now}, "
+                      f"so {epoch_name} restarts from its first batch")
+    return 0
+
+
+def copy_source_tokenizer(weights: str, run_dir: Path) -> None:
+    """train.init_from: token ids must mean what they meant to the weights, so reuse that run's tokenizer."""
+    source = next((p / "tokenizer" for p in Path(weights).resolve().parents if (p / "tokenizer").is_dir()), None)
+    if source is not None and not (run_dir / "tokenizer").exists():
+        shutil.copytree(source, run_dir / "tokenizer")
+
+
+def load_init_weights(model: torch.nn.Module, path: str) -> None:
+    """train.init_from: start a new run from plain weights (e.g. a consolidated DeepSpeed model.pt)."""
+    if not Path(path).is_file():
+        raise MsaDistError(f"train.init_from: no such file: {path}")
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except RuntimeError as exc:
+        raise MsaDistError(f"train.init_from={path} does not fit this model: {str(exc).splitlines()[0]}") from None
 
 
 def model_weights_path(run_dir: Path, which: str = "best") -> Path:

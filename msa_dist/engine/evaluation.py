@@ -6,7 +6,7 @@ import itertools
 import torch
 
 from msa_dist.config import Config
-from msa_dist.data.loader import StreamSpec, build_loader, split_size
+from msa_dist.data.loader import StreamSpec, build_loader, build_pipeline, split_size
 from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
 from msa_dist.labels import NUM_CLASSES
@@ -37,13 +37,18 @@ def run_split(cfg: Config, model, tokenizer, env, backend, split: str, batch_siz
     loader = build_loader(cfg.data, shard_dir, spec, tokenizer)
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
     predictions, last = [], None
+    if counts[env.rank] == 0 and max(counts) > 0:
+        # No share of the split for this rank, yet it must join every forward (DDP's buffer
+        # broadcast, ZeRO-3's gathers): it repeats the split's first batch and discards the outputs.
+        first = StreamSpec(split=split, train=False, batch_size=batch_size, seed=cfg.train.seed)
+        last = next(iter(build_pipeline(cfg.data, shard_dir, first, tokenizer)))
     was_training = model.training
     model.eval()
     batches = itertools.chain(loader, itertools.repeat(None))
     for i, batch in zip(range(max(counts)), batches):
         padding = batch is None
         batch = last if padding else batch
-        if batch is None:  # this rank has no data at all: nothing to pad with
+        if batch is None:  # an empty split: nothing to pad with
             continue
         with autocast or torch.autocast(env.device.type, enabled=False):
             logits = model(**model_inputs(batch, env.device, cfg.model.modality))

@@ -1,10 +1,13 @@
-"""Rank, world and device, read once from the environment into a small frozen object."""
+"""Rank, world and device, read once from the environment into a small frozen object; SIGTERM."""
 from __future__ import annotations
 
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
+
+from msa_dist.errors import MsaDistError
 
 
 @dataclass(frozen=True)
@@ -14,14 +17,19 @@ class DistEnv:
     local_rank: int
     world_size: int
     device: torch.device
+    local_world_size: int = 1  # processes on this node
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
     @property
-    def distributed(self) -> bool:
-        return self.world_size > 1 or "RANK" in os.environ
+    def nodes(self) -> int:
+        return max(1, self.world_size // max(self.local_world_size, 1))
+
+    def describe(self) -> str:
+        """The world layout in words, e.g. '4 ranks = 2 nodes x 2 per node, cuda'."""
+        return f"{self.world_size} rank(s) = {self.nodes} node(s) x {self.local_world_size} per node, {self.device.type}"
 
 
 def read_env(device: str = "auto") -> DistEnv:
@@ -29,9 +37,38 @@ def read_env(device: str = "auto") -> DistEnv:
     rank = int(os.environ.get("RANK", 0))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
+    # torchrun sets LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", world_size)))
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        from msa_dist.errors import MsaDistError
         raise MsaDistError("backend.device=cuda but no CUDA GPU is visible; use backend.device=cpu")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev)
+    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev,
+                   local_world_size=local_world_size)
+
+
+def elastic_restart_count() -> int:
+    """How often torchrun restarted this group after a failure (0 on the first start)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+class StopFlag:
+    """Set by SIGTERM (how SLURM preempts, and how torchrun stops its workers).
+
+    The handler only records the request; the loop acts on it at the next step boundary on
+    every rank together. The previous handler comes back on exit.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "StopFlag":
+        self._previous = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True

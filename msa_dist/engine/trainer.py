@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
-import signal
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
@@ -22,7 +23,7 @@ from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.display import console, print_metrics, progress_bar
 from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.losses import build_loss
-from msa_dist.engine.runtime import read_env
+from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS
 
@@ -32,21 +33,37 @@ class TrainState:
     """Everything besides model/optimizer that an exact resume needs."""
     epoch: int = 0
     step: int = 0  # optimizer steps done
-    batch_in_epoch: int = 0  # micro batches of `epoch` already consumed (the data position)
+    batch_in_epoch: int = 0  # micro batches of `epoch` this rank already consumed (the data position)
     best_value: Optional[float] = None
     nonfinite_streak: int = 0
     nonfinite_total: int = 0
+    log_lines: Optional[int] = None  # lines of metrics.jsonl when saved: a resume cuts the file back to them
 
 
-class _StopFlag:
-    """Set by SIGTERM (how SLURM preempts); checked at step boundaries on every rank."""
+class MetricsLog:
+    """RUN_DIR/metrics.jsonl, written by rank 0; `keep_lines` first cuts it back (a resumed run)."""
 
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._handler)
+    def __init__(self, path: Path, enabled: bool, keep_lines: Optional[int]):
+        self.lines, self.handle = 0, None
+        if not enabled:
+            return
+        if keep_lines is not None and path.exists():
+            kept = path.read_text().splitlines(keepends=True)[:keep_lines]
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(kept))
+            os.replace(tmp, path)
+        self.lines = len(path.read_text().splitlines()) if path.exists() else 0
+        self.handle = path.open("a")
 
-    def _handler(self, signum, frame):
-        self.requested = True
+    def write(self, record: dict) -> None:
+        if self.handle:
+            self.handle.write(json.dumps(record) + "\n")
+            self.handle.flush()
+            self.lines += 1
+
+    def close(self) -> None:
+        if self.handle:
+            self.handle.close()
 
 
 def seed_everything(seed: int) -> None:
@@ -64,65 +81,57 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None) -> dic
     """Train, evaluate every epoch, keep `latest` and `best`; returns a summary."""
     run_dir = Path(run_dir)
     env = read_env(cfg.backend.device)
+    if resume is None and elastic_restart_count() > 0:
+        resume = "auto"  # torchrun restarted the group after a failure: continue from `latest`
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
-    backend = build_backend(cfg.backend, env)
+    backend = build_backend(cfg.backend, env, join=False)
+    start = _resume_point(run_dir / "checkpoints", resume)
+    if start:
+        backend.check_resume(ckpt.read_client(start).get("layout", {}), start)  # fail fast, in one line
+    backend.init_process_group()
     try:
-        return _train(cfg, run_dir, resume, env, backend)
+        with StopFlag() as stop:
+            return _train(cfg, run_dir, resume, start, env, backend, stop)
     finally:
         backend.close()
 
 
-def _train(cfg: Config, run_dir: Path, resume: Optional[str], env, backend) -> dict:
-    seed_everything(cfg.train.seed)
-    ckpt_root = run_dir / "checkpoints"
-    if env.is_main:
-        ckpt_root.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
-    backend.barrier()
-    tokenizer = prepare_tokenizer(cfg, run_dir, backend)
-    model = build_run_model(cfg, run_dir, tokenizer, backend)
-
-    tcfg = cfg.train
-    spec0 = StreamSpec("train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed)
-    micro_per_epoch = batches_per_rank(split_size(cfg.data.shards, "train"), spec0, cfg.data.workers)
-    steps_per_epoch = micro_per_epoch // tcfg.grad_accum_steps
-    if tcfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise MsaDistError(f"the train split is too small for global batch {tcfg.batch_size}x{tcfg.grad_accum_steps}"
-                           f"x{env.world_size} with {max(cfg.data.workers, 1)} workers per rank: lower train.batch_size or data.workers")
-    micro_per_epoch = steps_per_epoch * tcfg.grad_accum_steps
-    backend.prepare(model, cfg.optim, steps_per_epoch * tcfg.epochs, tcfg.grad_accum_steps, tcfg.batch_size)
-    global_batch = tcfg.batch_size * tcfg.grad_accum_steps * env.world_size
-    if env.is_main:
-        console.print(f"[bold]msa-dist train[/] backend={backend.name} precision={cfg.backend.precision} "
-                      f"world={env.world_size} device={env.device.type} | global batch {global_batch} = "
-                      f"{tcfg.batch_size} micro x {tcfg.grad_accum_steps} accum x {env.world_size} ranks | "
-                      f"{steps_per_epoch} steps/epoch x {tcfg.epochs} epochs | run dir {run_dir}")
-
+def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Path], env, backend,
+           stop: StopFlag) -> dict:
+    tcfg, ckpt_root = cfg.train, run_dir / "checkpoints"
+    layout = {"backend": backend.name, "checkpoint_format": backend.checkpoint_format, "world_size": env.world_size,
+              "workers": cfg.data.workers, "batch_size": tcfg.batch_size, "grad_accum_steps": tcfg.grad_accum_steps,
+              "zero_stage": cfg.backend.zero_stage, "precision": cfg.backend.precision}
+    tokenizer, micro_per_epoch = _setup(cfg, run_dir, start, env, backend)
     state = TrainState()
-    start = _resume_point(ckpt_root, resume)
     if start is not None:
         state = TrainState(**ckpt.load_checkpoint(backend, start)["train_state"])
         if env.is_main:
             console.print(f"resumed from {start} (epoch {state.epoch}, step {state.step}, batch {state.batch_in_epoch})")
-
+        state.batch_in_epoch = ckpt.data_position(state.batch_in_epoch, ckpt.read_client(start).get("layout", {}),
+                                                  layout, f"epoch {state.epoch + 1}", env.is_main)
+    # A resumed run cuts the log back to its checkpoint; a restart before any checkpoint starts it afresh.
+    log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else (0 if resume else None))
+    if start is not None:
+        log.write({"type": "resume", "epoch": state.epoch, "step": state.step, "from": start.name,
+                   "world_size": env.world_size})
     loss_fn = build_loss(tcfg, class_weights(cfg.data.shards).to(env.device))
-    stop = _StopFlag()
-    log_file = (run_dir / "metrics.jsonl").open("a") if env.is_main else None
-    summary = {"run_dir": str(run_dir), "status": "finished", "global_batch_size": global_batch}
+    summary = {"run_dir": str(run_dir), "status": "finished",
+               "global_batch_size": tcfg.batch_size * tcfg.grad_accum_steps * env.world_size}
 
     def save(metrics: Optional[dict] = None) -> Path:
-        client = {"train_state": asdict(state), "config": to_dict(cfg)}
+        state.log_lines = log.lines
+        client = {"train_state": asdict(state), "config": to_dict(cfg), "layout": layout}
         step_dir = ckpt.save_checkpoint(backend, ckpt_root, state.step, client, cfg.checkpoint.keep_last)
         if metrics is not None and _is_better(metrics[tcfg.best_metric], state.best_value):
             state.best_value = metrics[tcfg.best_metric]
             ckpt.save_best(backend, ckpt_root, step_dir, metrics)
         return step_dir
 
-    with progress_bar(cfg.log.progress and env.is_main) as progress:
+    progress = progress_bar(cfg.log.progress and env.is_main)
+    with progress, closing(log):
         while state.epoch < tcfg.epochs:
             task = progress.add_task(f"epoch {state.epoch + 1}/{tcfg.epochs}", total=micro_per_epoch,
                                      completed=state.batch_in_epoch, loss=float("nan"), speed=0.0)
@@ -132,22 +141,25 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], env, backend) -> d
             t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
             model_ = backend.model
             model_.train()
-            for batch in itertools.islice(loader, micro_per_epoch - state.batch_in_epoch):
+            for batch in _epoch_batches(loader, micro_per_epoch - state.batch_in_epoch):
                 is_boundary = (state.batch_in_epoch + 1) % tcfg.grad_accum_steps == 0
                 with backend.accumulate(is_boundary):
                     with backend.autocast():
                         logits = model_(**model_inputs(batch, env.device, cfg.model.modality))
                     loss = loss_fn(logits.float(), batch["labels"].to(env.device))
                     # One small all-reduce per micro step: every rank agrees to skip a non-finite
-                    # loss and to stop on SIGTERM, so no rank waits in a collective alone.
-                    flags = backend.all_reduce_sum(torch.tensor(
-                        [float(not torch.isfinite(loss)), float(stop.requested)], device=env.device))
-                    if flags[0] == 0:
-                        backend.backward(loss)
+                    # loss and to stop on SIGTERM, so no rank waits in a collective alone. It also
+                    # sums the losses, so the log shows the mean over all ranks.
+                    finite = torch.isfinite(loss.detach())
+                    flags = backend.all_reduce_sum(torch.stack([
+                        (~finite).float(), torch.tensor(float(stop.requested), device=env.device),
+                        torch.where(finite, loss.detach().float(), 0.0)]))
+                    skip = bool(flags[0] > 0)
+                    backend.backward(loss, skip=skip)
                 grad_norm = backend.step(is_boundary)
                 state.batch_in_epoch += 1
                 seen += len(batch["keys"]) * env.world_size
-                if flags[0] > 0:
+                if skip:
                     state.nonfinite_streak += 1
                     state.nonfinite_total += 1
                     if state.nonfinite_streak >= tcfg.max_nonfinite_steps:
@@ -155,42 +167,98 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], env, backend) -> d
                                            "lower optim.lr, use backend.precision=bf16 or fp32, or check the data")
                 else:
                     state.nonfinite_streak = 0
-                    loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+                    loss_sum, loss_n = loss_sum + float(flags[2]) / env.world_size, loss_n + 1
                 if is_boundary:
                     state.step += 1
                     speed = seen / max(time.perf_counter() - t0, 1e-9)
                     progress.update(task, completed=state.batch_in_epoch, loss=loss_sum / max(loss_n, 1), speed=speed)
-                    if log_file and state.step % cfg.log.every_steps == 0:
-                        _log(log_file, {"type": "train", "epoch": state.epoch, "step": state.step,
-                                        "loss": loss_sum / max(loss_n, 1), "lr": backend.lr(), "grad_norm": grad_norm,
-                                        "samples_per_s": speed, "nonfinite_total": state.nonfinite_total})
+                    if state.step % cfg.log.every_steps == 0:
+                        log.write({"type": "train", "epoch": state.epoch, "step": state.step,
+                                   "loss": loss_sum / loss_n if loss_n else None, "lr": backend.lr(),
+                                   "grad_norm": grad_norm, "samples_per_s": speed,
+                                   "nonfinite_total": state.nonfinite_total})
                         loss_sum, loss_n = 0.0, 0
                     if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
                         save()
                     if flags[1] > 0:
                         save()
-                        summary["status"] = "preempted"
                         if env.is_main:
                             console.print(f"SIGTERM: saved a checkpoint at step {state.step}; resume with --resume auto")
-                        return summary
+                        return {**summary, "status": "preempted", "step": state.step}
+            if state.batch_in_epoch < micro_per_epoch:
+                raise MsaDistError(f"rank {env.rank} ran out of training data after {state.batch_in_epoch} of "
+                                   f"{micro_per_epoch} batches in epoch {state.epoch + 1}: the shards no longer match "
+                                   f"manifest.json; run `msa-dist shards verify {cfg.data.shards}`")
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             metrics = None
             if state.epoch % tcfg.eval_every_epochs == 0 or state.epoch == tcfg.epochs:
-                metrics, _ = run_split(cfg, backend.model, tokenizer, env, backend, "val", tcfg.batch_size,
-                                       autocast=backend.autocast())
-                if log_file and metrics:
-                    _log(log_file, {"type": "eval", "epoch": state.epoch, "step": state.step, "split": "val", **metrics})
-                if env.is_main and metrics:
-                    console.print(f"epoch {state.epoch}: val accuracy {metrics['accuracy']:.4f} "
-                                  f"macro-F1 {metrics['macro_f1']:.4f}")
-            if metrics is not None and tcfg.best_metric not in metrics:
-                raise MsaDistError(f"train.best_metric={tcfg.best_metric!r} is not a metric; use accuracy, macro_f1 or weighted_f1")
+                metrics = _validate(cfg, backend, tokenizer, env, state.epoch)
+                if metrics:
+                    log.write({"type": "eval", "epoch": state.epoch, "step": state.step, "split": "val", **metrics})
             save(metrics)
             summary["val"] = metrics
     if env.is_main and summary.get("val"):
         print_metrics(summary["val"], f"val metrics after {tcfg.epochs} epochs")
-    summary.update(step=state.step, nonfinite_total=state.nonfinite_total)
-    return summary
+    return {**summary, "step": state.step, "nonfinite_total": state.nonfinite_total}
+
+
+def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> tuple:
+    """Run dir, tokenizer, model (from `train.init_from` for a new run), backend; the micro batches per epoch."""
+    tcfg = cfg.train
+    seed_everything(tcfg.seed)
+    if env.is_main:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        if tcfg.init_from and start is None:
+            ckpt.copy_source_tokenizer(tcfg.init_from, run_dir)
+    backend.barrier()
+    tokenizer = prepare_tokenizer(cfg, run_dir, backend)
+    model = build_run_model(cfg, run_dir, tokenizer, backend)
+    if tcfg.init_from and start is None:
+        ckpt.load_init_weights(model, tcfg.init_from)
+
+    spec0 = StreamSpec("train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed)
+    micro_per_epoch = batches_per_rank(split_size(cfg.data.shards, "train"), spec0, cfg.data.workers)
+    steps_per_epoch = micro_per_epoch // tcfg.grad_accum_steps
+    if tcfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise MsaDistError(f"the train split is too small for global batch {tcfg.batch_size}x{tcfg.grad_accum_steps}"
+                           f"x{env.world_size} with {max(cfg.data.workers, 1)} workers per rank: lower train.batch_size or data.workers")
+    backend.prepare(model, cfg.optim, steps_per_epoch * tcfg.epochs, tcfg.grad_accum_steps, tcfg.batch_size)
+    if env.is_main:
+        console.print(f"[bold]msa-dist train[/] backend={backend.name} precision={cfg.backend.precision} "
+                      f"world: {env.describe()} | global batch {tcfg.batch_size * tcfg.grad_accum_steps * env.world_size}"
+                      f" = {tcfg.batch_size} micro x {tcfg.grad_accum_steps} accum x {env.world_size} ranks | "
+                      f"{steps_per_epoch} steps/epoch x {tcfg.epochs} epochs | run dir {run_dir}")
+    return tokenizer, steps_per_epoch * tcfg.grad_accum_steps
+
+
+def _validate(cfg: Config, backend, tokenizer, env, epoch: int) -> Optional[dict]:
+    """Val metrics: the split is dealt across ranks and the confusion matrices summed."""
+    backend.sync_buffers()  # every rank evaluates the model that is saved next
+    metrics, _ = run_split(cfg, backend.model, tokenizer, env, backend, "val", cfg.train.batch_size,
+                           autocast=backend.autocast())
+    if metrics is not None and cfg.train.best_metric not in metrics:
+        raise MsaDistError(f"train.best_metric={cfg.train.best_metric!r} is not a metric; "
+                           "use accuracy, macro_f1 or weighted_f1")
+    if env.is_main and metrics:
+        console.print(f"epoch {epoch}: val accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}")
+    return metrics
+
+
+def _epoch_batches(loader, limit: int):
+    """The loader's first `limit` batches."""
+    # Starting a DataLoader draws a seed from the global RNG; fork it so that a resumed run
+    # draws the same dropout masks as an uninterrupted one.
+    with torch.random.fork_rng(devices=[]):
+        batches = iter(loader)
+    try:
+        yield from itertools.islice(batches, limit)
+    finally:
+        # Stop the workers now, also when the loop fails: left to interpreter exit, they would
+        # be joined after a SIGTERM, which they defer (data/loader.py).
+        del batches
 
 
 def _resume_point(ckpt_root: Path, resume: Optional[str]) -> Optional[Path]:
@@ -206,8 +274,3 @@ def _resume_point(ckpt_root: Path, resume: Optional[str]) -> Optional[Path]:
 
 def _is_better(value: float, best: Optional[float]) -> bool:
     return best is None or value > best
-
-
-def _log(handle, record: dict) -> None:
-    handle.write(json.dumps(record) + "\n")
-    handle.flush()

@@ -1,0 +1,268 @@
+"""Multi-process training on the CPU: DDP and DeepSpeed under torchrun (gloo), checkpoints, faults.
+
+Every torchrun here starts 2 ranks with a tiny model on 32 px images; a test fails (instead of
+hanging CI) when a run outlives its timeout, and a hung run prints its ranks' stacks.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from dist_entry import nan_loss_builder
+from dist_utils import (check, final_weights, finish, rank_pids, records, run, start, torchrun_cmd,
+                        train_losses, wait_for, write_config)
+from msa_dist.config import load_config
+from msa_dist.data.loader import StreamSpec, batches_per_rank, build_loader, iter_texts
+from msa_dist.data.shards import build_shards
+from msa_dist.data.synthetic import write_synthetic_dataset
+from msa_dist.engine import checkpoint as ckpt
+from msa_dist.engine import trainer
+from msa_dist.engine.deepspeed_backend import deepspeed_config
+from msa_dist.engine.inference import evaluate, predict
+from msa_dist.errors import MsaDistError
+from msa_dist.models.tokenizer import train_wordpiece_tokenizer
+
+ENTRY = str(Path(__file__).with_name("dist_entry.py"))
+N_TEST = 10
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A learnable synthetic set: 96 train pairs in uneven shards (40, 40, 16), 24 val, 10 test."""
+    root = tmp_path_factory.mktemp("dist")
+    raw = write_synthetic_dataset(root / "raw", n_labelled=120, n_test=N_TEST, image_px=32)
+    build_shards(raw, root / "shards", val_fraction=0.2, seed=0, shard_size=40)
+    build_shards(raw, root / "one-shard", val_fraction=0.2, seed=0, shard_size=1000)
+    return root
+
+
+def _train_args(config: Path, run_dir: Path, *overrides: str) -> list[str]:
+    return ["train", "--config", str(config), "--run-dir", str(run_dir), *overrides]
+
+
+def _predict_rows(run_dir: Path, shards: Path, out: Path) -> list[list[str]]:
+    assert predict(str(run_dir), str(shards), str(out)) == N_TEST
+    return list(csv.reader(out.open()))
+
+
+# -- data on many ranks ---------------------------------------------------------------------------
+
+def test_one_shard_with_two_ranks_and_two_workers_reads_every_sample_once(data):
+    """Our loader deals sample blocks, not shards: 1 shard < 2 ranks x 2 workers is fine."""
+    cfg = load_config(base={"data": {"image_size": 32, "resize_size": 32, "workers": 2, "shuffle_buffer": 8}})
+    tok = train_wordpiece_tokenizer(iter_texts(str(data / "one-shard")), 100)
+    per_rank = []
+    for rank in range(2):
+        spec = StreamSpec("train", True, 8, rank=rank, world_size=2, seed=0, epoch=1)
+        n = batches_per_rank(96, spec, workers=2)
+        keys = [k for batch in list(build_loader(cfg.data, str(data / "one-shard"), spec, tok))[:n] for k in batch["keys"]]
+        per_rank.append(keys)
+    assert len(per_rank[0]) == len(per_rank[1]) == 48  # equal step counts: 6 batches of 8 each
+    assert not set(per_rank[0]) & set(per_rank[1])
+    manifest = json.loads((data / "one-shard" / "manifest.json").read_text())
+    assert sorted(per_rank[0] + per_rank[1]) == sorted(manifest["splits"]["train"]["guids"])
+
+
+# -- exact resume and non-finite losses, in this process ----------------------------------------
+
+def test_resume_mid_epoch_is_exact(data, tmp_path):
+    """Dropout on, 2 workers, a shuffle buffer: resuming from a mid-epoch checkpoint reproduces
+    every later loss and the final weights bit for bit (CPU, fp32, fixed seed)."""
+    config = write_config(tmp_path / "c.yaml", data / "shards", "data.workers=2", "data.shuffle_buffer=16",
+                          "model.text.tiny_dropout=0.1", "model.head.dropout=0.2", "checkpoint.every_steps=5",
+                          "checkpoint.keep_last=10")
+    cfg = load_config(config)
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    trainer.train(cfg, whole)
+    shutil.copytree(whole, resumed)
+    mid = resumed / "checkpoints" / "step-0000015"  # 12 steps per epoch: in the middle of epoch 2
+    assert json.loads((mid / "client.json").read_text())["train_state"]["batch_in_epoch"] == 3
+    trainer.train(cfg, resumed, resume=str(mid))
+    assert train_losses(resumed) == train_losses(whole) and len(train_losses(whole)) == 24
+    assert [r["type"] for r in records(resumed)].count("resume") == 1
+    a, b = final_weights(whole), final_weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_nonfinite_losses_are_skipped_and_counted_then_stop_the_run(data, tmp_path, monkeypatch):
+    config = write_config(tmp_path / "c.yaml", data / "shards", "train.epochs=1", "train.max_nonfinite_steps=3")
+    monkeypatch.setattr(trainer, "build_loss", nan_loss_builder({2, 5, 6}))
+    summary = trainer.train(load_config(config), tmp_path / "skips")
+    assert summary["status"] == "finished" and summary["nonfinite_total"] == 3
+    assert [r["loss"] is None for r in records(tmp_path / "skips", "train")][:6] == [False, True, False, False, True, True]
+    monkeypatch.setattr(trainer, "build_loss", nan_loss_builder(set(range(3, 100))))
+    with pytest.raises(MsaDistError, match="3 non-finite losses in a row"):
+        trainer.train(load_config(config), tmp_path / "stops")
+
+
+def test_latest_checkpoint_survives_an_interrupted_save(tmp_path):
+    """A save writes a temporary directory, renames it, then moves `latest`; client.json is last."""
+    root = tmp_path / "checkpoints"
+    for name in ("step-0000002", ".tmp-step-0000004"):
+        (root / name).mkdir(parents=True)
+    (root / "step-0000002" / "client.json").write_text("{}")
+    (root / "latest").write_text("step-0000002")
+    assert ckpt.latest_checkpoint(root) == root / "step-0000002"  # a kill while writing step 4
+    # a kill while re-saving step 4 (e.g. at the epoch end after a step save): the old copy counts
+    (root / ".old-step-0000004").mkdir()
+    (root / ".old-step-0000004" / "client.json").write_text("{}")
+    (root / "latest").write_text("step-0000004")
+    assert ckpt.latest_checkpoint(root) == root / ".old-step-0000004"
+
+
+# -- DDP ------------------------------------------------------------------------------------------
+
+def test_ddp_matches_one_process_and_resumes_after_a_killed_rank(data, tmp_path):
+    """2 ranks x batch 4 == 1 process x batch 8 (fp32; losses within 1e-5, weights within 1e-4).
+    Uneven shards: both ranks run all 12 steps. SIGKILL of rank 1 under torchrun --max-restarts 1:
+    the group restarts, resumes from `latest` by itself and ends exactly as the uninterrupted run."""
+    # text only, no dropout: per-rank BatchNorm statistics and dropout masks differ from one big batch
+    config = write_config(tmp_path / "c.yaml", data / "shards", "model.modality=text", "train.batch_size=4",
+                          "train.epochs=1", "checkpoint.every_steps=2", "checkpoint.keep_last=3")
+    ddp, one, killed = tmp_path / "ddp", tmp_path / "one", tmp_path / "killed"
+    check(run(torchrun_cmd(_train_args(config, ddp, "backend.name=ddp"))))
+    losses = train_losses(ddp)
+    assert sorted(losses) == list(range(1, 13))  # 12 steps on every rank, no hang
+
+    # One process, the same global batch. The runs share the tokenizer: WordPiece training does
+    # not give the same vocabulary order in every process.
+    for other in (one, killed):
+        shutil.copytree(ddp / "tokenizer", other / "tokenizer")
+    trainer.train(load_config(config, ["train.batch_size=8"]), one)
+    assert losses == pytest.approx(train_losses(one), abs=1e-5)
+    a, b = final_weights(ddp), final_weights(one)
+    assert all(torch.allclose(a[k], b[k], atol=1e-4) for k in a)
+    # validation split across 2 ranks and reduced == one process on the same weights
+    ddp_eval = records(ddp, "eval")[-1]
+    solo = evaluate(str(ddp), str(data / "shards"), "val", which="latest")
+    assert (ddp_eval["samples"], ddp_eval["confusion_matrix"]) == (24, solo["confusion_matrix"])
+
+    # Another world size: the weights and optimizer carry over; the mid-epoch data position
+    # belongs to the 2-rank layout, so the epoch restarts from its first batch (with a warning).
+    other = tmp_path / "one-rank"
+    shutil.copytree(ddp, other)
+    with pytest.warns(UserWarning, match="restarts from its first batch"):
+        summary = trainer.train(load_config(config, ["train.batch_size=8"]), other,
+                                resume=str(other / "checkpoints" / "step-0000010"))
+    assert summary["status"] == "finished" and summary["step"] == 10 + 12
+
+    log = tmp_path / "killed.log"
+    proc = start(torchrun_cmd(_train_args(config, killed, "backend.name=ddp"), max_restarts=1), log)
+    wait_for(lambda: (killed / "checkpoints" / "latest").is_file(), proc)
+    pids = rank_pids(proc.pid)
+    assert set(pids) == {0, 1}, pids
+    os.kill(pids[1], signal.SIGKILL)
+    assert finish(proc, log) == 0, log.read_text()[-4000:]
+    assert [r["type"] for r in records(killed)].count("resume") == 1
+    assert train_losses(killed) == losses
+    a, b = final_weights(ddp), final_weights(killed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_bf16_resnet_sigterm_saves_then_resumes_and_predicts(data, tmp_path):
+    """bf16 autocast with ResNet's BatchNorm; SIGTERM (as SLURM preempts) to torchrun saves a
+    checkpoint on every rank at the next step boundary; --resume auto finishes the run. A NaN
+    loss on rank 1 at an accumulation boundary is skipped on both ranks, which stay identical."""
+    config = write_config(tmp_path / "c.yaml", data / "shards", "backend.precision=bf16",
+                          "model.image.name=resnet18", "train.grad_accum_steps=2")
+    run_dir, log = tmp_path / "run", tmp_path / "run.log"
+    cmd = torchrun_cmd(["train", "--config", str(config), "--run-dir", str(run_dir), "backend.name=ddp"], module=None)
+    proc = start(cmd[:cmd.index("train")] + [ENTRY] + cmd[cmd.index("train"):], log,
+                 MSA_TEST_NAN_CALLS="4", MSA_TEST_NAN_RANK="1")
+    wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and records(run_dir, "train"), proc)
+    proc.send_signal(signal.SIGTERM)
+    finish(proc, log)  # torchrun itself exits non-zero after a SIGTERM; its ranks exit cleanly
+    assert "SIGTERM: saved a checkpoint" in log.read_text(), log.read_text()[-4000:]
+    ckpt = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert {p.name for p in ckpt.glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
+    saved_step = json.loads((ckpt / "client.json").read_text())["train_state"]["step"]
+    assert 0 < saved_step < 6
+
+    resumed = run(torchrun_cmd([ENTRY, "train", "--config", str(config), "--run-dir", str(run_dir),
+                                "backend.name=ddp", "--resume", "auto"], module=None),
+                  MSA_TEST_NAN_CALLS="4", MSA_TEST_NAN_RANK="1")
+    check(resumed)
+    assert f"step {saved_step}" in resumed.stdout
+    steps = [r["step"] for r in records(run_dir, "train")]
+    assert steps == list(range(1, 7))  # 3 steps per epoch x 2, each logged once
+    assert records(run_dir, "train")[-1]["nonfinite_total"] >= 1
+    final = run_dir / "checkpoints" / (run_dir / "checkpoints" / "latest").read_text().strip()
+    r0, r1 = torch.load(final / "model-rank0.pt"), torch.load(final / "model-rank1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    rows = _predict_rows(run_dir, data / "shards", tmp_path / "pred.csv")
+    assert rows[0] == ["guid", "tag"] and len(rows) == N_TEST + 1
+
+
+# -- DeepSpeed ------------------------------------------------------------------------------------
+
+def test_deepspeed_zero2_trains_predicts_and_refuses_another_world_size(data, tmp_path):
+    config = write_config(tmp_path / "c.yaml", data / "shards", "train.epochs=1")
+    run_dir = tmp_path / "run"
+    # a NaN loss on rank 1 at its 2nd micro batch: with no accumulation, a whole step is skipped
+    check(run(torchrun_cmd([ENTRY, *_train_args(config, run_dir, "backend.name=deepspeed", "backend.zero_stage=2")],
+                           module=None), MSA_TEST_NAN_CALLS="2", MSA_TEST_NAN_RANK="1"))
+    train = records(run_dir, "train")
+    assert len(train) == 6 and train[1]["loss"] is None and train[-1]["nonfinite_total"] == 1
+    step = run_dir / "checkpoints" / "step-0000006"
+    ds = json.loads((step / "deepspeed_config.json").read_text())
+    assert (ds["zero_optimization"]["stage"], ds["train_batch_size"]) == (2, 16)
+    r0, r1 = torch.load(step / "model-rank0.pt"), torch.load(step / "model-rank1.pt")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    rows = _predict_rows(run_dir, data / "shards", tmp_path / "pred.csv")
+    assert len(rows) == N_TEST + 1
+    # the val metrics of the run (2 ranks) are those of its model.pt in one process
+    solo = evaluate(str(run_dir), str(data / "shards"), "val", which="latest")
+    assert records(run_dir, "eval")[-1]["confusion_matrix"] == solo["confusion_matrix"]
+
+    # One process cannot take over a 2-rank ZeRO-2 state: one line that names the way out ...
+    ds_cfg = load_config(config, ["backend.name=deepspeed", "backend.zero_stage=2"])
+    with pytest.raises(MsaDistError) as refused:
+        trainer.train(ds_cfg, run_dir, resume="auto")
+    error = str(refused.value)
+    assert "\n" not in error and "saved by 2 ranks" in error and f"train.init_from={step / 'model.pt'}" in error
+    # ... which works: a new run from the consolidated weights, here without DeepSpeed
+    summary = trainer.train(load_config(config, [f"train.init_from={step / 'model.pt'}", "train.max_steps_per_epoch=2"]),
+                            tmp_path / "from-zero2")
+    assert summary["status"] == "finished"
+
+
+def test_deepspeed_zero3_bf16_resnet_trains_and_predicts(data, tmp_path):
+    """ZeRO-3 shards the parameters; model.pt is gathered whole for evaluate/predict."""
+    config = write_config(tmp_path / "c.yaml", data / "shards", "train.epochs=1", "train.max_steps_per_epoch=3",
+                          "backend.precision=bf16", "model.image.name=resnet18")
+    run_dir = tmp_path / "run"
+    check(run(torchrun_cmd(_train_args(config, run_dir, "backend.name=deepspeed", "backend.zero_stage=3"))))
+    assert [r["step"] for r in records(run_dir, "train")] == [1, 2, 3]
+    weights = torch.load(run_dir / "checkpoints" / "best" / "model.pt", weights_only=True)
+    assert weights["image_encoder.backbone.conv1.weight"].shape == (64, 3, 7, 7)
+    rows = _predict_rows(run_dir, data / "shards", tmp_path / "pred.csv")
+    assert len(rows) == N_TEST + 1
+
+
+def test_deepspeed_config_is_generated_from_ours_and_merged(tmp_path):
+    cfg = load_config(base={"backend": {"name": "deepspeed", "zero_stage": 3, "precision": "bf16"},
+                            "optim": {"grad_clip": 0.5}})
+    ds = deepspeed_config(cfg.backend, cfg.optim, micro_batch_size=4, grad_accum_steps=2, world_size=8, on_gpu=False)
+    assert (ds["train_batch_size"], ds["gradient_clipping"], ds["zero_optimization"]["stage"]) == (64, 0.5, 3)
+    assert ds["torch_autocast"]["enabled"] and not ds["fp16"]["enabled"] and ds["optimizer"]["type"] == "AdamW"
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"zero_optimization": {"overlap_comm": True}}))
+    cfg.backend.deepspeed_config = str(user)
+    merged = deepspeed_config(cfg.backend, cfg.optim, 4, 2, 8, on_gpu=False)
+    assert merged["zero_optimization"] == {"stage": 3, "overlap_comm": True}
+    user.write_text(json.dumps({"train_micro_batch_size_per_gpu": 16}))
+    with pytest.raises(MsaDistError, match="set train.batch_size"):
+        deepspeed_config(cfg.backend, cfg.optim, 4, 2, 8, on_gpu=False)
+
+
+def test_deepspeed_fp16_on_a_cpu_says_so_in_one_line(tmp_path):
+    cfg = load_config(base={"backend": {"name": "deepspeed", "precision": "fp16", "device": "cpu"}})
+    with pytest.raises(MsaDistError, match="fp16 with DeepSpeed needs a GPU"):
+        trainer.train(cfg, tmp_path / "run")
