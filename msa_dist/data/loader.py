@@ -14,20 +14,20 @@ How an epoch is divided (the same rule on every rank, so no rank needs to talk t
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import multiprocessing
 import random
+import signal
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
 import webdataset as wds
-from PIL import Image
-from torchvision import transforms
 
 from msa_dist.config import DataConfig
+from msa_dist.data.images import ImageCropper, as_jpeg, stored_size
 from msa_dist.data.manifest import load_manifest, shard_urls
+from msa_dist.data.tario import tar_samples
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,14 @@ def _worker_info() -> tuple[int, int]:
     return (0, 1) if info is None else (info.id, info.num_workers)
 
 
+def _worker_role(spec: StreamSpec) -> tuple[int, int]:
+    """(worker, workers) as the epoch is dealt. A resumed DataLoader starts its round-robin at
+    worker 0, but the next batch of the epoch is batch `skip_batches`, which worker
+    skip_batches % workers made: rotating the roles keeps the batch order of an uninterrupted run."""
+    worker, workers = _worker_info()
+    return (worker + spec.skip_batches) % workers, workers
+
+
 def _epoch_shard_order(seed: int, epoch: int):
     def stage(src):
         urls = list(src)
@@ -89,7 +97,7 @@ def _epoch_shard_order(seed: int, epoch: int):
 def _resampled_shards(urls: list[str], spec: StreamSpec):
     """Shards drawn with replacement, seeded per (seed, epoch, reader); an endless stream."""
     def source():
-        worker, workers = _worker_info()
+        worker, workers = _worker_role(spec)
         rng = random.Random(_stable_int("resample", spec.seed, spec.epoch, spec.rank * workers + worker))
         while True:
             yield {"url": rng.choice(urls)}
@@ -99,7 +107,7 @@ def _resampled_shards(urls: list[str], spec: StreamSpec):
 def _deal_blocks(spec: StreamSpec):
     """Keep this reader's blocks of `batch_size` consecutive samples (see the module docstring)."""
     def stage(src):
-        worker, workers = _worker_info()
+        worker, workers = _worker_role(spec)
         reader, readers = spec.rank * workers + worker, spec.world_size * workers
         for i, sample in enumerate(src):
             if (i // spec.batch_size) % readers == reader:
@@ -110,7 +118,7 @@ def _deal_blocks(spec: StreamSpec):
 def _reader_shuffle(bufsize: int, spec: StreamSpec):
     """webdataset's buffer shuffle, seeded per (seed, epoch, reader) once inside the worker."""
     def stage(src):
-        worker, workers = _worker_info()
+        worker, workers = _worker_role(spec)
         rng = random.Random(_stable_int("shuffle", spec.seed, spec.epoch, spec.rank * workers + worker))
         return wds.shuffle(bufsize, initial=bufsize, rng=rng)(src)
     return stage
@@ -119,7 +127,7 @@ def _reader_shuffle(bufsize: int, spec: StreamSpec):
 def _skip_samples(spec: StreamSpec):
     """Drop the samples of batches a resumed run already trained on (before any decoding)."""
     def stage(src):
-        worker, workers = _worker_info()
+        worker, workers = _worker_role(spec)
         # The DataLoader yields worker batches round-robin: batch g came from worker g % workers.
         done = (spec.skip_batches - worker + workers - 1) // workers if spec.skip_batches > worker else 0
         to_skip = done * spec.batch_size
@@ -131,63 +139,64 @@ def _skip_samples(spec: StreamSpec):
     return stage
 
 
-def _decode_image(data: bytes, draft_size: int) -> Image.Image:
-    img = Image.open(io.BytesIO(data))
-    if draft_size and img.format == "JPEG":
-        # Decode at a reduced DCT scale when the JPEG is much larger than needed (still >= size).
-        img.draft("RGB", (draft_size, draft_size))
-    return img.convert("RGB")
-
-
 class SampleTransform:
-    """Decodes one raw sample into (key, text, uint8 image, label)."""
+    """Decodes one raw sample into (key, text, uint8 image, label).
+
+    With `decode_on_device` the JPEG bytes and the chosen crop box are kept instead; the device
+    decodes and crops them (engine/batch.py), with the same box the CPU would have used.
+    """
 
     def __init__(self, cfg: DataConfig, train: bool, seed: int, epoch: int):
         self.train, self.seed, self.epoch = train, seed, epoch
-        self.draft_size = cfg.resize_size if cfg.image_draft else 0
-        if train:
-            self.image_tf = transforms.Compose([
-                transforms.RandomResizedCrop(cfg.image_size, scale=(0.5, 1.0), antialias=True),
-                transforms.RandomHorizontalFlip(),
-                transforms.PILToTensor(),
-            ])
-        else:
-            self.image_tf = transforms.Compose([
-                transforms.Resize(cfg.resize_size, antialias=True),
-                transforms.CenterCrop(cfg.image_size),
-                transforms.PILToTensor(),
-            ])
+        self.cropper = ImageCropper(cfg.image_size, cfg.resize_size, train, draft=cfg.image_draft)
+        self.decode_on_device = cfg.decode_on_device
 
     def __call__(self, sample: dict) -> dict:
-        key = sample["__key__"]
-        image = _decode_image(sample["jpg"], self.draft_size)
-        if self.train:
-            # fork_rng keeps the global RNG untouched (workers=0 runs in the training process).
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_stable_int("augment", self.seed, self.epoch, key) % 2**63)
-                image = self.image_tf(image)
-        else:
-            image = self.image_tf(image)
+        key, data = sample["__key__"], sample["jpg"]
+        width, height = stored_size(data)
+        # A private RNG per sample: the crop depends on (seed, epoch, key) only, and the global
+        # RNGs are left alone (workers=0 runs in the training process).
+        rng = random.Random(_stable_int("augment", self.seed, self.epoch, key)) if self.train else None
+        box = self.cropper.box(rng, width, height)
         label = int(sample["cls"]) if "cls" in sample else -1
-        return {"key": key, "text": sample["txt"].decode("utf-8"), "image": image, "label": label}
+        out = {"key": key, "text": sample["txt"].decode("utf-8"), "label": label}
+        if self.decode_on_device:
+            out.update(jpeg=as_jpeg(data), box=box)
+        else:
+            out["image"] = self.cropper(data, box, width, height)
+        return out
 
 
 class Collate:
-    """Batches samples: one fast-tokenizer call per batch, padded to the batch's longest text."""
+    """Batches samples: one fast-tokenizer call per batch, padded to the batch's longest text
+    (or to max_length with `pad_to_max_length`, the seed's fixed shapes)."""
 
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer, self.max_length = tokenizer, max_length
+    def __init__(self, tokenizer, max_length: int, pad_to_max_length: bool = False, image_size: int = 0):
+        self.tokenizer, self.max_length, self.image_size = tokenizer, max_length, image_size
+        self.padding = "max_length" if pad_to_max_length else "longest"
 
     def __call__(self, samples: list[dict]) -> dict:
-        enc = self.tokenizer([s["text"] for s in samples], padding="longest", truncation=True,
+        enc = self.tokenizer([s["text"] for s in samples], padding=self.padding, truncation=True,
                              max_length=self.max_length, return_tensors="pt")
-        return {
+        batch = {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
-            "images": torch.stack([s["image"] for s in samples]),  # uint8, normalised on the device
             "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
             "keys": [s["key"] for s in samples],
         }
+        if "image" in samples[0]:
+            # uint8 [B, 3, S, S] in channels_last memory (stacked as HWC, no transpose here);
+            # normalised (and made contiguous) on the device
+            batch["images"] = torch.stack([s["image"].permute(1, 2, 0) for s in samples]).permute(0, 3, 1, 2)
+        else:  # data.decode_on_device: JPEG bytes and crop boxes, decoded by engine/batch.py
+            # one flat byte tensor + offsets: a worker hands over one shared-memory block, not B
+            sizes = torch.tensor([0] + [len(s["jpeg"]) for s in samples], dtype=torch.long)
+            flat = bytearray(b"".join(s["jpeg"] for s in samples))
+            batch["jpeg_bytes"] = torch.frombuffer(flat, dtype=torch.uint8)
+            batch["jpeg_offsets"] = sizes.cumsum(0)
+            batch["crop_boxes"] = torch.tensor([s["box"].as_list() for s in samples], dtype=torch.long)
+            batch["image_size"] = self.image_size
+        return batch
 
 
 def build_pipeline(cfg: DataConfig, shard_dir: str, spec: StreamSpec, tokenizer,
@@ -202,8 +211,8 @@ def build_pipeline(cfg: DataConfig, shard_dir: str, spec: StreamSpec, tokenizer,
     stages = [s for s in source if s is not None]
     stages += [
         # Every reader walks every shard; _deal_blocks keeps its share, so no node/worker splitter
-        # may drop shards first.
-        wds.tarfile_to_samples(handler=counter),
+        # may drop shards first. (tar_samples: webdataset's samples with cheap header parsing.)
+        tar_samples(handler=counter),
         _deal_blocks(spec) if not (spec.train and cfg.resampled) else None,
     ]
     if spec.train and cfg.shuffle_buffer > 1:
@@ -212,7 +221,8 @@ def build_pipeline(cfg: DataConfig, shard_dir: str, spec: StreamSpec, tokenizer,
         stages.append(_skip_samples(spec))
     stages += [
         wds.map(SampleTransform(cfg, spec.train, spec.seed, spec.epoch), handler=counter),
-        wds.batched(spec.batch_size, collation_fn=Collate(tokenizer, cfg.max_length), partial=not spec.train),
+        wds.batched(spec.batch_size, partial=not spec.train,
+                    collation_fn=Collate(tokenizer, cfg.max_length, cfg.pad_to_max_length, cfg.image_size)),
     ]
     pipeline = wds.DataPipeline(*[s for s in stages if s is not None])
     pipeline.corrupt = counter
@@ -235,6 +245,20 @@ def batches_per_rank(num_samples: int, spec: StreamSpec, workers: int) -> int:
     return full_rounds * max(workers, 1)
 
 
+SIGTERM_GRACE_S = 30  # SLURM's default KillWait: it sends SIGKILL this long after SIGTERM
+
+
+def _defer_sigterm(signum, frame) -> None:
+    if not signal.getitimer(signal.ITIMER_REAL)[0]:
+        signal.alarm(SIGTERM_GRACE_S)  # SIGALRM ends the worker, should its parent never stop it
+
+
+def _worker_init(worker_id: int) -> None:
+    # SLURM and torchrun send SIGTERM to the whole process group: a worker keeps serving batches
+    # while the training process reaches its next step boundary and saves a checkpoint.
+    signal.signal(signal.SIGTERM, _defer_sigterm)
+
+
 def build_loader(cfg: DataConfig, shard_dir: str, spec: StreamSpec, tokenizer,
                  pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over `build_pipeline`; batches are already formed by the pipeline."""
@@ -244,6 +268,7 @@ def build_loader(cfg: DataConfig, shard_dir: str, spec: StreamSpec, tokenizer,
         pin_memory=pin_memory and cfg.pin_memory,
         persistent_workers=False,  # a new loader each epoch carries the epoch into the workers
         prefetch_factor=4 if cfg.workers > 0 else None,
+        worker_init_fn=_worker_init,
     )
     loader.corrupt = pipeline.corrupt
     return loader

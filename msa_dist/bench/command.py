@@ -1,0 +1,74 @@
+"""The `msa-dist bench` subcommands: argument parsing here, the work in data.py / train.py."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_bench_parser(sub) -> None:
+    """Register `bench data`, `bench train`, `bench replicate` and `bench summary` on the CLI's subparsers."""
+    bench = sub.add_parser("bench", help="measure loader and training throughput")
+    bsub = bench.add_subparsers(dest="bench_command", required=True)
+
+    d = bsub.add_parser("data", help="samples/s per worker core that the training loader delivers")
+    d.add_argument("--shards", required=True, help="a shard directory (msa-dist shards build)")
+    d.add_argument("--split", default="train")
+    d.add_argument("--seconds", type=float, default=20.0, help="timed seconds after warm-up")
+    d.add_argument("--workers", type=int, default=1, help="loader worker processes (0: this process)")
+    d.add_argument("--config", default=None,
+                   help="take the data and batch settings from this config (default: the schema's defaults)")
+    d.add_argument("--reference", default=None, metavar="DATA_ROOT",
+                   help="also time the seed-style loader on this raw DATA_ROOT and print the ratio")
+    d.add_argument("--json", default=None, help="write the result to this JSON file")
+    d.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.image_size=96")
+
+    t = bsub.add_parser("train", help="timed training steps: samples/s, tokens/s, data wait, memory, MFU")
+    t.add_argument("--config", required=True)
+    t.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    t.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    t.add_argument("--peak-tflops", type=float, default=0.0,
+                   help="the GPU's dense bf16 peak for MFU when it is not in msa_dist.bench.flops")
+    t.add_argument("--cudnn-benchmark", action="store_true",
+                   help="let cuDNN time its convolution algorithms (the trainer does not set this yet)")
+    t.add_argument("--json", default=None, help="write the result to this JSON file")
+    t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.shards=DIR backend.precision=bf16")
+
+    r = bsub.add_parser("replicate", help="a larger shard set made of copies of a small one (device checks)")
+    r.add_argument("src")
+    r.add_argument("--out", required=True)
+    r.add_argument("--copies", type=int, default=10)
+
+    s = bsub.add_parser("summary", help="one table (and Markdown) of several result JSON files")
+    s.add_argument("results", nargs="+")
+    s.add_argument("--out", default=None, help="also write them together into this JSON file")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run one `msa-dist bench` subcommand."""
+    import os
+    # Benchmarks build random-weight models and never need the hub: don't wait on network retries.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from msa_dist.bench import report
+    from msa_dist.config import load_config
+    from msa_dist.engine.display import console
+
+    if args.bench_command == "data":
+        from msa_dist.bench.data import run_data_bench
+        cfg = load_config(args.config, [*args.overrides, f"data.shards={args.shards}"])
+        result = run_data_bench(cfg, args.split, args.seconds, args.workers, reference=args.reference)
+        report.write_json(result, args.json)
+        report.print_data_result(result, console)
+    elif args.bench_command == "train":
+        from msa_dist.bench.train import run_train_bench
+        cfg = load_config(args.config, args.overrides)
+        result = run_train_bench(cfg, args.steps, args.warmup, args.peak_tflops, args.cudnn_benchmark)
+        report.write_json(result, args.json)
+        report.print_train_result(result, console)
+    elif args.bench_command == "replicate":
+        from msa_dist.bench.replicate import replicate_shards
+        manifest = replicate_shards(args.src, args.out, args.copies)
+        sizes = ", ".join(f"{split} {info['samples']}" for split, info in manifest["splits"].items())
+        console.print(f"wrote {args.copies} copies of {args.src} into {args.out}: {sizes}", highlight=False)
+    else:
+        results = report.merge_results(args.results, args.out)
+        print(report.summary_markdown(results))
+    return 0

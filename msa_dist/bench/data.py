@@ -1,0 +1,92 @@
+"""`msa-dist bench data`: samples per second that the training loader delivers, per worker core.
+
+The loader is the trainer's (`build_loader`, a new one per epoch as the trainer builds them): shard
+reading, per-sample decode + augmentation, batched tokenization, collation; with W workers the rate
+is divided by W (W = 0 runs in this process, on one thread). The first batches (worker start-up,
+shuffle buffer fill) are warm-up and not timed; later epoch restarts are, as training pays them too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from typing import Optional
+
+import torch
+
+from msa_dist.bench.build import bench_tokenizer
+from msa_dist.bench.seed_loader import seed_style_samples_per_s
+from msa_dist.config import Config
+from msa_dist.data.loader import StreamSpec, build_loader, split_size
+from msa_dist.data.manifest import load_manifest
+from msa_dist.errors import MsaDistError
+
+
+def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, workers: int = 1,
+                   warmup_batches: int = 2, reference: Optional[str] = None) -> dict:
+    """Time the training loader of `cfg.data` on `split`; optionally the seed-style reference too."""
+    if seconds <= 0 or workers < 0:
+        raise MsaDistError("bench data: --seconds must be > 0 and --workers >= 0")
+    # One core per reader: HF tokenizers would otherwise spread a batch over every core.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    shard_dir = cfg.data.shards
+    manifest = load_manifest(shard_dir)
+    if split_size(shard_dir, split) < cfg.train.batch_size:
+        raise MsaDistError(f"bench data: split '{split}' holds fewer samples than one batch ({cfg.train.batch_size})")
+    data_cfg = dataclasses.replace(cfg.data, workers=workers)
+    tokenizer = bench_tokenizer(cfg, shard_dir)
+    if reference:
+        # Half of the reference's time before the loader's, half after: on a shared machine both
+        # then see about the same load.
+        before = seed_style_samples_per_s(reference, seconds / 2)
+    threads = torch.get_num_threads()
+    if workers == 0:
+        torch.set_num_threads(1)
+    try:
+        timing = _time_loader(data_cfg, shard_dir, split, cfg.train.batch_size, cfg.train.seed, tokenizer,
+                              seconds, warmup_batches)
+    finally:
+        torch.set_num_threads(threads)
+    result = {
+        "bench": "data", "split": split, "workers": workers, "batch_size": cfg.train.batch_size,
+        "image_size": cfg.data.image_size, "shard_image_size": manifest["options"].get("image_size", 0),
+        "decode_on_device": cfg.data.decode_on_device, "pad_to_max_length": cfg.data.pad_to_max_length,
+        "cpu_count": os.cpu_count(), **timing,
+        "samples_per_s_per_worker": timing["samples_per_s"] / max(workers, 1),
+    }
+    if reference:
+        result["reference_samples_per_s"] = (before + seed_style_samples_per_s(reference, seconds / 2)) / 2
+        result["ratio_to_reference"] = result["samples_per_s_per_worker"] / result["reference_samples_per_s"]
+    return result
+
+
+def _time_loader(data_cfg, shard_dir: str, split: str, batch_size: int, seed: int, tokenizer,
+                 seconds: float, warmup_batches: int) -> dict:
+    pin = torch.cuda.is_available()  # as the trainer: pinned batches only when a GPU will take them
+    start = time.perf_counter()
+    first_batch_s = None
+    timed_from = None
+    samples = batches = epochs = 0
+    while True:
+        spec = StreamSpec(split, True, batch_size, seed=seed, epoch=epochs)
+        epochs += 1
+        got_any = False
+        for batch in build_loader(data_cfg, shard_dir, spec, tokenizer, pin_memory=pin):
+            got_any = True
+            now = time.perf_counter()
+            if first_batch_s is None:
+                first_batch_s = now - start
+            batches += 1
+            if batches == max(1, warmup_batches):  # the clock starts after this batch
+                timed_from = now
+                continue
+            if timed_from is None:
+                continue
+            samples += len(batch["keys"])
+            if now - timed_from >= seconds:
+                elapsed = now - timed_from
+                return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed,
+                        "first_batch_s": first_batch_s, "epochs_started": epochs}
+        if not got_any:
+            raise MsaDistError(f"bench data: split '{split}' gave no full batch of {batch_size} with "
+                               f"{max(data_cfg.workers, 1)} workers; lower --batch-size or --workers")

@@ -1,0 +1,130 @@
+"""Printing benchmark results (rich tables; the data bench's last line is machine-readable) and JSON files."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Optional
+
+import torch
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+GIB = 1024 ** 3
+
+
+def environment() -> dict:
+    """What the numbers were measured on."""
+    env = {"date": datetime.date.today().isoformat(), "python": platform.python_version(),
+           "torch": torch.__version__, "cpu_count": os.cpu_count(), "cpu": platform.processor() or platform.machine()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def write_json(result: dict, path: Optional[str]) -> None:
+    """Write one result (with the environment) as JSON; nothing when `path` is empty."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({**result, "environment": environment()}, indent=1) + "\n")
+
+
+def print_data_result(result: dict, console: Console) -> None:
+    table = Table(title=f"bench data: split {escape(result['split'])}, {result['workers']} workers, "
+                        f"batch {result['batch_size']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    rows = [("samples/s (all workers)", f"{result['samples_per_s']:.0f}"),
+            ("samples/s per worker core", f"{result['samples_per_s_per_worker']:.0f}"),
+            ("image size (shards stored at)", f"{result['image_size']} ({result['shard_image_size'] or 'original'})"),
+            ("decode on device", str(result["decode_on_device"])),
+            ("first batch after (s)", f"{result['first_batch_s']:.2f}"),
+            ("timed samples / seconds", f"{result['samples']} / {result['seconds']:.1f}")]
+    if "reference_samples_per_s" in result:
+        rows += [("seed-style reference samples/s (1 core)", f"{result['reference_samples_per_s']:.0f}"),
+                 ("ratio per core", f"{result['ratio_to_reference']:.1f}x")]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    # The last line, for scripts.
+    print(f"samples_per_s_per_worker {result['samples_per_s_per_worker']:.1f}", flush=True)
+
+
+def print_train_result(result: dict, console: Console) -> None:
+    cfg = result["config"]
+    title = (f"bench train on {escape(result['device'])}: {cfg['model']['text']['name']} + "
+             f"{cfg['model']['image']['name']}, {cfg['backend']['precision']}, batch {cfg['train']['batch_size']}"
+             f" x {result['world_size']} ranks, {result['steps']} steps after {result['warmup']} warm-up")
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    mfu = result["mfu"]
+    rows = [("samples/s", f"{result['samples_per_s']:.1f}"),
+            ("text tokens/s (real / padded)",
+             f"{result['text_tokens_per_s']:.0f} / {result['padded_tokens_per_s']:.0f}"),
+            ("step time mean / median (ms)",
+             f"{1e3 * result['step_s_mean']:.1f} / {1e3 * result['step_s_median']:.1f}"),
+            ("  data wait (ms)", f"{1e3 * result['data_wait_s_mean']:.1f} ({100 * result['data_wait_fraction']:.1f}%)"),
+            ("  compute (ms)", f"{1e3 * result['compute_s_mean']:.1f}"),
+            (f"peak memory ({result['peak_memory_kind']}, GiB)", f"{result['peak_memory_bytes'] / GIB:.2f}"),
+            ("train GFLOPs per sample", f"{result['train_flops_per_sample'] / 1e9:.2f}"),
+            ("achieved FLOP/s per rank", _flops_rate(result["achieved_tflops_per_rank"])),
+            ("MFU (of bf16 dense peak)", "n/a (no GPU peak known)" if mfu is None
+             else f"{100 * mfu:.1f}% of {result['peak_bf16_tflops']:.0f} TFLOP/s")]
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+
+
+def _flops_rate(tflops: float) -> str:
+    return f"{tflops:.1f} TFLOP/s" if tflops >= 1 else f"{1e3 * tflops:.1f} GFLOP/s"
+
+
+def _rate(value: float) -> str:
+    return f"{value:.0f}" if value >= 10 else f"{value:.2f}"
+
+
+def summary_rows(results: list[dict]) -> list[dict]:
+    """One flat row per result, for the combined table (README / device check)."""
+    rows = []
+    for r in results:
+        label = r.get("label", "")
+        if r["bench"] == "data":
+            rows.append({"run": label, "bench": "data", "samples/s": r["samples_per_s"],
+                         "per worker": r["samples_per_s_per_worker"], "workers": r["workers"],
+                         "data wait": None, "MFU": None, "peak GiB": None})
+        else:
+            rows.append({"run": label, "bench": "train", "samples/s": r["samples_per_s"], "per worker": None,
+                         "workers": r["config"]["data"]["workers"], "data wait": r["data_wait_fraction"],
+                         "MFU": r["mfu"], "peak GiB": r["peak_memory_bytes"] / GIB})
+    return rows
+
+
+def summary_markdown(results: list[dict]) -> str:
+    """The combined table as Markdown (what README's Performance section shows)."""
+    def cell(value, fmt):
+        return "-" if value is None else fmt.format(value)
+    lines = ["| run | bench | samples/s | per worker core | workers | data wait | MFU | peak memory GiB |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in summary_rows(results):
+        lines.append(f"| {row['run']} | {row['bench']} | {_rate(row['samples/s'])} | "
+                     f"{cell(row['per worker'], '{:.0f}')} | "
+                     f"{row['workers']} | {cell(row['data wait'], '{:.1%}')} | {cell(row['MFU'], '{:.1%}')} | "
+                     f"{cell(row['peak GiB'], '{:.1f}')} |")
+    return "\n".join(lines)
+
+
+def merge_results(paths: list[str], out: Optional[str]) -> list[dict]:
+    """Read result JSONs (label = file stem) and optionally write them as one JSON list."""
+    results = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        result.setdefault("label", Path(path).stem)
+        results.append(result)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"environment": environment(), "results": results}, indent=1) + "\n")
+    return results

@@ -1,0 +1,134 @@
+"""A lean tar reader for local shards: the samples of `wds.tarfile_to_samples`, at a fraction of the cost.
+
+Every loader reader walks every shard of the split (see loader.py), so the per-member cost of
+parsing a tar header is paid `world_size * workers` times per sample. Python's `tarfile` decodes
+every header field (~50 us per member, three members per sample); this reader takes only the name,
+size and type, checks the header checksum, and groups members into samples as webdataset does: the
+key is the path up to the first dot of the file name, the rest (lowercased) is the field name.
+Handles ustar/GNU/pax headers (long names, pax `path` and `size` records); other member types
+(directories, links) are skipped, as webdataset skips them.
+"""
+from __future__ import annotations
+
+import re
+import tarfile
+from typing import Callable, Iterable, Iterator, Optional
+
+BLOCK = 512
+_META_RE = re.compile(r"__[^/]*__($|/)")  # webdataset skips these members (e.g. __index__)
+_REGULAR = (b"0", b"\0", b"7")
+
+
+def tar_samples(handler: Callable[[Exception], bool]):
+    """A pipeline stage: {"url": local tar path} dicts in, webdataset-style sample dicts out.
+
+    An error (unreadable file, bad header, truncated member) goes to `handler`; if it returns
+    True the rest of that shard is skipped and the next one is read.
+    """
+    def stage(src: Iterable[dict]) -> Iterator[dict]:
+        for item in src:
+            url = item["url"]
+            sample: Optional[dict] = None
+            try:
+                with open(url, "rb", buffering=1 << 20) as stream:
+                    for name, data in _members(stream):
+                        key, dot, suffix = _split_name(name)
+                        if not dot or _META_RE.match(name):
+                            continue
+                        if sample is None or sample["__key__"] != key:
+                            if sample is not None:
+                                yield sample
+                            sample = {"__key__": key, "__url__": url}
+                        if suffix in sample:
+                            raise ValueError(f"{name}: duplicate file name in tar file {url}")
+                        sample[suffix] = data
+            except Exception as exc:  # noqa: BLE001 - the handler decides, like webdataset's
+                exc.args = exc.args + (url,)
+                if not handler(exc):
+                    raise
+            if sample is not None:
+                yield sample  # also a partial one after an error: downstream counts it as corrupt
+    return stage
+
+
+def _split_name(name: str) -> tuple[str, str, str]:
+    """("dir/key", ".", "ext.more") from "dir/key.ext.more"; no dot in the file name -> ("", "", "")."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    if dot <= slash:  # no extension, or a file name that starts with a dot
+        return "", "", ""
+    return name[:dot], ".", name[dot + 1:].lower()
+
+
+def _members(stream) -> Iterator[tuple[str, bytes]]:
+    """(name, data) of each regular file in an uncompressed tar stream."""
+    long_name: Optional[str] = None
+    pax: dict[str, str] = {}
+    while True:
+        header = stream.read(BLOCK)
+        if len(header) < BLOCK:
+            if header:
+                raise tarfile.ReadError("truncated tar header")
+            return  # end of file without the zero blocks: accepted, as tarfile does
+        if header.count(0) == BLOCK:
+            return  # end-of-archive marker
+        _check_sum(header)
+        typeflag = header[156:157]
+        size = _number(header[124:136])
+        if "size" in pax:
+            size = int(pax["size"])
+        data = stream.read(size)
+        if len(data) < size:
+            raise tarfile.ReadError(f"truncated tar member ({len(data)} of {size} bytes)")
+        stream.read(-size % BLOCK)  # padding to the next block
+        if typeflag == b"L":  # GNU long name: the next member's name
+            long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            continue
+        if typeflag == b"x":  # pax extended header for the next member
+            pax = _pax_records(data)
+            continue
+        if typeflag == b"g":  # pax global header: nothing we use
+            continue
+        name = pax.get("path") or long_name or _header_name(header)
+        long_name, pax = None, {}
+        if typeflag in _REGULAR:
+            yield name, data
+
+
+def _header_name(header: bytes) -> str:
+    name = header[0:100].split(b"\0", 1)[0]
+    if header[257:262] == b"ustar":
+        prefix = header[345:500].split(b"\0", 1)[0]
+        if prefix:
+            name = prefix + b"/" + name
+    return name.decode("utf-8", "surrogateescape")
+
+
+def _number(field: bytes) -> int:
+    """A numeric header field: NUL/space-terminated octal, or GNU base-256 for large values."""
+    if field[0] & 0x80:
+        return int.from_bytes(field[1:], "big")
+    digits = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(digits, 8) if digits else 0
+    except ValueError:
+        raise tarfile.ReadError(f"bad number in tar header: {field!r}") from None
+
+
+def _check_sum(header: bytes) -> None:
+    stored = _number(header[148:156])
+    # the checksum field itself counts as eight spaces
+    if sum(header) - sum(header[148:156]) + 256 != stored:
+        raise tarfile.ReadError("bad tar header checksum (corrupt shard?)")
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """Parse "LEN key=value\\n" records."""
+    records, i = {}, 0
+    while i < len(data) and data[i] != 0:
+        space = data.index(b" ", i)
+        length = int(data[i:space])
+        key, _, value = data[space + 1:i + length - 1].partition(b"=")
+        records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
+        i += length
+    return records
