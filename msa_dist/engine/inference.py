@@ -5,8 +5,11 @@ import csv
 import os
 from pathlib import Path
 
+import torch
+
 from msa_dist.data.manifest import load_manifest
 from msa_dist.engine.artifacts import load_trained_model
+from msa_dist.engine.calibration import adjusted_metrics, collect_log_probs, load_offsets, save_offsets, tune_offsets
 from msa_dist.engine.checkpoint import model_weights_path
 from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.runtime import read_env
@@ -22,8 +25,38 @@ def _load(run_dir: str, which: str, device: str = "auto"):
     return env, cfg, tokenizer, model
 
 
-def evaluate(run_dir: str, shard_dir: str, split: str = "val", which: str = "best", batch_size: int = 64) -> dict:
-    """Metrics of the run's `which` checkpoint on a labelled split."""
+def calibrate(run_dir: str, shard_dir: str, split: str = "val", which: str = "best", batch_size: int = 64) -> dict:
+    """Tune per-class logit offsets on a labelled split for macro-F1; save them in the run dir."""
+    env, cfg, tokenizer, model = _load(run_dir, which)
+    _, log_probs, labels = collect_log_probs(cfg, model, tokenizer, env.device, shard_dir, split, batch_size)
+    offsets = tune_offsets(log_probs, labels)
+    before = adjusted_metrics(log_probs, labels, torch.zeros_like(offsets))
+    after = adjusted_metrics(log_probs, labels, offsets)
+    info = {"tuned_on": split, "checkpoint": which, "shards": str(shard_dir),
+            "before": {k: before[k] for k in ("accuracy", "macro_f1")},
+            "after": {k: after[k] for k in ("accuracy", "macro_f1")}}
+    save_offsets(run_dir, offsets, info)
+    return {"offsets": {k: round(v, 4) for k, v in zip(LABELS, offsets.tolist())}, **info}
+
+
+def _offsets(run_dir: str, shard_dir: str, which: str, batch_size: int) -> torch.Tensor:
+    offsets = load_offsets(run_dir)
+    if offsets is None:
+        calibrate(run_dir, shard_dir, "val", which, batch_size)
+        offsets = load_offsets(run_dir)
+    return offsets
+
+
+def evaluate(run_dir: str, shard_dir: str, split: str = "val", which: str = "best", batch_size: int = 64,
+             adjust: bool = False) -> dict:
+    """Metrics of the run's `which` checkpoint on a labelled split (`adjust`: with the tuned logit offsets)."""
+    if adjust:
+        offsets = _offsets(run_dir, shard_dir, which, batch_size)
+        env, cfg, tokenizer, model = _load(run_dir, which)
+        _, log_probs, labels = collect_log_probs(cfg, model, tokenizer, env.device, shard_dir, split, batch_size)
+        if (labels < 0).any():
+            raise MsaDistError(f"split '{split}' in {shard_dir} has no labels: use `msa-dist predict` for it")
+        return adjusted_metrics(log_probs, labels, offsets)
     env, cfg, tokenizer, model = _load(run_dir, which)
     metrics, _ = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir)
     if metrics is None:
@@ -32,12 +65,18 @@ def evaluate(run_dir: str, shard_dir: str, split: str = "val", which: str = "bes
 
 
 def predict(run_dir: str, shard_dir: str, out: str, split: str = "test", which: str = "best",
-            batch_size: int = 64) -> int:
-    """Write `guid,tag` for every sample of `split`, in the order the shards were built from."""
+            batch_size: int = 64, adjust: bool = False) -> int:
+    """Write `guid,tag` for every sample of `split`, in the order the shards were built from.
+
+    `adjust` adds the logit offsets tuned on val (tuning them first if the run has none yet).
+    """
     order = load_manifest(shard_dir)["splits"].get(split, {}).get("guids")
+    offsets = _offsets(run_dir, shard_dir, which, batch_size) if adjust else torch.zeros(len(LABELS))
     env, cfg, tokenizer, model = _load(run_dir, which)
     _, predictions = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir)
-    by_key = {key: LABELS[max(range(len(probs)), key=probs.__getitem__)] for key, probs in predictions}
+    # log(probs) + offsets: the same argmax as log_softmax(logits) + offsets
+    by_key = {key: LABELS[int((torch.tensor(probs).clamp(min=1e-12).log() + offsets).argmax())]
+              for key, probs in predictions}
     missing = [g for g in order if g not in by_key] if order else []
     if missing:
         raise MsaDistError(f"{len(missing)} samples of split '{split}' could not be read (first: {missing[0]}); "

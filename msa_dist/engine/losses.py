@@ -1,14 +1,51 @@
-"""The training loss, chosen by config."""
+"""The training loss, chosen by config: cross-entropy or focal loss, either class-weighted and label-smoothed."""
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from msa_dist.config import TrainConfig
+from msa_dist.errors import MsaDistError
+
+
+class FocalLoss(torch.nn.Module):
+    """Focal loss (Lin et al., 2017): cross-entropy scaled by (1 - p_true)^gamma, so samples the model
+    already gets right count less. Class weights and label smoothing act as in `CrossEntropyLoss`
+    (the weighted mean divides by the summed weights of the batch's targets)."""
+
+    def __init__(self, gamma: float = 2.0, weight: Optional[torch.Tensor] = None, label_smoothing: float = 0.0):
+        super().__init__()
+        self.gamma, self.label_smoothing = gamma, label_smoothing
+        self.register_buffer("weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits, target, weight=self.weight, reduction="none", label_smoothing=self.label_smoothing)
+        p_true = torch.softmax(logits, dim=-1).gather(1, target.unsqueeze(1)).squeeze(1)
+        loss = (1 - p_true).clamp(min=0).pow(self.gamma) * ce
+        if self.weight is None:
+            return loss.mean()
+        return loss.sum() / self.weight[target].sum()
 
 
 def build_loss(cfg: TrainConfig, class_weights: Optional[torch.Tensor]) -> torch.nn.Module:
-    """Cross-entropy, optionally class-weighted and label-smoothed."""
-    return torch.nn.CrossEntropyLoss(weight=class_weights if cfg.class_weighting else None,
-                                     label_smoothing=cfg.label_smoothing)
+    """Cross-entropy or focal loss (`train.loss`), optionally class-weighted and label-smoothed.
+
+    `class_weights` are inverse class frequencies (mean-normalised); `train.class_weight_power` tempers them.
+    """
+    weight = None
+    if cfg.class_weighting and class_weights is not None:
+        if cfg.class_weight_power < 0:
+            raise MsaDistError(f"config key 'train.class_weight_power' must be >= 0; got {cfg.class_weight_power!r}")
+        # no renormalising: both losses divide by the summed weights of the batch's targets
+        weight = class_weights if cfg.class_weight_power == 1 else class_weights.pow(cfg.class_weight_power)
+    if not 0 <= cfg.label_smoothing < 1:
+        raise MsaDistError(f"config key 'train.label_smoothing' must be in [0, 1); got {cfg.label_smoothing!r}")
+    if cfg.loss == "focal":
+        if cfg.focal_gamma < 0:
+            raise MsaDistError(f"config key 'train.focal_gamma' must be >= 0; got {cfg.focal_gamma!r}")
+        return FocalLoss(cfg.focal_gamma, weight, cfg.label_smoothing)
+    if cfg.loss != "ce":
+        raise MsaDistError(f"config key 'train.loss' must be ce or focal; got {cfg.loss!r}")
+    return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)

@@ -6,6 +6,7 @@ import math
 import torch
 
 from msa_dist.config import OptimConfig
+from msa_dist.models.layers import split_group_key
 
 
 def _split_decay(params: list[torch.nn.Parameter]) -> tuple[list, list]:
@@ -16,14 +17,19 @@ def _split_decay(params: list[torch.nn.Parameter]) -> tuple[list, list]:
 
 
 def optimizer_param_groups(cfg: OptimConfig, groups: dict[str, list[torch.nn.Parameter]]) -> list[dict]:
-    """AdamW parameter groups: each part's own lr, decay only on matrices."""
+    """AdamW parameter groups: each part's own lr, decay only on matrices.
+
+    A key `part*scale` (layer-wise lr decay, see `msa_dist.models.layers`) gets the part's lr times scale.
+    """
     lrs = {"text": cfg.text_lr, "image": cfg.image_lr, "head": cfg.lr}
     out = []
-    for part, params in groups.items():
+    for key, params in groups.items():
+        part, scale = split_group_key(key)
         decay, no_decay = _split_decay(params)
         for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
             if ps:
-                out.append({"params": ps, "lr": lrs[part], "weight_decay": wd, "name": f"{part}{'' if wd else '_no_decay'}"})
+                out.append({"params": ps, "lr": lrs[part] * scale, "weight_decay": wd,
+                            "name": f"{key}{'' if wd else '_no_decay'}"})
     return out
 
 

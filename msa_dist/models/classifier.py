@@ -8,8 +8,9 @@ from torch import nn
 
 from msa_dist.config import ModelConfig
 from msa_dist.errors import MsaDistError
-from msa_dist.models.fusion import build_head
+from msa_dist.models.fusion import FUSIONS, build_head
 from msa_dist.models.image import ImageEncoder, build_image_encoder
+from msa_dist.models.layers import lr_scale_groups
 from msa_dist.models.text import TextEncoder, build_text_encoder
 
 MODALITIES = ("both", "text", "image")
@@ -19,7 +20,8 @@ class MultimodalSentimentClassifier(nn.Module):
     """(input_ids, attention_mask, images) -> logits [B, NUM_CLASSES]; only the encoders in use exist."""
 
     def __init__(self, text_encoder: Optional[TextEncoder], image_encoder: Optional[ImageEncoder],
-                 head: nn.Module, modality: str):
+                 head: nn.Module, modality: str, modality_dropout: float = 0.0,
+                 layer_decay: tuple[float, float] = (1.0, 1.0)):
         super().__init__()
         assert (text_encoder is not None) == (modality in ("both", "text"))
         assert (image_encoder is not None) == (modality in ("both", "image"))
@@ -27,31 +29,56 @@ class MultimodalSentimentClassifier(nn.Module):
         self.image_encoder = image_encoder
         self.head = head
         self.modality = modality
+        self.modality_dropout = modality_dropout
+        self.layer_decay = layer_decay  # (text, image) layer-wise lr decay factors
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 images: Optional[torch.Tensor] = None) -> torch.Tensor:
-        text_emb = image_emb = None
         if self.text_encoder is not None:
             if input_ids is None:
                 raise ValueError(f"modality={self.modality} needs input_ids")
             if attention_mask is None:
                 attention_mask = torch.ones_like(input_ids)
-            text_emb = self.text_encoder(input_ids, attention_mask)
-        if self.image_encoder is not None:
-            if images is None:
-                raise ValueError(f"modality={self.modality} needs images")
-            image_emb = self.image_encoder(images)
-        return self.head(text_emb, image_emb)
+        if self.image_encoder is not None and images is None:
+            raise ValueError(f"modality={self.modality} needs images")
+        if getattr(self.head, "uses_tokens", False):
+            text_tokens = self.text_encoder.forward_tokens(input_ids, attention_mask)
+            image_tokens = self.image_encoder.forward_tokens(images)
+            text_tokens, image_tokens = self._drop_modality(text_tokens, image_tokens)
+            return self.head(text_tokens=text_tokens, text_mask=attention_mask, image_tokens=image_tokens)
+        text_emb = self.text_encoder(input_ids, attention_mask) if self.text_encoder is not None else None
+        image_emb = self.image_encoder(images) if self.image_encoder is not None else None
+        text_emb, image_emb = self._drop_modality(text_emb, image_emb)
+        return self.head(text_emb=text_emb, image_emb=image_emb)
+
+    def _drop_modality(self, text: Optional[torch.Tensor],
+                       image: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Training only: zero one modality (text or image, at random) of a `modality_dropout` share of samples."""
+        if not self.training or self.modality_dropout <= 0 or text is None or image is None:
+            return text, image
+        batch = text.shape[0]
+        dropped = torch.rand(batch, device=text.device) < self.modality_dropout
+        drop_text = dropped & (torch.rand(batch, device=text.device) < 0.5)
+        drop_image = dropped & ~drop_text
+        # multiplying (not masking in place) keeps every parameter in the graph, as DDP requires
+        keep_text = (~drop_text).to(text.dtype).view(batch, *[1] * (text.dim() - 1))
+        keep_image = (~drop_image).to(image.dtype).view(batch, *[1] * (image.dim() - 1))
+        return text * keep_text, image * keep_image
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by part ("text", "image", "head"), each for its own learning rate.
 
-        All three keys are always present; a part that is absent or frozen gives an empty list.
+        "text", "image" and "head" are always present (a part that is absent or frozen gives an empty
+        list). With layer-wise lr decay a backbone's parameters are listed under `text*<multiplier>` /
+        `image*<multiplier>` keys instead, one per depth (see `msa_dist.models.layers`); "head" is last.
         """
-        def trainable(module: Optional[nn.Module]) -> list[nn.Parameter]:
-            return [] if module is None else [p for p in module.parameters() if p.requires_grad]
-        return {"text": trainable(self.text_encoder), "image": trainable(self.image_encoder),
-                "head": trainable(self.head)}
+        groups: dict[str, list[nn.Parameter]] = {"text": [], "image": []}
+        for part, module, decay in (("text", self.text_encoder, self.layer_decay[0]),
+                                    ("image", self.image_encoder, self.layer_decay[1])):
+            if module is not None:
+                groups.update(lr_scale_groups(module, part, decay, f"model.{part}.layer_decay"))
+        groups["head"] = [p for p in self.head.parameters() if p.requires_grad]  # last: the lr a backend logs
+        return groups
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, pretrained: bool = True,
@@ -64,11 +91,15 @@ def build_model(cfg: ModelConfig, vocab_size: int, pretrained: bool = True,
     if cfg.modality not in MODALITIES:
         raise MsaDistError(f"config key 'model.modality' must be one of {', '.join(MODALITIES)}; "
                            f"got {cfg.modality!r}")
+    if not 0 <= cfg.head.modality_dropout < 1:
+        raise MsaDistError(f"config key 'model.head.modality_dropout' must be in [0, 1); got {cfg.head.modality_dropout!r}")
     text_encoder = image_encoder = None
     if cfg.modality in ("both", "text"):
         text_encoder = build_text_encoder(cfg.text, vocab_size, pretrained=pretrained, arch_dir=arch_dir)
     if cfg.modality in ("both", "image"):
         image_encoder = build_image_encoder(cfg.image, pretrained=pretrained)
-    head = build_head(cfg.head, text_encoder.out_dim if text_encoder else None,
-                      image_encoder.out_dim if image_encoder else None)
-    return MultimodalSentimentClassifier(text_encoder, image_encoder, head, cfg.modality)
+    uses_tokens = getattr(FUSIONS.get(cfg.head.fusion), "uses_tokens", False)
+    image_dim = None if image_encoder is None else image_encoder.token_dim if uses_tokens else image_encoder.out_dim
+    head = build_head(cfg.head, text_encoder.out_dim if text_encoder else None, image_dim)
+    return MultimodalSentimentClassifier(text_encoder, image_encoder, head, cfg.modality,
+                                         cfg.head.modality_dropout, (cfg.text.layer_decay, cfg.image.layer_decay))

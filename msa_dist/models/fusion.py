@@ -1,4 +1,10 @@
-"""Fusion heads: pooled text and image features -> class logits. `FUSIONS` maps model.head.fusion to a class."""
+"""Fusion heads: text and image features -> class logits. `FUSIONS` maps model.head.fusion to a class.
+
+Each head is built as `cls(cfg, text_dim, image_dim)` (None for an absent modality) and says which
+modalities it works with in `MODALITIES`. Most take pooled features, `head(text_emb, image_emb)`
+with [B, dim] tensors; a head with `uses_tokens = True` takes every token instead,
+`head(text_tokens, text_mask, image_tokens)`: [B, T, text_dim], [B, T] (1 = real token), [B, R, image_dim].
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -6,15 +12,27 @@ from typing import Optional
 import torch
 from torch import nn
 
-from msa_dist.config import HeadConfig
+from msa_dist.config import EXTRA_CHOICES, HeadConfig
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import NUM_CLASSES
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
 
+def classifier_mlp(cfg: HeadConfig, width: int, act: type[nn.Module] = nn.GELU) -> nn.Sequential:
+    """`cfg.layers` hidden layers of `cfg.hidden` units, dropout before each Linear, then NUM_CLASSES logits."""
+    mlp: list[nn.Module] = []
+    for _ in range(cfg.layers):
+        mlp += [nn.Dropout(cfg.dropout), nn.Linear(width, cfg.hidden), act()]
+        width = cfg.hidden
+    mlp += [nn.Dropout(cfg.dropout), nn.Linear(width, NUM_CLASSES)]
+    return nn.Sequential(*mlp)
+
+
 class ConcatFusionHead(nn.Module):
     """Project each present modality to `proj_dim`, concatenate, then an MLP to NUM_CLASSES logits."""
+
+    MODALITIES = ("both", "text", "image")
 
     def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int],
                  activation: str = "gelu"):
@@ -25,12 +43,7 @@ class ConcatFusionHead(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(text_dim, cfg.proj_dim), act()) if text_dim is not None else None
         self.image_proj = nn.Sequential(nn.Linear(image_dim, cfg.proj_dim), act()) if image_dim is not None else None
         width = cfg.proj_dim * ((text_dim is not None) + (image_dim is not None))
-        mlp: list[nn.Module] = []
-        for _ in range(cfg.layers):
-            mlp += [nn.Dropout(cfg.dropout), nn.Linear(width, cfg.hidden), act()]
-            width = cfg.hidden
-        mlp += [nn.Dropout(cfg.dropout), nn.Linear(width, NUM_CLASSES)]
-        self.mlp = nn.Sequential(*mlp)
+        self.mlp = classifier_mlp(cfg, width, act)
 
     def forward(self, text_emb: Optional[torch.Tensor] = None,
                 image_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -42,9 +55,118 @@ class ConcatFusionHead(nn.Module):
         return self.mlp(torch.cat(parts, dim=-1))
 
 
-# Each variant is built as `cls(cfg, text_dim, image_dim)` and called as `head(text_emb, image_emb)`.
-# A new name must also be added to EXTRA_CHOICES["model.head.fusion"] in config.py.
-FUSIONS: dict[str, type[nn.Module]] = {"concat": ConcatFusionHead}
+class GatedFusionHead(nn.Module):
+    """A gated multimodal unit (Arevalo et al., 2017): a learned gate z in (0, 1) per sample and unit mixes
+    tanh(W_t text) and tanh(W_i image) as z * text + (1 - z) * image; then the MLP."""
+
+    MODALITIES = ("both",)
+
+    def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]):
+        super().__init__()
+        self.text_proj = nn.Linear(text_dim, cfg.proj_dim)
+        self.image_proj = nn.Linear(image_dim, cfg.proj_dim)
+        self.gate = nn.Linear(text_dim + image_dim, cfg.proj_dim)
+        self.mlp = classifier_mlp(cfg, cfg.proj_dim)
+
+    def forward(self, text_emb: torch.Tensor, image_emb: torch.Tensor) -> torch.Tensor:
+        z = torch.sigmoid(self.gate(torch.cat([text_emb, image_emb], dim=-1)))
+        fused = z * torch.tanh(self.text_proj(text_emb)) + (1 - z) * torch.tanh(self.image_proj(image_emb))
+        return self.mlp(fused)
+
+
+class LateFusionHead(nn.Module):
+    """One unimodal head per present modality (projection + MLP to logits); the logits are averaged."""
+
+    MODALITIES = ("both", "text", "image")
+
+    def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]):
+        super().__init__()
+        self.text_head = ConcatFusionHead(cfg, text_dim, None) if text_dim is not None else None
+        self.image_head = ConcatFusionHead(cfg, None, image_dim) if image_dim is not None else None
+
+    def forward(self, text_emb: Optional[torch.Tensor] = None,
+                image_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        logits = []
+        if self.text_head is not None:
+            logits.append(self.text_head(text_emb=text_emb))
+        if self.image_head is not None:
+            logits.append(self.image_head(image_emb=image_emb))
+        return torch.stack(logits).mean(dim=0)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Text tokens attend to image regions and image regions to text tokens (pre-norm), then an FFN each."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm_text, self.norm_image = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.text_to_image = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.image_to_text = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.ffn_text = self._ffn(dim, dropout)
+        self.ffn_image = self._ffn(dim, dropout)
+
+    @staticmethod
+    def _ffn(dim: int, dropout: float) -> nn.Sequential:
+        return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout),
+                             nn.Linear(2 * dim, dim))
+
+    def forward(self, text: torch.Tensor, image: torch.Tensor,
+                text_padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        text_n, image_n = self.norm_text(text), self.norm_image(image)
+        # both directions read the block's input states, so neither modality sees the other twice
+        text = text + self.text_to_image(text_n, image_n, image_n, need_weights=False)[0]
+        image = image + self.image_to_text(image_n, text_n, text_n, key_padding_mask=text_padding,
+                                           need_weights=False)[0]
+        return text + self.ffn_text(text), image + self.ffn_image(image)
+
+
+class CrossAttentionFusionHead(nn.Module):
+    """A small transformer over text tokens and image regions (e.g. ResNet-50's 7x7 map as 49 tokens):
+    `attn_layers` bidirectional cross-attention blocks, then the masked mean of each side into the MLP."""
+
+    MODALITIES = ("both",)
+    uses_tokens = True
+
+    def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]):
+        super().__init__()
+        if cfg.proj_dim % cfg.attn_heads:
+            raise MsaDistError(f"model.head.proj_dim ({cfg.proj_dim}) must be divisible by "
+                               f"model.head.attn_heads ({cfg.attn_heads})")
+        if cfg.attn_layers < 1:
+            raise MsaDistError(f"config key 'model.head.attn_layers' must be >= 1; got {cfg.attn_layers}")
+        dim = cfg.proj_dim
+        self.text_in = nn.Linear(text_dim, dim)
+        self.image_in = nn.Linear(image_dim, dim)
+        self.modality_emb = nn.Parameter(torch.zeros(2, dim))  # tells the attention which side a token is from
+        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, cfg.attn_heads, cfg.dropout)
+                                    for _ in range(cfg.attn_layers))
+        self.norm = nn.LayerNorm(2 * dim)
+        self.mlp = classifier_mlp(cfg, 2 * dim)
+
+    def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
+                image_tokens: torch.Tensor) -> torch.Tensor:
+        text = self.text_in(text_tokens) + self.modality_emb[0]
+        image = self.image_in(image_tokens) + self.modality_emb[1]
+        text_padding = text_mask == 0
+        for block in self.blocks:
+            text, image = block(text, image, text_padding)
+        weights = text_mask.unsqueeze(-1).to(text.dtype)
+        text_pooled = (text * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+        return self.mlp(self.norm(torch.cat([text_pooled, image.mean(dim=1)], dim=-1)))
+
+
+FUSIONS: dict[str, type[nn.Module]] = {
+    "concat": ConcatFusionHead,
+    "gated": GatedFusionHead,
+    "cross_attention": CrossAttentionFusionHead,
+    "late": LateFusionHead,
+}
+assert set(FUSIONS) == set(EXTRA_CHOICES["model.head.fusion"]), "register new fusions in config.EXTRA_CHOICES"
+
+
+def supports(fusion: str, modality: str) -> bool:
+    """Whether `model.head.fusion` works with `model.modality`."""
+    return modality in FUSIONS[fusion].MODALITIES
 
 
 def build_head(cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]) -> nn.Module:
@@ -53,4 +175,8 @@ def build_head(cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int
         raise MsaDistError(f"config key 'model.head.fusion' must be one of {', '.join(FUSIONS)}; got {cfg.fusion!r}")
     if cfg.layers < 0:
         raise MsaDistError(f"config key 'model.head.layers' must be >= 0; got {cfg.layers}")
+    modality = "both" if text_dim is not None and image_dim is not None else "text" if text_dim is not None else "image"
+    if not supports(cfg.fusion, modality):
+        raise MsaDistError(f"model.head.fusion={cfg.fusion} combines two modalities and does not work with "
+                           f"model.modality={modality}: use fusion=concat or late for one modality")
     return FUSIONS[cfg.fusion](cfg, text_dim, image_dim)

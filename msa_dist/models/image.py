@@ -11,6 +11,7 @@ from torch import nn
 
 from msa_dist.config import ImageEncoderConfig
 from msa_dist.errors import MsaDistError
+from msa_dist.models.layers import unfreeze_last_layers
 
 
 class TinyCNN(nn.Module):
@@ -41,6 +42,15 @@ def _strip_classifier(model: nn.Module, name: str) -> tuple[int, str]:
         out_dim = model.fc.in_features
         model.fc = nn.Identity()
         return out_dim, "fc."
+    for attr in ("heads", "head"):  # torchvision ViT (`heads.head`) and Swin (`head`)
+        head = getattr(model, attr, None)
+        if isinstance(head, nn.Sequential) and len(head) == 1 and isinstance(head[0], nn.Linear):
+            out_dim = head[0].in_features
+            head[0] = nn.Identity()
+            return out_dim, f"{attr}.{next(iter(head._modules))}."
+        if isinstance(head, nn.Linear):
+            setattr(model, attr, nn.Identity())
+            return head.in_features, f"{attr}."
     classifier = getattr(model, "classifier", None)
     if isinstance(classifier, nn.Linear):
         model.classifier = nn.Identity()
@@ -55,7 +65,8 @@ def _strip_classifier(model: nn.Module, name: str) -> tuple[int, str]:
 
 
 class ImageEncoder(nn.Module):
-    """Backbone -> [B, out_dim] pooled features; `forward_map` gives the last feature map [B, C, h, w]."""
+    """Backbone -> [B, out_dim] pooled features; `forward_map` gives the last feature map [B, C, h, w]
+    and `forward_tokens` the same as region tokens [B, h*w, C] (C = `token_dim`)."""
 
     def __init__(self, backbone: nn.Module, out_dim: int, channels_last: bool = False):
         super().__init__()
@@ -79,9 +90,32 @@ class ImageEncoder(nn.Module):
         if isinstance(net, torchvision.models.ResNet):
             x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
             return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+        if isinstance(net, torchvision.models.SwinTransformer):
+            return net.permute(net.norm(net.features(images)))  # features are channels-last [B, h, w, C]
         if hasattr(net, "features"):
             return net.features(images)
-        raise NotImplementedError(f"forward_map is not implemented for {type(net).__name__}")
+        raise MsaDistError(f"model.image.name: {type(net).__name__} has no feature map for fusion=cross_attention; "
+                           "use a CNN (resnet50, convnext_tiny, ...), a timm: model or a clip: model")
+
+    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Image regions as tokens: the last feature map flattened, [B, h*w, token_dim]."""
+        return self.forward_map(images).flatten(2).transpose(1, 2)
+
+    @property
+    def token_dim(self) -> int:
+        """Channels of the feature map (found by one small forward pass, then cached)."""
+        if "_token_dim" not in self.__dict__:
+            was_training = self.training
+            with torch.no_grad():
+                self.eval()  # no BatchNorm statistics update from the probe
+                probe = next(self.parameters()).new_zeros(1, 3, 64, 64)
+                self.__dict__["_token_dim"] = int(self.forward_map(probe).shape[1])
+            self.train(was_training)
+        return self.__dict__["_token_dim"]
+
+    @token_dim.setter
+    def token_dim(self, value: int) -> None:
+        self.__dict__["_token_dim"] = int(value)
 
 
 def _read_state_dict(path: str) -> dict:
@@ -152,19 +186,41 @@ def build_image_encoder(cfg: ImageEncoderConfig, pretrained: bool = True) -> Ima
 
     `cfg.freeze` only turns off gradients: BatchNorm statistics still update in train() mode.
     """
+    if cfg.name.startswith(("clip:", "timm:")):
+        encoder = _prefixed_encoder(cfg, pretrained)
+    else:
+        encoder = _torchvision_encoder(cfg, pretrained)
+    if cfg.freeze:
+        encoder.requires_grad_(False)
+    unfreeze_last_layers(encoder.backbone, -1 if cfg.freeze else cfg.unfreeze_last_n_layers,
+                         "model.image.unfreeze_last_n_layers")
+    return encoder
+
+
+def _prefixed_encoder(cfg: ImageEncoderConfig, pretrained: bool) -> ImageEncoder:
+    # imported here: these modules subclass ImageEncoder
+    if cfg.name.startswith("clip:"):
+        from msa_dist.models.clip import ClipImageEncoder, load_clip_tower
+        if pretrained and cfg.weights not in ("imagenet", "none"):
+            warnings.warn("model.image.weights has no effect with a clip: image model: "
+                          "its weights come from the CLIP checkpoint", stacklevel=3)
+        return ClipImageEncoder(load_clip_tower("image", cfg.name.removeprefix("clip:"), pretrained))
+    from msa_dist.models.timm_image import build_timm_encoder
+    return build_timm_encoder(cfg.name.removeprefix("timm:"), cfg.weights if pretrained else "none",
+                              cfg.channels_last)
+
+
+def _torchvision_encoder(cfg: ImageEncoderConfig, pretrained: bool) -> ImageEncoder:
     if cfg.name == "tiny":
         backbone = TinyCNN(cfg.tiny_width)
         out_dim = backbone.out_dim
         if pretrained and cfg.weights == "imagenet":
             warnings.warn("model.image.weights=imagenet has no effect with model.image.name=tiny: "
-                          "the tiny CNN starts from random weights", stacklevel=2)
+                          "the tiny CNN starts from random weights", stacklevel=3)
         elif pretrained and cfg.weights != "none":
             _load_weights(backbone, _read_state_dict(cfg.weights), None, "tiny", cfg.weights)
     else:
         backbone, out_dim = _torchvision_backbone(cfg, pretrained)
     if cfg.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
-    encoder = ImageEncoder(backbone, out_dim, cfg.channels_last)
-    if cfg.freeze:
-        encoder.requires_grad_(False)
-    return encoder
+    return ImageEncoder(backbone, out_dim, cfg.channels_last)

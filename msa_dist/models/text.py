@@ -10,13 +10,18 @@ from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
 from msa_dist.config import TextEncoderConfig
 from msa_dist.errors import MsaDistError
+from msa_dist.models.bow import BagOfNgrams, BagOfNgramsConfig
+from msa_dist.models.clip import load_clip_tower
+from msa_dist.models.layers import unfreeze_last_layers
 from msa_dist.models.tokenizer import offline_hint
 
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "last")
+CLIP_PREFIX = "clip:"  # model.text.name "clip:<hub name or dir>": the text tower of a CLIPModel checkpoint
 
 
 class TextEncoder(nn.Module):
-    """Hugging Face backbone -> [B, out_dim]: the first token's state ("cls") or a masked mean ("mean")."""
+    """Hugging Face backbone -> [B, out_dim]: the first token's state ("cls"), a masked mean ("mean"),
+    or the last non-padding token's state ("last": CLIP's EOS token, which a causal text model needs)."""
 
     def __init__(self, model: nn.Module, pooling: str = "cls"):
         super().__init__()
@@ -26,10 +31,18 @@ class TextEncoder(nn.Module):
         self.pooling = pooling
         self.out_dim = int(model.config.hidden_size)
 
+    def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Every token's last hidden state, [B, T, out_dim] (padding rows included; mask them)."""
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        token_states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        token_states = self.forward_tokens(input_ids, attention_mask)
         if self.pooling == "cls":
             return token_states[:, 0]
+        if self.pooling == "last":
+            # tokenizers here pad on the right, so the last real token sits at length - 1
+            last = attention_mask.sum(dim=1).clamp(min=1) - 1
+            return token_states[torch.arange(len(last), device=last.device), last]
         text_mask = attention_mask.unsqueeze(-1).to(token_states.dtype)
         # clamp: an all-padding row gives zeros instead of NaN
         return (token_states * text_mask).sum(dim=1) / text_mask.sum(dim=1).clamp(min=1.0)
@@ -49,11 +62,14 @@ def _tiny_bert(cfg: TextEncoderConfig, vocab_size: int) -> nn.Module:
     config = BertConfig(
         vocab_size=vocab_size, hidden_size=cfg.tiny_hidden, num_hidden_layers=cfg.tiny_layers,
         num_attention_heads=cfg.tiny_heads, intermediate_size=4 * cfg.tiny_hidden, max_position_embeddings=512,
+        hidden_dropout_prob=cfg.tiny_dropout, attention_probs_dropout_prob=cfg.tiny_dropout,
     )
     return BertModel(config, add_pooling_layer=False)
 
 
 def _from_pretrained(name: str) -> nn.Module:
+    if name.startswith(CLIP_PREFIX):
+        return load_clip_tower("text", name.removeprefix(CLIP_PREFIX), pretrained=True)
     try:
         model = AutoModel.from_pretrained(name)
     except (OSError, ValueError) as exc:
@@ -67,6 +83,8 @@ def _from_pretrained(name: str) -> nn.Module:
 
 
 def _from_architecture(name: str, arch_dir: Optional[str]) -> nn.Module:
+    if arch_dir is None and name.startswith(CLIP_PREFIX):
+        return load_clip_tower("text", name.removeprefix(CLIP_PREFIX), pretrained=False)
     source = arch_dir or name
     try:
         config = AutoConfig.from_pretrained(source)
@@ -87,7 +105,11 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pretrained: bool
     checkpoint of ours without the hub. `cfg.freeze` only turns off gradients: dropout still follows
     train()/eval() like the rest of the model.
     """
-    if cfg.name == "tiny":
+    if cfg.name == "tiny" and cfg.tiny_arch == "bow":
+        if cfg.pooling != "mean":
+            raise MsaDistError("model.text.tiny_arch=bow needs model.text.pooling=mean (its states are not contextual)")
+        model = BagOfNgrams(BagOfNgramsConfig(vocab_size, cfg.tiny_hidden, cfg.tiny_bigram_buckets))
+    elif cfg.name == "tiny":
         model = _tiny_bert(cfg, vocab_size)
     elif pretrained:
         model = _from_pretrained(cfg.name)
@@ -96,6 +118,8 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pretrained: bool
     encoder = TextEncoder(_drop_pooler(model), cfg.pooling)
     if cfg.freeze:
         encoder.requires_grad_(False)
+    unfreeze_last_layers(encoder.model, -1 if cfg.freeze else cfg.unfreeze_last_n_layers,
+                         "model.text.unfreeze_last_n_layers")
     return encoder
 
 

@@ -48,6 +48,7 @@ def offline_hint(what: str, name: str) -> str:
 
 def load_pretrained_tokenizer(name_or_dir: str) -> PreTrainedTokenizerFast:
     """AutoTokenizer.from_pretrained, with a plain `MsaDistError` when it is not available offline."""
+    name_or_dir = name_or_dir.removeprefix("clip:")  # model.text.name of a CLIP text tower
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
     except (OSError, ValueError) as exc:

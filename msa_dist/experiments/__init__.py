@@ -1,0 +1,1 @@
+"""Experiments built from training runs: ablation, sweep, per-run reports and run comparisons."""
