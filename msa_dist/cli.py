@@ -6,6 +6,7 @@ import logging
 import sys
 from typing import Optional
 
+from msa_dist.bench.command import add_bench_parser
 from msa_dist.errors import MsaDistError
 
 
@@ -24,15 +25,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--strict", action="store_true", help="fail on the first bad record instead of skipping it")
     b.add_argument("--labels", help="a guid,tag file to read instead of train.txt / test_without_label.txt")
     b.add_argument("--split", help="with --labels: the split name its records go to")
-    b.add_argument("--image-size", type=int, default=0,
-                   help="re-encode images with this shorter side (0 keeps the original bytes)")
+    b.add_argument("--image-size", type=int, default=256,
+                   help="re-encode images to this shorter side, about the training resolution, so loaders "
+                        "decode small JPEGs (0 keeps the original bytes)")
     v = ssub.add_parser("verify", help="re-read every shard and check it against manifest.json")
     v.add_argument("shard_dir")
 
     t = sub.add_parser("train", help="train a model")
     t.add_argument("--config", required=True)
     t.add_argument("--run-dir", default=None, help="default: runs/<config name>")
-    t.add_argument("--resume", default=None, help="'auto' (the run's latest checkpoint) or a checkpoint dir")
+    t.add_argument("--resume", default=None, help="'auto' (the run's latest checkpoint) or a checkpoint dir; "
+                   "after a torchrun restart 'auto' is implied")
     t.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=3e-4")
 
@@ -41,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--shards", required=True)
     e.add_argument("--split", default="val")
     e.add_argument("--checkpoint", default="best", help="best | latest | step-NNNNNNN")
+    e.add_argument("--adjust", action="store_true", help="add the per-class logit offsets tuned on val for macro-F1")
 
     pr = sub.add_parser("predict", help="write guid,tag predictions for the test split")
     pr.add_argument("--run", required=True)
@@ -48,15 +52,35 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", required=True)
     pr.add_argument("--split", default="test")
     pr.add_argument("--checkpoint", default="best")
+    pr.add_argument("--adjust", action="store_true",
+                    help="add per-class logit offsets tuned on the val split for macro-F1 (RUN/logit_offsets.json)")
 
     c = sub.add_parser("config", help="print the resolved config, or the reference of every key")
     c.add_argument("action", choices=["show", "reference"])
     c.add_argument("--config", default=None)
     c.add_argument("overrides", nargs="*")
 
+    ab = sub.add_parser("ablate", help="train text-only, image-only and both; tabulate their val metrics")
+    ab.add_argument("--config", required=True)
+    ab.add_argument("--run-dir", default=None, help="default: runs/<config name>-ablate")
+    ab.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.epochs=4")
+
+    sw = sub.add_parser("sweep", help="train every combination of --grid values (resumable), ranked by a val metric")
+    sw.add_argument("--config", required=True)
+    sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="repeat for more keys")
+    sw.add_argument("--run-dir", default=None, help="default: runs/<config name>-sweep")
+    sw.add_argument("--metric", default=None, help="accuracy | macro_f1 | weighted_f1 (default: train.best_metric)")
+    sw.add_argument("overrides", nargs="*", help="dotted config overrides applied to every point")
+
+    rp = sub.add_parser("report", help="compare runs side by side (and write each run's plots and report.md)")
+    rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dirs, or ablation/sweep dirs holding runs")
+    rp.add_argument("--out", default="comparison.md", help="the markdown file to write")
+
     d = sub.add_parser("demo", help="the whole job on a built-in synthetic dataset, on the CPU")
     d.add_argument("--out", default="msa-dist-demo")
     d.add_argument("overrides", nargs="*")
+
+    add_bench_parser(sub)
     return p
 
 
@@ -76,21 +100,26 @@ def _run(args) -> int:
         from pathlib import Path
 
         from msa_dist.config import load_config
+        from msa_dist.engine.runtime import read_env
         from msa_dist.engine.trainer import train
         cfg = load_config(args.config, args.overrides)
         run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
         summary = train(cfg, run_dir, resume=args.resume)
+        if read_env(cfg.backend.device).is_main and summary["status"] == "finished":
+            from msa_dist.experiments.report import write_run_report
+            write_run_report(run_dir)  # confusion_matrix.png, curves.png, report.md
         return 0 if summary["status"] in ("finished", "preempted") else 1
     if args.command == "evaluate":
         from msa_dist.engine.display import print_metrics
         from msa_dist.engine.inference import evaluate
-        metrics = evaluate(args.run, args.shards, args.split, args.checkpoint)
-        print_metrics(metrics, f"{args.split} metrics ({args.checkpoint} checkpoint of {args.run})")
+        metrics = evaluate(args.run, args.shards, args.split, args.checkpoint, adjust=args.adjust)
+        adjusted = ", logit offsets tuned on val" if args.adjust else ""
+        print_metrics(metrics, f"{args.split} metrics ({args.checkpoint} checkpoint of {args.run}{adjusted})")
         return 0
     if args.command == "predict":
         from msa_dist.engine.display import console
         from msa_dist.engine.inference import predict
-        n = predict(args.run, args.shards, args.out, args.split, args.checkpoint)
+        n = predict(args.run, args.shards, args.out, args.split, args.checkpoint, adjust=args.adjust)
         console.print(f"wrote {n} predictions to {args.out}")
         return 0
     if args.command == "config":
@@ -104,10 +133,30 @@ def _run(args) -> int:
             for key, default, doc in describe_fields():
                 print(f"| `{key}` | `{default}` | {doc} |")
         return 0
+    if args.command in ("ablate", "sweep"):
+        from pathlib import Path
+
+        from msa_dist.config import load_config
+        cfg = load_config(args.config, args.overrides)
+        run_dir = args.run_dir or str(Path("runs") / f"{Path(args.config).stem}-{args.command}")
+        if args.command == "ablate":
+            from msa_dist.experiments.ablate import run_ablation
+            run_ablation(cfg, run_dir)
+        else:
+            from msa_dist.experiments.sweep import parse_grid, run_sweep
+            run_sweep(cfg, parse_grid(args.grid), run_dir, args.metric)
+        return 0
+    if args.command == "report":
+        from msa_dist.experiments.report import compare_runs
+        compare_runs(args.run_dirs, args.out)
+        return 0
     if args.command == "demo":
         from msa_dist.demo import run_demo
         run_demo(args.out, args.overrides)
         return 0
+    if args.command == "bench":
+        from msa_dist.bench.command import run_bench
+        return run_bench(args)
     raise AssertionError(args.command)
 
 
@@ -131,3 +180,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("msa-dist: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:  # only a command that trained can hold a group
+            from msa_dist.engine.backends import leave_process_group
+            leave_process_group()

@@ -27,6 +27,8 @@ class DataConfig:
     resampled: bool = False  # sample shards with replacement instead of reading each once per epoch
     pin_memory: bool = True  # page-locked host batches for faster copies to a GPU
     image_draft: bool = True  # let PIL decode JPEGs at reduced size when they are much larger
+    pad_to_max_length: bool = False  # pad every batch to max_length (the seed's fixed shapes) instead of its longest text
+    decode_on_device: bool = False  # ship JPEG bytes + crop boxes; decode and crop on the GPU (nvJPEG)
 
 
 @dataclass
@@ -38,6 +40,9 @@ class TextEncoderConfig:
     tiny_layers: int = 2  # tiny model only: transformer layers
     tiny_heads: int = 2  # tiny model only: attention heads
     tiny_vocab_size: int = 8000  # tiny model only: WordPiece vocabulary trained on the train texts
+    tiny_arch: str = "bert"  # tiny model only: bert (a small transformer) | bow (bag of token + bigram embeddings)
+    tiny_bigram_buckets: int = 0  # tiny bow only: hashed token-bigram embeddings (0 = tokens only)
+    tiny_dropout: float = 0.1  # tiny model only: BERT's hidden and attention dropout
     unfreeze_last_n_layers: int = -1  # train only the top N transformer layers (and what follows them); -1 = all
     layer_decay: float = 1.0  # layer-wise lr decay: each layer below the top gets this factor more; 1 = off
 
@@ -94,6 +99,7 @@ class TrainConfig:
     grad_accum_steps: int = 1  # micro batches per optimizer step
     seed: int = 0  # seeds weights, augmentation and shuffling: a run is repeatable
     class_weighting: bool = False  # weight the loss by inverse class frequency of the train split
+    class_weight_power: float = 1.0  # class_weighting only: weights = (inverse frequency)^power; 0.5 is gentler
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     loss: str = "ce"  # ce | focal: focal down-weights samples the model already gets right
     focal_gamma: float = 2.0  # focal loss only: exponent of (1 - p_true)
@@ -103,6 +109,7 @@ class TrainConfig:
     max_nonfinite_steps: int = 10  # consecutive non-finite losses before the run stops
     deterministic: bool = False  # torch deterministic algorithms (debug mode)
     detect_anomaly: bool = False  # autograd anomaly detection (debug mode; slow)
+    init_from: str = ""  # plain model.pt to start a new run from (weights only; e.g. a consolidated DeepSpeed checkpoint)
 
 
 @dataclass
@@ -151,7 +158,7 @@ CHOICES = {
 }
 # Registered by other modules (e.g. fusion variants) so the schema stays in one place.
 EXTRA_CHOICES: dict[str, tuple] = {"model.head.fusion": ("concat", "gated", "cross_attention", "late"),
-                                   "train.loss": ("ce", "focal")}
+                                   "train.loss": ("ce", "focal"), "model.text.tiny_arch": ("bert", "bow")}
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

@@ -10,6 +10,7 @@ from msa_dist.data.synthetic import write_synthetic_dataset
 from msa_dist.engine.display import console, print_metrics
 from msa_dist.engine.inference import evaluate, predict
 from msa_dist.engine.trainer import train
+from msa_dist.experiments.report import write_run_report
 
 # The built-in default: the same schema as configs/*.yaml, sized for a 2-core CPU.
 DEMO_CONFIG = {
@@ -35,12 +36,13 @@ def run_demo(out: str = "msa-dist-demo", overrides: list[str] | None = None) -> 
     cfg = load_config(base=DEMO_CONFIG, overrides=[f"data.shards={shard_dir}", *(overrides or [])])
     run_dir = out_dir / "run"
     summary = train(cfg, run_dir)
+    write_run_report(run_dir)
     metrics = evaluate(str(run_dir), str(shard_dir), "val")
     print_metrics(metrics, "demo: val metrics of the best checkpoint")
     pred_file = out_dir / "predictions.csv"
     n = predict(str(run_dir), str(shard_dir), str(pred_file))
     console.print(f"\n[bold green]demo finished in {time.perf_counter() - t0:.0f}s[/]")
     console.print(f"  synthetic data   {raw}\n  shards           {shard_dir} (manifest.json)\n"
-                  f"  run directory    {run_dir} (config.yaml, metrics.jsonl, checkpoints/)\n"
+                  f"  run directory    {run_dir} (config.yaml, metrics.jsonl, checkpoints/, report.md, curves.png)\n"
                   f"  predictions      {pred_file} ({n} rows)")
     return {"run_dir": run_dir, "shards": shard_dir, "predictions": pred_file, "val": metrics, "train": summary}

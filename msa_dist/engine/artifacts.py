@@ -6,6 +6,9 @@ RUN_DIR/text_config/     the text backbone's architecture, so no hub access is n
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -13,6 +16,7 @@ import yaml
 
 from msa_dist.config import Config, from_dict
 from msa_dist.data.loader import iter_texts
+from msa_dist.data.manifest import load_manifest
 from msa_dist.errors import MsaDistError
 from msa_dist.models import build_model
 from msa_dist.models.text import save_text_architecture
@@ -24,12 +28,36 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
     tok_dir = run_dir / "tokenizer"
     if backend.env.is_main and not (tok_dir / "tokenizer_config.json").exists():
         if cfg.model.text.name == "tiny":
-            tokenizer = train_wordpiece_tokenizer(iter_texts(cfg.data.shards, "train"), cfg.model.text.tiny_vocab_size)
+            tokenizer = _shard_wordpiece(cfg.data.shards, cfg.model.text.tiny_vocab_size)
         else:
             tokenizer = load_pretrained_tokenizer(cfg.model.text.name)
         tokenizer.save_pretrained(str(tok_dir))
     backend.barrier()
     return load_pretrained_tokenizer(str(tok_dir))
+
+
+def _shard_wordpiece(shard_dir: str, vocab_size: int):
+    """The WordPiece trained on these shards' train texts, cached beside the shards.
+
+    `tokenizers` breaks frequency ties differently in every process, so two trainings on the same
+    texts give different vocabularies; sharing one per (train shards, vocab size) keeps runs with
+    the same seed repeatable. A read-only shard folder just means no cache.
+    """
+    shards = load_manifest(shard_dir)["splits"]["train"]["shards"]
+    digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:12]
+    cache = Path(shard_dir) / "tokenizers" / f"wordpiece-{vocab_size}-{digest}"
+    if (cache / "tokenizer_config.json").exists():
+        return load_pretrained_tokenizer(str(cache))
+    tokenizer = train_wordpiece_tokenizer(iter_texts(shard_dir, "train"), vocab_size)
+    tmp = cache.with_name(f".tmp-{cache.name}-{os.getpid()}")
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, cache)
+    except OSError:  # another run won the race (use its copy), or the folder is read-only
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (cache / "tokenizer_config.json").exists():
+            return load_pretrained_tokenizer(str(cache))
+    return tokenizer
 
 
 def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.Module:
