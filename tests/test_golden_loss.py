@@ -1,0 +1,32 @@
+"""A golden loss curve: a refactor that should not change numerics must reproduce these losses.
+
+Image-only, so the (non-deterministic across processes) WordPiece training cannot move it; CPU,
+fp32, fixed seed, synthetic data written by the demo's generator. If a change is *meant* to alter
+the numerics (a new augmentation, a different init), regenerate the numbers and say so in the commit.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from msa_dist.config import load_config
+from msa_dist.data.shards import build_shards
+from msa_dist.data.synthetic import write_synthetic_dataset
+from msa_dist.demo import DEMO_CONFIG
+from msa_dist.engine.trainer import train
+
+GOLDEN = [1.0941219329833984, 1.030655026435852, 1.0019298791885376, 0.9953713417053223,
+          0.9357497692108154, 0.8844274878501892]  # per-step train loss, measured at commit time
+
+
+def test_golden_loss_curve(tmp_path):
+    raw = write_synthetic_dataset(tmp_path / "raw", n_labelled=120, n_test=4, seed=3, image_px=48)
+    build_shards(raw, tmp_path / "shards", val_fraction=0.2, seed=0, shard_size=40)
+    cfg = load_config(base=DEMO_CONFIG, overrides=[
+        f"data.shards={tmp_path / 'shards'}", "model.modality=image", "data.workers=0", "data.image_size=32",
+        "data.resize_size=32", "train.epochs=1", "train.batch_size=16", "optim.warmup_steps=0", "log.every_steps=1", "log.progress=false"])
+    train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in records if r["type"] == "train"]
+    assert losses == pytest.approx(GOLDEN, rel=1e-4, abs=1e-6)
