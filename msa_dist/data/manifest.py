@@ -54,11 +54,6 @@ def write_manifest(directory: str | Path, manifest: dict) -> Path:
     return path
 
 
-def split_names(manifest: dict) -> list[str]:
-    """The splits recorded in a manifest, in build order (train, val, test or the --split name)."""
-    return list(manifest["splits"])
-
-
 def shard_urls(shard_dir: str | Path, split: str, manifest: Optional[dict] = None) -> list[str]:
     """Absolute paths of one split's shards, in order; MsaDistError if the split is absent or empty."""
     shard_dir = Path(shard_dir)
