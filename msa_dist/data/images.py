@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
+import simplejpeg
 import torch
 import torch.nn.functional as F
 import torchvision.io as tvio
@@ -104,35 +105,51 @@ def random_resized_crop_box(rng: random.Random, width: int, height: int) -> Crop
 
 def center_crop_box(width: int, height: int, resize_size: int, image_size: int) -> CropBox:
     """Resize(resize_size) + CenterCrop(image_size), as one box in stored pixels (clamped to the image)."""
-    side = image_size * min(width, height) / resize_size
-    w, h = min(width, max(1, round(side))), min(height, max(1, round(side)))
+    w, h = _crop_side(width, height, resize_size, image_size)
     return CropBox(round((height - h) / 2), round((width - w) / 2), h, w)
+
+
+def random_crop_box(rng: random.Random, width: int, height: int, resize_size: int, image_size: int) -> CropBox:
+    """Resize(resize_size) + RandomCrop(image_size) + a flip, as one box in stored pixels. On shards
+    stored at resize_size the box is image_size square: a crop and no resize."""
+    w, h = _crop_side(width, height, resize_size, image_size)
+    return CropBox(rng.randint(0, height - h), rng.randint(0, width - w), h, w, rng.random() < 0.5)
+
+
+def _crop_side(width: int, height: int, resize_size: int, image_size: int) -> tuple[int, int]:
+    side = image_size * min(width, height) / resize_size
+    return min(width, max(1, round(side))), min(height, max(1, round(side)))
 
 
 class ImageCropper:
     """Chooses a sample's crop box and applies it: decode (draft when it pays), crop, resize, flip."""
 
-    def __init__(self, image_size: int, resize_size: int, train: bool, draft: bool = True):
-        self.image_size, self.resize_size, self.train = image_size, resize_size, train
+    def __init__(self, image_size: int, resize_size: int, train: bool, draft: bool = True,
+                 train_crop: str = "random_resized"):
+        self.image_size, self.resize_size = image_size, resize_size
+        self.crop = train_crop if train else "center"
         self.draft_size = resize_size if draft else 0
 
     def box(self, rng: Optional[random.Random], width: int, height: int) -> CropBox:
         """The crop for an image of the stored size; `rng` (training only) is the sample's own."""
-        if self.train:
+        if self.crop == "random_resized":
             return random_resized_crop_box(rng, width, height)
+        if self.crop == "random":
+            return random_crop_box(rng, width, height, self.resize_size, self.image_size)
         return center_crop_box(width, height, self.resize_size, self.image_size)
 
     def __call__(self, data: bytes, box: CropBox, width: int, height: int) -> torch.Tensor:
         """Decode `data` (stored size width x height); the box as uint8 [3, S, S] in HWC memory."""
-        image = decode_rgb(data, width, height, self.draft_size)
+        image = decode_rgb(data, width, height, self.draft_size).permute(1, 2, 0)  # HWC view
         # A draft decode is smaller than stored: scale the box (chosen on the stored size) to it.
-        sy, sx = image.shape[1] / height, image.shape[2] / width
+        sy, sx = image.shape[0] / height, image.shape[1] / width
         top, left = int(box.top * sy), int(box.left * sx)
-        crop = image[None, :, top:top + max(1, round(box.height * sy)), left:left + max(1, round(box.width * sx))]
-        # channels_last (HWC) is what both decoders produce and what torch's uint8 antialiased
-        # resize kernel is fast on; a crop of it must be made dense first.
-        out = resize_crop(crop.contiguous(memory_format=torch.channels_last), self.image_size)
-        return (out.flip(-1) if box.flip else out)[0]
+        crop = image[top:top + max(1, round(box.height * sy)), left:left + max(1, round(box.width * sx))]
+        # One dense copy of the crop (mirrored by the same copy): HWC memory is what torch's
+        # uint8 antialiased resize kernel is fast on. Mirroring before the resize equals
+        # mirroring after it (the resize grid is symmetric).
+        crop = crop.flip(1) if box.flip else crop.contiguous()
+        return resize_crop(crop.permute(2, 0, 1)[None], self.image_size)[0]
 
 
 def resize_crop(crop: torch.Tensor, size: int) -> torch.Tensor:
@@ -147,13 +164,28 @@ def resize_crop(crop: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def decode_rgb(data: bytes, width: int, height: int, draft_size: int = 0) -> torch.Tensor:
-    """uint8 [3, H, W]: PIL draft mode when the JPEG is >= 2x draft_size, else libjpeg-turbo via torchvision."""
-    is_jpeg = data[:2] == b"\xff\xd8"
-    if is_jpeg and _decode_jpeg is not None and not (draft_size and min(width, height) >= 2 * draft_size):
+    """uint8 [3, H, W] (HWC memory). JPEGs: simplejpeg with the fast DCT and upsampling (about 25%
+    faster than torchvision's decoder here), at 1/2, 1/4 or 1/8 scale while both sides stay >=
+    draft_size. Anything simplejpeg rejects (CMYK, progressive oddities, PNG...) goes to
+    torchvision, then PIL, which raise clear errors for files nothing can read."""
+    if data[:2] == b"\xff\xd8":
+        scale = 1
+        if draft_size:
+            while scale < 8 and min(width, height) >= 2 * scale * draft_size:
+                scale *= 2
         try:
-            return _decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=tvio.ImageReadMode.RGB)
-        except RuntimeError:
-            pass  # a JPEG torchvision rejects: let PIL try (and raise a clear error if it cannot)
+            # libjpeg-turbo picks the smallest n/8 scale that keeps these sizes: exactly 1/scale
+            image = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True,
+                                           min_height=-(-height // scale) if scale > 1 else 0,
+                                           min_width=-(-width // scale) if scale > 1 else 0)
+            return torch.from_numpy(image).permute(2, 0, 1)
+        except ValueError:
+            pass
+        if _decode_jpeg is not None and scale == 1:
+            try:
+                return _decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=tvio.ImageReadMode.RGB)
+            except RuntimeError:
+                pass  # a JPEG torchvision rejects: let PIL try (and raise a clear error if it cannot)
     img = Image.open(io.BytesIO(data))
     if draft_size and img.format == "JPEG":
         # Decode at a reduced DCT scale, still >= draft_size on both sides.

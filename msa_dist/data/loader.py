@@ -13,6 +13,7 @@ How an epoch is divided (the same rule on every rank, so no rank needs to talk t
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import multiprocessing
@@ -148,7 +149,8 @@ class SampleTransform:
 
     def __init__(self, cfg: DataConfig, train: bool, seed: int, epoch: int):
         self.train, self.seed, self.epoch = train, seed, epoch
-        self.cropper = ImageCropper(cfg.image_size, cfg.resize_size, train, draft=cfg.image_draft)
+        self.cropper = ImageCropper(cfg.image_size, cfg.resize_size, train, draft=cfg.image_draft,
+                                    train_crop=cfg.train_crop)
         self.decode_on_device = cfg.decode_on_device
 
     def __call__(self, sample: dict) -> dict:
@@ -156,7 +158,7 @@ class SampleTransform:
         width, height = stored_size(data)
         # A private RNG per sample: the crop depends on (seed, epoch, key) only, and the global
         # RNGs are left alone (workers=0 runs in the training process).
-        rng = random.Random(_stable_int("augment", self.seed, self.epoch, key)) if self.train else None
+        rng = random.Random(_stable_int("augment", self.seed, self.epoch, key)) if self.cropper.crop != "center" else None
         box = self.cropper.box(rng, width, height)
         label = int(sample["cls"]) if "cls" in sample else -1
         out = {"key": key, "text": sample["txt"].decode("utf-8"), "label": label}
@@ -174,20 +176,31 @@ class Collate:
     def __init__(self, tokenizer, max_length: int, pad_to_max_length: bool = False, image_size: int = 0):
         self.tokenizer, self.max_length, self.image_size = tokenizer, max_length, image_size
         self.padding = "max_length" if pad_to_max_length else "longest"
+        self._backend = _batch_encoder(tokenizer, max_length, pad_to_max_length)
+
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._backend is not None:
+            # the Rust tokenizer directly: half the cost of the Python wrapper's __call__
+            encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)  # no offsets
+            encodings = encode(texts)
+            return (torch.tensor([e.ids for e in encodings], dtype=torch.long),
+                    torch.tensor([e.attention_mask for e in encodings], dtype=torch.long))
+        enc = self.tokenizer(texts, padding=self.padding, truncation=True, max_length=self.max_length,
+                             return_tensors="pt")
+        return enc["input_ids"], enc["attention_mask"]
 
     def __call__(self, samples: list[dict]) -> dict:
-        enc = self.tokenizer([s["text"] for s in samples], padding=self.padding, truncation=True,
-                             max_length=self.max_length, return_tensors="pt")
+        input_ids, attention_mask = self._encode([s["text"] for s in samples])
         batch = {
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
             "labels": torch.tensor([s["label"] for s in samples], dtype=torch.long),
             "keys": [s["key"] for s in samples],
         }
         if "image" in samples[0]:
             # uint8 [B, 3, S, S] in channels_last memory (stacked as HWC, no transpose here);
             # normalised (and made contiguous) on the device
-            batch["images"] = torch.stack([s["image"].permute(1, 2, 0) for s in samples]).permute(0, 3, 1, 2)
+            batch["images"] = _stack_images([s["image"] for s in samples])
         else:  # data.decode_on_device: JPEG bytes and crop boxes, decoded by engine/batch.py
             # one flat byte tensor + offsets: a worker hands over one shared-memory block, not B
             sizes = torch.tensor([0] + [len(s["jpeg"]) for s in samples], dtype=torch.long)
@@ -197,6 +210,33 @@ class Collate:
             batch["crop_boxes"] = torch.tensor([s["box"].as_list() for s in samples], dtype=torch.long)
             batch["image_size"] = self.image_size
         return batch
+
+
+def _stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """[3, S, S] HWC-memory images -> one [B, 3, S, S] channels_last batch. In a loader worker the
+    batch is stacked straight into shared memory, as torch's default_collate does, so handing it
+    to the training process copies nothing more."""
+    hwc = [image.permute(1, 2, 0) for image in images]
+    out = None
+    if torch.utils.data.get_worker_info() is not None:
+        numel = len(hwc) * hwc[0].numel()
+        out = hwc[0].new(hwc[0].untyped_storage()._new_shared(numel)).view(len(hwc), *hwc[0].shape)
+    return torch.stack(hwc, out=out).permute(0, 3, 1, 2)
+
+
+def _batch_encoder(tokenizer, max_length: int, pad_to_max_length: bool):
+    """A Hugging Face fast tokenizer's Rust backend, set to truncate and pad as __call__ would
+    (special tokens added, right padding with the pad token); None for other tokenizers."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or tokenizer.pad_token_id is None or tokenizer.padding_side != "right" \
+            or tokenizer.truncation_side != "right":
+        return None
+    backend = copy.deepcopy(backend)  # the tokenizer's own settings stay untouched
+    # room for the special tokens inside max_length, as __call__(truncation=True) leaves
+    backend.enable_truncation(max_length)
+    backend.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
+                           length=max_length if pad_to_max_length else None)
+    return backend
 
 
 def build_pipeline(cfg: DataConfig, shard_dir: str, spec: StreamSpec, tokenizer,
