@@ -204,6 +204,7 @@ def test_missing_data_root_raises(tmp_path):
     ({"shard_size": 0}, "shard-size"),
     ({"labels_file": "missing.txt", "split_name": "extra"}, "labels file not found"),
     ({"labels_file": "x.txt", "split_name": "a-b"}, "--split name"),
+    ({"image_size": 16, "jpeg_quality": 0}, "jpeg-quality"),
 ])
 def test_bad_options_raise(tmp_path, raw_dataset, kwargs, match):
     with pytest.raises(MsaDistError, match=match):
@@ -296,6 +297,19 @@ def test_image_size_reencodes(tmp_path, raw_factory):
         image = Image.open(io.BytesIO(s["jpg"]))
         assert (image.format, image.mode, image.size) == ("JPEG", "RGB", (24, 16))
         assert len(s["jpg"]) < len(original)
+
+
+def test_jpeg_quality_is_applied_and_recorded(tmp_path, raw_factory):
+    ds = raw_factory(tmp_path / "raw", n_per_class=2, n_test=0, image_size=(96, 80))
+    sizes = {}
+    for quality in (40, 95):
+        manifest = build_shards(ds.root, tmp_path / f"q{quality}", val_fraction=0.5, image_size=64,
+                                jpeg_quality=quality)
+        assert manifest["options"]["jpeg_quality"] == quality
+        sizes[quality] = sum(len(s["jpg"]) for s in read_split(tmp_path / f"q{quality}", "train"))
+    assert sizes[40] < sizes[95]
+    kept = build_shards(ds.root, tmp_path / "orig", val_fraction=0.5)  # originals: no quality applies
+    assert kept["options"]["image_size"] == 0 and kept["options"]["jpeg_quality"] is None
 
 
 def test_labels_file_into_named_split(tmp_path, raw_dataset):

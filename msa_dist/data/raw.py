@@ -209,8 +209,8 @@ def check_record(record: Record, data_dir: Path) -> Union[Sample, BadRecord]:
     return Sample(record, text, encoding, image_path)
 
 
-def reencode_image(data: bytes, image_size: int) -> bytes:
-    """RGB JPEG (quality 90) with the shorter side resized to `image_size` (never upscaled)."""
+def reencode_image(data: bytes, image_size: int, quality: int = 90) -> bytes:
+    """RGB JPEG (4:2:0) with the shorter side resized to `image_size` (never upscaled)."""
     with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
         if min(width, height) > image_size:
@@ -224,5 +224,5 @@ def reencode_image(data: bytes, image_size: int) -> bytes:
         else:
             out = image.convert("RGB")
     buf = io.BytesIO()
-    out.save(buf, format="JPEG", quality=90)
+    out.save(buf, format="JPEG", quality=quality, subsampling="4:2:0")
     return buf.getvalue()

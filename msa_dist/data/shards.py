@@ -32,14 +32,16 @@ from msa_dist.labels import LABELS
 SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
 SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 SKIPPED_SHOWN = 5
+DEFAULT_JPEG_QUALITY = 90  # of re-encoded images (--image-size > 0)
 
 
 def build_shards(data_root: str | Path, out_dir: str | Path = "shards", val_fraction: float = 0.1,
                  seed: int = 0, shard_size: int = 1000, strict: bool = False,
                  labels_file: Optional[str | Path] = None, split_name: Optional[str] = None,
-                 image_size: int = 0, console: Optional[Console] = None) -> dict:
+                 image_size: int = 0, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+                 console: Optional[Console] = None) -> dict:
     """Check, split and pack DATA_ROOT's pairs into `out_dir`; returns the manifest written there."""
-    _check_options(val_fraction, shard_size, labels_file, split_name, image_size)
+    _check_options(val_fraction, shard_size, labels_file, split_name, image_size, jpeg_quality)
     out = Path(out_dir)
     _check_out_dir(out)
     root = Path(data_root)
@@ -58,7 +60,8 @@ def build_shards(data_root: str | Path, out_dir: str | Path = "shards", val_frac
         options = {"data_root": str(root.resolve()), "out_dir": str(out.resolve()),
                    "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
                    "strict": strict, "labels_file": None if labels_file is None else str(Path(labels_file).resolve()),
-                   "split_name": split_name, "image_size": image_size}
+                   "split_name": split_name, "image_size": image_size,
+                   "jpeg_quality": jpeg_quality if image_size > 0 else None}
         manifest = {"format": MANIFEST_FORMAT, "labels": list(LABELS), "options": options, "splits": {},
                     "decodings": {"utf-8": 0, "gb18030": 0}, "skipped": [b.to_dict() for b in skipped]}
         for sample in samples:
@@ -72,8 +75,8 @@ def build_shards(data_root: str | Path, out_dir: str | Path = "shards", val_frac
             task = progress.add_task("writing shards", total=len(samples))
             for name, split_samples in splits.items():
                 labelled_split = labels_file is None and name != "test"
-                manifest["splits"][name] = _write_split(tmp, name, split_samples, shard_size, image_size,
-                                                        labelled_split, lambda: progress.advance(task))
+                manifest["splits"][name] = _write_split(tmp, name, split_samples, shard_size,
+                                                        (image_size, jpeg_quality), labelled_split, lambda: progress.advance(task))
             _publish(tmp, out, manifest)
         except OSError as exc:
             raise MsaDistError(f"writing shards into {out} failed: {exc.strerror or exc}") from None
@@ -82,13 +85,16 @@ def build_shards(data_root: str | Path, out_dir: str | Path = "shards", val_frac
     return manifest
 
 
-def _check_options(val_fraction: float, shard_size: int, labels_file, split_name, image_size: int) -> None:
+def _check_options(val_fraction: float, shard_size: int, labels_file, split_name, image_size: int,
+                   jpeg_quality: int) -> None:
     if not 0 <= val_fraction < 1:
         raise MsaDistError(f"--val-fraction must be in [0, 1); got {val_fraction}")
     if shard_size < 1:
         raise MsaDistError(f"--shard-size must be at least 1; got {shard_size}")
     if image_size < 0:
         raise MsaDistError(f"--image-size must be >= 0 (0 keeps the original images); got {image_size}")
+    if not 1 <= jpeg_quality <= 100:
+        raise MsaDistError(f"--jpeg-quality must be in [1, 100]; got {jpeg_quality}")
     if (labels_file is None) != (split_name is None):
         raise MsaDistError("--labels FILE and --split NAME go together: give both or neither")
     if split_name is not None and not SPLIT_NAME_RE.match(split_name):
@@ -142,7 +148,7 @@ def _split_train_val(samples: list[Sample], val_fraction: float, seed: int) -> d
     return {"train": train, "val": val}
 
 
-def _write_split(tmp: Path, name: str, samples: list[Sample], shard_size: int, image_size: int,
+def _write_split(tmp: Path, name: str, samples: list[Sample], shard_size: int, reencode: tuple[int, int],
                  labelled_split: bool, advance) -> dict:
     """Write one split's tars into `tmp`; returns its manifest entry."""
     counts: dict[str, int] = {}
@@ -152,7 +158,7 @@ def _write_split(tmp: Path, name: str, samples: list[Sample], shard_size: int, i
         with wds.ShardWriter(str(tmp / f"{name}-%06d.tar"), maxcount=shard_size, maxsize=float("inf"),
                              verbose=0, encoder=False, mtime=0) as writer:
             for sample in samples:
-                writer.write(_to_webdataset(sample, image_size))
+                writer.write(_to_webdataset(sample, *reencode))
                 shard_name = Path(writer.fname).name
                 counts[shard_name] = counts.get(shard_name, 0) + 1
                 advance()
@@ -166,10 +172,10 @@ def _write_split(tmp: Path, name: str, samples: list[Sample], shard_size: int, i
     return entry
 
 
-def _to_webdataset(sample: Sample, image_size: int) -> dict:
+def _to_webdataset(sample: Sample, image_size: int, jpeg_quality: int) -> dict:
     image = sample.image_path.read_bytes()
     if image_size > 0:
-        image = reencode_image(image, image_size)
+        image = reencode_image(image, image_size, jpeg_quality)
     record = {"__key__": sample.record.guid, "jpg": image, "txt": sample.text.encode("utf-8")}
     if sample.record.label is not None:
         record["cls"] = str(sample.record.label).encode("ascii")
