@@ -26,7 +26,8 @@ class DataConfig:
     shuffle_buffer: int = 500  # samples held in the per-worker shuffle buffer (train only)
     resampled: bool = False  # sample shards with replacement instead of reading each once per epoch
     pin_memory: bool = True  # page-locked host batches for faster copies to a GPU
-    image_draft: bool = True  # let PIL decode JPEGs at reduced size when they are much larger
+    image_draft: bool = True  # decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when they are much larger
+    train_crop: str = "random_resized"  # random_resized (area 50-100%, then resized) | random (image_size crop at resize_size scale: no resize when the shards are stored at resize_size) | center (no augmentation); each with a random flip except center
     pad_to_max_length: bool = False  # pad every batch to max_length (the seed's fixed shapes) instead of its longest text
     decode_on_device: bool = False  # ship JPEG bytes + crop boxes; decode and crop on the GPU (nvJPEG)
 
@@ -155,6 +156,7 @@ CHOICES = {
     "backend.precision": ("fp32", "bf16", "fp16"),
     "backend.zero_stage": (0, 1, 2, 3),
     "backend.device": ("auto", "cpu", "cuda"),
+    "data.train_crop": ("random_resized", "random", "center"),
 }
 # Registered by other modules (e.g. fusion variants) so the schema stays in one place.
 EXTRA_CHOICES: dict[str, tuple] = {"model.head.fusion": ("concat", "gated", "cross_attention", "late"),
