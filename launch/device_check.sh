@@ -4,8 +4,8 @@
 #   launch/device_check.sh prepare [DATA_ROOT] [PAIRS]   # here, with network: wheels + a slice of real data
 #   launch/device_check.sh run                           # on the GPU machine: no network, <= 8 minutes
 #
-# `prepare` downloads the pure-Python wheels the GPU machine lacks (it has torch, torchvision and
-# transformers, not webdataset) into benchmarks/wheels/, and copies the first PAIRS (600) labelled
+# `prepare` downloads the wheels the GPU machine lacks (it has torch, torchvision and transformers,
+# not webdataset or simplejpeg; its python3 is 3.12) into benchmarks/wheels/, and copies the first PAIRS (600) labelled
 # pairs of DATA_ROOT (a course layout) into benchmarks/device-data/raw/. Both folders are git-ignored
 # (benchmarks/.gitignore) and travel with the working tree when named in the device tool's `carry`:
 #   run(command="bash launch/device_check.sh run", carry=["benchmarks/wheels", "benchmarks/device-data"])
@@ -15,8 +15,9 @@
 # copies them to ~13k training samples (so epochs outlast worker start-up), then runs
 #   bench data   (1 and 8 workers; the seed-style reference loader in the same command)
 #   bench train  configs/seed_baseline.yaml, configs/gpu_fast.yaml, and gpu_fast with one option
-#                changed at a time (cuDNN autotuning, fp32, no channels_last, nvJPEG decoding, no fused
-#                AdamW, no pinned memory, 128 fixed tokens, torch.compile), as long as the time budget lasts
+#                changed at a time (fp32, nvJPEG decoding, cuDNN autotuning, no channels_last, 128 fixed
+#                tokens, no fused AdamW, no pinned memory, random crops, DDP on one rank with default and
+#                tuned buckets/static graph, torch.compile), as long as the time budget (BUDGET_S) lasts
 # and writes benchmarks/results/<device>-<date>.json (and a copy, with the logs, under $OUT if set).
 set -uo pipefail
 
@@ -30,6 +31,9 @@ prepare() {
     local data_root=${1:-../shared/data/mvsa} pairs=${2:-600}
     mkdir -p "$WHEELS"
     "$PY" -m pip download --no-deps --only-binary=:all: -d "$WHEELS" "webdataset==1.0.2" "braceexpand==0.1.7" || exit 1
+    "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        -d "$WHEELS" "simplejpeg==1.9.0" || exit 1
     "$PY" - "$data_root" "$SLICE" "$pairs" <<'EOF' || exit 1
 import csv, shutil, sys
 from pathlib import Path
@@ -54,7 +58,7 @@ run() {
     rm -rf "$work" && mkdir -p "$parts" "$logs"
     export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 
-    if ! "$PY" -c "import webdataset" 2>/dev/null; then
+    if ! "$PY" -c "import webdataset, simplejpeg" 2>/dev/null; then
         ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "webdataset missing and no wheels in $WHEELS: run '$0 prepare' where there is network"; exit 1; }
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEELS"/*.whl || exit 1
         export PYTHONPATH="$PYTHONPATH:/tmp/site"
@@ -74,12 +78,15 @@ run() {
     echo "shards ready after $((SECONDS - start)) s ($data_kind data)"
 
     # step NAME EST_S ARGS...: run `msa-dist bench ARGS --json parts/NAME.json` if the budget allows
+    # (under torchrun with one process when LAUNCH=torchrun)
     step() {
         local name=$1 est=$2; shift 2
         local left=$((budget_s - (SECONDS - start)))
         if [ "$left" -lt "$est" ]; then echo "SKIP $name: ${left}s left, needs ~${est}s"; return; fi
         echo "== $name"
-        timeout "$left" "$PY" -m msa_dist bench "$@" --json "$parts/$name.json" >"$logs/$name.log" 2>&1
+        local launch=(-m msa_dist)
+        [ "${LAUNCH:-}" = torchrun ] && launch=(-m torch.distributed.run --standalone --nproc_per_node 1 -m msa_dist)
+        timeout "$left" "$PY" "${launch[@]}" bench "$@" --json "$parts/$name.json" >"$logs/$name.log" 2>&1
         local rc=$?
         grep -E "samples/s|data wait|MFU|ratio per core|peak memory" "$logs/$name.log" | head -8
         [ "$rc" -eq 0 ] || { echo "FAILED $name (rc $rc):"; tail -5 "$logs/$name.log"; }
@@ -92,18 +99,22 @@ run() {
     fi
     # overrides last: argparse takes the key=value words as one run of positionals
     local fast="--config configs/gpu_fast.yaml $fast_steps data.shards=$work/big256 $tiny"
+    # most telling first: the budget may end the list early
     step 01-data-1worker 30 data --shards "$work/big256" --seconds $secs --workers 1 --reference "$raw"
     step 02-data-8workers 25 data --shards "$work/big256" --seconds $secs --workers 8
     step 03-seed-baseline 60 train --config configs/seed_baseline.yaml $base_steps data.shards="$work/bigorig" $tiny
     step 04-gpu-fast 45 train $fast
-    step 05-fast-cudnn-benchmark 40 train $fast --cudnn-benchmark
-    step 06-fast-fp32 50 train $fast backend.precision=fp32
-    step 07-fast-no-channels-last 40 train $fast model.image.channels_last=false
-    step 08-fast-decode-on-device 40 train $fast data.decode_on_device=true
-    step 09-fast-no-fused-adamw 40 train $fast optim.fused=false
-    step 10-fast-no-pin-memory 40 train $fast data.pin_memory=false
-    step 11-fast-pad-128 40 train $fast data.max_length=128 data.pad_to_max_length=true
-    step 12-fast-compile 150 train $fast backend.compile=true
+    step 05-fast-fp32 50 train $fast backend.precision=fp32
+    step 06-fast-decode-on-device 40 train $fast data.decode_on_device=true
+    step 07-fast-cudnn-benchmark 40 train $fast --cudnn-benchmark
+    step 08-fast-no-channels-last 40 train $fast model.image.channels_last=false
+    step 09-fast-pad-128 40 train $fast data.max_length=128 data.pad_to_max_length=true
+    step 10-fast-no-fused-adamw 40 train $fast optim.fused=false
+    step 11-fast-no-pin-memory 40 train $fast data.pin_memory=false
+    step 12-fast-random-crop 40 train $fast data.train_crop=random
+    LAUNCH=torchrun step 13-fast-ddp 50 train $fast backend.name=ddp
+    LAUNCH=torchrun step 14-fast-ddp-static-bucket100 50 train $fast backend.name=ddp backend.ddp_static_graph=true backend.ddp_bucket_mb=100
+    step 15-fast-compile 150 train $fast backend.compile=true
 
     ls "$parts"/*.json >/dev/null 2>&1 || { echo "no benchmark finished; logs in $logs"; exit 1; }
     local device date out_json
