@@ -28,8 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--image-size", type=int, default=256,
                    help="re-encode images to this shorter side, about the training resolution, so loaders "
                         "decode small JPEGs (0 keeps the original bytes)")
-    b.add_argument("--jpeg-quality", type=int, default=None,
-                   help="quality of the re-encoded JPEGs (default 90): lower decodes faster")
+    b.add_argument("--jpeg-quality", type=int, default=90,
+                   help="quality of the re-encoded JPEGs: lower decodes faster")
     v = ssub.add_parser("verify", help="re-read every shard and check it against manifest.json")
     v.add_argument("shard_dir")
 
@@ -88,13 +88,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     if args.command == "shards":
-        from msa_dist.data.shards import DEFAULT_JPEG_QUALITY, build_shards, print_build_summary, print_verify_summary, verify_shards
+        from msa_dist.data.shards import build_shards, print_build_summary, print_verify_summary, verify_shards
         from msa_dist.engine.display import console
         if args.shards_command == "build":
             manifest = build_shards(args.data_root, args.out, val_fraction=args.val_fraction, seed=args.seed,
                                     shard_size=args.shard_size, strict=args.strict, labels_file=args.labels,
                                     split_name=args.split, image_size=args.image_size,
-                                    jpeg_quality=args.jpeg_quality or DEFAULT_JPEG_QUALITY, console=console)
+                                    jpeg_quality=args.jpeg_quality, console=console)
             print_build_summary(manifest, console)
         else:
             print_verify_summary(verify_shards(args.shard_dir), console)

@@ -1,10 +1,11 @@
 """Images for the loader: JPEG bytes -> a crop box -> a uint8 [3, S, S] tensor.
 
-The crop (random resized crop + flip for training, resize + center crop for evaluation) is chosen
-from the image's stored size alone, read from the JPEG header, with a `random.Random` seeded per
-sample. So a sample's crop is a pure function of (seed, epoch, key, image) whichever decoder runs:
-PIL in draft mode when the stored image is at least twice the size needed, libjpeg-turbo through
-torchvision otherwise, or nvJPEG on the GPU (`data.decode_on_device`, see engine/batch.py).
+The crop (for training, `data.train_crop`: a random resized or random crop + flip; for evaluation,
+resize + center crop) is chosen from the image's stored size alone, read from the JPEG header, with
+a `random.Random` seeded per sample. So a sample's crop is a pure function of (seed, epoch, key,
+image) whichever decoder runs: libjpeg-turbo through simplejpeg (fast DCT; at a reduced DCT scale
+when the stored image is at least twice the size needed), torchvision or PIL for files simplejpeg
+rejects, or nvJPEG on the GPU (`data.decode_on_device`, see engine/batch.py).
 Cropping before resizing, on uint8 tensors, keeps the per-sample work to one decode and one small
 resize (torch's native uint8 antialiased kernel).
 """

@@ -148,7 +148,7 @@ class SampleTransform:
     """
 
     def __init__(self, cfg: DataConfig, train: bool, seed: int, epoch: int):
-        self.train, self.seed, self.epoch = train, seed, epoch
+        self.seed, self.epoch = seed, epoch
         self.cropper = ImageCropper(cfg.image_size, cfg.resize_size, train, draft=cfg.image_draft,
                                     train_crop=cfg.train_crop)
         self.decode_on_device = cfg.decode_on_device
@@ -158,7 +158,8 @@ class SampleTransform:
         width, height = stored_size(data)
         # A private RNG per sample: the crop depends on (seed, epoch, key) only, and the global
         # RNGs are left alone (workers=0 runs in the training process).
-        rng = random.Random(_stable_int("augment", self.seed, self.epoch, key)) if self.cropper.crop != "center" else None
+        random_crop = self.cropper.crop != "center"
+        rng = random.Random(_stable_int("augment", self.seed, self.epoch, key)) if random_crop else None
         box = self.cropper.box(rng, width, height)
         label = int(sample["cls"]) if "cls" in sample else -1
         out = {"key": key, "text": sample["txt"].decode("utf-8"), "label": label}

@@ -76,7 +76,8 @@ def build_shards(data_root: str | Path, out_dir: str | Path = "shards", val_frac
             for name, split_samples in splits.items():
                 labelled_split = labels_file is None and name != "test"
                 manifest["splits"][name] = _write_split(tmp, name, split_samples, shard_size,
-                                                        (image_size, jpeg_quality), labelled_split, lambda: progress.advance(task))
+                                                        (image_size, jpeg_quality), labelled_split,
+                                                        lambda: progress.advance(task))
             _publish(tmp, out, manifest)
         except OSError as exc:
             raise MsaDistError(f"writing shards into {out} failed: {exc.strerror or exc}") from None
