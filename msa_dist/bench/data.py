@@ -1,15 +1,16 @@
 """`msa-dist bench data`: samples per second that the training loader delivers, per worker core.
 
-The loader is the trainer's (`build_loader`, a new one per epoch as the trainer builds them): shard
-reading, per-sample decode + augmentation, batched tokenization, collation; with W workers the rate
-is divided by W (W = 0 runs in this process, on one thread). The first batches (worker start-up,
-shuffle buffer fill) are warm-up and not timed; later epoch restarts are, as training pays them too.
+The loader is the trainer's (`TrainStream`, epoch after epoch): shard reading, per-sample decode +
+augmentation, batched tokenization, collation; with W workers the rate is divided by W (W = 0 runs
+in this process, on one thread). The first batches (worker start-up, shuffle buffer fill) are
+warm-up and not timed; epoch boundaries are, as training pays them too.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
+from contextlib import closing
 from typing import Optional
 
 import torch
@@ -17,7 +18,7 @@ import torch
 from msa_dist.bench.build import bench_tokenizer
 from msa_dist.bench.seed_loader import seed_style_samples_per_s
 from msa_dist.config import Config
-from msa_dist.data.loader import StreamSpec, build_loader, split_size
+from msa_dist.data.loader import StreamSpec, TrainStream, split_size
 from msa_dist.data.manifest import load_manifest
 from msa_dist.errors import MsaDistError
 
@@ -64,15 +65,11 @@ def _time_loader(data_cfg, shard_dir: str, split: str, batch_size: int, seed: in
                  seconds: float, warmup_batches: int) -> dict:
     pin = torch.cuda.is_available()  # as the trainer: pinned batches only when a GPU will take them
     start = time.perf_counter()
-    first_batch_s = None
-    timed_from = None
-    samples = batches = epochs = 0
-    while True:
-        spec = StreamSpec(split, True, batch_size, seed=seed, epoch=epochs)
-        epochs += 1
-        got_any = False
-        for batch in build_loader(data_cfg, shard_dir, spec, tokenizer, pin_memory=pin):
-            got_any = True
+    first_batch_s = timed_from = None
+    samples = batches = 0
+    with closing(TrainStream(data_cfg, shard_dir, StreamSpec(split, True, batch_size, seed=seed), tokenizer,
+                             pin_memory=pin)) as stream:
+        for batch in stream.batches():
             now = time.perf_counter()
             if first_batch_s is None:
                 first_batch_s = now - start
@@ -86,7 +83,5 @@ def _time_loader(data_cfg, shard_dir: str, split: str, batch_size: int, seed: in
             if now - timed_from >= seconds:
                 elapsed = now - timed_from
                 return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed,
-                        "first_batch_s": first_batch_s, "epochs_started": epochs}
-        if not got_any:
-            raise MsaDistError(f"bench data: split '{split}' gave no full batch of {batch_size} with "
-                               f"{max(data_cfg.workers, 1)} workers; lower --batch-size or --workers")
+                        "first_batch_s": first_batch_s, "epochs": batches / stream.batches_per_epoch}
+    raise AssertionError("an endless stream ended")

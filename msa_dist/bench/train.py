@@ -11,6 +11,7 @@ from __future__ import annotations
 import resource
 import statistics
 import time
+from contextlib import closing
 from typing import Iterator
 
 import torch
@@ -18,7 +19,7 @@ import torch
 from msa_dist.bench.build import bench_model, bench_tokenizer
 from msa_dist.bench.flops import FlopModel, gpu_peak_tflops
 from msa_dist.config import Config, to_dict
-from msa_dist.data.loader import StreamSpec, build_loader
+from msa_dist.data.loader import StreamSpec, TrainStream
 from msa_dist.engine.backends import build_backend
 from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.losses import build_loss
@@ -59,18 +60,11 @@ def run_train_bench(cfg: Config, steps: int = 20, warmup: int = 5, peak_tflops: 
 
 
 def _batches(cfg: Config, env, tokenizer) -> Iterator[dict]:
-    """Training batches without end: a new loader per epoch, as the trainer builds them."""
-    epoch = 0
-    while True:
-        spec = StreamSpec("train", True, cfg.train.batch_size, env.rank, env.world_size, cfg.train.seed, epoch)
-        got_any = False
-        for batch in build_loader(cfg.data, cfg.data.shards, spec, tokenizer, pin_memory=env.device.type == "cuda"):
-            got_any = True
-            yield batch
-        if not got_any:
-            raise MsaDistError("bench train: the train split gives no full batch; "
-                               "lower train.batch_size or data.workers")
-        epoch += 1
+    """Training batches without end, from the trainer's stream."""
+    first = StreamSpec("train", True, cfg.train.batch_size, env.rank, env.world_size, cfg.train.seed)
+    with closing(TrainStream(cfg.data, cfg.data.shards, first, tokenizer,
+                             pin_memory=env.device.type == "cuda")) as stream:
+        yield from stream.batches()
 
 
 def _timed_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], steps: int, warmup: int) -> list[dict]:

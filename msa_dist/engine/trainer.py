@@ -1,7 +1,6 @@
 """The training loop. It reads top to bottom and never branches on backend or precision."""
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import random
@@ -14,7 +13,7 @@ from typing import Optional
 import torch
 
 from msa_dist.config import Config, save_config, to_dict
-from msa_dist.data.loader import StreamSpec, batches_per_rank, build_loader, split_size
+from msa_dist.data.loader import StreamSpec, TrainStream, batches_per_rank, split_size
 from msa_dist.data.manifest import load_manifest
 from msa_dist.engine import checkpoint as ckpt
 from msa_dist.engine.artifacts import build_run_model, prepare_tokenizer
@@ -131,17 +130,18 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
         return step_dir
 
     progress = progress_bar(cfg.log.progress and env.is_main)
-    with progress, closing(log):
+    first = StreamSpec("train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed,
+                       state.epoch, skip_batches=state.batch_in_epoch)
+    stream = TrainStream(cfg.data, cfg.data.shards, first, tokenizer, pin_memory=env.device.type == "cuda",
+                         epochs=tcfg.epochs, batches_per_epoch=micro_per_epoch)
+    with progress, closing(log), closing(stream):
         while state.epoch < tcfg.epochs:
             task = progress.add_task(f"epoch {state.epoch + 1}/{tcfg.epochs}", total=micro_per_epoch,
                                      completed=state.batch_in_epoch, loss=float("nan"), speed=0.0)
-            spec = StreamSpec("train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed,
-                              state.epoch, skip_batches=state.batch_in_epoch)
-            loader = build_loader(cfg.data, cfg.data.shards, spec, tokenizer, pin_memory=env.device.type == "cuda")
             t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
             model_ = backend.model
             model_.train()
-            for batch in _epoch_batches(loader, micro_per_epoch - state.batch_in_epoch):
+            for batch in stream.epoch(state.epoch):
                 is_boundary = (state.batch_in_epoch + 1) % tcfg.grad_accum_steps == 0
                 with backend.accumulate(is_boundary):
                     with backend.autocast():
@@ -185,10 +185,6 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                         if env.is_main:
                             console.print(f"SIGTERM: saved a checkpoint at step {state.step}; resume with --resume auto")
                         return {**summary, "status": "preempted", "step": state.step}
-            if state.batch_in_epoch < micro_per_epoch:
-                raise MsaDistError(f"rank {env.rank} ran out of training data after {state.batch_in_epoch} of "
-                                   f"{micro_per_epoch} batches in epoch {state.epoch + 1}: the shards no longer match "
-                                   f"manifest.json; run `msa-dist shards verify {cfg.data.shards}`")
             state.epoch, state.batch_in_epoch = state.epoch + 1, 0
             metrics = None
             if state.epoch % tcfg.eval_every_epochs == 0 or state.epoch == tcfg.epochs:
@@ -245,20 +241,6 @@ def _validate(cfg: Config, backend, tokenizer, env, epoch: int) -> Optional[dict
     if env.is_main and metrics:
         console.print(f"epoch {epoch}: val accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}")
     return metrics
-
-
-def _epoch_batches(loader, limit: int):
-    """The loader's first `limit` batches."""
-    # Starting a DataLoader draws a seed from the global RNG; fork it so that a resumed run
-    # draws the same dropout masks as an uninterrupted one.
-    with torch.random.fork_rng(devices=[]):
-        batches = iter(loader)
-    try:
-        yield from itertools.islice(batches, limit)
-    finally:
-        # Stop the workers now, also when the loop fails: left to interpreter exit, they would
-        # be joined after a SIGTERM, which they defer (data/loader.py).
-        del batches
 
 
 def _resume_point(ckpt_root: Path, resume: Optional[str]) -> Optional[Path]:
