@@ -8,9 +8,11 @@ import torch
 import webdataset as wds
 
 from msa_dist.config import DataConfig
-from msa_dist.data.loader import StreamSpec, batches_per_rank, build_loader, build_pipeline, normalize_images
+from msa_dist.data.loader import (StreamSpec, TrainStream, batches_per_rank, build_loader, build_pipeline,
+                                  normalize_images)
 from msa_dist.data.manifest import load_manifest, write_manifest
 from msa_dist.data.shards import build_shards
+from msa_dist.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 
@@ -97,6 +99,61 @@ def test_resume_skips_consumed_batches(big_shards, tokenizer):
     full = [b["keys"] for b in build_loader(cfg, str(shard_dir), spec, tokenizer)]
     resumed = [b["keys"] for b in build_loader(cfg, str(shard_dir), StreamSpec(**{**spec.__dict__, "skip_batches": 2}), tokenizer)]
     assert resumed == full[2:]
+
+
+def _fresh_loader_epoch(cfg, shard_dir, spec, tokenizer, n):
+    """What a new DataLoader per epoch gives: its first n batches."""
+    return [(b["keys"], b["images"].clone()) for b in list(build_loader(cfg, str(shard_dir), spec, tokenizer))[:n]]
+
+
+def test_train_stream_runs_epochs_on_without_restarting_workers(big_shards, tokenizer):
+    """One DataLoader for all epochs gives each epoch's batches exactly as a fresh loader per
+    epoch does, with 2 workers. Holding on to every batch keeps its shared memory out of reuse."""
+    shard_dir, _ = big_shards
+    cfg = _cfg(shuffle_buffer=8, workers=2)
+    stream = TrainStream(cfg, str(shard_dir), StreamSpec("train", True, 2, seed=3), tokenizer, epochs=3)
+    n = stream.batches_per_epoch
+    assert n == batches_per_rank(24, StreamSpec("train", True, 2), workers=2) == 12
+    held = [list(stream.epoch(e)) for e in range(3)]  # every batch kept
+    stream.close()
+    for e in range(3):
+        expected = _fresh_loader_epoch(cfg, shard_dir, StreamSpec("train", True, 2, seed=3, epoch=e), tokenizer, n)
+        assert [b["keys"] for b in held[e]] == [keys for keys, _ in expected]
+        assert all(torch.equal(b["images"], images) for b, (_, images) in zip(held[e], expected))
+    assert held[0][0]["keys"] != held[1][0]["keys"]
+
+
+def test_train_stream_reuses_memory_only_after_release_and_resumes_exactly(big_shards, tokenizer):
+    shard_dir, _ = big_shards
+    cfg = _cfg(shuffle_buffer=8, workers=2)
+    # 5 batches an epoch (not a multiple of the 2 workers): which worker delivers batch 0 of an
+    # epoch changes from epoch to epoch, and a resumed stream starts mid-epoch
+    full = TrainStream(cfg, str(shard_dir), StreamSpec("train", True, 2, seed=4), tokenizer, epochs=3,
+                       batches_per_epoch=5)
+    blocks, stream_keys = set(), []
+    for batch in full.batches():  # each batch dropped before the next: its block can be reused
+        stream_keys.append(batch["keys"])
+        blocks.update((worker, index) for _, worker, index in full._out)
+    full.close()
+    assert len(stream_keys) == 15 and len(blocks) < 15  # blocks were reused
+    for e in range(3):
+        expected = _fresh_loader_epoch(cfg, shard_dir, StreamSpec("train", True, 2, seed=4, epoch=e), tokenizer, 5)
+        assert stream_keys[5 * e:5 * e + 5] == [keys for keys, _ in expected]
+    resumed = TrainStream(cfg, str(shard_dir), StreamSpec("train", True, 2, seed=4, epoch=1, skip_batches=3),
+                          tokenizer, epochs=3, batches_per_epoch=5)
+    assert [b["keys"] for b in resumed.batches()] == stream_keys[8:]
+    resumed.close()
+
+
+def test_train_stream_reports_missing_data(big_shards, tokenizer):
+    shard_dir, _ = big_shards
+    manifest = load_manifest(shard_dir)
+    manifest["splits"]["train"]["samples"] += 40  # the manifest promises more than the shards hold
+    write_manifest(shard_dir, manifest)
+    stream = TrainStream(_cfg(workers=2), str(shard_dir), StreamSpec("train", True, 2), tokenizer)
+    assert stream.batches_per_epoch == 32
+    with pytest.raises(MsaDistError, match="ran out of training data after 12 of 32 batches in epoch 1"):
+        list(stream.epoch(0))  # and the stream stops its workers
 
 
 def test_corrupt_sample_is_counted_not_fatal(big_shards, tokenizer, tmp_path):
