@@ -71,7 +71,7 @@ run() {
         raw=$work/synthetic data_kind=synthetic
         "$PY" -c "from msa_dist.data.synthetic import write_synthetic_dataset as w; w('$raw', n_labelled=600, n_test=0, image_px=480)"
     fi
-    "$PY" -m msa_dist shards build "$raw" --out "$work/s256" >"$logs/shards.log" 2>&1 &&
+    "$PY" -m msa_dist shards build "$raw" --out "$work/s256" --image-size 256 --jpeg-quality 90 >"$logs/shards.log" 2>&1 &&
     "$PY" -m msa_dist shards build "$raw" --out "$work/sorig" --image-size 0 >>"$logs/shards.log" 2>&1 &&
     "$PY" -m msa_dist bench replicate "$work/s256" --out "$work/big256" --copies 24 &&
     "$PY" -m msa_dist bench replicate "$work/sorig" --out "$work/bigorig" --copies 4 || { cat "$logs/shards.log"; exit 1; }

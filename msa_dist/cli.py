@@ -7,6 +7,7 @@ import sys
 from typing import Optional
 
 from msa_dist.bench.command import add_bench_parser
+from msa_dist.data.manifest import DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY
 from msa_dist.errors import MsaDistError
 
 
@@ -25,11 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--strict", action="store_true", help="fail on the first bad record instead of skipping it")
     b.add_argument("--labels", help="a guid,tag file to read instead of train.txt / test_without_label.txt")
     b.add_argument("--split", help="with --labels: the split name its records go to")
-    b.add_argument("--image-size", type=int, default=256,
-                   help="re-encode images to this shorter side, about the training resolution, so loaders "
-                        "decode small JPEGs (0 keeps the original bytes)")
-    b.add_argument("--jpeg-quality", type=int, default=90,
-                   help="quality of the re-encoded JPEGs: lower decodes faster")
+    b.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+                   help="re-encode images to this shorter side, the training resolution (data.resize_size), so "
+                        "loaders decode small JPEGs and crop without resizing (0 keeps the original bytes; default %(default)s)")
+    b.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
+                   help="quality of the re-encoded JPEGs: lower decodes faster (default %(default)s)")
     v = ssub.add_parser("verify", help="re-read every shard and check it against manifest.json")
     v.add_argument("shard_dir")
 

@@ -27,7 +27,7 @@ class DataConfig:
     resampled: bool = False  # sample shards with replacement instead of reading each once per epoch
     pin_memory: bool = True  # page-locked host batches for faster copies to a GPU
     image_draft: bool = True  # decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when they are much larger
-    train_crop: str = "random_resized"  # random_resized (area 50-100%, then resized) | random (image_size crop at resize_size scale: no resize when the shards are stored at resize_size) | center (no augmentation); each with a random flip except center
+    train_crop: str = "random"  # random (image_size crop at resize_size scale: no resize on shards stored at resize_size, the default) | random_resized (area 50-100%, then resized: ~30% slower loader) | center (no augmentation); each with a random flip except center
     pad_to_max_length: bool = False  # pad every batch to max_length (the seed's fixed shapes) instead of its longest text
     decode_on_device: bool = False  # ship JPEG bytes + crop boxes; decode and crop on the GPU (nvJPEG)
 
@@ -156,7 +156,7 @@ CHOICES = {
     "backend.precision": ("fp32", "bf16", "fp16"),
     "backend.zero_stage": (0, 1, 2, 3),
     "backend.device": ("auto", "cpu", "cuda"),
-    "data.train_crop": ("random_resized", "random", "center"),
+    "data.train_crop": ("random", "random_resized", "center"),
 }
 # Registered by other modules (e.g. fusion variants) so the schema stays in one place.
 EXTRA_CHOICES: dict[str, tuple] = {"model.head.fusion": ("concat", "gated", "cross_attention", "late"),

@@ -18,6 +18,10 @@ from typing import Optional
 from msa_dist.errors import MsaDistError
 
 MANIFEST_NAME = "manifest.json"
+# `shards build` re-encodes images to the training resolution (the configs' data.resize_size), so
+# that random and center crops need no resize; quality 85 decodes ~10% faster than 90.
+DEFAULT_IMAGE_SIZE = 224
+DEFAULT_JPEG_QUALITY = 85
 MANIFEST_FORMAT = 1
 
 

@@ -23,7 +23,8 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from msa_dist.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, load_manifest, write_manifest
+from msa_dist.data.manifest import (DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, load_manifest,
+                                    write_manifest)
 from msa_dist.data.raw import (DATA_DIR, TEST_FILE, TRAINVAL, BadRecord, Sample, check_record,
                                list_records, reencode_image)
 from msa_dist.errors import MsaDistError
@@ -32,7 +33,6 @@ from msa_dist.labels import LABELS
 SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
 SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 SKIPPED_SHOWN = 5
-DEFAULT_JPEG_QUALITY = 90  # of re-encoded images (--image-size > 0)
 
 
 def build_shards(data_root: str | Path, out_dir: str | Path = "shards", val_fraction: float = 0.1,
