@@ -422,7 +422,9 @@ def _worker_init(worker_id: int) -> None:
 
 def build_loader(cfg: DataConfig, shard_dir: str, spec: StreamSpec, tokenizer,
                  pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over `build_pipeline` (one pass; batches are already formed by the pipeline)."""
+    """A DataLoader over `build_pipeline` (one pass; batches are already formed by the pipeline).
+    Started at `skip_batches`, its worker 0 delivers batch skip_batches: the roles shift by that."""
+    spec = dataclasses.replace(spec, worker_shift=spec.skip_batches)
     return _data_loader(build_pipeline(cfg, shard_dir, spec, tokenizer), cfg, pin_memory and cfg.pin_memory)
 
 
