@@ -133,6 +133,8 @@ def test_train_stream_reuses_memory_only_after_release_and_resumes_exactly(big_s
     blocks, stream_keys = set(), []
     for batch in full.batches():  # each batch dropped before the next: its block can be reused
         stream_keys.append(batch["keys"])
+        # one block: holding any tensor of the batch keeps the whole block from reuse
+        assert batch["images"].untyped_storage().data_ptr() == batch["input_ids"].untyped_storage().data_ptr()
         blocks.update((worker, index) for _, worker, index in full._out)
     full.close()
     assert len(stream_keys) == 15 and len(blocks) < 15  # blocks were reused
