@@ -132,13 +132,17 @@ def _reader_shuffle(bufsize: int, spec: StreamSpec):
     return stage
 
 
+def _batches_done(skip_batches: int, role: int, workers: int) -> int:
+    """How many of the first `skip_batches` batches of an epoch reader role `role` made: batch g is
+    made by role g % workers (the DataLoader takes worker batches round-robin)."""
+    return max(0, -(-(skip_batches - role) // workers))
+
+
 def _skip_samples(spec: StreamSpec):
     """Drop the samples of batches a resumed run already trained on (before any decoding)."""
     def stage(src):
         worker, workers = _worker_role(spec)
-        # The DataLoader yields worker batches round-robin: batch g came from worker g % workers.
-        done = (spec.skip_batches - worker + workers - 1) // workers if spec.skip_batches > worker else 0
-        to_skip = done * spec.batch_size
+        to_skip = _batches_done(spec.skip_batches, worker, workers) * spec.batch_size
         for sample in src:
             if to_skip > 0:
                 to_skip -= 1
@@ -306,12 +310,12 @@ class BatchDecoder:
         self.transform, self.collate, self.handler = transform, collate, handler
         self.batch_size, self.partial, self.pool = batch_size, partial, pool
 
-    def new_memory(self) -> BatchMemory:
+    def _new_memory(self) -> BatchMemory:
         image_size = 0 if self.transform.decode_on_device else self.transform.cropper.image_size
         return BatchMemory(self.batch_size, image_size, self.collate.max_length)
 
     def _take(self) -> tuple[BatchMemory, int]:
-        return self.pool.take(self.new_memory) if self.pool is not None else (self.new_memory(), -1)
+        return self.pool.take(self._new_memory) if self.pool is not None else (self._new_memory(), -1)
 
     def _collate(self, samples: list[dict], memory: BatchMemory, index: int) -> dict:
         batch = self.collate(samples, memory)
@@ -462,7 +466,7 @@ class _Epochs(torch.utils.data.IterableDataset):
                                        worker_shift=self.first.skip_batches - n * self.batches_per_epoch)
             role, workers = _worker_role(spec)
             # this reader's batches of the epoch: role, role + workers, ..., past those already done
-            start = role + max(0, -(-(spec.skip_batches - role) // workers) * workers)
+            start = role + _batches_done(spec.skip_batches, role, workers) * workers
             share = len(range(start, self.batches_per_epoch, workers))
             pipeline = build_pipeline(self.cfg, self.shard_dir, spec, self.tokenizer, self.corrupt, pool)
             for batch in itertools.islice(pipeline, share):
@@ -502,7 +506,6 @@ class TrainStream:
                           if pooled else None)
         dataset = _Epochs(cfg, shard_dir, first, tokenizer, self.batches_per_epoch, epochs, self._released)
         self.loader = _data_loader(dataset, cfg, pinned)
-        self.corrupt = dataset.corrupt
         self._out: list[tuple[StorageWeakRef, int, int]] = []  # pooled blocks handed out: (storage, worker, index)
         self._batches: Optional[Iterator[dict]] = None
 
