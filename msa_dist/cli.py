@@ -9,6 +9,7 @@ from typing import Optional
 from msa_dist.bench.command import add_bench_parser
 from msa_dist.data.manifest import DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY
 from msa_dist.errors import MsaDistError
+from msa_dist.experiments.cv_command import add_cv_parser
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -73,7 +74,10 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="repeat for more keys")
     sw.add_argument("--run-dir", default=None, help="default: runs/<config name>-sweep")
     sw.add_argument("--metric", default=None, help="accuracy | macro_f1 | weighted_f1 (default: train.best_metric)")
+    sw.add_argument("--cv", type=int, default=0, metavar="K",
+                    help="score every point by K-fold cross-validation (its mean) instead of the val split")
     sw.add_argument("overrides", nargs="*", help="dotted config overrides applied to every point")
+    add_cv_parser(sub)
 
     rp = sub.add_parser("report", help="compare runs side by side (and write each run's plots and report.md)")
     rp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run dirs, or ablation/sweep dirs holding runs")
@@ -148,8 +152,11 @@ def _run(args) -> int:
             run_ablation(cfg, run_dir)
         else:
             from msa_dist.experiments.sweep import parse_grid, run_sweep
-            run_sweep(cfg, parse_grid(args.grid), run_dir, args.metric)
+            run_sweep(cfg, parse_grid(args.grid), run_dir, args.metric, cv_folds=args.cv)
         return 0
+    if args.command == "cv":
+        from msa_dist.experiments.cv_command import run_cv_command
+        return run_cv_command(args)
     if args.command == "report":
         from msa_dist.experiments.report import compare_runs
         compare_runs(args.run_dirs, args.out)

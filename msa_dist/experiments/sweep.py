@@ -61,33 +61,61 @@ def sweep_points(cfg: Config, grid: list[tuple[str, list[Any]]]) -> list[Point]:
     return points
 
 
+def _cv_rows(points: list[Point], run_dir: Path, k: int, train_fn: Optional[Callable]) -> tuple[list[dict], bool]:
+    """Each point's k-fold CV (in its own directory, on folds shared by all points): its mean scores."""
+    from msa_dist.experiments.cv import run_cv
+    rows = []
+    for i, point in enumerate(points):
+        if is_main_process():
+            console.print(f"[bold]point {i + 1}/{len(points)} {point.name}: {k}-fold CV[/]")
+        summary = run_cv(point.cfg, point.directory(run_dir), k, folds_root=run_dir / "folds",
+                         train_fn=train_fn, show=False)
+        if summary is not None and summary["mean"]:
+            rows.append({"point": point.name, **point.values, **summary["mean"],
+                         "train_seconds": summary["train_seconds"]})
+        if summary is not None and not summary["complete"]:
+            return rows, False
+    return rows, True
+
+
 def run_sweep(cfg: Config, grid: list[tuple[str, list[Any]]], run_dir: str | Path, metric: Optional[str] = None,
-              train_fn: Optional[Callable] = None) -> list[dict]:
-    """Train the unfinished points, then write sweep.md, sweep.json and best_config.yaml (rank 0)."""
+              train_fn: Optional[Callable] = None, cv_folds: int = 0) -> list[dict]:
+    """Train the unfinished points, then write sweep.md, sweep.json and best_config.yaml (rank 0).
+
+    With `cv_folds` every point is a k-fold CV and the points are ranked by its mean.
+    """
     if train_fn is None:
         from msa_dist.engine.trainer import train as train_fn
     metric = metric or cfg.train.best_metric
-    if metric not in METRICS:
-        raise MsaDistError(f"--metric must be one of {', '.join(METRICS)}; got {metric!r}")
+    allowed = METRICS[:2] if cv_folds else METRICS
+    if metric not in allowed:
+        raise MsaDistError(f"--metric must be one of {', '.join(allowed)}; got {metric!r}")
     run_dir = Path(run_dir)
     points = sweep_points(cfg, grid)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         console.print(f"sweep: {len(points)} points ({' x '.join(f'{len(v)} {k}' for k, v in grid)}) in {run_dir}")
-    results, complete = run_points(points, run_dir, train_fn)
+    if cv_folds:
+        rows, complete = _cv_rows(points, run_dir, cv_folds, train_fn)
+    else:
+        results, complete = run_points(points, run_dir, train_fn)
+        rows = [result_row(r) for r in results]
     if not is_main_process():
         return []
-    rows = sorted((result_row(r) for r in results), key=lambda row: -(row.get(metric) or 0.0))
+    rows = sorted(rows, key=lambda row: -(row.get(metric) or 0.0))
+    std = [Column(f"{metric}.std", f"{metric} std", lambda v: f"{v:.4f}", True)] if cv_folds else []
     columns = ([Column("rank", "#", str, True)] + [Column(k, _short(k, grid)) for k, _ in grid]
-               + metric_columns(per_class=False)
+               + metric_columns(per_class=False) + std
                + [Column("neutral.f1", "neutral F1", lambda v: f"{v:.3f}", True),
                   Column("best_epoch", "best epoch", str, True),
                   Column("train_seconds", "seconds", lambda v: f"{v:.0f}", True)])
     for i, row in enumerate(rows):
         row["rank"] = i + 1
-    title = f"sweep: {len(rows)}/{len(points)} points finished, sorted by val {metric}"
+    scored = f"{cv_folds}-fold CV mean" if cv_folds else "val"
+    title = f"sweep: {len(rows)}/{len(points)} points finished, sorted by {scored} {metric}"
     console.print(rich_table(title, [c for c in columns if c.key not in ("weighted_f1", "train_seconds")], rows))
-    lines = [f"# Sweep\n\n{title} (each point's best checkpoint).\n",
+    scope = "the last epoch of each fold run" if cv_folds else "each point's best checkpoint"
+    lines = [f"# Sweep\n\n{title} ({scope}).\n",
              markdown_table(columns, rows)]
     if rows:
         best = next(p for p in points if p.name == rows[0]["point"])

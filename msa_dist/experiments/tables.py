@@ -1,12 +1,15 @@
 """Result tables: one column spec, rendered as markdown (files) or rich (terminal)."""
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from rich.table import Table
 
 from msa_dist.labels import LABELS
+
+SCORE_KEYS = ("accuracy", "macro_f1") + tuple(f"{name}.f1" for name in LABELS)  # what `cv` averages
 
 
 @dataclass(frozen=True)
@@ -74,3 +77,19 @@ def transpose(columns: list[Column], rows: list[dict], name_key: str = "point") 
     new_columns = [Column("metric", "")] + [Column(str(r[name_key]), str(r[name_key]), str, True) for r in rows]
     new_rows = [{"metric": c.header, **{str(r[name_key]): _cell(c, r) for r in rows}} for c in columns]
     return new_columns, new_rows
+
+
+def scores(metrics: dict) -> dict:
+    """accuracy, macro_f1 and `<class>.f1` of a metrics dict."""
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+            **{f"{name}.f1": metrics["per_class"][name]["f1"] for name in LABELS}}
+
+
+def mean_std(rows: list[dict]) -> dict:
+    """`key` -> mean and `key.std` -> sample standard deviation (0 for one row) of every score."""
+    out = {}
+    for key in SCORE_KEYS:
+        values = [row[key] for row in rows]
+        out[key] = statistics.fmean(values)
+        out[key + ".std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    return out
