@@ -22,7 +22,9 @@ from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.display import console, print_metrics, progress_bar
 from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.losses import build_loss
+from msa_dist.engine.provenance import write_run_info
 from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env
+from msa_dist.engine.tracking import DataWait, open_tracker
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS
 
@@ -113,6 +115,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                                                   layout, f"epoch {state.epoch + 1}", env.is_main)
     # A resumed run cuts the log back to its checkpoint; a restart before any checkpoint starts it afresh.
     log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else (0 if resume else None))
+    log = open_tracker(cfg, run_dir, log, env.is_main, state.step if start else (0 if resume else None))
     if start is not None:
         log.write({"type": "resume", "epoch": state.epoch, "step": state.step, "from": start.name,
                    "world_size": env.world_size})
@@ -129,7 +132,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
             ckpt.save_best(backend, ckpt_root, step_dir, metrics)
         return step_dir
 
-    progress = progress_bar(cfg.log.progress and env.is_main)
+    progress, waits = progress_bar(cfg.log.progress and env.is_main), DataWait()
     first = StreamSpec("train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed,
                        state.epoch, skip_batches=state.batch_in_epoch)
     stream = TrainStream(cfg.data, cfg.data.shards, first, tokenizer, pin_memory=env.device.type == "cuda",
@@ -141,7 +144,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
             t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
             model_ = backend.model
             model_.train()
-            for batch in stream.epoch(state.epoch):
+            for batch in waits.timed(stream.epoch(state.epoch)):
                 is_boundary = (state.batch_in_epoch + 1) % tcfg.grad_accum_steps == 0
                 with backend.accumulate(is_boundary):
                     with backend.autocast():
@@ -175,7 +178,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                     if state.step % cfg.log.every_steps == 0:
                         log.write({"type": "train", "epoch": state.epoch, "step": state.step,
                                    "loss": loss_sum / loss_n if loss_n else None, "lr": backend.lr(),
-                                   "grad_norm": grad_norm, "samples_per_s": speed,
+                                   "grad_norm": grad_norm, "samples_per_s": speed, "data_wait": waits.take(),
                                    "nonfinite_total": state.nonfinite_total})
                         loss_sum, loss_n = 0.0, 0
                     if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
@@ -208,6 +211,7 @@ def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> t
         if tcfg.init_from and start is None:
             ckpt.copy_source_tokenizer(tcfg.init_from, run_dir)
     backend.barrier()
+    write_run_info(cfg, run_dir, env, backend.name)  # all ranks: it gathers the host names
     tokenizer = prepare_tokenizer(cfg, run_dir, backend)
     model = build_run_model(cfg, run_dir, tokenizer, backend)
     if tcfg.init_from and start is None:
