@@ -43,6 +43,8 @@ class TextEncoderConfig:
     tiny_vocab_size: int = 8000  # tiny model only: WordPiece vocabulary trained on the train texts
     tiny_arch: str = "bert"  # tiny model only: bert (a small transformer) | bow (bag of token + bigram embeddings)
     tiny_bigram_buckets: int = 0  # tiny bow only: hashed token-bigram embeddings (0 = tokens only)
+    tiny_char_buckets: int = 0  # tiny bow only: hashed character 2-5-gram embeddings of each token (0 = none)
+    tiny_token_dropout: float = 0.0  # tiny bow only, training: fraction of tokens dropped from each text
     tiny_dropout: float = 0.1  # tiny model only: BERT's hidden and attention dropout
     unfreeze_last_n_layers: int = -1  # train only the top N transformer layers (and what follows them); -1 = all
     layer_decay: float = 1.0  # layer-wise lr decay: each layer below the top gets this factor more; 1 = off

@@ -63,6 +63,9 @@ def _shard_wordpiece(shard_dir: str, vocab_size: int):
 def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.Module:
     """The model with pretrained weights where configured; saves the text architecture (rank 0)."""
     model = build_model(cfg.model, vocab_size=len(tokenizer), pretrained=True)
+    text_backbone = getattr(model.text_encoder, "model", None)
+    if hasattr(text_backbone, "index_vocabulary"):  # the bag of n-grams hashes each token's characters
+        text_backbone.index_vocabulary(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
     if backend.env.is_main and model.text_encoder is not None:
         save_text_architecture(model.text_encoder, run_dir / "text_config")
     return model

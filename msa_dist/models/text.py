@@ -108,7 +108,8 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pretrained: bool
     if cfg.name == "tiny" and cfg.tiny_arch == "bow":
         if cfg.pooling != "mean":
             raise MsaDistError("model.text.tiny_arch=bow needs model.text.pooling=mean (its states are not contextual)")
-        model = BagOfNgrams(BagOfNgramsConfig(vocab_size, cfg.tiny_hidden, cfg.tiny_bigram_buckets))
+        model = BagOfNgrams(BagOfNgramsConfig(vocab_size, cfg.tiny_hidden, cfg.tiny_bigram_buckets,
+                                              cfg.tiny_char_buckets, cfg.tiny_token_dropout))
     elif cfg.name == "tiny":
         model = _tiny_bert(cfg, vocab_size)
     elif pretrained:

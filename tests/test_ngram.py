@@ -1,0 +1,57 @@
+"""The bag of n-grams' character n-grams: hashed per vocabulary token, saved with the weights."""
+from __future__ import annotations
+
+import torch
+
+from msa_dist.config import TextEncoderConfig, load_config
+from msa_dist.engine.artifacts import load_trained_model
+from msa_dist.engine.checkpoint import model_weights_path
+from msa_dist.models.bow import MAX_CHAR_NGRAMS, char_ngram_buckets
+from msa_dist.models.text import build_text_encoder
+from msa_dist.demo import DEMO_CONFIG
+
+
+def tiny_cfg(shard_dir, *extra):
+    return load_config(base=DEMO_CONFIG, overrides=[
+        f"data.shards={shard_dir}", "data.image_size=32", "data.resize_size=32", "data.workers=0",
+        "train.epochs=1", "train.batch_size=4", "log.progress=false", "model.text.tiny_vocab_size=100",
+        "optim.warmup_steps=1", *extra])
+
+
+def test_char_ngrams_of_related_tokens_overlap():
+    happy, tagged = set(char_ngram_buckets("happy", 1000)), set(char_ngram_buckets("#happy", 1000))
+    assert len(happy & tagged) >= len(happy) - 4  # only the n-grams at the start differ
+    assert char_ngram_buckets("happy", 1000) == char_ngram_buckets("happy", 1000)  # stable across processes
+    assert char_ngram_buckets("##py", 1000) != char_ngram_buckets("py", 1000)  # a piece has no start boundary
+    assert len(char_ngram_buckets("x" * 40, 1000)) == MAX_CHAR_NGRAMS
+
+
+def test_token_states_include_their_char_ngrams_and_token_dropout_only_trains():
+    cfg = TextEncoderConfig(name="tiny", tiny_arch="bow", pooling="mean", tiny_hidden=8, tiny_char_buckets=64,
+                            tiny_token_dropout=0.5)
+    encoder = build_text_encoder(cfg, vocab_size=4)
+    ids, mask = torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.long)
+    encoder.eval()
+    plain = encoder.forward_tokens(ids, mask).detach().clone()
+    encoder.model.index_vocabulary(["[PAD]", "happy", "sad", "[UNK]"])
+    states = encoder.forward_tokens(ids, mask).detach()
+    assert not torch.allclose(states, plain)  # the n-grams add to the token embedding
+    assert torch.equal(encoder.forward_tokens(ids, mask), states)  # eval: no token dropout
+    encoder.train()
+    torch.manual_seed(0)
+    dropped = [encoder.forward_tokens(torch.tensor([[1] * 64]), torch.ones(1, 64, dtype=torch.long))
+               for _ in range(2)]
+    assert (dropped[0].abs().sum(-1) == 0).any()  # some tokens dropped while training
+
+
+def test_a_trained_run_reloads_its_char_table(tmp_path, shard_dir):
+    from msa_dist.engine.trainer import train
+    cfg = tiny_cfg(shard_dir, "model.text.tiny_arch=bow", "model.text.pooling=mean",
+                   "model.text.tiny_char_buckets=128", "model.text.tiny_bigram_buckets=64")
+    train(cfg, tmp_path / "run")
+    _, tokenizer, model = load_trained_model(tmp_path / "run", model_weights_path(tmp_path / "run", "latest"),
+                                             torch.device("cpu"))
+    table = model.text_encoder.model.char_table
+    hashtag = tokenizer.convert_tokens_to_ids("#")
+    assert (table != 128).any() and table.shape[0] == len(tokenizer)
+    assert table[hashtag].tolist()[:3] == char_ngram_buckets("#", 128)[:3]
