@@ -124,3 +124,25 @@ def test_cv_command_and_sweep_ranked_by_cv_mean(tmp_path, shard_dir):
         assert cv["mean"]["macro_f1"] == pytest.approx(row["macro_f1"])
         assert cv["folds_root"] == str(tmp_path / "sweep" / "folds")  # one fold set for every point
     assert "2-fold CV mean" in (tmp_path / "sweep" / "sweep.md").read_text()
+
+
+def test_summary_of_out_of_fold_predictions():
+    from msa_dist.experiments.cv import summarize
+    gen = torch.Generator().manual_seed(0)
+    runs = []
+    for seed in (0, 1):
+        for fold in range(2):
+            keys = [f"{fold}-{i}" for i in range(12)]
+            labels = torch.tensor([i % 3 for i in range(12)])
+            log_probs = torch.log_softmax(torch.randn(12, 3, generator=gen) + 2 * torch.eye(3)[labels], -1)
+            runs.append({"fold": fold, "seed": seed, "train_seconds": 1.0, "keys": keys,
+                         "log_probs": log_probs, "labels": labels})
+    summary = summarize(runs, True, 2, 0, "shards")
+    assert len(summary["runs"]) == 4 and summary["train_seconds"] == 4.0
+    accuracies = [float((r["log_probs"].argmax(-1) == r["labels"]).float().mean()) for r in runs]
+    assert summary["mean"]["accuracy"] == pytest.approx(sum(accuracies) / 4)
+    fold0 = (runs[0]["log_probs"].exp() + runs[2]["log_probs"].exp()).argmax(-1)  # fold 0, seeds 0 and 1
+    fold1 = (runs[1]["log_probs"].exp() + runs[3]["log_probs"].exp()).argmax(-1)
+    expected = (float((fold0 == runs[0]["labels"]).float().mean()) + float((fold1 == runs[1]["labels"]).float().mean())) / 2
+    assert summary["seed_ensemble_mean"]["accuracy"] == pytest.approx(expected)
+    assert summary["adjusted_mean"] is not None and len(summary["offsets"]) == 3

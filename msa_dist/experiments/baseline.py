@@ -3,6 +3,7 @@ frequencies) + class-balanced logistic regression (C=10), the settings of ../sha
 Text only; needs scikit-learn (`pip install scikit-learn`, or the `baseline` extra)."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Optional
@@ -13,6 +14,8 @@ from msa_dist.engine.display import console
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
 from msa_dist.experiments.folds import fold_texts
 from msa_dist.experiments.tables import mean_std, scores
+
+CACHE_FILE = "bow_reference.json"
 
 
 def bow_fold_scores(folds_root: str | Path, k: int) -> list[dict]:
@@ -41,6 +44,11 @@ def baseline_summary(folds_root: Optional[str | Path], k: int) -> Optional[dict]
     except ImportError:
         console.print("[dim]bag-of-words reference skipped: pip install scikit-learn to add it[/]")
         return None
+    cache = Path(folds_root) / CACHE_FILE  # it depends on the folds alone
+    if cache.is_file():
+        return json.loads(cache.read_text())
     start = time.perf_counter()
     rows = bow_fold_scores(folds_root, k)
-    return {"runs": rows, "mean": mean_std(rows), "seconds": round(time.perf_counter() - start, 1)}
+    summary = {"runs": rows, "mean": mean_std(rows), "seconds": round(time.perf_counter() - start, 1)}
+    cache.write_text(json.dumps(summary))
+    return summary

@@ -117,9 +117,26 @@ def summarize(runs: list[dict], complete: bool, k: int, fold_seed: int, source: 
             adjusted.append(scores(adjusted_metrics(run["log_probs"], run["labels"], offsets)))
     offsets = (tune_offsets(torch.cat([r["log_probs"] for r in runs]), torch.cat([r["labels"] for r in runs]))
                if runs else torch.zeros(len(LABELS)))
+    seed_ensembles = _seed_ensembles(runs)
     return {"complete": complete, "folds": k, "fold_seed": fold_seed, "source": str(source), "runs": rows,
             "mean": mean_std(rows) if rows else None, "adjusted_mean": mean_std(adjusted) if adjusted else None,
+            "seed_ensemble_mean": mean_std(seed_ensembles) if seed_ensembles else None,
             "offsets": offsets.tolist(), "train_seconds": sum(r["train_seconds"] or 0.0 for r in rows)}
+
+
+def _seed_ensembles(runs: list[dict]) -> list[dict]:
+    """Per fold trained with several seeds: the scores of the seeds' averaged probabilities."""
+    from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
+    rows = []
+    for fold in sorted({r["fold"] for r in runs}):
+        members = [r for r in runs if r["fold"] == fold]
+        if len(members) < 2:
+            continue
+        keys, probs = ensemble_probs([(r["keys"], r["log_probs"]) for r in members])
+        label_of = dict(zip(members[0]["keys"], members[0]["labels"].tolist()))
+        labels = torch.tensor([label_of[key] for key in keys])
+        rows.append(scores(metrics_from_confusion(confusion_matrix(labels, probs.argmax(-1)))))
+    return rows
 
 
 def ensemble_probs(members: list[tuple[list[str], torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
@@ -170,6 +187,8 @@ def cv_table_rows(summary: dict) -> list[dict]:
     if summary["mean"]:
         rows.append({"run": "mean ± std", **{k: _fmt(summary["mean"], k) for k in SCORE_KEYS},
                      "seconds": f"{summary['train_seconds']:.0f}"})
+    if summary.get("seed_ensemble_mean"):
+        rows.append({"run": "seed ensemble per fold", **{k: _fmt(summary["seed_ensemble_mean"], k) for k in SCORE_KEYS}})
     if summary["adjusted_mean"]:
         rows.append({"run": "+ offsets (other folds' OOF)", **{k: _fmt(summary["adjusted_mean"], k) for k in SCORE_KEYS}})
     if summary.get("baseline"):
