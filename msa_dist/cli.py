@@ -19,11 +19,12 @@ def _parser() -> argparse.ArgumentParser:
     shards = sub.add_parser("shards", help="pack the raw data into WebDataset shards, or verify them")
     ssub = shards.add_subparsers(dest="shards_command", required=True)
     b = ssub.add_parser("build", help="build shards from a course-layout DATA_ROOT")
-    b.add_argument("data_root")
-    b.add_argument("--out", default="shards")
-    b.add_argument("--val-fraction", type=float, default=0.1)
-    b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--shard-size", type=int, default=1000)
+    b.add_argument("data_root", help="folder holding train.txt, test_without_label.txt and data/<guid>.jpg|.txt")
+    b.add_argument("--out", default="shards", help="the shard folder to write (default %(default)s)")
+    b.add_argument("--val-fraction", type=float, default=0.1,
+                   help="share of train.txt held out as the val split, stratified by label (default %(default)s)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default %(default)s)")
+    b.add_argument("--shard-size", type=int, default=1000, help="samples per tar shard (default %(default)s)")
     b.add_argument("--strict", action="store_true", help="fail on the first bad record instead of skipping it")
     b.add_argument("--labels", help="a guid,tag file to read instead of train.txt / test_without_label.txt")
     b.add_argument("--split", help="with --labels: the split name its records go to")
@@ -33,44 +34,60 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
                    help="quality of the re-encoded JPEGs: lower decodes faster (default %(default)s)")
     v = ssub.add_parser("verify", help="re-read every shard and check it against manifest.json")
-    v.add_argument("shard_dir")
+    v.add_argument("shard_dir", help="a folder written by `msa-dist shards build`")
+    sh = ssub.add_parser("show", help="print the first samples of a split (key, label, text, image size)")
+    sh.add_argument("shard_dir", help="a folder written by `msa-dist shards build`")
+    sh.add_argument("--split", default="train", help="which split to show (default %(default)s)")
+    sh.add_argument("-n", type=int, default=5, help="how many samples (default %(default)s)")
 
     t = sub.add_parser("train", help="train a model")
-    t.add_argument("--config", required=True)
-    t.add_argument("--run-dir", default=None, help="default: runs/<config name>")
+    t.add_argument("--config", required=True, help="a YAML config, e.g. configs/cpu_small.yaml")
+    t.add_argument("--run-dir", default=None, help="where checkpoints, logs and run_info.json go "
+                   "(default: runs/<config name>)")
     t.add_argument("--resume", default=None, help="'auto' (the run's latest checkpoint) or a checkpoint dir; "
                    "after a torchrun restart 'auto' is implied")
     t.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=3e-4")
 
     e = sub.add_parser("evaluate", help="metrics of a trained run on a labelled split")
-    e.add_argument("--run", required=True)
-    e.add_argument("--shards", required=True)
-    e.add_argument("--split", default="val")
+    e.add_argument("--run", required=True, help="the --run-dir of a `msa-dist train`")
+    e.add_argument("--shards", default=None, help="shard folder to read (default: the run's data.shards)")
+    e.add_argument("--split", default="val", help="a labelled split of the shards (default %(default)s)")
     e.add_argument("--checkpoint", default="best", help="best | latest | step-NNNNNNN")
     e.add_argument("--adjust", action="store_true", help="add the per-class logit offsets tuned on val for macro-F1")
 
-    pr = sub.add_parser("predict", help="write guid,tag predictions for the test split")
-    pr.add_argument("--run", required=True)
-    pr.add_argument("--shards", required=True)
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--split", default="test")
-    pr.add_argument("--checkpoint", default="best")
+    pr = sub.add_parser("predict", help="predict a shard split, or raw pairs (--inputs / --image --text / --data)")
+    pr.add_argument("--run", required=True, help="a run dir, or a folder written by `msa-dist export`")
+    pr.add_argument("--shards", default=None, help="shard folder of --split (default: the run's data.shards)")
+    pr.add_argument("--out", required=True, help="the CSV to write")
+    pr.add_argument("--split", default="test", help="the shard split to predict (default %(default)s)")
+    pr.add_argument("--inputs", default=None, metavar="CSV",
+                    help="raw pairs instead of shards: a CSV with columns id,image,text (image paths relative to it)")
+    pr.add_argument("--image", default=None, help="one raw pair instead of shards: its image file (with --text)")
+    pr.add_argument("--text", default=None, help="the text of the --image pair")
+    pr.add_argument("--data", default=None, metavar="DATA_ROOT",
+                    help="raw pairs instead of shards: the unlabelled pairs of a course-layout folder")
+    pr.add_argument("--format", default=None, choices=["probs", "course"],
+                    help="probs: id,tag and one prob_<label> column per class; course: guid,tag "
+                         "(default: course for a shard split, probs for raw pairs)")
+    pr.add_argument("--batch-size", type=int, default=64, help="pairs per forward pass (default %(default)s)")
+    pr.add_argument("--checkpoint", default="best", help="best | latest | step-NNNNNNN (run dirs only)")
     pr.add_argument("--adjust", action="store_true",
                     help="add per-class logit offsets tuned on the val split for macro-F1 (RUN/logit_offsets.json)")
 
     c = sub.add_parser("config", help="print the resolved config, or the reference of every key")
-    c.add_argument("action", choices=["show", "reference"])
-    c.add_argument("--config", default=None)
-    c.add_argument("overrides", nargs="*")
+    c.add_argument("action", choices=["show", "reference"],
+                   help="show: the config after the file and overrides; reference: every key as a markdown table")
+    c.add_argument("--config", default=None, help="a YAML config (default: the built-in defaults)")
+    c.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=3e-4")
 
     ab = sub.add_parser("ablate", help="train text-only, image-only and both; tabulate their val metrics")
-    ab.add_argument("--config", required=True)
+    ab.add_argument("--config", required=True, help="the YAML config every variant starts from")
     ab.add_argument("--run-dir", default=None, help="default: runs/<config name>-ablate")
     ab.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.epochs=4")
 
     sw = sub.add_parser("sweep", help="train every combination of --grid values (resumable), ranked by a val metric")
-    sw.add_argument("--config", required=True)
+    sw.add_argument("--config", required=True, help="the YAML config every point starts from")
     sw.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2,...", help="repeat for more keys")
     sw.add_argument("--run-dir", default=None, help="default: runs/<config name>-sweep")
     sw.add_argument("--metric", default=None, help="accuracy | macro_f1 | weighted_f1 (default: train.best_metric)")
@@ -84,8 +101,16 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", default="comparison.md", help="the markdown file to write")
 
     d = sub.add_parser("demo", help="the whole job on a built-in synthetic dataset, on the CPU")
-    d.add_argument("--out", default="msa-dist-demo")
-    d.add_argument("overrides", nargs="*")
+    d.add_argument("--out", default="msa-dist-demo", help="folder for the data, shards, run and predictions "
+                   "(default %(default)s)")
+    d.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.epochs=2")
+
+    ex = sub.add_parser("export", help="write a run's model as a portable folder (safetensors, config, tokenizer, card)")
+    ex.add_argument("--run", required=True, help="the --run-dir of a `msa-dist train`")
+    ex.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    ex.add_argument("--checkpoint", default="best", help="best | latest | step-NNNNNNN (default %(default)s)")
+    ex.add_argument("--push-to-hub", default=None, metavar="REPO",
+                    help="then upload the folder to this Hugging Face model repo (needs huggingface_hub and a login)")
 
     add_bench_parser(sub)
     return p
@@ -101,6 +126,9 @@ def _run(args) -> int:
                                     split_name=args.split, image_size=args.image_size,
                                     jpeg_quality=args.jpeg_quality, console=console)
             print_build_summary(manifest, console)
+        elif args.shards_command == "show":
+            from msa_dist.data.show import print_samples, show_samples
+            print_samples(show_samples(args.shard_dir, args.split, args.n), args.split, console)
         else:
             print_verify_summary(verify_shards(args.shard_dir), console)
         return 0
@@ -119,17 +147,17 @@ def _run(args) -> int:
         return 0 if summary["status"] in ("finished", "preempted") else 1
     if args.command == "evaluate":
         from msa_dist.engine.display import print_metrics
-        from msa_dist.engine.inference import evaluate
-        metrics = evaluate(args.run, args.shards, args.split, args.checkpoint, adjust=args.adjust)
+        from msa_dist.engine.inference import evaluate, run_shards
+        metrics = evaluate(args.run, run_shards(args.run, args.shards), args.split, args.checkpoint, adjust=args.adjust)
         adjusted = ", logit offsets tuned on val" if args.adjust else ""
         print_metrics(metrics, f"{args.split} metrics ({args.checkpoint} checkpoint of {args.run}{adjusted})")
         return 0
     if args.command == "predict":
-        from msa_dist.engine.display import console
-        from msa_dist.engine.inference import predict
-        n = predict(args.run, args.shards, args.out, args.split, args.checkpoint, adjust=args.adjust)
-        console.print(f"wrote {n} predictions to {args.out}")
-        return 0
+        from msa_dist.predict_raw import run_predict_command
+        return run_predict_command(args)
+    if args.command == "export":
+        from msa_dist.export import run_export_command
+        return run_export_command(args)
     if args.command == "config":
         import yaml
 

@@ -2,28 +2,15 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from msa_dist.config import load_config
-from msa_dist.data.shards import build_shards
-from msa_dist.engine.provenance import RUN_INFO, check_shards, manifest_sha256
+from msa_dist.engine.provenance import RUN_INFO, manifest_sha256
 from msa_dist.engine.trainer import train
 from msa_dist.errors import MsaDistError
-
-TINY = ["data.image_size=32", "data.resize_size=36", "data.workers=0", "data.max_length=24",
-        "model.text.name=tiny", "model.text.tiny_vocab_size=200", "model.text.tiny_hidden=16",
-        "model.text.tiny_layers=1", "model.text.tiny_heads=2", "model.image.name=tiny", "model.image.weights=none",
-        "model.image.tiny_width=4", "model.head.proj_dim=16", "model.head.hidden=16", "train.batch_size=4",
-        "train.epochs=2", "log.every_steps=1", "log.progress=false", "backend.device=cpu", "optim.warmup_steps=1"]
-
-
-def tiny_config(shards: Path, *overrides: str):
-    """The smallest model on `shards`: a 2-epoch run takes a second or two."""
-    return load_config(None, [*TINY, f"data.shards={shards}", *overrides])
+from run_utils import tiny_config
 
 
 def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -123,15 +110,3 @@ def test_run_info_names_commit_versions_and_manifest(shard_dir, tmp_path):
     assert info["world"]["world_size"] == 1 and info["hosts"] and info["command"]
     train(tiny_config(shard_dir, "train.epochs=2"), run, resume="auto")
     assert len(json.loads((run / RUN_INFO).read_text())["resumed"]) == 1
-
-
-def test_evaluate_warns_when_val_shards_differ(raw_dataset, shard_dir, tmp_path, caplog):
-    run = tmp_path / "run"
-    train(tiny_config(shard_dir, "train.epochs=1"), run)
-    other = tmp_path / "other"
-    build_shards(raw_dataset.root, other, val_fraction=1 / 3, seed=1, shard_size=4)  # another val split
-    assert check_shards(run, shard_dir, "val") is None
-    with caplog.at_level(logging.WARNING):
-        message = check_shards(run, other, "val")
-    assert message and "\n" not in message and message in caplog.text
-    assert check_shards(run, other, "test") is None  # the test split is expected to be new data

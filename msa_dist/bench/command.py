@@ -11,7 +11,7 @@ def add_bench_parser(sub) -> None:
 
     d = bsub.add_parser("data", help="samples/s per worker core that the training loader delivers")
     d.add_argument("--shards", required=True, help="a shard directory (msa-dist shards build)")
-    d.add_argument("--split", default="train")
+    d.add_argument("--split", default="train", help="the split to read (default %(default)s)")
     d.add_argument("--seconds", type=float, default=20.0, help="timed seconds after warm-up")
     d.add_argument("--workers", type=int, default=1, help="loader worker processes (0: this process)")
     d.add_argument("--config", default=None,
@@ -22,7 +22,7 @@ def add_bench_parser(sub) -> None:
     d.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.image_size=96")
 
     t = bsub.add_parser("train", help="timed training steps: samples/s, tokens/s, data wait, memory, MFU")
-    t.add_argument("--config", required=True)
+    t.add_argument("--config", required=True, help="the YAML config to time (its data.shards must exist)")
     t.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     t.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     t.add_argument("--peak-tflops", type=float, default=0.0,
@@ -33,12 +33,12 @@ def add_bench_parser(sub) -> None:
     t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.shards=DIR backend.precision=bf16")
 
     r = bsub.add_parser("replicate", help="a larger shard set made of copies of a small one (device checks)")
-    r.add_argument("src")
-    r.add_argument("--out", required=True)
-    r.add_argument("--copies", type=int, default=10)
+    r.add_argument("src", help="the shard directory to copy")
+    r.add_argument("--out", required=True, help="the new shard directory")
+    r.add_argument("--copies", type=int, default=10, help="copies of every split (default %(default)s)")
 
     s = bsub.add_parser("summary", help="one table (and Markdown) of several result JSON files")
-    s.add_argument("results", nargs="+")
+    s.add_argument("results", nargs="+", help="result JSON files written by `bench data/train --json`")
     s.add_argument("--out", default=None, help="also write them together into this JSON file")
 
 

@@ -1,20 +1,20 @@
 """`evaluate` and `predict` from a finished run directory, in one process, without any backend."""
 from __future__ import annotations
 
-import csv
-import os
 from pathlib import Path
 
 import torch
 
 from msa_dist.data.manifest import load_manifest
-from msa_dist.engine.artifacts import load_trained_model
+from msa_dist.engine.artifacts import load_run_config, load_trained_model
 from msa_dist.engine.calibration import adjusted_metrics, collect_log_probs, load_offsets, save_offsets, tune_offsets
 from msa_dist.engine.checkpoint import model_weights_path
 from msa_dist.engine.evaluation import run_split
+from msa_dist.engine.provenance import check_shards
 from msa_dist.engine.runtime import read_env
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS
+from msa_dist.predict_raw import write_predictions
 
 
 def _load(run_dir: str, which: str, device: str = "auto"):
@@ -23,6 +23,11 @@ def _load(run_dir: str, which: str, device: str = "auto"):
     # One process reads the whole split, whatever the training world was.
     env = type(env)(rank=0, local_rank=0, world_size=1, device=env.device)
     return env, cfg, tokenizer, model
+
+
+def run_shards(run_dir: str, shard_dir: str | None) -> str:
+    """`shard_dir`, or the shards the run was trained on (its data.shards) when None."""
+    return shard_dir if shard_dir is not None else load_run_config(Path(run_dir)).data.shards
 
 
 def calibrate(run_dir: str, shard_dir: str, split: str = "val", which: str = "best", batch_size: int = 64) -> dict:
@@ -50,6 +55,7 @@ def _offsets(run_dir: str, shard_dir: str, which: str, batch_size: int) -> torch
 def evaluate(run_dir: str, shard_dir: str, split: str = "val", which: str = "best", batch_size: int = 64,
              adjust: bool = False) -> dict:
     """Metrics of the run's `which` checkpoint on a labelled split (`adjust`: with the tuned logit offsets)."""
+    check_shards(run_dir, shard_dir, split)  # one warning line when val is not the data the run was validated on
     if adjust:
         offsets = _offsets(run_dir, shard_dir, which, batch_size)
         env, cfg, tokenizer, model = _load(run_dir, which)
@@ -65,29 +71,24 @@ def evaluate(run_dir: str, shard_dir: str, split: str = "val", which: str = "bes
 
 
 def predict(run_dir: str, shard_dir: str, out: str, split: str = "test", which: str = "best",
-            batch_size: int = 64, adjust: bool = False) -> int:
-    """Write `guid,tag` for every sample of `split`, in the order the shards were built from.
+            batch_size: int = 64, adjust: bool = False, fmt: str = "course") -> int:
+    """Write `guid,tag` for every sample of `split`, in the order the shards were built from
+    (`fmt="probs"`: id, tag and one probability column per class).
 
     `adjust` adds the logit offsets tuned on val (tuning them first if the run has none yet).
     """
+    check_shards(run_dir, shard_dir, split)
     order = load_manifest(shard_dir)["splits"].get(split, {}).get("guids")
     offsets = _offsets(run_dir, shard_dir, which, batch_size) if adjust else torch.zeros(len(LABELS))
     env, cfg, tokenizer, model = _load(run_dir, which)
     _, predictions = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir)
     # log(probs) + offsets: the same argmax as log_softmax(logits) + offsets
-    by_key = {key: LABELS[int((torch.tensor(probs).clamp(min=1e-12).log() + offsets).argmax())]
+    by_key = {key: torch.softmax(torch.tensor(probs).clamp(min=1e-12).log() + offsets, -1).tolist()
               for key, probs in predictions}
     missing = [g for g in order if g not in by_key] if order else []
     if missing:
         raise MsaDistError(f"{len(missing)} samples of split '{split}' could not be read (first: {missing[0]}); "
                            f"run `msa-dist shards verify {shard_dir}`")
     keys = order or sorted(by_key)
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["guid", "tag"])
-        writer.writerows((k, by_key[k]) for k in keys)
-    os.replace(tmp, out_path)
+    write_predictions(out, [(k, by_key[k]) for k in keys], LABELS, fmt)
     return len(keys)

@@ -45,6 +45,15 @@ def split_sha256(shard_dir: str | Path, split: str) -> Optional[str]:
     return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
 
 
+def shard_options(shard_dir: str | Path) -> dict:
+    """How the shards stored images (`shards build --image-size/--jpeg-quality`): raw predict repeats it."""
+    try:
+        options = json.loads((Path(shard_dir) / MANIFEST_NAME).read_text(encoding="utf-8")).get("options", {})
+    except (OSError, ValueError):
+        return {}
+    return {"image_size": options.get("image_size", 0), "jpeg_quality": options.get("jpeg_quality")}
+
+
 def git_info(cwd: str | Path = ".") -> dict:
     """Commit, dirty flag and (when small) the uncommitted diff of the repository holding `cwd`."""
     def git(*args: str) -> Optional[str]:
@@ -113,7 +122,7 @@ def session_info(cfg, env, backend_name: str) -> dict:
                   "rank_hosts": hosts, "device": env.device.type, "backend": backend_name},
         "versions": versions(),
         "data": {"shards": str(cfg.data.shards), "manifest_sha256": manifest_sha256(cfg.data.shards),
-                 "val_sha256": split_sha256(cfg.data.shards, "val")},
+                 "val_sha256": split_sha256(cfg.data.shards, "val"), "shard_options": shard_options(cfg.data.shards)},
     }
 
 

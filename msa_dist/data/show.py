@@ -1,0 +1,63 @@
+"""`msa-dist shards show DIR`: the first few samples of a split, to see what was packed."""
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+from msa_dist.data.images import stored_size
+from msa_dist.data.manifest import load_manifest
+from msa_dist.errors import MsaDistError
+
+
+def _samples(tar_path: Path) -> Iterator[dict]:
+    """Samples of one shard in written order: {key: ..., ext: bytes} (members of a key are adjacent)."""
+    current: dict = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            key, _, ext = member.name.partition(".")
+            if current and current["__key__"] != key:
+                yield current
+                current = {}
+            current["__key__"] = key
+            current[ext] = tar.extractfile(member).read()
+    if current:
+        yield current
+
+
+def show_samples(shard_dir: str | Path, split: str = "train", n: int = 5) -> list[dict]:
+    """The first `n` samples of `split`: key, label name (None when unlabelled), text, stored image size."""
+    manifest = load_manifest(shard_dir)
+    if split not in manifest["splits"]:
+        raise MsaDistError(f"split '{split}' is not in {shard_dir} (splits: {', '.join(manifest['splits']) or 'none'})")
+    labels = manifest.get("labels", [])
+    rows: list[dict] = []
+    for shard in manifest["splits"][split].get("shards", []):
+        path = Path(shard_dir) / shard["name"]
+        try:
+            for sample in _samples(path):
+                if len(rows) == n:
+                    return rows
+                cls = sample.get("cls")
+                width, height = stored_size(sample["jpg"]) if "jpg" in sample else (0, 0)
+                rows.append({"key": sample["__key__"], "shard": shard["name"],
+                             "label": labels[int(cls)] if cls is not None else None,
+                             "text": sample.get("txt", b"").decode("utf-8", errors="replace"),
+                             "image": f"{width}x{height}", "image_bytes": len(sample.get("jpg", b""))})
+        except (OSError, tarfile.TarError) as exc:
+            raise MsaDistError(f"cannot read shard {path}: {exc}; run `msa-dist shards verify {shard_dir}`") from None
+    return rows
+
+
+def print_samples(rows: list[dict], split: str, console) -> None:
+    """A table of `show_samples` rows."""
+    from rich.table import Table
+    table = Table(title=f"{split}: first {len(rows)} samples")
+    for column in ("key", "label", "text", "image", "shard"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        image = f"{row['image']} ({row['image_bytes'] / 1024:.1f} KiB)"
+        table.add_row(row["key"], row["label"] or "-", row["text"], image, row["shard"])
+    console.print(table)

@@ -1,0 +1,17 @@
+"""The smallest trainable config (a 2-epoch run on the conftest shards takes a second or two)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from msa_dist.config import Config, load_config
+
+TINY = ["data.image_size=32", "data.resize_size=36", "data.workers=0", "data.max_length=24",
+        "model.text.name=tiny", "model.text.tiny_vocab_size=200", "model.text.tiny_hidden=16",
+        "model.text.tiny_layers=1", "model.text.tiny_heads=2", "model.image.name=tiny", "model.image.weights=none",
+        "model.image.tiny_width=4", "model.head.proj_dim=16", "model.head.hidden=16", "train.batch_size=4",
+        "train.epochs=2", "log.every_steps=1", "log.progress=false", "backend.device=cpu", "optim.warmup_steps=1"]
+
+
+def tiny_config(shards: Path, *overrides: str) -> Config:
+    """TINY on `shards`, then `overrides`."""
+    return load_config(None, [*TINY, f"data.shards={shards}", *overrides])
