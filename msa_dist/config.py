@@ -18,13 +18,13 @@ from msa_dist.errors import MsaDistError
 
 @dataclass
 class DataConfig:
-    shards: str = "shards"  # directory written by `msa-dist shards build` (holds manifest.json)
+    shards: str = "shards"  # shard set written by `msa-dist shards build` (holds manifest.json): a folder, file://, http(s):// or fsspec URL
     image_size: int = 224  # side of the square crop fed to the image encoder, in pixels
     resize_size: int = 224  # eval: shorter side is resized to this before the center crop (the seed: 224)
     max_length: int = 128  # text tokens per sample at most; batches pad to their longest sample
     workers: int = 2  # DataLoader worker processes per rank
-    shuffle_buffer: int = 500  # samples held in the per-worker shuffle buffer (train only)
-    resampled: bool = False  # sample shards with replacement instead of reading each once per epoch
+    chunk_samples: int = 4  # train order: runs of this many consecutive samples of a shard stay together (read in one request); the runs of the whole split are shuffled per epoch. Larger: fewer requests, less mixing
+    resampled: bool = False  # draw the runs with replacement instead of reading each once per epoch
     pin_memory: bool = True  # page-locked host batches for faster copies to a GPU
     image_draft: bool = True  # decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when they are much larger
     train_crop: str = "random"  # random (image_size crop at resize_size scale: no resize on shards stored at resize_size, the default) | random_resized (area 50-100%, then resized: ~30% slower loader) | center (no augmentation); each with a random flip except center

@@ -14,7 +14,7 @@ from msa_dist.experiments.report import write_run_report
 
 # The built-in default: the same schema as configs/*.yaml, sized for a 2-core CPU.
 DEMO_CONFIG = {
-    "data": {"image_size": 64, "resize_size": 64, "max_length": 32, "workers": 1, "shuffle_buffer": 200},
+    "data": {"image_size": 64, "resize_size": 64, "max_length": 32, "workers": 1},
     "model": {"modality": "both",
               "text": {"name": "tiny", "tiny_hidden": 64, "tiny_layers": 1, "tiny_heads": 2, "tiny_vocab_size": 500},
               "image": {"name": "tiny", "weights": "none", "tiny_width": 16},

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # A model and data small enough for 2 ranks on a 2-core CPU; tests override what they need.
 TINY = {
-    "data": {"image_size": 32, "resize_size": 32, "max_length": 16, "workers": 1, "shuffle_buffer": 0},
+    "data": {"image_size": 32, "resize_size": 32, "max_length": 16, "workers": 1},
     "model": {"modality": "both",
               "text": {"name": "tiny", "tiny_hidden": 32, "tiny_layers": 1, "tiny_heads": 2,
                        "tiny_vocab_size": 200, "tiny_dropout": 0.0},

@@ -19,7 +19,8 @@ from dist_entry import nan_loss_builder
 from dist_utils import (check, final_weights, finish, rank_pids, records, run, start, torchrun_cmd,
                         train_losses, wait_for, write_config)
 from msa_dist.config import load_config
-from msa_dist.data.loader import StreamSpec, batches_per_rank, build_loader, iter_texts
+from msa_dist.data.loader import StreamSpec, iter_texts
+from msa_dist.data.stream import TrainStream
 from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
 from msa_dist.engine import checkpoint as ckpt
@@ -55,15 +56,16 @@ def _predict_rows(run_dir: Path, shards: Path, out: Path) -> list[list[str]]:
 # -- data on many ranks ---------------------------------------------------------------------------
 
 def test_one_shard_with_two_ranks_and_two_workers_reads_every_sample_once(data):
-    """Our loader deals sample blocks, not shards: 1 shard < 2 ranks x 2 workers is fine."""
-    cfg = load_config(base={"data": {"image_size": 32, "resize_size": 32, "workers": 2, "shuffle_buffer": 8}})
+    """Our loader deals samples, not shards: 1 shard < 2 ranks x 2 workers is fine."""
+    cfg = load_config(base={"data": {"image_size": 32, "resize_size": 32, "workers": 2}})
     tok = train_wordpiece_tokenizer(iter_texts(str(data / "one-shard")), 100)
     per_rank = []
     for rank in range(2):
         spec = StreamSpec("train", True, 8, rank=rank, world_size=2, seed=0, epoch=1)
-        n = batches_per_rank(96, spec, workers=2)
-        keys = [k for batch in list(build_loader(cfg.data, str(data / "one-shard"), spec, tok))[:n] for k in batch["keys"]]
-        per_rank.append(keys)
+        stream = TrainStream(cfg.data, str(data / "one-shard"), spec, tok, epochs=2)
+        stream.load_state_dict({**stream.state_dict(), "epoch": 1})
+        per_rank.append([k for batch in stream.epoch(1) for k in batch["keys"]])
+        stream.close()
     assert len(per_rank[0]) == len(per_rank[1]) == 48  # equal step counts: 6 batches of 8 each
     assert not set(per_rank[0]) & set(per_rank[1])
     manifest = json.loads((data / "one-shard" / "manifest.json").read_text())
@@ -75,7 +77,7 @@ def test_one_shard_with_two_ranks_and_two_workers_reads_every_sample_once(data):
 def test_resume_mid_epoch_is_exact(data, tmp_path):
     """Dropout on, 2 workers, a shuffle buffer: resuming from a mid-epoch checkpoint reproduces
     every later loss and the final weights bit for bit (CPU, fp32, fixed seed)."""
-    config = write_config(tmp_path / "c.yaml", data / "shards", "data.workers=2", "data.shuffle_buffer=16",
+    config = write_config(tmp_path / "c.yaml", data / "shards", "data.workers=2",
                           "model.text.tiny_dropout=0.1", "model.head.dropout=0.2", "checkpoint.every_steps=5",
                           "checkpoint.keep_last=10")
     cfg = load_config(config)
@@ -83,7 +85,7 @@ def test_resume_mid_epoch_is_exact(data, tmp_path):
     trainer.train(cfg, whole)
     shutil.copytree(whole, resumed)
     mid = resumed / "checkpoints" / "step-0000015"  # 12 steps per epoch: in the middle of epoch 2
-    assert json.loads((mid / "client.json").read_text())["train_state"]["batch_in_epoch"] == 3
+    assert json.loads((mid / "client.json").read_text())["data"]["samples_done"] == 3 * 8
     trainer.train(cfg, resumed, resume=str(mid))
     assert train_losses(resumed) == train_losses(whole) and len(train_losses(whole)) == 24
     assert [r["type"] for r in records(resumed)].count("resume") == 1
@@ -144,14 +146,21 @@ def test_ddp_matches_one_process_and_resumes_after_a_killed_rank(data, tmp_path)
     solo = evaluate(str(ddp), str(data / "shards"), "val", which="latest")
     assert (ddp_eval["samples"], ddp_eval["confusion_matrix"]) == (24, solo["confusion_matrix"])
 
-    # Another world size: the weights and optimizer carry over; the mid-epoch data position
-    # belongs to the 2-rank layout, so the epoch restarts from its first batch (with a warning).
+    # Another world size, mid-epoch: 2 ranks x batch 4 saved at step 10 of 12, resumed on 1 rank x
+    # batch 8 (the same global batch): the epoch order does not depend on the layout, so the last
+    # steps train on the same samples and give the 2-rank run's losses.
     other = tmp_path / "one-rank"
     shutil.copytree(ddp, other)
-    with pytest.warns(UserWarning, match="restarts from its first batch"):
-        summary = trainer.train(load_config(config, ["train.batch_size=8"]), other,
-                                resume=str(other / "checkpoints" / "step-0000010"))
-    assert summary["status"] == "finished" and summary["step"] == 10 + 12
+    summary = trainer.train(load_config(config, ["train.batch_size=8"]), other,
+                            resume=str(other / "checkpoints" / "step-0000010"))
+    assert summary["status"] == "finished" and summary["step"] == 12
+    assert train_losses(other) == pytest.approx(losses, abs=1e-5) and len(train_losses(other)) == 12
+    # ... and 1 -> 2: the one-process run, resumed at its step 10 on 2 ranks x batch 4
+    grown = tmp_path / "two-ranks"
+    shutil.copytree(one, grown)
+    check(run(torchrun_cmd(_train_args(config, grown, "backend.name=ddp", "--resume",
+                                       str(grown / "checkpoints" / "step-0000010")))))
+    assert train_losses(grown) == pytest.approx(train_losses(one), abs=1e-5) and len(train_losses(grown)) == 12
 
     log = tmp_path / "killed.log"
     proc = start(torchrun_cmd(_train_args(config, killed, "backend.name=ddp"), max_restarts=1), log)

@@ -1,9 +1,11 @@
 """`msa-dist bench data`: samples per second that the training loader delivers, per worker core.
 
-The loader is the trainer's (`TrainStream`, epoch after epoch): shard reading, per-sample decode +
-augmentation, batched tokenization, collation; with W workers the rate is divided by W (W = 0 runs
-in this process, on one thread). The first batches (worker start-up, shuffle buffer fill) are
-warm-up and not timed; epoch boundaries are, as training pays them too.
+The loader is the trainer's (`TrainStream`, epoch after epoch): ranged shard reads (local or from
+a URL), per-sample decode + augmentation, batched tokenization, collation; with W workers the rate
+is divided by W (W = 0 runs in this process, on one thread). The first batches (worker start-up)
+are warm-up and not timed; epoch boundaries are, as training pays them too. `bytes_read_per_sample`
+is what the shard reads cost per delivered sample (batches the workers prefetched but were not yet
+delivered count too: a percent or so), beside the split's mean sample size in its shards.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import torch
 from msa_dist.bench.build import bench_tokenizer
 from msa_dist.bench.seed_loader import seed_style_samples_per_s
 from msa_dist.config import Config
-from msa_dist.data.loader import StreamSpec, TrainStream, split_size
-from msa_dist.data.manifest import load_manifest
+from msa_dist.data.loader import StreamSpec
+from msa_dist.data.reader import ShardSet
+from msa_dist.data.stream import TrainStream
 from msa_dist.errors import MsaDistError
 
 
@@ -31,8 +34,9 @@ def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, wor
     # One core per reader: HF tokenizers would otherwise spread a batch over every core.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     shard_dir = cfg.data.shards
-    manifest = load_manifest(shard_dir)
-    if split_size(shard_dir, split) < cfg.train.batch_size:
+    shard_set = ShardSet(shard_dir)
+    manifest = shard_set.manifest
+    if shard_set.samples(split) < cfg.train.batch_size:
         raise MsaDistError(f"bench data: split '{split}' holds fewer samples than one batch ({cfg.train.batch_size})")
     data_cfg = dataclasses.replace(cfg.data, workers=workers)
     tokenizer = bench_tokenizer(cfg, shard_dir)
@@ -44,15 +48,16 @@ def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, wor
     if workers == 0:
         torch.set_num_threads(1)
     try:
-        timing = _time_loader(data_cfg, shard_dir, split, cfg.train.batch_size, cfg.train.seed, tokenizer,
+        timing = _time_loader(data_cfg, shard_set, split, cfg.train.batch_size, cfg.train.seed, tokenizer,
                               seconds, warmup_batches)
     finally:
         torch.set_num_threads(threads)
     result = {
         "bench": "data", "split": split, "workers": workers, "batch_size": cfg.train.batch_size,
-        "image_size": cfg.data.image_size, "shard_image_size": manifest["options"].get("image_size", 0),
+        "image_size": cfg.data.image_size, "shard_image_size": manifest.get("options", {}).get("image_size", 0),
         "decode_on_device": cfg.data.decode_on_device, "pad_to_max_length": cfg.data.pad_to_max_length,
-        "cpu_count": os.cpu_count(), **timing,
+        "shards": shard_dir, "cpu_count": os.cpu_count(), **timing,
+        "mean_sample_bytes": sum(s.get("bytes", 0) for s in shard_set.shards(split)) / shard_set.samples(split),
         "samples_per_s_per_worker": timing["samples_per_s"] / max(workers, 1),
     }
     if reference:
@@ -61,15 +66,17 @@ def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, wor
     return result
 
 
-def _time_loader(data_cfg, shard_dir: str, split: str, batch_size: int, seed: int, tokenizer,
+def _time_loader(data_cfg, shard_set: ShardSet, split: str, batch_size: int, seed: int, tokenizer,
                  seconds: float, warmup_batches: int) -> dict:
     pin = torch.cuda.is_available()  # as the trainer: pinned batches only when a GPU will take them
     start = time.perf_counter()
     first_batch_s = timed_from = None
-    samples = batches = 0
-    with closing(TrainStream(data_cfg, shard_dir, StreamSpec(split, True, batch_size, seed=seed), tokenizer,
+    samples = batches = delivered = 0
+    with closing(TrainStream(data_cfg, shard_set, StreamSpec(split, True, batch_size, seed=seed), tokenizer,
                              pin_memory=pin)) as stream:
+        bytes_before = shard_set.store.bytes_read  # after the manifest and the indexes
         for batch in stream.batches():
+            delivered += len(batch["keys"])
             now = time.perf_counter()
             if first_batch_s is None:
                 first_batch_s = now - start
@@ -83,5 +90,6 @@ def _time_loader(data_cfg, shard_dir: str, split: str, batch_size: int, seed: in
             if now - timed_from >= seconds:
                 elapsed = now - timed_from
                 return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed,
-                        "first_batch_s": first_batch_s, "epochs": batches / stream.batches_per_epoch}
+                        "first_batch_s": first_batch_s, "epochs": batches / stream.batches_per_epoch,
+                        "bytes_read_per_sample": (shard_set.store.bytes_read - bytes_before) / delivered}
     raise AssertionError("an endless stream ended")

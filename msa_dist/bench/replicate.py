@@ -6,13 +6,14 @@ augmentation differs; bytes are copied as they are (no re-encoding), so building
 """
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
 import webdataset as wds
 
+from msa_dist.data.index import index_name
 from msa_dist.data.manifest import load_manifest, shard_urls, write_manifest
+from msa_dist.data.shards import describe_shard
 from msa_dist.data.tario import tar_samples
 from msa_dist.errors import MsaDistError
 
@@ -52,15 +53,12 @@ def _write_copies(out: Path, split: str, samples: list[dict], copies: int, shard
                     guids.append(record["__key__"])
                     name = Path(writer.fname).name
                     counts[name] = counts.get(name, 0) + 1
+        shards = [describe_shard(Path(tmp), name, n) for name, n in counts.items()]
         for name in counts:
+            (Path(tmp) / index_name(name)).replace(out / index_name(name))
             (Path(tmp) / name).replace(out / name)
-    entry = {"samples": len(guids), "labelled": info.get("labelled", 0) * copies,
-             "shards": [{"name": name, "samples": n, "sha256": _sha256(out / name)} for name, n in counts.items()],
-             "guids": guids}
+    entry = {"samples": len(guids), "labelled": info.get("labelled", 0) * copies, "shards": shards, "guids": guids}
     if "class_counts" in info:
         entry["class_counts"] = {label: n * copies for label, n in info["class_counts"].items()}
     return entry
 
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

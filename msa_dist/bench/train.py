@@ -19,7 +19,8 @@ import torch
 from msa_dist.bench.build import bench_model, bench_tokenizer
 from msa_dist.bench.flops import FlopModel, gpu_peak_tflops
 from msa_dist.config import Config, to_dict
-from msa_dist.data.loader import StreamSpec, TrainStream
+from msa_dist.data.loader import StreamSpec
+from msa_dist.data.stream import TrainStream
 from msa_dist.engine.backends import build_backend
 from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.losses import build_loss
@@ -61,7 +62,8 @@ def run_train_bench(cfg: Config, steps: int = 20, warmup: int = 5, peak_tflops: 
 
 def _batches(cfg: Config, env, tokenizer) -> Iterator[dict]:
     """Training batches without end, from the trainer's stream."""
-    first = StreamSpec("train", True, cfg.train.batch_size, env.rank, env.world_size, cfg.train.seed)
+    first = StreamSpec("train", True, cfg.train.batch_size, env.rank, env.world_size, cfg.train.seed,
+                       grad_accum_steps=cfg.train.grad_accum_steps)
     with closing(TrainStream(cfg.data, cfg.data.shards, first, tokenizer,
                              pin_memory=env.device.type == "cuda")) as stream:
         yield from stream.batches()

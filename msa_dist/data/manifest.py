@@ -3,10 +3,12 @@
 Layout (format 1):
     {"format": 1, "labels": [...], "options": {...build options...},
      "splits": {split: {"samples": n, "labelled": n, "class_counts": {label: n} (labelled splits),
-                        "shards": [{"name": "train-000000.tar", "samples": n, "sha256": hex}],
+                        "shards": [{"name": "train-000000.tar", "samples": n, "bytes": n, "sha256": hex}],
                         "guids": [guid, ... in written order]}},
      "decodings": {"utf-8": n, "gb18030": n},
      "skipped": [{"guid": ..., "split": ..., "source": ..., "line": n, "reason": ..., "detail": ...}]}
+Each shard has a sample index beside it (`NAME.tar.idx.json`, see index.py); the folder may be a
+URL (storage.py).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from msa_dist.data.storage import is_url, open_store
 from msa_dist.errors import MsaDistError
 
 MANIFEST_NAME = "manifest.json"
@@ -30,7 +33,13 @@ def _build_hint(shard_dir: Path) -> str:
 
 
 def load_manifest(shard_dir: str | Path) -> dict:
-    """Read and sanity-check `shard_dir/manifest.json`; MsaDistError with a hint when absent or invalid."""
+    """Read and sanity-check the manifest of a shard folder or URL; MsaDistError with a hint when absent or invalid."""
+    if is_url(str(shard_dir)):
+        store = open_store(str(shard_dir))
+        try:
+            return check_manifest(store.read(MANIFEST_NAME), store.url(MANIFEST_NAME))
+        except MsaDistError as exc:
+            raise MsaDistError(f"{exc}: {_build_hint(shard_dir)}") from None
     shard_dir = Path(shard_dir)
     if not shard_dir.is_dir():
         raise MsaDistError(f"shard directory {shard_dir} does not exist: {_build_hint(shard_dir)}")
@@ -38,15 +47,37 @@ def load_manifest(shard_dir: str | Path) -> dict:
     if not path.is_file():
         raise MsaDistError(f"no {MANIFEST_NAME} in {shard_dir}: {_build_hint(shard_dir)}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MsaDistError(f"{path} is not readable JSON ({exc}): {_build_hint(shard_dir)}") from None
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise MsaDistError(f"{path} is not readable ({exc}): {_build_hint(shard_dir)}") from None
+    return check_manifest(raw, str(path))
+
+
+def check_manifest(raw: bytes, where: str) -> dict:
+    """Parse a manifest's bytes and check its shape; MsaDistError naming `where` otherwise."""
+    hint = "build shards with `msa-dist shards build DATA_ROOT --out DIR`"
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise MsaDistError(f"{where} is not readable JSON ({exc}): {hint}") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
-        raise MsaDistError(f"{path} has no 'splits' mapping: {_build_hint(shard_dir)}")
+        raise MsaDistError(f"{where} has no 'splits' mapping: {hint}")
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise MsaDistError(f"{path} has format {manifest.get('format')!r}, this version reads format "
-                           f"{MANIFEST_FORMAT}: {_build_hint(shard_dir)}")
+        raise MsaDistError(f"{where} has format {manifest.get('format')!r}, this version reads format "
+                           f"{MANIFEST_FORMAT}: {hint}")
     return manifest
+
+
+def split_shards(manifest: dict, split: str, location: str) -> list[dict]:
+    """One split's shard entries, in order; MsaDistError if the split is absent or empty."""
+    splits = manifest["splits"]
+    if split not in splits:
+        have = ", ".join(splits) or "none"
+        raise MsaDistError(f"split '{split}' is not in the manifest of {location} (splits: {have})")
+    shards = splits[split].get("shards") or []
+    if not shards:
+        raise MsaDistError(f"split '{split}' in {location} has no shards ({splits[split].get('samples', 0)} samples)")
+    return shards
 
 
 def write_manifest(directory: str | Path, manifest: dict) -> Path:
@@ -59,17 +90,8 @@ def write_manifest(directory: str | Path, manifest: dict) -> Path:
 
 
 def shard_urls(shard_dir: str | Path, split: str, manifest: Optional[dict] = None) -> list[str]:
-    """Absolute paths of one split's shards, in order; MsaDistError if the split is absent or empty."""
+    """Absolute paths of one split's shards in a local folder, in order (for whole-shard readers)."""
     shard_dir = Path(shard_dir)
-    if manifest is None:
-        manifest = load_manifest(shard_dir)
-    splits = manifest["splits"]
-    if split not in splits:
-        have = ", ".join(splits) or "none"
-        raise MsaDistError(f"split '{split}' is not in {shard_dir / MANIFEST_NAME} (splits: {have})")
-    shards = splits[split].get("shards") or []
-    if not shards:
-        raise MsaDistError(f"split '{split}' in {shard_dir} has no shards "
-                           f"({splits[split].get('samples', 0)} samples)")
+    shards = split_shards(manifest if manifest is not None else load_manifest(shard_dir), split, str(shard_dir))
     root = shard_dir.resolve()
     return [str(root / s["name"]) for s in shards]

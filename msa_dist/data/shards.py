@@ -11,7 +11,6 @@ import os
 import random
 import re
 import shutil
-import tarfile
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -23,8 +22,11 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
+from msa_dist.data.index import INDEX_SUFFIX, index_name, read_index, scan_tar
 from msa_dist.data.manifest import (DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, load_manifest,
                                     write_manifest)
+from msa_dist.data.reader import ShardSet
+from msa_dist.data.storage import is_url
 from msa_dist.data.raw import (DATA_DIR, TEST_FILE, TRAINVAL, BadRecord, Sample, check_record,
                                list_records, reencode_image)
 from msa_dist.errors import MsaDistError
@@ -167,10 +169,16 @@ def _write_split(tmp: Path, name: str, samples: list[Sample], shard_size: int, r
     entry: dict = {"samples": len(samples), "labelled": len(labels)}
     if labelled_split or labels:
         entry["class_counts"] = {label: labels.count(i) for i, label in enumerate(LABELS)}
-    entry["shards"] = [{"name": shard_name, "samples": n, "sha256": _sha256(tmp / shard_name)}
-                       for shard_name, n in counts.items()]
+    entry["shards"] = [describe_shard(tmp, shard_name, n) for shard_name, n in counts.items()]
     entry["guids"] = [s.record.guid for s in samples]
     return entry
+
+
+def describe_shard(tmp: Path, shard_name: str, samples: int) -> dict:
+    """Write a shard's index beside it (data/index.py); returns its manifest entry."""
+    data = (tmp / shard_name).read_bytes()
+    (tmp / index_name(shard_name)).write_bytes(scan_tar(data, shard_name).to_json())
+    return {"name": shard_name, "samples": samples, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def _to_webdataset(sample: Sample, image_size: int, jpeg_quality: int) -> dict:
@@ -190,63 +198,26 @@ def _publish(tmp: Path, out: Path, manifest: dict) -> None:
     # pair an old manifest with new shards (or the reverse).
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     for path in out.iterdir():
-        if SHARD_NAME_RE.match(path.name) and path.name not in new_names and path.is_file():
+        shard = path.name[:-len(INDEX_SUFFIX)] if path.name.endswith(INDEX_SUFFIX) else path.name
+        if SHARD_NAME_RE.match(shard) and shard not in new_names and path.is_file():
             path.unlink()
     for shard_name in new_names:
+        os.replace(tmp / index_name(shard_name), out / index_name(shard_name))
         os.replace(tmp / shard_name, out / shard_name)
     write_manifest(out, manifest)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _tar_samples(path: Path) -> list[tuple[str, set[str]]]:
-    """(key, extensions) per sample, grouping consecutive members by key as WebDataset does."""
-    samples: list[tuple[str, set[str]]] = []
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, _, ext = member.name.partition(".")
-                if not samples or samples[-1][0] != key:
-                    samples.append((key, set()))
-                samples[-1][1].add(ext)
-    except (tarfile.TarError, OSError) as exc:
-        raise MsaDistError(f"shard {path} is not a readable tar: {exc}") from None
-    return samples
-
-
-def verify_shards(shard_dir: str | Path) -> dict:
-    """Re-read every shard in the manifest (checksum, samples, keys); MsaDistError naming the first mismatch."""
-    shard_dir = Path(shard_dir)
-    manifest = load_manifest(shard_dir)
+def verify_shards(shard_dir: str) -> dict:
+    """Re-read every shard in the manifest (checksum, index, samples, keys); MsaDistError naming the first mismatch.
+    `shard_dir` may be a URL (the shards are then downloaded once each)."""
+    shard_set = ShardSet(str(shard_dir))
     summary = {"shards": 0, "samples": 0, "splits": {}, "unlisted": []}
     listed = set()
-    for split, info in manifest["splits"].items():
+    for split, info in shard_set.manifest["splits"].items():
         keys: list[str] = []
         for shard in info["shards"]:
-            path = shard_dir / shard["name"]
             listed.add(shard["name"])
-            if not path.is_file():
-                raise MsaDistError(f"shard {shard['name']} ({split}) is listed in the manifest but missing "
-                                   f"from {shard_dir}")
-            digest = _sha256(path)
-            if digest != shard["sha256"]:
-                raise MsaDistError(f"shard {path}: sha256 {digest[:16]}... differs from the manifest's "
-                                   f"{shard['sha256'][:16]}... (file changed or corrupt)")
-            samples = _tar_samples(path)
-            if len(samples) != shard["samples"]:
-                raise MsaDistError(f"shard {path}: holds {len(samples)} samples, manifest says {shard['samples']}")
-            for key, exts in samples:
-                if not {"jpg", "txt"} <= exts:
-                    raise MsaDistError(f"shard {path}: sample {key} lacks jpg or txt (has {sorted(exts)})")
-            keys += [key for key, _ in samples]
+            keys += _verify_shard(shard_set, split, shard)
             summary["shards"] += 1
         if len(keys) != info["samples"]:
             raise MsaDistError(f"split {split}: its shards hold {len(keys)} samples, manifest says {info['samples']}")
@@ -256,9 +227,34 @@ def verify_shards(shard_dir: str | Path) -> dict:
                                f"{info['guids'][index]} in the manifest")
         summary["splits"][split] = len(keys)
         summary["samples"] += len(keys)
-    summary["unlisted"] = sorted(p.name for p in shard_dir.iterdir()
-                                 if SHARD_NAME_RE.match(p.name) and p.name not in listed)
+    if not is_url(str(shard_dir)):
+        summary["unlisted"] = sorted(p.name for p in Path(shard_dir).iterdir()
+                                     if SHARD_NAME_RE.match(p.name) and p.name not in listed)
     return summary
+
+
+def _verify_shard(shard_set: ShardSet, split: str, shard: dict) -> list[str]:
+    """Check one shard against its manifest entry and its index; its keys."""
+    store, name = shard_set.store, shard["name"]
+    if not store.exists(name):
+        raise MsaDistError(f"shard {name} ({split}) is listed in the manifest but missing from {shard_set.location}")
+    data = store.read(name)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != shard["sha256"]:
+        raise MsaDistError(f"shard {store.url(name)}: sha256 {digest[:16]}... differs from the manifest's "
+                           f"{shard['sha256'][:16]}... (file changed or corrupt)")
+    actual = scan_tar(data, name)
+    if len(actual) != shard["samples"]:
+        raise MsaDistError(f"shard {store.url(name)}: holds {len(actual)} samples, manifest says {shard['samples']}")
+    stored = read_index(store, name)
+    if stored.to_json() != actual.to_json():
+        raise MsaDistError(f"the index of {store.url(name)} does not match the shard: run "
+                           f"`msa-dist shards index {shard_set.location}` again")
+    for i, key in enumerate(actual.keys):
+        fields = {f for f, _, _ in actual.members(i)}
+        if not {"jpg", "txt"} <= fields:
+            raise MsaDistError(f"shard {store.url(name)}: sample {key} lacks jpg or txt (has {sorted(fields)})")
+    return actual.keys
 
 
 def print_build_summary(manifest: dict, console: Console) -> None:

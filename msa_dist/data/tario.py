@@ -1,12 +1,11 @@
-"""A lean tar reader for local shards: the samples of `wds.tarfile_to_samples`, at a fraction of the cost.
+"""A lean tar reader: webdataset's samples (`tar_samples`) and the member offsets of a shard's index.
 
-Every loader reader walks every shard of the split (see loader.py), so the per-member cost of
-parsing a tar header is paid `world_size * workers` times per sample. Python's `tarfile` decodes
-every header field (~50 us per member, three members per sample); this reader takes only the name,
+Python's `tarfile` decodes every header field (~50 us per member); this reader takes only the name,
 size and type, checks the header checksum, and groups members into samples as webdataset does: the
 key is the path up to the first dot of the file name, the rest (lowercased) is the field name.
 Handles ustar/GNU/pax headers (long names, pax `path` and `size` records); other member types
-(directories, links) are skipped, as webdataset skips them.
+(directories, links) are skipped, as webdataset skips them. `scan_members` gives where each member
+starts (its first header block) and where its data lies, for data/index.py.
 """
 from __future__ import annotations
 
@@ -62,8 +61,17 @@ def _split_name(name: str) -> tuple[str, str, str]:
 
 def _members(stream) -> Iterator[tuple[str, bytes]]:
     """(name, data) of each regular file in an uncompressed tar stream."""
+    for name, _, _, data in scan_members(stream, read_data=True):
+        yield name, data
+
+
+def scan_members(stream, read_data: bool = False) -> Iterator[tuple[str, int, int, int]]:
+    """(name, start, data_offset, size) of each regular file in an uncompressed tar stream: `start`
+    is the offset of its first header block (a pax or long-name header included). With
+    `read_data` the 4th item is the member's bytes instead of its size."""
     long_name: Optional[str] = None
     pax: dict[str, str] = {}
+    offset = start = 0
     while True:
         header = stream.read(BLOCK)
         if len(header) < BLOCK:
@@ -77,10 +85,16 @@ def _members(stream) -> Iterator[tuple[str, bytes]]:
         size = _number(header[124:136])
         if "size" in pax:
             size = int(pax["size"])
-        data = stream.read(size)
-        if len(data) < size:
+        data_offset = offset + BLOCK
+        wanted = read_data or typeflag in (b"L", b"x")
+        data = stream.read(size) if wanted else b""
+        if wanted and len(data) < size:
             raise tarfile.ReadError(f"truncated tar member ({len(data)} of {size} bytes)")
-        stream.read(-size % BLOCK)  # padding to the next block
+        if wanted:
+            stream.read(-size % BLOCK)  # padding to the next block
+        else:
+            stream.seek(size + (-size % BLOCK), 1)
+        offset = data_offset + size + (-size % BLOCK)
         if typeflag == b"L":  # GNU long name: the next member's name
             long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
             continue
@@ -88,11 +102,13 @@ def _members(stream) -> Iterator[tuple[str, bytes]]:
             pax = _pax_records(data)
             continue
         if typeflag == b"g":  # pax global header: nothing we use
+            start = offset
             continue
         name = pax.get("path") or long_name or _header_name(header)
         long_name, pax = None, {}
         if typeflag in _REGULAR:
-            yield name, data
+            yield name, start, data_offset, data if read_data else size
+        start = offset
 
 
 def _header_name(header: bytes) -> str:

@@ -17,6 +17,7 @@ import yaml
 from msa_dist.config import Config, from_dict
 from msa_dist.data.loader import iter_texts
 from msa_dist.data.manifest import load_manifest
+from msa_dist.data.storage import is_url
 from msa_dist.errors import MsaDistError
 from msa_dist.models import build_model
 from msa_dist.models.text import save_text_architecture
@@ -37,7 +38,8 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
 
 
 def _shard_wordpiece(shard_dir: str, vocab_size: int):
-    """The WordPiece trained on these shards' train texts, cached beside the shards.
+    """The WordPiece trained on these shards' train texts, cached beside the shards (or, for shards
+    at a URL, in $MSA_DIST_CACHE, default ~/.cache/msa-dist; delete it at will).
 
     `tokenizers` breaks frequency ties differently in every process, so two trainings on the same
     texts give different vocabularies; sharing one per (train shards, vocab size) keeps runs with
@@ -45,12 +47,15 @@ def _shard_wordpiece(shard_dir: str, vocab_size: int):
     """
     shards = load_manifest(shard_dir)["splits"]["train"]["shards"]
     digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:12]
-    cache = Path(shard_dir) / "tokenizers" / f"wordpiece-{vocab_size}-{digest}"
+    root = (Path(os.environ.get("MSA_DIST_CACHE", Path.home() / ".cache" / "msa-dist")) if is_url(shard_dir)
+            else Path(shard_dir))
+    cache = root / "tokenizers" / f"wordpiece-{vocab_size}-{digest}"
     if (cache / "tokenizer_config.json").exists():
         return load_pretrained_tokenizer(str(cache))
     tokenizer = train_wordpiece_tokenizer(iter_texts(shard_dir, "train"), vocab_size)
     tmp = cache.with_name(f".tmp-{cache.name}-{os.getpid()}")
     try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(str(tmp))
         os.replace(tmp, cache)
     except OSError:  # another run won the race (use its copy), or the folder is read-only

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import shutil
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -121,19 +120,6 @@ def load_checkpoint(backend, ckpt_dir: Path) -> dict:
     if rng_file.exists():
         set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
     return client
-
-
-def data_position(batch_in_epoch: int, saved_layout: dict, layout: dict, epoch_name: str, verbose: bool) -> int:
-    """The mid-epoch position to resume at: it only means something for the layout that dealt the epoch."""
-    keys = ("world_size", "workers", "batch_size", "grad_accum_steps")
-    if batch_in_epoch == 0 or all(saved_layout.get(k) == layout[k] for k in keys):
-        return batch_in_epoch
-    if verbose:
-        was = ", ".join(f"{k}={saved_layout.get(k)}" for k in keys)
-        now = ", ".join(f"{k}={layout[k]}" for k in keys)
-        warnings.warn(f"the checkpoint's mid-epoch data position belongs to {was}; this run has {now}, "
-                      f"so {epoch_name} restarts from its first batch")
-    return 0
 
 
 def copy_source_tokenizer(weights: str, run_dir: Path) -> None:

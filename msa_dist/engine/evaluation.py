@@ -1,24 +1,16 @@
 """Evaluation and prediction over a split, split across ranks and reduced to one result."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import torch
 
 from msa_dist.config import Config
-from msa_dist.data.loader import StreamSpec, build_loader, build_pipeline, split_size
+from msa_dist.data.loader import StreamSpec, build_loader
 from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
 from msa_dist.labels import NUM_CLASSES
-
-
-def eval_batches_per_rank(num_samples: int, batch_size: int, world_size: int, workers: int) -> list[int]:
-    """Batches each rank reads in an eval pass (blocks dealt round-robin to world*workers readers)."""
-    readers = world_size * max(workers, 1)
-    blocks = -(-num_samples // batch_size)
-    per_reader = [blocks // readers + (1 if q < blocks % readers else 0) for q in range(readers)]
-    w = max(workers, 1)
-    return [sum(per_reader[r * w:(r + 1) * w]) for r in range(world_size)]
 
 
 @torch.no_grad()
@@ -32,20 +24,19 @@ def run_split(cfg: Config, model, tokenizer, env, backend, split: str, batch_siz
     shard_dir = shard_dir or cfg.data.shards
     spec = StreamSpec(split=split, train=False, batch_size=batch_size, rank=env.rank,
                       world_size=env.world_size, seed=cfg.train.seed)
-    n = split_size(shard_dir, split)
-    counts = eval_batches_per_rank(n, batch_size, env.world_size, cfg.data.workers)
     loader = build_loader(cfg.data, shard_dir, spec, tokenizer)
+    mine, most = loader.plan.batches, loader.plan.most_batches
     cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
     predictions, last = [], None
-    if counts[env.rank] == 0 and max(counts) > 0:
+    if mine == 0 and most > 0:
         # No share of the split for this rank, yet it must join every forward (DDP's buffer
         # broadcast, ZeRO-3's gathers): it repeats the split's first batch and discards the outputs.
         first = StreamSpec(split=split, train=False, batch_size=batch_size, seed=cfg.train.seed)
-        last = next(iter(build_pipeline(cfg.data, shard_dir, first, tokenizer)))
+        last = next(iter(build_loader(dataclasses.replace(cfg.data, workers=0), shard_dir, first, tokenizer)))
     was_training = model.training
     model.eval()
     batches = itertools.chain(loader, itertools.repeat(None))
-    for i, batch in zip(range(max(counts)), batches):
+    for i, batch in zip(range(most), batches):
         padding = batch is None
         batch = last if padding else batch
         if batch is None:  # an empty split: nothing to pad with

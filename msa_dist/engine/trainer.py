@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 
 from msa_dist.config import Config, save_config, to_dict
-from msa_dist.data.loader import StreamSpec, TrainStream, batches_per_rank, split_size
+from msa_dist.data.loader import StreamSpec
+from msa_dist.data.stream import TrainStream
 from msa_dist.data.manifest import load_manifest
 from msa_dist.engine import checkpoint as ckpt
 from msa_dist.engine.artifacts import build_run_model, prepare_tokenizer
@@ -33,8 +34,7 @@ from msa_dist.labels import LABELS
 class TrainState:
     """Everything besides model/optimizer that an exact resume needs."""
     epoch: int = 0
-    step: int = 0  # optimizer steps done
-    batch_in_epoch: int = 0  # micro batches of `epoch` this rank already consumed (the data position)
+    step: int = 0  # optimizer steps done (the data position is the stream's own state: client["data"])
     best_value: Optional[float] = None
     nonfinite_streak: int = 0
     nonfinite_total: int = 0
@@ -105,14 +105,17 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
     layout = {"backend": backend.name, "checkpoint_format": backend.checkpoint_format, "world_size": env.world_size,
               "workers": cfg.data.workers, "batch_size": tcfg.batch_size, "grad_accum_steps": tcfg.grad_accum_steps,
               "zero_stage": cfg.backend.zero_stage, "precision": cfg.backend.precision}
-    tokenizer, micro_per_epoch = _setup(cfg, run_dir, start, env, backend)
+    tokenizer, stream = _setup(cfg, run_dir, start, env, backend)
+    micro_per_epoch = stream.batches_per_epoch
     state = TrainState()
     if start is not None:
-        state = TrainState(**ckpt.load_checkpoint(backend, start)["train_state"])
+        client = ckpt.load_checkpoint(backend, start)
+        state = TrainState(**{k: v for k, v in client["train_state"].items() if k in TrainState.__dataclass_fields__})
+        # the stream decides whether its saved position carries over to this layout (and warns if not)
+        stream.load_state_dict(client.get("data") or {"epoch": state.epoch, "samples_done": 0})
         if env.is_main:
-            console.print(f"resumed from {start} (epoch {state.epoch}, step {state.step}, batch {state.batch_in_epoch})")
-        state.batch_in_epoch = ckpt.data_position(state.batch_in_epoch, ckpt.read_client(start).get("layout", {}),
-                                                  layout, f"epoch {state.epoch + 1}", env.is_main)
+            console.print(f"resumed from {start} (epoch {state.epoch}, step {state.step}, "
+                          f"batch {stream.position[1]} of {micro_per_epoch})")
     # A resumed run cuts the log back to its checkpoint; a restart before any checkpoint starts it afresh.
     log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else (0 if resume else None))
     log = open_tracker(cfg, run_dir, log, env.is_main, state.step if start else (0 if resume else None))
@@ -125,7 +128,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
 
     def save(metrics: Optional[dict] = None) -> Path:
         state.log_lines = log.lines
-        client = {"train_state": asdict(state), "config": to_dict(cfg), "layout": layout}
+        client = {"train_state": asdict(state), "data": stream.state_dict(), "config": to_dict(cfg), "layout": layout}
         step_dir = ckpt.save_checkpoint(backend, ckpt_root, state.step, client, cfg.checkpoint.keep_last)
         if metrics is not None and _is_better(metrics[tcfg.best_metric], state.best_value):
             state.best_value = metrics[tcfg.best_metric]
@@ -133,19 +136,15 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
         return step_dir
 
     progress, waits = progress_bar(cfg.log.progress and env.is_main), DataWait()
-    first = StreamSpec("train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed,
-                       state.epoch, skip_batches=state.batch_in_epoch)
-    stream = TrainStream(cfg.data, cfg.data.shards, first, tokenizer, pin_memory=env.device.type == "cuda",
-                         epochs=tcfg.epochs, batches_per_epoch=micro_per_epoch)
     with progress, closing(log), closing(stream):
         while state.epoch < tcfg.epochs:
             task = progress.add_task(f"epoch {state.epoch + 1}/{tcfg.epochs}", total=micro_per_epoch,
-                                     completed=state.batch_in_epoch, loss=float("nan"), speed=0.0)
+                                     completed=stream.position[1], loss=float("nan"), speed=0.0)
             t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
             model_ = backend.model
             model_.train()
             for batch in waits.timed(stream.epoch(state.epoch)):
-                is_boundary = (state.batch_in_epoch + 1) % tcfg.grad_accum_steps == 0
+                is_boundary = stream.position[1] % tcfg.grad_accum_steps == 0  # the stream counts this batch
                 with backend.accumulate(is_boundary):
                     with backend.autocast():
                         logits = model_(**model_inputs(batch, env.device, cfg.model.modality))
@@ -156,11 +155,11 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                     finite = torch.isfinite(loss.detach())
                     flags = backend.all_reduce_sum(torch.stack([
                         (~finite).float(), torch.tensor(float(stop.requested), device=env.device),
-                        torch.where(finite, loss.detach().float(), 0.0)]))
+                        torch.where(finite, loss.detach().float(), 0.0),
+                        torch.tensor(float(stream.corrupt_samples), device=env.device)]))
                     skip = bool(flags[0] > 0)
                     backend.backward(loss, skip=skip)
                 grad_norm = backend.step(is_boundary)
-                state.batch_in_epoch += 1
                 seen += len(batch["keys"]) * env.world_size
                 if skip:
                     state.nonfinite_streak += 1
@@ -174,12 +173,12 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                 if is_boundary:
                     state.step += 1
                     speed = seen / max(time.perf_counter() - t0, 1e-9)
-                    progress.update(task, completed=state.batch_in_epoch, loss=loss_sum / max(loss_n, 1), speed=speed)
+                    progress.update(task, completed=stream.position[1], loss=loss_sum / max(loss_n, 1), speed=speed)
                     if state.step % cfg.log.every_steps == 0:
                         log.write({"type": "train", "epoch": state.epoch, "step": state.step,
                                    "loss": loss_sum / loss_n if loss_n else None, "lr": backend.lr(),
                                    "grad_norm": grad_norm, "samples_per_s": speed, "data_wait": waits.take(),
-                                   "nonfinite_total": state.nonfinite_total})
+                                   "nonfinite_total": state.nonfinite_total, "corrupt_samples": int(flags[3])})
                         loss_sum, loss_n = 0.0, 0
                     if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
                         save()
@@ -188,7 +187,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                         if env.is_main:
                             console.print(f"SIGTERM: saved a checkpoint at step {state.step}; resume with --resume auto")
                         return {**summary, "status": "preempted", "step": state.step}
-            state.epoch, state.batch_in_epoch = state.epoch + 1, 0
+            state.epoch += 1
             metrics = None
             if state.epoch % tcfg.eval_every_epochs == 0 or state.epoch == tcfg.epochs:
                 metrics = _validate(cfg, backend, tokenizer, env, state.epoch)
@@ -198,11 +197,14 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
             summary["val"] = metrics
     if env.is_main and summary.get("val"):
         print_metrics(summary["val"], f"val metrics after {tcfg.epochs} epochs")
-    return {**summary, "step": state.step, "nonfinite_total": state.nonfinite_total}
+    corrupt = int(backend.all_reduce_sum(torch.tensor([float(stream.corrupt_samples)], device=env.device))[0])
+    if env.is_main and corrupt:
+        console.print(f"[yellow]skipped {corrupt} unreadable samples[/] (warnings above name them)")
+    return {**summary, "step": state.step, "nonfinite_total": state.nonfinite_total, "corrupt_samples": corrupt}
 
 
 def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> tuple:
-    """Run dir, tokenizer, model (from `train.init_from` for a new run), backend; the micro batches per epoch."""
+    """Run dir, tokenizer, model (from `train.init_from` for a new run), backend; the training stream."""
     tcfg = cfg.train
     seed_everything(tcfg.seed)
     if env.is_main:
@@ -217,21 +219,19 @@ def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> t
     if tcfg.init_from and start is None:
         ckpt.load_init_weights(model, tcfg.init_from)
 
-    spec0 = StreamSpec("train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed)
-    micro_per_epoch = batches_per_rank(split_size(cfg.data.shards, "train"), spec0, cfg.data.workers)
-    steps_per_epoch = micro_per_epoch // tcfg.grad_accum_steps
-    if tcfg.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, tcfg.max_steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise MsaDistError(f"the train split is too small for global batch {tcfg.batch_size}x{tcfg.grad_accum_steps}"
-                           f"x{env.world_size} with {max(cfg.data.workers, 1)} workers per rank: lower train.batch_size or data.workers")
+    spec = StreamSpec("train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed,
+                      grad_accum_steps=tcfg.grad_accum_steps)
+    cap = tcfg.max_steps_per_epoch * tcfg.grad_accum_steps if tcfg.max_steps_per_epoch else None
+    stream = TrainStream(cfg.data, cfg.data.shards, spec, tokenizer, pin_memory=env.device.type == "cuda",
+                         epochs=tcfg.epochs, batches_per_epoch=cap)
+    steps_per_epoch = stream.batches_per_epoch // tcfg.grad_accum_steps
     backend.prepare(model, cfg.optim, steps_per_epoch * tcfg.epochs, tcfg.grad_accum_steps, tcfg.batch_size)
     if env.is_main:
         console.print(f"[bold]msa-dist train[/] backend={backend.name} precision={cfg.backend.precision} "
                       f"world: {env.describe()} | global batch {tcfg.batch_size * tcfg.grad_accum_steps * env.world_size}"
                       f" = {tcfg.batch_size} micro x {tcfg.grad_accum_steps} accum x {env.world_size} ranks | "
                       f"{steps_per_epoch} steps/epoch x {tcfg.epochs} epochs | run dir {run_dir}")
-    return tokenizer, steps_per_epoch * tcfg.grad_accum_steps
+    return tokenizer, stream
 
 
 def _validate(cfg: Config, backend, tokenizer, env, epoch: int) -> Optional[dict]:

@@ -1,0 +1,79 @@
+"""`msa-dist shards index`: sample indexes (and, if there is none, a manifest) for a tar set.
+
+For shards built elsewhere (any webdataset tars of `key.ext` members) and for shard sets built
+before indexes existed. Each shard is read once, whole; its index is written beside it. Without a
+manifest, the splits are named by the shard names (`train-000000.tar` -> split `train`; a name
+without `-` goes to `train`), and class counts come from integer `cls` members.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+from msa_dist.data.index import index_name, scan_tar
+from msa_dist.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest
+from msa_dist.data.storage import FsspecStore, LocalStore, ShardStore, open_store
+from msa_dist.errors import MsaDistError
+from msa_dist.labels import LABELS
+
+
+def _list_tars(store: ShardStore) -> list[str]:
+    if isinstance(store, LocalStore):
+        if not store.root.is_dir():
+            raise MsaDistError(f"{store.root} is not a directory")
+        return sorted(p.name for p in store.root.glob("*.tar"))
+    if isinstance(store, FsspecStore):
+        return sorted(Path(p).name for p in store._fs_handle().glob(store.url("*.tar")))
+    raise MsaDistError(f"cannot list the files at {store.location}: give a manifest.json there (an HTTP server "
+                       "lists nothing), or index a local copy")
+
+
+def _class_counts(data: bytes, index) -> dict | None:
+    """Counts per label name from integer `cls` members; None if a sample has none or another value."""
+    column = index.fields.get("cls")
+    if column is None or any(where is None for where in column):
+        return None
+    values = Counter(data[o:o + n].strip() for o, n in column)
+    if not all(v.isdigit() and int(v) < len(LABELS) for v in values):
+        return None
+    return {label: values.get(str(i).encode(), 0) for i, label in enumerate(LABELS)}
+
+
+def index_shard_set(location: str) -> dict:
+    """Write every shard's index (and the manifest, if absent); returns {split: samples}."""
+    store = open_store(location)
+    manifest = check_manifest(store.read(MANIFEST_NAME), store.url(MANIFEST_NAME)) if store.exists(MANIFEST_NAME) \
+        else None
+    if manifest is not None:
+        names = {split: [s["name"] for s in info.get("shards", [])] for split, info in manifest["splits"].items()}
+    else:
+        names = {}
+        for name in _list_tars(store):
+            names.setdefault(name[:-4].rsplit("-", 1)[0] if "-" in name else "train", []).append(name)
+        if not names:
+            raise MsaDistError(f"no .tar files at {location}")
+    splits: dict[str, dict] = {}
+    for split, shard_names in names.items():
+        entry = {"samples": 0, "labelled": 0, "shards": [], "guids": []}
+        counts: Counter = Counter()
+        for name in shard_names:
+            data = store.read(name)
+            index = scan_tar(data, name)
+            store.write(index_name(name), index.to_json())
+            entry["shards"].append({"name": name, "samples": len(index), "bytes": len(data),
+                                    "sha256": hashlib.sha256(data).hexdigest()})
+            entry["samples"] += len(index)
+            entry["guids"] += index.keys
+            by_class = _class_counts(data, index)
+            counts.update(by_class or {})
+            entry["labelled"] += sum(by_class.values()) if by_class else 0
+        if entry["labelled"]:
+            entry["class_counts"] = {label: counts.get(label, 0) for label in LABELS}
+        splits[split] = entry
+    if manifest is None:
+        manifest = {"format": MANIFEST_FORMAT, "labels": list(LABELS), "options": {"indexed_from": location},
+                    "splits": splits, "decodings": {}, "skipped": []}
+        store.write(MANIFEST_NAME, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
+    return {split: info["samples"] for split, info in splits.items()}
