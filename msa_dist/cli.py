@@ -34,7 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--jpeg-quality", type=int, default=DEFAULT_JPEG_QUALITY,
                    help="quality of the re-encoded JPEGs: lower decodes faster (default %(default)s)")
     v = ssub.add_parser("verify", help="re-read every shard and check it against manifest.json")
-    v.add_argument("shard_dir", help="a folder written by `msa-dist shards build`")
+    v.add_argument("shard_dir", help="a shard folder or URL (file://, http(s)://, s3://...) with a manifest.json")
+    ix = ssub.add_parser("index", help="write a sample index beside every shard (and a manifest.json if there is "
+                         "none): for webdataset tars built elsewhere or before indexes existed")
+    ix.add_argument("shard_dir", help="a folder of .tar shards, or a writable fsspec URL (s3://...)")
+    sv = ssub.add_parser("serve", help="serve a shard folder over HTTP with Range requests (data.shards=http://...)")
+    sv.add_argument("shard_dir", help="the folder to serve")
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port to listen on (default %(default)s)")
     sh = ssub.add_parser("show", help="print the first samples of a split (key, label, text, image size)")
     sh.add_argument("shard_dir", help="a folder written by `msa-dist shards build`")
     sh.add_argument("--split", default="train", help="which split to show (default %(default)s)")
@@ -129,6 +136,16 @@ def _run(args) -> int:
         elif args.shards_command == "show":
             from msa_dist.data.show import print_samples, show_samples
             print_samples(show_samples(args.shard_dir, args.split, args.n), args.split, console)
+        elif args.shards_command == "index":
+            from msa_dist.data.indexer import index_shard_set
+            counts = index_shard_set(args.shard_dir)
+            console.print(f"indexed {args.shard_dir}: " + ", ".join(f"{k} {v} samples" for k, v in counts.items()))
+        elif args.shards_command == "serve":
+            from msa_dist.data.serve import make_server
+            server = make_server(args.shard_dir, args.host, args.port)
+            console.print(f"serving {args.shard_dir} at http://{args.host}:{server.server_address[1]} (Ctrl-C stops)")
+            with server:
+                server.serve_forever()
         else:
             print_verify_summary(verify_shards(args.shard_dir), console)
         return 0
