@@ -10,7 +10,6 @@ with the same options reuses it, with other options it is an error.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import webdataset as wds
 
+from msa_dist.data.index import index_name
+from msa_dist.data.shards import describe_shard
 from msa_dist.data.manifest import MANIFEST_FORMAT, load_manifest, shard_urls, write_manifest
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS
@@ -103,7 +104,7 @@ def _write_part(parts_dir: Path, name: str, guids: list[str], records: dict, lab
                 shard_size: int) -> dict:
     """One part's tars; returns its manifest split entry (names relative to parts_dir)."""
     parts_dir.mkdir(parents=True, exist_ok=True)
-    for old in parts_dir.glob(f"{name}-*.tar"):
+    for old in parts_dir.glob(f"{name}-*.tar*"):  # the tars and their indexes
         old.unlink()
     counts: dict[str, int] = {}
     # mtime=0 and unbounded maxsize: the same folds give the same bytes (and sha256)
@@ -116,7 +117,7 @@ def _write_part(parts_dir: Path, name: str, guids: list[str], records: dict, lab
     part_labels = [labels[g] for g in guids]
     return {"samples": len(guids), "labelled": len(guids),
             "class_counts": {label: part_labels.count(i) for i, label in enumerate(LABELS)},
-            "shards": [{"name": n, "samples": c, "sha256": _sha256(parts_dir / n)} for n, c in counts.items()],
+            "shards": [describe_shard(parts_dir, n, c) for n, c in counts.items()],  # writes each index too
             "guids": list(guids)}
 
 
@@ -134,7 +135,8 @@ def _write_fold(folds_root: Path, fold: int, entries: list[dict], source_manifes
     directory.mkdir(parents=True)
     for entry in entries:
         for shard in entry["shards"]:
-            os.symlink(Path("..") / "parts" / shard["name"], directory / shard["name"])
+            for name in (shard["name"], index_name(shard["name"])):
+                os.symlink(Path("..") / "parts" / name, directory / name)
     options = {**source_manifest.get("options", {}),
                "cv": {"source": source, "fold": fold, "folds": len(entries), "seed": seed}}
     manifest = {"format": MANIFEST_FORMAT, "labels": list(LABELS), "options": options,
@@ -150,7 +152,3 @@ def fold_texts(folds_root: str | Path, fold: int, split: str) -> tuple[list[str]
     records = read_records(directory, (split,))
     guids = load_manifest(directory)["splits"][split]["guids"]
     return ([records[g]["txt"].decode("utf-8") for g in guids], [int(records[g]["cls"]) for g in guids])
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
