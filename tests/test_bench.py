@@ -23,7 +23,8 @@ from msa_dist.bench.train import run_train_bench
 from msa_dist.cli import main
 from msa_dist.config import DataConfig, load_config
 from msa_dist.data.images import ImageCropper, center_crop_box, decode_rgb, jpeg_size, random_crop_box, stored_size
-from msa_dist.data.loader import IMAGENET_STD, Collate, SampleTransform, StreamSpec, build_loader, iter_texts
+from msa_dist.data.batching import IMAGENET_STD, Collate, SampleTransform
+from msa_dist.data.loader import StreamSpec, build_loader, iter_texts
 from msa_dist.data.manifest import shard_urls
 from msa_dist.data.shards import verify_shards
 from msa_dist.data.tario import tar_samples

@@ -9,6 +9,7 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from msa_dist.data.index import index_name
 from msa_dist.data.manifest import load_manifest, shard_urls
 from msa_dist.data.shards import build_shards, print_build_summary, verify_shards
 from msa_dist.errors import MsaDistError
@@ -245,7 +246,7 @@ def test_verify_catches_wrong_count(shard_dir):
 
 def test_missing_manifest_is_explained(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(MsaDistError, match="no manifest.json in .*msa-dist shards build"):
+    with pytest.raises(MsaDistError, match="no manifest.json at .*msa-dist shards build"):
         verify_shards(tmp_path / "empty")
     with pytest.raises(MsaDistError, match="does not exist"):
         shard_urls(tmp_path / "absent", "train")
@@ -265,7 +266,9 @@ def test_rebuild_replaces_old_set(tmp_path, raw_dataset):
     assert "train-000005.tar" in shard_files(out)
     manifest = build_shards(raw_dataset.root, out, shard_size=100)
     assert shard_files(out) == ["test-000000.tar", "train-000000.tar", "val-000000.tar"]
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "manifest.json", *shard_files(out)]
+    # each shard with its index beside it; the stale shards and indexes are gone
+    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "manifest.json", *shard_files(out),
+                                                            *(index_name(n) for n in shard_files(out))])
     assert (out / "README.md").read_text() == "keep me"
     assert load_manifest(out) == manifest
     verify_shards(out)
