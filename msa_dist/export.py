@@ -69,7 +69,7 @@ def export_run(run_dir: str | Path, out: str | Path, which: str = "best") -> Pat
             "preprocessing": asdict(predictor.preprocessing),
             "logit_offsets": offsets.tolist() if offsets is not None else None,  # used by load_model(adjust=True)
             "source": {"run": str(run_dir.resolve()), "checkpoint": which, "weights": weights.name,
-                       "git_commit": info.get("git", {}).get("commit"),
+                       "git_commit": info.get("git", {}).get("commit"), "git_dirty": info.get("git", {}).get("dirty"),
                        "manifest_sha256": info.get("data", {}).get("manifest_sha256")}}
     out.mkdir(parents=True, exist_ok=True)
     save_model(predictor.model, str(out / "model.safetensors"))

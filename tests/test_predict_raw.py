@@ -45,6 +45,11 @@ def test_raw_course_folder_equals_shard_predictions(trained, tmp_path):
     assert [r["tag"] for r in b] == [r["tag"] for r in a]
     for ra, rb in zip(a, b):
         assert [float(rb[c]) for c in PROB_COLUMNS] == pytest.approx([float(ra[c]) for c in PROB_COLUMNS], abs=2e-6)
+    # with the logit offsets tuned on val (tuned by the first call, reused by the second)
+    assert main(["predict", "--run", str(run), "--out", str(from_shards), "--adjust"]) == 0
+    assert main(["predict", "--run", str(run), "--data", str(raw.root), "--out", str(from_raw), "--adjust",
+                 "--format", "course"]) == 0
+    assert from_raw.read_text() == from_shards.read_text()
 
 
 def test_csv_inputs_single_pair_and_bad_rows(trained, tmp_path, capsys):
@@ -57,20 +62,26 @@ def test_csv_inputs_single_pair_and_bad_rows(trained, tmp_path, capsys):
     (pairs / "img" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     rows = [["id", "image", "text"]] + [[g, f"img/{g}.jpg", raw.texts[g]] for g in guids]
     rows += [["nofile", "img/missing.jpg", "hello"], ["broken", "img/broken.jpg", "hello"],
-             ["notext", f"img/{guids[0]}.jpg", "  "]]
+             ["notext", f"img/{guids[0]}.jpg", "  "], ["short"]]
     with (pairs / "pairs.csv").open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows)
     out = tmp_path / "pred.csv"
     capsys.readouterr()
     assert main(["predict", "--run", str(run), "--inputs", str(pairs / "pairs.csv"), "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "skipped 3 bad rows" in " ".join(captured.out.split())  # rich wraps long lines
+    assert "skipped 4 bad rows" in " ".join(captured.out.split())  # rich wraps long lines
     assert "image file missing" in captured.err and "image does not decode" in captured.err
-    assert "text is empty" in captured.err
+    assert "text is empty" in captured.err and "1 fields, expected 3" in captured.err
     got = read_csv(out)
     assert list(got[0]) == ["id", "tag", *PROB_COLUMNS] and [r["id"] for r in got] == guids
     for row in got:
         assert sum(float(row[c]) for c in PROB_COLUMNS) == pytest.approx(1, abs=1e-5)
+    # the same rows in a GB18030 file (the course's other text encoding) give the same output
+    gb = pairs / "pairs-gb18030.csv"
+    gb.write_bytes((pairs / "pairs.csv").read_text(encoding="utf-8").encode("gb18030"))
+    out_gb = tmp_path / "pred-gb.csv"
+    assert main(["predict", "--run", str(run), "--inputs", str(gb), "--out", str(out_gb)]) == 0
+    assert out_gb.read_text() == out.read_text()
     # the same pair alone, by --image/--text, in the course format
     one = tmp_path / "one.csv"
     assert main(["predict", "--run", str(run), "--image", str(pairs / "img" / f"{guids[0]}.jpg"),

@@ -55,9 +55,11 @@ def print_samples(rows: list[dict], split: str, console) -> None:
     """A table of `show_samples` rows."""
     from rich.table import Table
     table = Table(title=f"{split}: first {len(rows)} samples")
-    for column in ("key", "label", "text", "image", "shard"):
-        table.add_column(column, overflow="fold")
+    table.add_column("key", no_wrap=True)
+    table.add_column("label", no_wrap=True)
+    table.add_column("image (stored)", no_wrap=True)
+    table.add_column("text", overflow="fold", ratio=1)  # the text takes the rest of the width
     for row in rows:
-        image = f"{row['image']} ({row['image_bytes'] / 1024:.1f} KiB)"
-        table.add_row(row["key"], row["label"] or "-", row["text"], image, row["shard"])
+        image = f"{row['image']}, {row['image_bytes'] / 1024:.1f} KiB"
+        table.add_row(row["key"], row["label"] or "-", image, row["text"])
     console.print(table)
