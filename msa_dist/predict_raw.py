@@ -88,7 +88,7 @@ def pairs_from_csv(path: str | Path) -> tuple[list[Pair], list[BadRow]]:
         if len(row) <= max(cols):
             bad.append(BadRow(row[0] if row else "?", where, f"{len(row)} fields, expected {len(rows[0])}"))
             continue
-        key, image, text = (row[c].strip() if c != cols[2] else row[c] for c in cols)
+        key, image, text = row[cols[0]].strip(), row[cols[1]].strip(), row[cols[2]]
         item = _check(key, where, path.parent / image, text)
         (pairs if isinstance(item, Pair) else bad).append(item)
     return pairs, bad
@@ -106,9 +106,8 @@ def pairs_from_data_root(root: str | Path) -> tuple[list[Pair], list[BadRow]]:
     pairs, bad = [], []
     for entry in read_labels_file(root / TEST_FILE, "test", "any", {}):
         checked = entry if isinstance(entry, BadRecord) else check_record(entry, root / DATA_DIR)
-        where = f"{TEST_FILE} line {checked.line if isinstance(checked, BadRecord) else checked.record.line}"
         if isinstance(checked, BadRecord):
-            bad.append(BadRow(checked.guid, where, f"{checked.reason} ({checked.detail})"))
+            bad.append(BadRow(checked.guid, f"{TEST_FILE} line {checked.line}", f"{checked.reason} ({checked.detail})"))
         else:
             pairs.append(Pair(checked.record.guid, checked.image_path.read_bytes(), checked.text))
     return pairs, bad
