@@ -8,7 +8,7 @@ from typing import Optional
 
 from msa_dist.bench.command import add_bench_parser
 from msa_dist.data.manifest import DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY
-from msa_dist.errors import MsaDistError
+from msa_dist.errors import MsaDistError, user_message
 from msa_dist.experiments.cv_command import add_cv_parser
 
 
@@ -231,7 +231,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         return _run(args)
     except MsaDistError as exc:
-        print(f"msa-dist: error: {exc}", file=sys.stderr)
+        print(f"msa-dist: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("msa-dist: interrupted", file=sys.stderr)

@@ -3,3 +3,15 @@
 
 class MsaDistError(ValueError):
     """A user-facing error: bad input, bad config, missing files or weights."""
+
+
+def user_message(exc: MsaDistError) -> str:
+    """The one-line message, also for an error raised in a DataLoader worker (which torch re-raises
+    with the worker's traceback in the message)."""
+    text = str(exc)
+    if text.startswith("Caught "):
+        marker = f"{type(exc).__name__}: "
+        last = [line for line in text.splitlines() if marker in line]
+        if last:
+            return last[-1].split(marker, 1)[1]
+    return text

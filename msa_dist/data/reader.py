@@ -90,7 +90,8 @@ class SampleReader:
         base, end = index.starts[run[0][0]], index.ends[run[-1][0]]
         try:
             data = self.shard_set.store.read_range(name, base, end)
-        except (OSError, MsaDistError) as exc:
+        except OSError as exc:  # a short read or a failed request: these samples are reported and skipped
+            # (an MsaDistError, e.g. a server that ignores Range requests, ends the run in one line)
             for _, slot in run:
                 out[slot] = exc
             return

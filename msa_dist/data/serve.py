@@ -23,6 +23,7 @@ class RangeHandler(SimpleHTTPRequestHandler):
     """Static files with single byte ranges; quiet (no line per request)."""
 
     protocol_version = "HTTP/1.1"  # keep-alive: one connection per loader worker
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
 
     def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
         pass
@@ -52,17 +53,18 @@ class RangeHandler(SimpleHTTPRequestHandler):
         self.wfile.write(body)
 
 
-def make_server(directory: str | Path, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+def make_server(directory: str | Path, host: str = "127.0.0.1", port: int = 0,
+                handler: type = RangeHandler) -> ThreadingHTTPServer:
     """A server for `directory` (port 0: a free one; see `server.server_address`)."""
-    server = ThreadingHTTPServer((host, port), partial(RangeHandler, directory=str(directory)))
+    server = ThreadingHTTPServer((host, port), partial(handler, directory=str(directory)))
     server.daemon_threads = True
     return server
 
 
 @contextmanager
-def serving(directory: str | Path, host: str = "127.0.0.1") -> Iterator[str]:
+def serving(directory: str | Path, host: str = "127.0.0.1", handler: type = RangeHandler) -> Iterator[str]:
     """Serve `directory` in a background thread for the duration of the block; yields its URL."""
-    server = make_server(directory, host)
+    server = make_server(directory, host, handler=handler)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
     thread.start()
     try:
