@@ -110,3 +110,16 @@ def test_run_info_names_commit_versions_and_manifest(shard_dir, tmp_path):
     assert info["world"]["world_size"] == 1 and info["hosts"] and info["command"]
     train(tiny_config(shard_dir, "train.epochs=2"), run, resume="auto")
     assert len(json.loads((run / RUN_INFO).read_text())["resumed"]) == 1
+
+
+def test_ddp_run_tracks_on_rank_0_only_and_records_every_rank_host(shard_dir, tmp_path):
+    from dist_utils import check, run, torchrun_cmd, write_config
+    config = write_config(tmp_path / "c.yaml", shard_dir, "train.batch_size=2", "train.epochs=1",
+                          "data.workers=0", "log.report_to=[tensorboard]")
+    run_dir = tmp_path / "run"
+    check(run(torchrun_cmd(["train", "--config", str(config), "--run-dir", str(run_dir), "backend.name=ddp"])))
+    info = json.loads((run_dir / RUN_INFO).read_text())
+    assert info["world"]["world_size"] == 2 and len(info["world"]["rank_hosts"]) == 2
+    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes
+    series = scalars(run_dir / "tensorboard")
+    assert [s for s, _ in series["train/loss"]] == [r["step"] for r in records(run_dir, "train")]
