@@ -227,6 +227,9 @@ def test_bench_data_cli_prints_rate_last(shard_dir, raw_dataset, capsys, tmp_pat
     assert name == "samples_per_s_per_worker" and float(value) > 0
     result = json.loads(out.read_text())
     assert result["workers"] == 0 and result["image_size"] == 32 and result["samples"] > 0
+    # each delivered sample's bytes once (the whole sample: its headers, image, text, label); with
+    # workers=0 nothing is read ahead, so the mean over the samples read is near the split's mean
+    assert 0.8 * result["mean_sample_bytes"] < result["bytes_read_per_sample"] < 1.2 * result["mean_sample_bytes"]
 
 
 def test_bench_data_with_reference_and_workers(shard_dir, raw_dataset):

@@ -57,13 +57,19 @@ def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, wor
         "image_size": cfg.data.image_size, "shard_image_size": manifest.get("options", {}).get("image_size", 0),
         "decode_on_device": cfg.data.decode_on_device, "pad_to_max_length": cfg.data.pad_to_max_length,
         "shards": shard_dir, "cpu_count": os.cpu_count(), **timing,
-        "mean_sample_bytes": sum(s.get("bytes", 0) for s in shard_set.shards(split)) / shard_set.samples(split),
+        "mean_sample_bytes": _mean_sample_bytes(shard_set, split),
         "samples_per_s_per_worker": timing["samples_per_s"] / max(workers, 1),
     }
     if reference:
         result["reference_samples_per_s"] = (before + seed_style_samples_per_s(reference, seconds / 2)) / 2
         result["ratio_to_reference"] = result["samples_per_s_per_worker"] / result["reference_samples_per_s"]
     return result
+
+
+def _mean_sample_bytes(shard_set: ShardSet, split: str) -> float:
+    """A sample's bytes in its shard (tar headers, members, padding), from the indexes."""
+    indexes = [shard_set.index(shard) for shard in shard_set.shards(split)]
+    return sum(e - s for index in indexes for s, e in zip(index.starts, index.ends)) / sum(map(len, indexes))
 
 
 def _time_loader(data_cfg, shard_set: ShardSet, split: str, batch_size: int, seed: int, tokenizer,

@@ -42,14 +42,18 @@ def print_data_result(result: dict, console: Console) -> None:
             ("image size (shards stored at)", f"{result['image_size']} ({result['shard_image_size'] or 'original'})"),
             ("decode on device", str(result["decode_on_device"])),
             ("first batch after (s)", f"{result['first_batch_s']:.2f}"),
-            ("timed samples / seconds", f"{result['samples']} / {result['seconds']:.1f}")]
+            ("timed samples / seconds", f"{result['samples']} / {result['seconds']:.1f}"),
+            ("bytes read per sample (mean sample in the shards)",
+             f"{result['bytes_read_per_sample']:.0f} ({result['mean_sample_bytes']:.0f})")]
     if "reference_samples_per_s" in result:
         rows += [("seed-style reference samples/s (1 core)", f"{result['reference_samples_per_s']:.0f}"),
                  ("ratio per core", f"{result['ratio_to_reference']:.1f}x")]
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    # The last line, for scripts.
+    # The last lines, for scripts: the rate is the very last.
+    print(f"bytes_read_per_sample {result['bytes_read_per_sample']:.1f} (mean sample {result['mean_sample_bytes']:.1f})",
+          flush=True)
     print(f"samples_per_s_per_worker {result['samples_per_s_per_worker']:.1f}", flush=True)
 
 
