@@ -129,7 +129,7 @@ def run_shard_options(run_dir: Path, cfg: Config) -> dict:
     """How the run's training shards stored images: from run_info.json, else the shards' manifest."""
     from msa_dist.engine.provenance import read_run_info
     info = read_run_info(run_dir) or {}
-    if "shard_options" in info.get("data", {}):
+    if info.get("data", {}).get("shard_options"):
         return info["data"]["shard_options"]
     from msa_dist.data.manifest import load_manifest
     try:

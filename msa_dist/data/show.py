@@ -1,19 +1,21 @@
-"""`msa-dist shards show DIR`: the first few samples of a split, to see what was packed."""
+"""`msa-dist shards show DIR_OR_URL`: the first few samples of a split, to see what was packed."""
 from __future__ import annotations
 
+import io
 import tarfile
 from pathlib import Path
 from typing import Iterator
 
 from msa_dist.data.images import stored_size
 from msa_dist.data.manifest import load_manifest
+from msa_dist.data.storage import open_store
 from msa_dist.errors import MsaDistError
 
 
-def _samples(tar_path: Path) -> Iterator[dict]:
-    """Samples of one shard in written order: {key: ..., ext: bytes} (members of a key are adjacent)."""
+def _samples(data: bytes) -> Iterator[dict]:
+    """Samples of one shard's bytes in written order: {key: ..., ext: bytes} (members of a key are adjacent)."""
     current: dict = {}
-    with tarfile.open(tar_path) as tar:
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -34,10 +36,10 @@ def show_samples(shard_dir: str | Path, split: str = "train", n: int = 5) -> lis
         raise MsaDistError(f"split '{split}' is not in {shard_dir} (splits: {', '.join(manifest['splits']) or 'none'})")
     labels = manifest.get("labels", [])
     rows: list[dict] = []
+    store = open_store(str(shard_dir))
     for shard in manifest["splits"][split].get("shards", []):
-        path = Path(shard_dir) / shard["name"]
         try:
-            for sample in _samples(path):
+            for sample in _samples(store.read(shard["name"])):
                 if len(rows) == n:
                     return rows
                 cls = sample.get("cls")
@@ -47,7 +49,8 @@ def show_samples(shard_dir: str | Path, split: str = "train", n: int = 5) -> lis
                              "text": sample.get("txt", b"").decode("utf-8", errors="replace"),
                              "image": f"{width}x{height}", "image_bytes": len(sample.get("jpg", b""))})
         except (OSError, tarfile.TarError) as exc:
-            raise MsaDistError(f"cannot read shard {path}: {exc}; run `msa-dist shards verify {shard_dir}`") from None
+            raise MsaDistError(f"cannot read shard {store.url(shard['name'])}: {exc}; "
+                               f"run `msa-dist shards verify {shard_dir}`") from None
     return rows
 
 

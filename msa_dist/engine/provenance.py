@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from msa_dist.data.manifest import MANIFEST_NAME
+from msa_dist.errors import MsaDistError
 
 log = logging.getLogger(__name__)
 
@@ -27,29 +28,45 @@ MAX_DIFF_BYTES = 20_000  # a larger uncommitted diff is summarised by its size o
 PACKAGES = ("torch", "transformers", "deepspeed", "webdataset", "tokenizers", "torchvision", "timm")
 
 
-def manifest_sha256(shard_dir: str | Path) -> Optional[str]:
-    """sha256 of the shard directory's manifest.json bytes (None when it cannot be read)."""
+def _manifest_bytes(shards: str | Path) -> Optional[bytes]:
+    """The raw manifest.json of a shard folder or URL (None when it cannot be read)."""
+    from msa_dist.data.storage import open_store
     try:
-        return hashlib.sha256((Path(shard_dir) / MANIFEST_NAME).read_bytes()).hexdigest()
-    except OSError:
+        return open_store(str(shards)).read(MANIFEST_NAME)
+    except (OSError, MsaDistError):
         return None
 
 
-def split_sha256(shard_dir: str | Path, split: str) -> Optional[str]:
-    """sha256 of one split's shard list (names, sizes, checksums) in the manifest: the split's data."""
+def _manifest(shards: str | Path) -> dict:
+    raw = _manifest_bytes(shards)
     try:
-        manifest = json.loads((Path(shard_dir) / MANIFEST_NAME).read_text(encoding="utf-8"))
-        shards = manifest["splits"][split]["shards"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+
+
+def manifest_sha256(shards: str | Path) -> Optional[str]:
+    """sha256 of the shard set's manifest.json bytes (None when it cannot be read)."""
+    raw = _manifest_bytes(shards)
+    return hashlib.sha256(raw).hexdigest() if raw is not None else None
+
+
+def split_sha256(shards: str | Path, split: str) -> Optional[str]:
+    """sha256 of one split's shard list (names, sizes, checksums) in the manifest: the split's data.
+
+    Unlike the whole manifest's hash it does not change when the same shards are copied elsewhere
+    (the manifest records the folder it was built in)."""
+    try:
+        entries = _manifest(shards)["splits"][split]["shards"]
+    except (KeyError, TypeError):
         return None
-    return hashlib.sha256(json.dumps(shards, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(entries, sort_keys=True).encode()).hexdigest()
 
 
-def shard_options(shard_dir: str | Path) -> dict:
+def shard_options(shards: str | Path) -> dict:
     """How the shards stored images (`shards build --image-size/--jpeg-quality`): raw predict repeats it."""
-    try:
-        options = json.loads((Path(shard_dir) / MANIFEST_NAME).read_text(encoding="utf-8")).get("options", {})
-    except (OSError, ValueError):
+    options = _manifest(shards).get("options")
+    if not isinstance(options, dict):
         return {}
     return {"image_size": options.get("image_size", 0), "jpeg_quality": options.get("jpeg_quality")}
 
