@@ -131,3 +131,21 @@ def test_shards_index_makes_a_foreign_set_trainable(shards, tmp_path):
     keys = [k for b in build_loader(load_config(base={"data": {"workers": 0, "image_size": 32, "resize_size": 32}}).data,
                                     str(foreign), StreamSpec("train", True, 8), tokenizer) for k in b["keys"]]
     assert sorted(keys) == sorted(s["__key__"] for s in samples)
+
+
+def test_fsspec_and_file_urls_read_what_the_folder_holds(shards):
+    """memory:// stands for s3:// or gs:// (the same fsspec calls: cat_file with start and end)."""
+    import fsspec
+    memory = fsspec.filesystem("memory")
+    for path in shards.iterdir():
+        if path.is_file():
+            memory.pipe_file(f"memory://msa-test/{path.name}", path.read_bytes())
+    tokenizer = train_wordpiece_tokenizer(iter_texts(str(shards)), vocab_size=80)
+    cfg = load_config(base={"data": {"workers": 0, "image_size": 32, "resize_size": 32}}).data
+    spec = StreamSpec("train", True, 8, seed=2)
+    local = [(b["keys"], b["images"]) for b in build_loader(cfg, str(shards), spec, tokenizer)]
+    for location in ("memory://msa-test", shards.as_uri()):
+        got = [(b["keys"], b["images"]) for b in build_loader(cfg, location, spec, tokenizer)]
+        assert [k for k, _ in got] == [k for k, _ in local]
+        assert all(a.equal(b) for (_, a), (_, b) in zip(got, local))
+    assert verify_shards("memory://msa-test")["samples"] == 130
