@@ -115,6 +115,7 @@ def test_cv_trains_every_fold_resumes_and_ensembles(tmp_path, shard_dir):
 
 def test_cv_command_and_sweep_ranked_by_cv_mean(tmp_path, shard_dir):
     assert main(["cv", "--config", "configs/cpu_scratch.yaml", "--folds", "1", "--run-dir", str(tmp_path / "x")]) == 2
+    assert main(["cv", "--config", "configs/cpu_scratch.yaml", "--seeds", "0,x", "--run-dir", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()  # refused before anything was written
     cfg = tiny_cfg(shard_dir, "model.modality=text")
     rows = run_sweep(cfg, parse_grid(["optim.lr=1e-3,3e-3"]), tmp_path / "sweep", metric="macro_f1", cv_folds=2)

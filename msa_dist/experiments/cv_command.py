@@ -3,15 +3,17 @@ from __future__ import annotations
 
 import argparse
 
+from msa_dist.errors import MsaDistError
+
 
 def add_cv_parser(sub) -> None:
     """Register `msa-dist cv` (imports nothing heavy: the CLI builds every parser at start)."""
     cv = sub.add_parser("cv", help="stratified k-fold cross-validation over the labelled pairs (resumable), "
                         "with the bag-of-words reference on the same folds")
-    cv.add_argument("--config", required=True)
+    cv.add_argument("--config", required=True, help="YAML config; its data.shards (train + val) are folded")
     cv.add_argument("--folds", type=int, default=5, help="K (default %(default)s)")
-    cv.add_argument("--seeds", type=int, nargs="+", default=None,
-                    help="train every fold once per seed (default: train.seed)")
+    cv.add_argument("--seeds", default=None, metavar="S1,S2,...",
+                    help="train every fold once per seed, e.g. 0,1,2 (default: train.seed)")
     cv.add_argument("--fold-seed", type=int, default=0, help="shuffles the pairs into folds (recorded in folds.json)")
     cv.add_argument("--run-dir", default=None, help="default: runs/<config name>-cv")
     cv.add_argument("--predict", default=None, metavar="CSV",
@@ -29,5 +31,15 @@ def run_cv_command(args: argparse.Namespace) -> int:
     from msa_dist.experiments.cv import run_cv
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or str(Path("runs") / f"{Path(args.config).stem}-cv")
-    run_cv(cfg, run_dir, args.folds, args.seeds, args.fold_seed, args.predict, args.adjust)
+    run_cv(cfg, run_dir, args.folds, _seeds(args.seeds), args.fold_seed, args.predict, args.adjust)
     return 0
+
+
+def _seeds(text: str | None) -> list[int] | None:
+    """'0,1,2' -> [0, 1, 2]."""
+    if text is None:
+        return None
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise MsaDistError(f"--seeds takes integers separated by commas, e.g. 0,1,2; got {text!r}") from None
