@@ -272,3 +272,25 @@ def test_corrupt_sample_is_counted_not_fatal(big_shards, tokenizer):
     assert "good1" in keys and "bad1" not in keys
     assert loader.corrupt.count == 1
     assert Counter(keys)["good1"] == 1
+
+
+def test_a_run_logs_how_many_samples_it_skipped(tmp_path):
+    """A JPEG overwritten with garbage inside a train shard (the tar itself intact): the run goes on,
+    its train records and summary count the sample."""
+    from dist_utils import records, write_config
+    from msa_dist.config import load_config
+    from msa_dist.data.index import read_index
+    from msa_dist.data.storage import open_store
+    from msa_dist.data.synthetic import write_synthetic_dataset
+    from msa_dist.engine import trainer
+    raw = write_synthetic_dataset(tmp_path / "raw", n_labelled=60, n_test=0, image_px=32)
+    build_shards(raw, tmp_path / "shards", val_fraction=0.2, seed=0, shard_size=20)
+    index = read_index(open_store(str(tmp_path / "shards")), "train-000001.tar")
+    offset, size = index.fields["jpg"][3]
+    with open(tmp_path / "shards" / "train-000001.tar", "r+b") as f:
+        f.seek(offset)
+        f.write(b"\0" * size)
+    config = write_config(tmp_path / "c.yaml", tmp_path / "shards", "train.epochs=1", "data.workers=2")
+    summary = trainer.train(load_config(config), tmp_path / "run")
+    assert summary["status"] == "finished" and summary["corrupt_samples"] == 1
+    assert records(tmp_path / "run", "train")[-1]["corrupt_samples"] == 1
