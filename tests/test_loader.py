@@ -13,8 +13,9 @@ import webdataset as wds
 
 from msa_dist.config import DataConfig
 from msa_dist.data import storage
+from msa_dist.data.batching import normalize_images
 from msa_dist.data.index import index_name, scan_tar
-from msa_dist.data.loader import StreamSpec, build_loader, normalize_images
+from msa_dist.data.loader import StreamSpec, build_loader
 from msa_dist.data.manifest import load_manifest, write_manifest
 from msa_dist.data.order import EpochOrder
 from msa_dist.data.shards import build_shards

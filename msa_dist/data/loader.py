@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import torch
 
 from msa_dist.config import DataConfig
-from msa_dist.data.batching import IMAGENET_MEAN, IMAGENET_STD, BatchMaker, BlockPool, normalize_images  # noqa: F401
+from msa_dist.data.batching import BatchMaker, BlockPool
 from msa_dist.data.order import EvalPlan, TrainPlan
 from msa_dist.data.reader import SampleReader, ShardSet
 from msa_dist.errors import MsaDistError
