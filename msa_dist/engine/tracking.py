@@ -68,24 +68,28 @@ def flat_hparams(cfg: Config) -> dict:
     return out
 
 
-def confusion_figure(matrix: list[list[int]], title: str):
-    """A matplotlib Figure (Agg canvas, no pyplot state) of a [true, predicted] count matrix."""
+def confusion_image(matrix: list[list[int]], title: str):
+    """An RGB uint8 [H, W, 3] picture of a [true, predicted] count matrix (matplotlib's Agg canvas,
+    no pyplot state: neither TensorBoard's add_figure nor wandb's figure support work without pyplot)."""
+    import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(3.6, 3.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.imshow(matrix, cmap="Blues")
+    high = max(max(row) for row in matrix) / 2
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=9)
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=9, color="white" if count > high else "black")
     ax.set_xticks(range(len(LABELS)), LABELS, fontsize=8)
     ax.set_yticks(range(len(LABELS)), LABELS, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return fig
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def cut_back_events(tb_dir: Path, keep_step: int) -> None:
@@ -134,8 +138,8 @@ class TensorBoardSink:
                 self.writer.add_scalar(f"{split}/f1_{name}", values["f1"], step)
             if "confusion_matrix" in record:
                 title = f"{split} confusion matrix, epoch {record.get('epoch')}"
-                self.writer.add_figure(f"{split}/confusion_matrix", confusion_figure(record["confusion_matrix"], title),
-                                       step)
+                self.writer.add_image(f"{split}/confusion_matrix", confusion_image(record["confusion_matrix"], title),
+                                      step, dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:
@@ -145,7 +149,7 @@ class TensorBoardSink:
 class WandbSink:
     """A W&B run in RUN_DIR/wandb; its id is kept in the run dir so a resumed run continues it."""
 
-    def __init__(self, cfg: Config, run_dir: Path, resume_step: Optional[int]):
+    def __init__(self, cfg: Config, run_dir: Path):
         import wandb
         id_file = run_dir / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
@@ -154,20 +158,17 @@ class WandbSink:
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "msa-dist"), name=run_dir.name, id=run_id,
                               dir=str(run_dir), config=to_dict(cfg), resume="allow",
                               mode=os.environ.get("WANDB_MODE", "online"))  # read now, not when wandb was imported
-        self.first_step = -1 if resume_step is None else resume_step
 
     def write(self, record: dict) -> None:
         step = record.get("step", 0)
-        if record["type"] == "resume" or step <= self.first_step and record["type"] == "train":
-            return
         if record["type"] == "train":
             data = {f"train/{k}": record[k] for k in TRAIN_SCALARS if record.get(k) is not None}
         elif record["type"] == "eval":
             split = record.get("split", "val")
             data = {f"{split}/{k}": record[k] for k in EVAL_SCALARS}
             if "confusion_matrix" in record:
-                fig = confusion_figure(record["confusion_matrix"], f"{split} confusion matrix")
-                data[f"{split}/confusion_matrix"] = self.wandb.Image(fig)
+                image = confusion_image(record["confusion_matrix"], f"{split} confusion matrix")
+                data[f"{split}/confusion_matrix"] = self.wandb.Image(image)
         else:
             return
         self.run.log(data, step=step)
@@ -239,7 +240,7 @@ def open_tracker(cfg: Config, run_dir: Path, jsonl, is_main: bool, resume_step: 
         if "tensorboard" in cfg.log.report_to:
             sinks.append(TensorBoardSink(cfg, Path(run_dir), resume_step))
         if "wandb" in cfg.log.report_to:
-            sinks.append(WandbSink(cfg, Path(run_dir), resume_step))
+            sinks.append(WandbSink(cfg, Path(run_dir)))
     except BaseException:
         for sink in sinks:
             sink.close()
