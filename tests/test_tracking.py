@@ -83,12 +83,13 @@ def test_wandb_not_logged_in_is_a_one_line_error(shard_dir, tmp_path, monkeypatc
 
 
 def test_wandb_offline_run(shard_dir, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
     train(tiny_config(shard_dir, "log.report_to=[wandb]", "train.epochs=1"), run)
+    wandb.teardown()  # finish() leaves the write to wandb's service process; its shutdown completes it
     run_id = (run / "wandb_run_id").read_text().strip()
     offline = list((run / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline) == 1
