@@ -147,3 +147,12 @@ def test_summary_of_out_of_fold_predictions():
     expected = (float((fold0 == runs[0]["labels"]).float().mean()) + float((fold1 == runs[1]["labels"]).float().mean())) / 2
     assert summary["seed_ensemble_mean"]["accuracy"] == pytest.approx(expected)
     assert summary["adjusted_mean"] is not None and len(summary["offsets"]) == 3
+
+
+def test_cv_under_torchrun_trains_every_fold_on_both_ranks(tmp_path, shard_dir):
+    from dist_utils import check, run, torchrun_cmd, write_config
+    config = write_config(tmp_path / "c.yaml", shard_dir, "train.epochs=1", "train.batch_size=2", "backend.name=ddp")
+    result = check(run(torchrun_cmd(["cv", "--config", str(config), "--folds", "2", "--run-dir", str(tmp_path / "cv")])))
+    saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert saved["complete"] and [r["fold"] for r in saved["runs"]] == [0, 1]
+    assert result.stdout.count("world: 2 rank(s)") == 2  # one DDP run per fold
