@@ -29,6 +29,7 @@ class ShardSet:
             raise MsaDistError(f"no {MANIFEST_NAME} at {self.location}: build shards with `msa-dist shards build "
                                f"DATA_ROOT --out DIR` or index a webdataset set with `msa-dist shards index DIR`") from None
         self.manifest = check_manifest(raw, self.store.url(MANIFEST_NAME))
+        self.store.check_ranges(MANIFEST_NAME)  # e.g. a web server without Range support: say so before any worker starts
         self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
         self._indexes: dict[str, ShardIndex] = {}
 

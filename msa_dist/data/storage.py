@@ -52,6 +52,9 @@ class ShardStore:
     def exists(self, name: str) -> bool:
         raise NotImplementedError
 
+    def check_ranges(self, name: str) -> None:
+        """Fail now, in one line, if this store cannot serve byte ranges of `name` (an existing file)."""
+
     def write(self, name: str, data: bytes) -> None:
         raise MsaDistError(f"cannot write {name} to {self.location}: this store is read-only "
                            "(index a local copy, or an fsspec URL you can write to)")
@@ -167,6 +170,9 @@ class HttpStore(ShardStore):
     def exists(self, name: str) -> bool:
         status, _ = self._get(name, {"Range": "bytes=0-0"})
         return status in (200, 206)
+
+    def check_ranges(self, name: str) -> None:
+        self.read_range(name, 0, 1)
 
 
 class FsspecStore(ShardStore):
