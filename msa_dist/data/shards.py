@@ -1,7 +1,8 @@
 """Packing the raw pairs into WebDataset shards (`msa-dist shards build`) and checking them (`verify`).
 
 A build checks every listed pair first, splits the usable ones, writes the tars and the manifest
-into a temporary folder inside `out_dir`, then moves them into place with the manifest last, so a
+(with a sample index beside each tar, data/index.py) into a temporary folder inside `out_dir`, then moves
+them into place with the manifest last, so a
 reader sees either the old complete set, no manifest, or the new complete set.
 """
 from __future__ import annotations
@@ -23,12 +24,11 @@ from rich.progress import Progress
 from rich.table import Table
 
 from msa_dist.data.index import INDEX_SUFFIX, index_name, read_index, scan_tar
-from msa_dist.data.manifest import (DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, load_manifest,
-                                    write_manifest)
-from msa_dist.data.reader import ShardSet
-from msa_dist.data.storage import is_url
+from msa_dist.data.manifest import DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
 from msa_dist.data.raw import (DATA_DIR, TEST_FILE, TRAINVAL, BadRecord, Sample, check_record,
                                list_records, reencode_image)
+from msa_dist.data.reader import ShardSet
+from msa_dist.data.storage import is_url
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS
 
