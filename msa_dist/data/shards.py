@@ -1,9 +1,9 @@
 """Packing the raw pairs into WebDataset shards (`msa-dist shards build`) and checking them (`verify`).
 
-A build checks every listed pair first, splits the usable ones, writes the tars and the manifest
-(with a sample index beside each tar, data/index.py) into a temporary folder inside `out_dir`, then moves
-them into place with the manifest last, so a
-reader sees either the old complete set, no manifest, or the new complete set.
+A build checks every listed pair first, splits the usable ones, writes the tars (each with its
+sample index beside it, data/index.py) and the manifest into a temporary folder inside `out_dir`,
+then moves them into place with the manifest last, so a reader sees either the old complete set,
+no manifest, or the new complete set.
 """
 from __future__ import annotations
 
