@@ -327,3 +327,13 @@ def test_labels_file_into_named_split(tmp_path, raw_dataset):
     samples = read_split(tmp_path / "out", "extra")
     assert [s["__key__"] for s in samples] == ["3", "1", "2"]
     assert [s.get("cls") for s in samples] == [b"2", None, b"0"]
+
+
+def test_a_train_split_with_null_tags_is_refused_in_one_line(tmp_path, raw_dataset):
+    """`--labels F --split train` with a `null` tag: training says so, instead of an index error."""
+    from msa_dist.engine.trainer import class_weights
+    labels = tmp_path / "train-labels.txt"
+    labels.write_text("guid,tag\n3,negative\n1,null\n2,positive\n")
+    build_shards(raw_dataset.root, tmp_path / "out", labels_file=labels, split_name="train")
+    with pytest.raises(MsaDistError, match="has 1 of 3 samples without a label"):
+        class_weights(str(tmp_path / "out"))

@@ -24,6 +24,7 @@ from msa_dist.engine.display import console, print_metrics, progress_bar
 from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.losses import build_loss
 from msa_dist.engine.provenance import write_run_info
+from msa_dist.engine.rundir import RunDirLock, die_with_launcher
 from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env
 from msa_dist.engine.tracking import DataWait, open_tracker
 from msa_dist.errors import MsaDistError
@@ -73,7 +74,14 @@ def seed_everything(seed: int) -> None:
 
 
 def class_weights(shard_dir: str) -> torch.Tensor:
-    counts = load_manifest(shard_dir)["splits"]["train"]["class_counts"]
+    """Inverse class frequencies of the train split; MsaDistError if it holds unlabelled samples."""
+    train = load_manifest(shard_dir)["splits"].get("train", {})
+    unlabelled = train.get("samples", 0) - train.get("labelled", 0)
+    if unlabelled or "class_counts" not in train:
+        raise MsaDistError(f"the train split of {shard_dir} has {unlabelled} of {train.get('samples', 0)} samples "
+                           "without a label (tag null): training needs a label for each; pack unlabelled pairs "
+                           "into another split (`shards build --labels FILE --split NAME`)")
+    counts = train["class_counts"]
     n = torch.tensor([max(counts.get(name, 0), 1) for name in LABELS], dtype=torch.float)
     return n.sum() / (len(LABELS) * n)
 
@@ -81,6 +89,7 @@ def class_weights(shard_dir: str) -> torch.Tensor:
 def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None) -> dict:
     """Train, evaluate every epoch, keep `latest` and `best`; returns a summary."""
     run_dir = Path(run_dir)
+    die_with_launcher()  # a worker does not outlive its torchrun agent
     env = read_env(cfg.backend.device)
     if resume is None and elastic_restart_count() > 0:
         resume = "auto"  # torchrun restarted the group after a failure: continue from `latest`
@@ -88,15 +97,16 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None) -> dic
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
     backend = build_backend(cfg.backend, env, join=False)
-    start = _resume_point(run_dir / "checkpoints", resume)
-    if start:
-        backend.check_resume(ckpt.read_client(start).get("layout", {}), start)  # fail fast, in one line
-    backend.init_process_group()
-    try:
-        with StopFlag() as stop:
-            return _train(cfg, run_dir, resume, start, env, backend, stop)
-    finally:
-        backend.close()
+    with RunDirLock(run_dir, enabled=env.is_main):  # one live writer per run dir: rank 0 holds it
+        start = _resume_point(run_dir / "checkpoints", resume)
+        if start:
+            backend.check_resume(ckpt.read_client(start).get("layout", {}), start)  # fail fast, in one line
+        backend.init_process_group()
+        try:
+            with StopFlag() as stop:
+                return _train(cfg, run_dir, resume, start, env, backend, stop)
+        finally:
+            backend.close()
 
 
 def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Path], env, backend,
