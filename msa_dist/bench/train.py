@@ -1,7 +1,7 @@
 """`msa-dist bench train`: N training steps after warm-up, timed.
 
-Built as the trainer builds a run (read_env, build_backend, backend.prepare, build_loss, a new
-build_loader per epoch, model_inputs), with random weights of the configured sizes. Each step does
+Built as the trainer builds a run (read_env, build_backend, backend.prepare, build_loss, the
+trainer's TrainStream, model_inputs), with random weights of the configured sizes. Each step does
 what a trainer step does (autocast forward, loss, backward, backend.step, reading the loss back);
 its time is split into data wait (blocked in next(loader)) and compute (the rest: copies to the
 device, forward, backward, optimizer), with the GPU synchronised before each clock reading.
