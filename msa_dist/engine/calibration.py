@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from msa_dist.data.loader import StreamSpec, build_loader
-from msa_dist.engine.batch import model_inputs
+from msa_dist.engine.evaluation import split_outputs
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
+from msa_dist.engine.runtime import DistEnv
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS, NUM_CLASSES
 
@@ -22,21 +22,14 @@ OFFSETS_FILE = "logit_offsets.json"
 GRID = torch.arange(-3.0, 3.0001, 0.05)  # candidate offsets, in nats
 
 
-@torch.no_grad()
 def collect_log_probs(cfg, model, tokenizer, device: torch.device, shard_dir: str, split: str,
                       batch_size: int = 64) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(keys, log-probabilities [N, C], labels [N]; -1 where unlabelled) of one split, in one process."""
-    spec = StreamSpec(split=split, train=False, batch_size=batch_size, seed=cfg.train.seed)
-    keys, log_probs, labels = [], [], []
-    model.eval()
-    for batch in build_loader(cfg.data, shard_dir, spec, tokenizer):
-        logits = model(**model_inputs(batch, device, cfg.model.modality))
-        log_probs.append(torch.log_softmax(logits.float(), dim=-1).cpu())
-        labels.append(batch["labels"])
-        keys += batch["keys"]
-    if not keys:
+    env = DistEnv(rank=0, local_rank=0, world_size=1, device=device)
+    out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir)
+    if not out.keys:
         raise MsaDistError(f"split '{split}' in {shard_dir} is empty")
-    return keys, torch.cat(log_probs), torch.cat(labels)
+    return out.keys, torch.log_softmax(out.logits, dim=-1), out.labels
 
 
 def _macro_f1(preds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
-"""Evaluation and prediction over a split, split across ranks and reduced to one result."""
+"""Evaluation and prediction over a split: one loop, the split dealt across ranks, metrics reduced to one result."""
 from __future__ import annotations
 
 import dataclasses
 import itertools
+from dataclasses import dataclass
 
 import torch
 
@@ -13,10 +14,18 @@ from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
 from msa_dist.labels import NUM_CLASSES
 
 
+@dataclass
+class SplitOutputs:
+    """A split's samples through the model, as far as this rank read them."""
+    keys: list[str]
+    logits: torch.Tensor  # [N, C] float32, on the CPU
+    labels: torch.Tensor  # [N]; -1 where unlabelled
+
+
 @torch.no_grad()
-def run_split(cfg: Config, model, tokenizer, env, backend, split: str, batch_size: int,
-              shard_dir: str | None = None, autocast=None) -> tuple[dict | None, list]:
-    """Metrics (labelled splits; reduced across ranks) and this rank's (key, probs) predictions.
+def split_outputs(cfg: Config, model, tokenizer, env, split: str, batch_size: int, shard_dir: str | None = None,
+                  autocast=None) -> SplitOutputs:
+    """The one evaluation loop (validation, evaluate, predict, calibration): this rank's share of a split.
 
     Every rank runs the same number of forward passes (padding with repeats of its last batch)
     because a ZeRO-3 forward is itself a collective.
@@ -26,8 +35,7 @@ def run_split(cfg: Config, model, tokenizer, env, backend, split: str, batch_siz
                       world_size=env.world_size, seed=cfg.train.seed)
     loader = build_loader(cfg.data, shard_dir, spec, tokenizer)
     mine, most = loader.plan.batches, loader.plan.most_batches
-    cm = torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=torch.long)
-    predictions, last = [], None
+    keys, logits, labels, last = [], [], [], None
     if mine == 0 and most > 0:
         # No share of the split for this rank, yet it must join every forward (DDP's buffer
         # broadcast, ZeRO-3's gathers): it repeats the split's first batch and discards the outputs.
@@ -36,22 +44,31 @@ def run_split(cfg: Config, model, tokenizer, env, backend, split: str, batch_siz
     was_training = model.training
     model.eval()
     batches = itertools.chain(loader, itertools.repeat(None))
-    for i, batch in zip(range(most), batches):
+    for _, batch in zip(range(most), batches):
         padding = batch is None
         batch = last if padding else batch
         if batch is None:  # an empty split: nothing to pad with
             continue
         with autocast or torch.autocast(env.device.type, enabled=False):
-            logits = model(**model_inputs(batch, env.device, cfg.model.modality))
+            out = model(**model_inputs(batch, env.device, cfg.model.modality))
         if padding:
             continue
         last = batch
-        probs = torch.softmax(logits.float(), dim=-1).cpu()
-        predictions.extend(zip(batch["keys"], probs.tolist()))
-        labels = batch["labels"]
-        if (labels >= 0).all():
-            cm += confusion_matrix(labels, probs.argmax(-1))
+        keys += batch["keys"]
+        logits.append(out.float().cpu())
+        labels.append(batch["labels"])
     model.train(was_training)
+    if not keys:
+        return SplitOutputs([], torch.zeros(0, NUM_CLASSES), torch.zeros(0, dtype=torch.long))
+    return SplitOutputs(keys, torch.cat(logits), torch.cat(labels))
+
+
+def run_split(cfg: Config, model, tokenizer, env, backend, split: str, batch_size: int,
+              shard_dir: str | None = None, autocast=None) -> tuple[dict | None, list]:
+    """Metrics (of the labelled samples; reduced across ranks) and this rank's (key, probs) predictions."""
+    out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir, autocast)
+    labelled = out.labels >= 0
+    cm = confusion_matrix(out.labels[labelled], out.logits[labelled].argmax(-1))
     cm = backend.all_reduce_sum(cm.to(env.device)).cpu() if backend else cm
     metrics = metrics_from_confusion(cm) if cm.sum() > 0 else None
-    return metrics, predictions
+    return metrics, list(zip(out.keys, torch.softmax(out.logits, dim=-1).tolist()))
