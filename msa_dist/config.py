@@ -266,7 +266,7 @@ def validate(cfg: Config) -> Config:
         value = _get(flat, key)
         if value not in allowed:
             raise MsaDistError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}; got {value!r}")
-    positive = ("train.epochs", "train.batch_size", "train.grad_accum_steps", "data.image_size",
+    positive = ("train.epochs", "train.batch_size", "train.grad_accum_steps", "data.image_size", "data.chunk_samples",
                 "data.max_length", "model.head.proj_dim", "model.head.hidden")
     for key in positive:
         if _get(flat, key) <= 0:

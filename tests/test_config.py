@@ -29,6 +29,7 @@ def test_defaults_yaml_and_overrides_layer(tmp_path):
     ("model.modality=audio", "model.modality"),
     ("backend.name=horovod", "backend.name"),
     ("train.epochs=0", "train.epochs"),
+    ("data.chunk_samples=0", "data.chunk_samples"),
     ("nosuch.key=1", "nosuch"),
 ])
 def test_bad_values_name_the_dotted_key(override, key):
