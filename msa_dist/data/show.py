@@ -1,56 +1,32 @@
 """`msa-dist shards show DIR_OR_URL`: the first few samples of a split, to see what was packed."""
 from __future__ import annotations
 
-import io
-import tarfile
 from pathlib import Path
-from typing import Iterator
+
+import numpy as np
 
 from msa_dist.data.images import stored_size
-from msa_dist.data.manifest import load_manifest
-from msa_dist.data.storage import open_store
+from msa_dist.data.reader import SampleReader, ShardSet
 from msa_dist.errors import MsaDistError
 
 
-def _samples(data: bytes) -> Iterator[dict]:
-    """Samples of one shard's bytes in written order: {key: ..., ext: bytes} (members of a key are adjacent)."""
-    current: dict = {}
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            if current and current["__key__"] != key:
-                yield current
-                current = {}
-            current["__key__"] = key
-            current[ext] = tar.extractfile(member).read()
-    if current:
-        yield current
-
-
 def show_samples(shard_dir: str | Path, split: str = "train", n: int = 5) -> list[dict]:
-    """The first `n` samples of `split`: key, label name (None when unlabelled), text, stored image size."""
-    manifest = load_manifest(shard_dir)
-    if split not in manifest["splits"]:
-        raise MsaDistError(f"split '{split}' is not in {shard_dir} (splits: {', '.join(manifest['splits']) or 'none'})")
-    labels = manifest.get("labels", [])
+    """The first `n` samples of `split`: key, label name (None when unlabelled), text, stored image size.
+    Reads those samples alone, through the shard indexes."""
+    shard_set = ShardSet(str(shard_dir))
+    reader = SampleReader(shard_set, split)
+    labels = shard_set.manifest.get("labels", [])
     rows: list[dict] = []
-    store = open_store(str(shard_dir))
-    for shard in manifest["splits"][split].get("shards", []):
-        try:
-            for sample in _samples(store.read(shard["name"])):
-                if len(rows) == n:
-                    return rows
-                cls = sample.get("cls")
-                width, height = stored_size(sample["jpg"]) if "jpg" in sample else (0, 0)
-                rows.append({"key": sample["__key__"], "shard": shard["name"],
-                             "label": labels[int(cls)] if cls is not None else None,
-                             "text": sample.get("txt", b"").decode("utf-8", errors="replace"),
-                             "image": f"{width}x{height}", "image_bytes": len(sample.get("jpg", b""))})
-        except (OSError, tarfile.TarError) as exc:
-            raise MsaDistError(f"cannot read shard {store.url(shard['name'])}: {exc}; "
-                               f"run `msa-dist shards verify {shard_dir}`") from None
+    for sample in reader.fetch(np.arange(min(n, sum(reader.sizes)))):
+        if isinstance(sample, Exception):
+            raise MsaDistError(f"cannot read split {split} of {shard_dir}: {sample}; "
+                               f"run `msa-dist shards verify {shard_dir}`")
+        cls = sample.get("cls")
+        width, height = stored_size(sample["jpg"]) if "jpg" in sample else (0, 0)
+        rows.append({"key": sample["__key__"], "shard": sample["__url__"].rsplit("/", 1)[-1],
+                     "label": labels[int(cls)] if cls is not None else None,
+                     "text": sample.get("txt", b"").decode("utf-8", errors="replace"),
+                     "image": f"{width}x{height}", "image_bytes": len(sample.get("jpg", b""))})
     return rows
 
 
