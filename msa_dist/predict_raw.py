@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from msa_dist.data.raw import DATA_DIR, TEST_FILE, BadRecord, check_record, decode_text, image_error, read_labels_file
+from msa_dist.engine.inference import calibrate, predict, run_shards, write_predictions
 from msa_dist.errors import MsaDistError
 
-FORMATS = ("probs", "course")
 ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS = ("id", "guid"), ("image", "image_path", "path"), ("text",)
 
 
@@ -123,25 +120,6 @@ def predict_pairs(predictor, pairs: Sequence[Pair], batch_size: int = 64) -> lis
     return out
 
 
-def write_predictions(out: str | Path, rows: Sequence[tuple[str, list[float]]], labels: Sequence[str],
-                      fmt: str = "probs") -> None:
-    """CSV of id, tag and one `prob_<label>` column per class (`course`: guid,tag only), written atomically."""
-    if fmt not in FORMATS:
-        raise MsaDistError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    out_path = Path(out)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.writer(f)
-        if fmt == "course":
-            writer.writerow(["guid", "tag"])
-            writer.writerows((key, labels[int(torch.tensor(p).argmax())]) for key, p in rows)
-        else:
-            writer.writerow(["id", "tag", *(f"prob_{label}" for label in labels)])
-            writer.writerows((key, labels[int(torch.tensor(p).argmax())], *(f"{x:.6f}" for x in p)) for key, p in rows)
-    os.replace(tmp, out_path)
-
-
 def predict_raw(run_dir: str, out: str, inputs: Optional[str] = None, image: Optional[str] = None,
                 text: Optional[str] = None, data_root: Optional[str] = None, fmt: str = "probs",
                 which: str = "best", adjust: bool = False, shard_dir: Optional[str] = None,
@@ -159,7 +137,6 @@ def predict_raw(run_dir: str, out: str, inputs: Optional[str] = None, image: Opt
     from msa_dist.predictor import load_model
     if adjust and not (Path(run_dir) / "model.safetensors").is_file():
         from msa_dist.engine.calibration import load_offsets
-        from msa_dist.engine.inference import calibrate
         if load_offsets(run_dir) is None:  # tune them on the run's val split first, as `predict --adjust` does
             calibrate(run_dir, shard_dir, "val", which, batch_size)
     predictor = load_model(run_dir, device=str(read_env(device).device), checkpoint=which, adjust=adjust)
@@ -173,7 +150,6 @@ def run_predict_command(args) -> int:
     import sys
 
     from msa_dist.engine.display import console
-    from msa_dist.engine.inference import predict, run_shards
     exported = (Path(args.run) / "model.safetensors").is_file()
     if all(x is None for x in (args.inputs, args.image, args.text, args.data)):
         if exported:

@@ -25,7 +25,7 @@ from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
 from msa_dist.engine import checkpoint as ckpt
 from msa_dist.engine import trainer
-from msa_dist.engine.deepspeed_backend import deepspeed_config
+from msa_dist.engine.backends.deepspeed import deepspeed_config
 from msa_dist.engine.inference import evaluate, predict
 from msa_dist.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer

@@ -1,7 +1,10 @@
 """`evaluate` and `predict` from a finished run directory, in one process, without any backend."""
 from __future__ import annotations
 
+import csv
+import os
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -14,7 +17,28 @@ from msa_dist.engine.provenance import check_shards
 from msa_dist.engine.runtime import read_env
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS
-from msa_dist.predict_raw import write_predictions
+
+
+FORMATS = ("probs", "course")
+
+
+def write_predictions(out: str | Path, rows: Sequence[tuple[str, list[float]]], labels: Sequence[str],
+                      fmt: str = "probs") -> None:
+    """CSV of id, tag and one `prob_<label>` column per class (`course`: guid,tag only), written atomically."""
+    if fmt not in FORMATS:
+        raise MsaDistError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.writer(f)
+        if fmt == "course":
+            writer.writerow(["guid", "tag"])
+            writer.writerows((key, labels[int(torch.tensor(p).argmax())]) for key, p in rows)
+        else:
+            writer.writerow(["id", "tag", *(f"prob_{label}" for label in labels)])
+            writer.writerows((key, labels[int(torch.tensor(p).argmax())], *(f"{x:.6f}" for x in p)) for key, p in rows)
+    os.replace(tmp, out_path)
 
 
 def _load(run_dir: str, which: str, device: str = "auto"):

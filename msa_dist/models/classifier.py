@@ -9,7 +9,8 @@ from torch import nn
 from msa_dist.config import ModelConfig
 from msa_dist.errors import MsaDistError
 from msa_dist.models.fusion import FUSIONS, build_head
-from msa_dist.models.image import ImageEncoder, build_image_encoder
+from msa_dist.models.image import build_image_encoder
+from msa_dist.models.image_base import ImageEncoder
 from msa_dist.models.layers import lr_scale_groups
 from msa_dist.models.text import TextEncoder, build_text_encoder
 

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import (AutoConfig, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel)
 
 from msa_dist.errors import MsaDistError
-from msa_dist.models.image import ImageEncoder
+from msa_dist.models.image_base import ImageEncoder
 
 TOWERS = {"text": (CLIPTextModel, CLIPTextConfig), "image": (CLIPVisionModel, CLIPVisionConfig)}
 CLIP_MODEL_TYPES = ("clip", "clip_text_model", "clip_vision_model")

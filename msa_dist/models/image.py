@@ -11,7 +11,10 @@ from torch import nn
 
 from msa_dist.config import ImageEncoderConfig
 from msa_dist.errors import MsaDistError
+from msa_dist.models.clip import ClipImageEncoder, load_clip_tower
+from msa_dist.models.image_base import ImageEncoder
 from msa_dist.models.layers import unfreeze_last_layers
+from msa_dist.models.timm_image import build_timm_encoder
 
 
 class TinyCNN(nn.Module):
@@ -62,60 +65,6 @@ def _strip_classifier(model: nn.Module, name: str) -> tuple[int, str]:
         return out_dim, f"classifier.{index}."
     raise MsaDistError(f"model.image.name={name}: no final Linear `fc` or `classifier` found to remove; "
                        "use a torchvision classification model such as resnet50")
-
-
-class ImageEncoder(nn.Module):
-    """Backbone -> [B, out_dim] pooled features; `forward_map` gives the last feature map [B, C, h, w]
-    and `forward_tokens` the same as region tokens [B, h*w, C] (C = `token_dim`)."""
-
-    def __init__(self, backbone: nn.Module, out_dim: int, channels_last: bool = False):
-        super().__init__()
-        self.backbone = backbone
-        self.out_dim = int(out_dim)
-        self.channels_last = channels_last
-
-    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
-        # the weights being channels_last only pays off when the input is too
-        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(self._prepare(images))
-
-    def forward_map(self, images: torch.Tensor) -> torch.Tensor:
-        """The last feature map before global pooling (e.g. ResNet-50: [B, 2048, 7, 7] at 224 px).
-
-        C equals out_dim except for models whose classifier keeps hidden layers (e.g. MobileNetV3).
-        """
-        images, net = self._prepare(images), self.backbone
-        if isinstance(net, torchvision.models.ResNet):
-            x = net.maxpool(net.relu(net.bn1(net.conv1(images))))
-            return net.layer4(net.layer3(net.layer2(net.layer1(x))))
-        if isinstance(net, torchvision.models.SwinTransformer):
-            return net.permute(net.norm(net.features(images)))  # features are channels-last [B, h, w, C]
-        if hasattr(net, "features"):
-            return net.features(images)
-        raise MsaDistError(f"model.image.name: {type(net).__name__} has no feature map for fusion=cross_attention; "
-                           "use a CNN (resnet50, convnext_tiny, ...), a timm: model or a clip: model")
-
-    def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Image regions as tokens: the last feature map flattened, [B, h*w, token_dim]."""
-        return self.forward_map(images).flatten(2).transpose(1, 2)
-
-    @property
-    def token_dim(self) -> int:
-        """Channels of the feature map (found by one small forward pass, then cached)."""
-        if "_token_dim" not in self.__dict__:
-            was_training = self.training
-            with torch.no_grad():
-                self.eval()  # no BatchNorm statistics update from the probe
-                probe = next(self.parameters()).new_zeros(1, 3, 64, 64)
-                self.__dict__["_token_dim"] = int(self.forward_map(probe).shape[1])
-            self.train(was_training)
-        return self.__dict__["_token_dim"]
-
-    @token_dim.setter
-    def token_dim(self, value: int) -> None:
-        self.__dict__["_token_dim"] = int(value)
 
 
 def _read_state_dict(path: str) -> dict:
@@ -198,14 +147,11 @@ def build_image_encoder(cfg: ImageEncoderConfig, pretrained: bool = True) -> Ima
 
 
 def _prefixed_encoder(cfg: ImageEncoderConfig, pretrained: bool) -> ImageEncoder:
-    # imported here: these modules subclass ImageEncoder
     if cfg.name.startswith("clip:"):
-        from msa_dist.models.clip import ClipImageEncoder, load_clip_tower
         if pretrained and cfg.weights not in ("imagenet", "none"):
             warnings.warn("model.image.weights has no effect with a clip: image model: "
                           "its weights come from the CLIP checkpoint", stacklevel=3)
         return ClipImageEncoder(load_clip_tower("image", cfg.name.removeprefix("clip:"), pretrained))
-    from msa_dist.models.timm_image import build_timm_encoder
     return build_timm_encoder(cfg.name.removeprefix("timm:"), cfg.weights if pretrained else "none",
                               cfg.channels_last)
 

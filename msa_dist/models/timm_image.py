@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from msa_dist.errors import MsaDistError
-from msa_dist.models.image import ImageEncoder
+from msa_dist.models.image_base import ImageEncoder
 
 
 class TimmImageEncoder(ImageEncoder):

@@ -1,21 +1,9 @@
-"""Backends: the one place that differs between one process, DDP and DeepSpeed.
-
-`build_backend(cfg.backend, env)` picks one at setup. Each backend chooses its precision once
-(disabled pieces are no-ops: `nullcontext()`, `GradScaler(enabled=False)`), so the training loop
-calls the same methods whatever runs underneath:
-
-    with backend.accumulate(is_boundary):      # DDP: no gradient all-reduce on accumulation steps
-        with backend.autocast():               # bf16 / fp16 autocast, or nothing
-            logits = backend.model(...)
-        backend.backward(loss, skip=nonfinite) # scaled for accumulation (and fp16)
-    backend.step(is_boundary)                  # clip, step, schedule at a boundary
-"""
+"""What every backend shares: the single-process backend (`Backend`), joining and leaving the
+process group, and the collectives of the multi-process backends (`ProcessGroupBackend`)."""
 from __future__ import annotations
 
 import contextlib
 import datetime
-import os
-import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -207,28 +195,6 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
-class DDPBackend(ProcessGroupBackend):
-    """torchrun + DistributedDataParallel; NCCL on GPUs, gloo on CPUs."""
-
-    name = "ddp"
-
-    def init_process_group(self) -> None:
-        if "RANK" not in os.environ:
-            raise MsaDistError("backend.name=ddp needs a launcher: run it under torchrun "
-                               "(launch/torchrun.sh) or use backend.name=single")
-        join_process_group(self.env)
-
-    def _wrap(self, module):
-        ids = [self.env.device.index] if self.env.device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=ids, bucket_cap_mb=self.cfg.ddp_bucket_mb,
-            static_graph=self.cfg.ddp_static_graph, find_unused_parameters=False)
-
-    def accumulate(self, is_boundary: bool):
-        # No gradient all-reduce on accumulation micro steps; it happens once, at the boundary.
-        return contextlib.nullcontext() if is_boundary else self.model.no_sync()
-
-
 @contextlib.contextmanager
 def _zeroed_param_grads(module: torch.nn.Module, enabled: bool):
     """Replace the gradient reaching each trainable parameter by zeros while active."""
@@ -241,32 +207,3 @@ def _zeroed_param_grads(module: torch.nn.Module, enabled: bool):
     finally:
         for handle in handles:
             handle.remove()
-
-
-def build_backend(cfg: BackendConfig, env: DistEnv, join: bool = True) -> Backend:
-    """The one place that branches on the backend name. `join=False`: the caller calls
-    `backend.init_process_group()` itself (after checks that should fail fast)."""
-    if cfg.name == "single":
-        if env.world_size > 1:
-            raise MsaDistError(f"backend.name=single but WORLD_SIZE={env.world_size}: "
-                               "use backend.name=ddp or backend.name=deepspeed under torchrun")
-        if cfg.zero_stage:
-            warnings.warn("backend.zero_stage has no effect with backend.name=single")
-        backend = Backend(cfg, env)
-    elif cfg.name == "ddp":
-        if cfg.zero_stage:
-            warnings.warn("backend.zero_stage has no effect with backend.name=ddp")
-        backend = DDPBackend(cfg, env)
-    else:
-        from msa_dist.engine.deepspeed_backend import DeepSpeedBackend
-        if cfg.ddp_static_graph or cfg.ddp_bucket_mb != BackendConfig.ddp_bucket_mb:
-            warnings.warn("backend.ddp_* options have no effect with backend.name=deepspeed")
-        backend = DeepSpeedBackend(cfg, env)
-    if cfg.name != "deepspeed":
-        if cfg.deepspeed_config:
-            warnings.warn(f"backend.deepspeed_config has no effect with backend.name={cfg.name}")
-        if cfg.precision == "fp16" and env.device.type == "cpu":
-            warnings.warn("fp16 autocast on a CPU is slow and rarely useful; bf16 is the CPU choice")
-    if join:
-        backend.init_process_group()
-    return backend

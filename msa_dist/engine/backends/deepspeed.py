@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 
 from msa_dist.config import BackendConfig, OptimConfig
-from msa_dist.engine.backends import PROCESS_GROUP_TIMEOUT, ProcessGroupBackend, join_process_group
+from msa_dist.engine.backends.base import PROCESS_GROUP_TIMEOUT, ProcessGroupBackend, join_process_group
 from msa_dist.engine.optim import build_scheduler, optimizer_param_groups
 from msa_dist.engine.runtime import DistEnv
 from msa_dist.errors import MsaDistError

@@ -1,0 +1,52 @@
+"""Backends: the one place that differs between one process, DDP and DeepSpeed.
+
+`build_backend(cfg.backend, env)` picks one at setup. Each backend chooses its precision once
+(disabled pieces are no-ops: `nullcontext()`, `GradScaler(enabled=False)`), so the training loop
+calls the same methods whatever runs underneath:
+
+    with backend.accumulate(is_boundary):      # DDP: no gradient all-reduce on accumulation steps
+        with backend.autocast():               # bf16 / fp16 autocast, or nothing
+            logits = backend.model(...)
+        backend.backward(loss, skip=nonfinite) # scaled for accumulation (and fp16)
+    backend.step(is_boundary)                  # clip, step, schedule at a boundary
+"""
+from __future__ import annotations
+
+import warnings
+
+from msa_dist.config import BackendConfig
+from msa_dist.engine.backends.base import Backend, leave_process_group
+from msa_dist.engine.backends.ddp import DDPBackend
+from msa_dist.engine.backends.deepspeed import DeepSpeedBackend
+from msa_dist.engine.runtime import DistEnv
+from msa_dist.errors import MsaDistError
+
+__all__ = ["Backend", "DDPBackend", "DeepSpeedBackend", "build_backend", "leave_process_group"]
+
+
+def build_backend(cfg: BackendConfig, env: DistEnv, join: bool = True) -> Backend:
+    """The one place that branches on the backend name. `join=False`: the caller calls
+    `backend.init_process_group()` itself (after checks that should fail fast)."""
+    if cfg.name == "single":
+        if env.world_size > 1:
+            raise MsaDistError(f"backend.name=single but WORLD_SIZE={env.world_size}: "
+                               "use backend.name=ddp or backend.name=deepspeed under torchrun")
+        if cfg.zero_stage:
+            warnings.warn("backend.zero_stage has no effect with backend.name=single")
+        backend = Backend(cfg, env)
+    elif cfg.name == "ddp":
+        if cfg.zero_stage:
+            warnings.warn("backend.zero_stage has no effect with backend.name=ddp")
+        backend = DDPBackend(cfg, env)
+    else:
+        if cfg.ddp_static_graph or cfg.ddp_bucket_mb != BackendConfig.ddp_bucket_mb:
+            warnings.warn("backend.ddp_* options have no effect with backend.name=deepspeed")
+        backend = DeepSpeedBackend(cfg, env)
+    if cfg.name != "deepspeed":
+        if cfg.deepspeed_config:
+            warnings.warn(f"backend.deepspeed_config has no effect with backend.name={cfg.name}")
+        if cfg.precision == "fp16" and env.device.type == "cpu":
+            warnings.warn("fp16 autocast on a CPU is slow and rarely useful; bf16 is the CPU choice")
+    if join:
+        backend.init_process_group()
+    return backend
