@@ -100,6 +100,7 @@ class TrainConfig:
     epochs: int = 3  # passes over the train split
     batch_size: int = 32  # micro batch per rank
     grad_accum_steps: int = 1  # micro batches per optimizer step
+    global_batch_size: int = 0  # if > 0: samples per optimizer step; grad_accum_steps = this / (batch_size x ranks)
     seed: int = 0  # seeds weights, augmentation and shuffling: a run is repeatable
     class_weighting: bool = False  # weight the loss by inverse class frequency of the train split
     class_weight_power: float = 1.0  # class_weighting only: weights = (inverse frequency)^power; 0.5 is gentler

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -45,6 +45,18 @@ def read_env(device: str = "auto") -> DistEnv:
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev,
                    local_world_size=local_world_size)
+
+
+def resolve_global_batch(cfg, world_size: int):
+    """`train.global_batch_size` > 0: the config with grad_accum_steps derived for this world size."""
+    tcfg = cfg.train
+    if tcfg.global_batch_size <= 0:
+        return cfg
+    accum, rest = divmod(tcfg.global_batch_size, tcfg.batch_size * world_size)
+    if rest or not accum:
+        raise MsaDistError(f"train.global_batch_size={tcfg.global_batch_size} is not a multiple of train.batch_size="
+                           f"{tcfg.batch_size} x {world_size} rank(s): pick a global batch the micro batches divide")
+    return replace(cfg, train=replace(tcfg, grad_accum_steps=accum))
 
 
 def elastic_restart_count() -> int:

@@ -25,7 +25,7 @@ from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.losses import build_loss
 from msa_dist.engine.provenance import write_run_info
 from msa_dist.engine.rundir import RunDirLock, die_with_launcher
-from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env
+from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env, resolve_global_batch
 from msa_dist.engine.tracking import DataWait, open_tracker
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS
@@ -91,6 +91,7 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None) -> dic
     run_dir = Path(run_dir)
     die_with_launcher()  # a worker does not outlive its torchrun agent
     env = read_env(cfg.backend.device)
+    cfg = resolve_global_batch(cfg, env.world_size)  # accumulation follows the world size when the batch is fixed
     if resume is None and elastic_restart_count() > 0:
         resume = "auto"  # torchrun restarted the group after a failure: continue from `latest`
     if cfg.train.deterministic:

@@ -1,0 +1,89 @@
+"""One live writer per run dir, and workers that do not outlive their launcher.
+
+`die_with_launcher()`: torch elastic starts each worker in a session of its own, so a SIGKILL of
+the torchrun agent's process group (an OOM kill, `kill -9` of a launcher script) used to leave the
+workers training as orphans. A worker asks the kernel for SIGKILL when its parent dies.
+
+`RunDirLock`: RUN_DIR/.lock, locked with a POSIX record lock (`fcntl.lockf`) by global rank 0 for
+the run's lifetime and released by the kernel when the process dies, so a crash never leaves it
+stale. A record lock (unlike `flock`) is not inherited by forked data-loader workers, so a
+restarted group does not wait on a dead rank's stragglers. On NFS (v4, or v3 with lockd) record
+locks are enforced across hosts; on a filesystem without working locks (some FUSE mounts) the lock
+only guards against a second writer on the same host.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import signal
+import socket
+from pathlib import Path
+from typing import Optional
+
+from msa_dist.errors import MsaDistError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_launcher() -> bool:
+    """Under a launcher (LOCAL_RANK set): SIGKILL this process when its parent dies. True if armed."""
+    if "LOCAL_RANK" not in os.environ or not hasattr(os, "getppid"):
+        return False
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):  # not Linux
+        return False
+    if os.getppid() != parent:  # the launcher died before the request was in place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return True
+
+
+class RunDirLock:
+    """Hold RUN_DIR/.lock while training; a second live writer gets a one-line MsaDistError."""
+
+    def __init__(self, run_dir: str | Path, enabled: bool = True):
+        self.path = Path(run_dir) / ".lock"
+        self.enabled = enabled
+        self._fd: Optional[int] = None
+
+    def __enter__(self) -> "RunDirLock":
+        if self.enabled:
+            self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise MsaDistError(f"cannot lock {self.path}: {exc.strerror}") from None
+            raise MsaDistError(f"{self.path.parent} is in use by a live run ({holder(self.path)}): "
+                               "wait for it to end or stop it, or train into another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"host={socket.gethostname()} pid={os.getpid()}\n".encode())
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the record lock; the file stays (it may be locked again)
+            self._fd = None
+
+
+def holder(lock_path: Path) -> str:
+    """'host=H pid=P' as written by the holder of `lock_path`."""
+    try:
+        text = lock_path.read_text().strip()
+    except OSError:
+        text = ""
+    return text or "host and pid unknown"
