@@ -40,6 +40,7 @@ class TrainState:
     nonfinite_streak: int = 0
     nonfinite_total: int = 0
     log_lines: Optional[int] = None  # lines of metrics.jsonl when saved: a resume cuts the file back to them
+    loss_window: Optional[list] = None  # [sum, count] of losses since the last train record: a resume logs the same
 
 
 class MetricsLog:
@@ -138,7 +139,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                "global_batch_size": tcfg.batch_size * tcfg.grad_accum_steps * env.world_size}
 
     def save(metrics: Optional[dict] = None) -> Path:
-        state.log_lines = log.lines
+        state.log_lines, state.loss_window = log.lines, [loss_sum, loss_n]
         client = {"train_state": asdict(state), "data": stream.state_dict(), "config": to_dict(cfg), "layout": layout}
         step_dir = ckpt.save_checkpoint(backend, ckpt_root, state.step, client, cfg.checkpoint.keep_last)
         if metrics is not None and _is_better(metrics[tcfg.best_metric], state.best_value):
@@ -151,7 +152,8 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
         while state.epoch < tcfg.epochs:
             task = progress.add_task(f"epoch {state.epoch + 1}/{tcfg.epochs}", total=micro_per_epoch,
                                      completed=stream.position[1], loss=float("nan"), speed=0.0)
-            t0, seen, loss_sum, loss_n = time.perf_counter(), 0, 0.0, 0
+            window = state.loss_window if stream.position[1] else None  # resumed mid-epoch: the same log window
+            t0, seen, (loss_sum, loss_n) = time.perf_counter(), 0, (window or (0.0, 0))
             model_ = backend.model
             model_.train()
             for batch in waits.timed(stream.epoch(state.epoch)):
