@@ -165,12 +165,24 @@ def _two_nodes(args: list[str], root: Path, nnodes: str = "2", max_restarts: int
 def test_two_nodes_on_loopback_train_like_one_and_predict(data, one_node, tmp_path):
     """Two torchrun agents (--nnodes 2, c10d rendezvous on 127.0.0.1) as separate process trees,
     1 rank each, shards served over HTTP, one run dir: the losses of one node with 2 ranks."""
+    _check_two_nodes_like_one(data, one_node, tmp_path)
+
+
+def test_two_nodes_deepspeed_zero2_train_like_one_and_predict(data, tmp_path):
+    """The same with DeepSpeed ZeRO-2 (its optimizer state partitioned across the two nodes)."""
+    zero2 = ("backend.name=deepspeed", "backend.zero_stage=2")
+    config = write_config(tmp_path / "one.yaml", data / "shards", *DDP_ARGS)
+    check(run(torchrun_cmd(_train(config, tmp_path / "one", *zero2), module=None)))
+    _check_two_nodes_like_one(data, tmp_path / "one", tmp_path, *zero2)
+
+
+def _check_two_nodes_like_one(data: Path, one_node: Path, tmp_path: Path, *extra: str) -> None:
     run_dir = tmp_path / "run"
     (run_dir).mkdir()
     shutil.copytree(one_node / "tokenizer", run_dir / "tokenizer")  # WordPiece order differs between processes
     with serving(data / "shards") as url:
         config = write_config(tmp_path / "c.yaml", url, *DDP_ARGS)
-        nodes = _two_nodes(_train(config, run_dir), tmp_path)
+        nodes = _two_nodes(_train(config, run_dir, *extra), tmp_path)
         codes = [finish(node, tmp_path / f"node{i}.log") for i, node in enumerate(nodes)]
     logs = [(tmp_path / f"node{i}.log").read_text()[-3000:] for i in range(2)]
     assert codes == [0, 0], logs
