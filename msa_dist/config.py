@@ -126,6 +126,7 @@ class BackendConfig:
     ddp_bucket_mb: int = 25  # DDP gradient bucket size
     ddp_static_graph: bool = False  # DDP static graph optimisation
     compile: bool = False  # torch.compile the model
+    timeout_s: int = 1800  # process-group timeout: a rank waiting longer for a peer in a collective fails the run
 
 
 @dataclass
@@ -267,7 +268,8 @@ def validate(cfg: Config) -> Config:
         value = _get(flat, key)
         if value not in allowed:
             raise MsaDistError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}; got {value!r}")
-    positive = ("train.epochs", "train.batch_size", "train.grad_accum_steps", "data.image_size", "data.chunk_samples",
+    positive = ("train.epochs", "train.batch_size", "train.grad_accum_steps", "backend.timeout_s",
+                "data.image_size", "data.chunk_samples",
                 "data.max_length", "model.head.proj_dim", "model.head.hidden")
     for key in positive:
         if _get(flat, key) <= 0:

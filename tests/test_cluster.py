@@ -6,6 +6,7 @@ in a session of its own, as on separate hosts, so a test can SIGKILL one node's 
 """
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -276,3 +277,21 @@ def test_losing_a_node_mid_epoch_the_survivor_finishes_at_world_size_1(data, one
     assert sorted(trained) == [0, 1]
     for epoch in (0, 1):
         assert sorted(trained[epoch]) == sorted(guids), f"epoch {epoch}"
+
+
+# -- item 7: hung-job hygiene ---------------------------------------------------------------------
+
+def test_backend_timeout_s_is_the_process_group_timeout(monkeypatch):
+    """backend.timeout_s (not a hard-coded 30 min) is how long a collective waits for a hung peer."""
+    from msa_dist.config import load_config
+    from msa_dist.engine.backends import base, build_backend
+    from msa_dist.engine.runtime import read_env
+    seen = {}
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(base.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(base, "rendezvous", lambda url, timeout: iter([(seen.setdefault("rdzv", timeout), 0, 1)]))
+    monkeypatch.setattr(base.dist, "PrefixStore", lambda prefix, store: store)
+    monkeypatch.setattr(base.dist, "init_process_group", lambda name, **kw: seen.update(kw))
+    cfg = load_config(overrides=["backend.name=ddp", "backend.device=cpu", "backend.timeout_s=90"])
+    build_backend(cfg.backend, read_env("cpu"), join=False).init_process_group()
+    assert seen["timeout"] == seen["rdzv"] == datetime.timedelta(seconds=90)

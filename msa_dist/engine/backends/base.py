@@ -144,7 +144,7 @@ class Backend:
         """Leave the process group, if any."""
 
 
-def join_process_group(env: DistEnv) -> None:
+def join_process_group(env: DistEnv, timeout_s: float = PROCESS_GROUP_TIMEOUT.total_seconds()) -> None:
     """init_process_group from the launcher's environment: NCCL on GPUs, gloo on CPUs.
 
     The store's keys get a prefix per torchrun restart: after a restart, a rank that read a key
@@ -154,10 +154,11 @@ def join_process_group(env: DistEnv) -> None:
         return
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
-    store, rank, world_size = next(rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
+    timeout = datetime.timedelta(seconds=timeout_s)  # backend.timeout_s: how long a collective may wait for a peer
+    store, rank, world_size = next(rendezvous("env://", timeout=timeout))
     store = dist.PrefixStore(f"msa-dist/attempt-{elastic_restart_count()}", store)
     dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo", store=store, rank=rank,
-                            world_size=world_size, timeout=PROCESS_GROUP_TIMEOUT)
+                            world_size=world_size, timeout=timeout)
 
 
 class ProcessGroupBackend(Backend):

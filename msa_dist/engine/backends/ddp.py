@@ -19,7 +19,7 @@ class DDPBackend(ProcessGroupBackend):
         if "RANK" not in os.environ:
             raise MsaDistError("backend.name=ddp needs a launcher: run it under torchrun "
                                "(launch/torchrun.sh) or use backend.name=single")
-        join_process_group(self.env)
+        join_process_group(self.env, self.cfg.timeout_s)
 
     def _wrap(self, module):
         ids = [self.env.device.index] if self.env.device.type == "cuda" else None

@@ -12,6 +12,7 @@ fp16 through its `fp16` section with dynamic loss scaling (GPU only).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import os
@@ -23,7 +24,7 @@ from typing import Optional
 import torch
 
 from msa_dist.config import BackendConfig, OptimConfig
-from msa_dist.engine.backends.base import PROCESS_GROUP_TIMEOUT, ProcessGroupBackend, join_process_group
+from msa_dist.engine.backends.base import ProcessGroupBackend, join_process_group
 from msa_dist.engine.optim import build_scheduler, optimizer_param_groups
 from msa_dist.engine.runtime import DistEnv
 from msa_dist.errors import MsaDistError
@@ -137,9 +138,9 @@ class DeepSpeedBackend(ProcessGroupBackend):
         _single_process_defaults()
         if self.env.device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is first imported
-        join_process_group(self.env)  # DeepSpeed's communication then wraps this process group
+        join_process_group(self.env, self.cfg.timeout_s)  # DeepSpeed's communication then wraps this process group
         _deepspeed().init_distributed(dist_backend="nccl" if self.env.device.type == "cuda" else "gloo",
-                                      timeout=PROCESS_GROUP_TIMEOUT)
+                                      timeout=datetime.timedelta(seconds=self.cfg.timeout_s))
 
     def prepare(self, model: torch.nn.Module, optim_cfg: OptimConfig, total_steps: int,
                 grad_accum_steps: int, micro_batch_size: int) -> None:
