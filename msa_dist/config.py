@@ -5,14 +5,13 @@ Unknown keys and values of the wrong type raise `MsaDistError` naming the dotted
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import yaml
 
+from msa_dist.config_values import apply_values, field_types, parse_override
 from msa_dist.errors import MsaDistError
 
 
@@ -168,88 +167,6 @@ EXTRA_CHOICES: dict[str, tuple] = {"model.head.fusion": ("concat", "gated", "cro
                                    "train.loss": ("ce", "focal"), "model.text.tiny_arch": ("bert", "bow")}
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Convert a YAML/CLI value to the field's declared type, or raise naming the key."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], key)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise MsaDistError(f"config key '{key}' expects true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise MsaDistError(f"config key '{key}' expects an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise MsaDistError(f"config key '{key}' expects an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise MsaDistError(f"config key '{key}' expects a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise MsaDistError(f"config key '{key}' expects a number, got {value!r}") from None
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise MsaDistError(f"config key '{key}' expects a string, got {value!r}")
-        return "" if value is None else str(value)
-    if tp is tuple:
-        if isinstance(value, str):
-            value = [v for v in value.strip("()[]").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise MsaDistError(f"config key '{key}' expects a list, got {value!r}")
-        return tuple(_coerce(v, float, key) for v in value)
-    if origin is list:  # list[str]: a YAML list, or "a,b" on the command line
-        if isinstance(value, str):
-            value = [v.strip() for v in value.strip("()[]").split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise MsaDistError(f"config key '{key}' expects a list, got {value!r}")
-        return [_coerce(v, typing.get_args(tp)[0], key) for v in value]
-    return value
-
-
-def _field_types(cls) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
-
-
-def _apply(obj: Any, values: dict, prefix: str = "") -> None:
-    """Write a nested dict into a dataclass tree, checking keys and types."""
-    if not isinstance(values, dict):
-        raise MsaDistError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")
-    types_ = _field_types(type(obj))
-    for name, value in values.items():
-        key = f"{prefix}{name}"
-        if name not in types_:
-            raise MsaDistError(f"unknown config key '{key}'")
-        tp = types_[name]
-        if dataclasses.is_dataclass(tp):
-            _apply(getattr(obj, name), value, key + ".")
-        else:
-            setattr(obj, name, _coerce(value, tp, key))
-
-
-def _parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise MsaDistError(f"override '{text}' must look like key.sub=value")
-    key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
-    return key.strip(), value
-
-
 def set_dotted(cfg: Config, key: str, value: Any) -> None:
     """Set one dotted key (e.g. 'optim.lr') with type checking."""
     parts = key.split(".")
@@ -258,7 +175,7 @@ def set_dotted(cfg: Config, key: str, value: Any) -> None:
     for p in parts[:-1]:
         cur = cur.setdefault(p, {})
     cur[parts[-1]] = value
-    _apply(cfg, nested)
+    apply_values(cfg, nested)
 
 
 def validate(cfg: Config) -> Config:
@@ -296,7 +213,7 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
     """Build a Config: defaults < `base` dict < YAML file < dotted overrides."""
     cfg = Config()
     if base:
-        _apply(cfg, base)
+        apply_values(cfg, base)
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -305,9 +222,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise MsaDistError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        _apply(cfg, data)
+        apply_values(cfg, data)
     for item in overrides or []:
-        key, value = _parse_override(item)
+        key, value = parse_override(item)
         set_dotted(cfg, key, value)
     return validate(cfg)
 
@@ -326,7 +243,7 @@ def to_dict(cfg: Any) -> dict:
 def from_dict(values: dict) -> Config:
     """Rebuild a Config from `to_dict` output (e.g. the copy saved inside a checkpoint)."""
     cfg = Config()
-    _apply(cfg, values)
+    apply_values(cfg, values)
     return validate(cfg)
 
 
@@ -339,7 +256,7 @@ def describe_fields(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:
     """(dotted key, default, one-line doc) for every leaf field: the config reference."""
     rows = []
     for f in dataclasses.fields(cls):
-        tp = _field_types(cls)[f.name]
+        tp = field_types(cls)[f.name]
         if dataclasses.is_dataclass(tp):
             rows += describe_fields(tp, f"{prefix}{f.name}.")
             continue
