@@ -10,8 +10,9 @@
 #
 # Needs root (it starts the daemons, writes /etc/slurm and adds n1 n2 to /etc/hosts); installs
 # slurm-wlm and munge with apt-get when they are missing. Everything it started is stopped by PID
-# and /etc restored on exit, whatever happens. Takes ~3-4 min on 2 cores (the time-limit job
-# needs ~2-3 runs; SLURM checks limits every ~30 s and restarts a requeued job ~11 s later).
+# and /etc restored on exit, whatever happens. Takes ~4-6 min on 2 cores (the time-limit job runs
+# twice: signalled 30-60 s into its first run, as SLURM checks limits every ~30 s; a requeued job
+# restarts ~11 s later).
 #   tests/cluster/slurm_local.sh            (KEEP=1 keeps the work dir)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -121,8 +122,10 @@ write_config(work / "c.yaml", work / "shards", "backend.name=ddp", "train.batch_
              "checkpoint.every_steps=5", "checkpoint.keep_last=2")
 EOF
 
-# the time-limit job trains longer than a run lasts before its signal (~15 steps/s here)
-limit_epochs=${LIMIT_EPOCHS:-100}
+# the time-limit job trains far longer than its first run lasts before the signal (30-60 s in; 15-25
+# steps/s here, 3,600 steps), so the signal always comes mid-training; once it has requeued itself,
+# the script extends its limit so that the rerun finishes
+limit_epochs=${LIMIT_EPOCHS:-300}
 preempt_epochs=30
 submit() {  # submit NAME EPOCHS SBATCH_OPTIONS...: prints the job id
   local name=$1 epochs=$2; shift 2
@@ -143,7 +146,10 @@ scontrol requeue "$preempt"
 echo "slurm_local: requeued job $preempt (preemption) at $(date -u +%FT%TZ)"
 ended() { local s; s=$(state "$1"); [[ $s == COMPLETED || $s == FAILED || $s == CANCELLED || $s == TIMEOUT ]]; }
 both_ended() { ended "$limit" && ended "$preempt"; }
-wait_until 600 "both jobs to end" both_ended
+wait_until 300 "job $limit to requeue itself after its time-limit signal" has "$work/timelimit.log" requeueing
+scontrol update JobId="$limit" TimeLimit=20
+echo "slurm_local: job $limit requeued itself; its time limit is now 20 min so that the rerun finishes"
+wait_until 900 "both jobs to end" both_ended
 
 status=0
 check() {  # check JOB NAME EPOCHS: the job's history from its log and scontrol
