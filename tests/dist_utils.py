@@ -16,6 +16,7 @@ from typing import Callable, Optional
 
 import torch
 
+from msa_dist.bench.soak import rank_pids  # noqa: F401 - re-exported for the tests
 from msa_dist.config import load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,24 +88,6 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: flo
             proc.kill()
             raise AssertionError("condition not met in time")
         time.sleep(0.05)
-
-
-def rank_pids(agent_pid: int) -> dict[int, int]:
-    """{rank: pid} of the worker processes torchrun started (its direct children with RANK set)."""
-    out = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid != agent_pid:
-                continue
-            environ = dict(item.split("=", 1) for item in (proc / "environ").read_text().split("\0") if "=" in item)
-        except (OSError, ValueError, IndexError):
-            continue
-        if "RANK" in environ:
-            out[int(environ["RANK"])] = int(proc.name)
-    return out
 
 
 def records(run_dir: Path, kind: Optional[str] = None) -> list[dict]:
