@@ -1,6 +1,7 @@
 """The config schema: a tree of dataclasses, loaded as defaults < YAML file < dotted CLI overrides.
 
-Unknown keys and values of the wrong type raise `MsaDistError` naming the dotted key.
+Unknown keys, values of the wrong type (config_values.py) and bad values (config_checks.py, run by
+each section's `__post_init__`) raise `MsaDistError` naming the dotted key.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from typing import Any, Optional
 
 import yaml
 
-from msa_dist.config_values import apply_values, field_types, parse_override
+from msa_dist.config_checks import check_section
+from msa_dist.config_values import apply_values, build, field_types, merge, nest, parse_override, typed_values
 from msa_dist.errors import MsaDistError
 
 
@@ -26,15 +28,18 @@ class DataConfig:
     resampled: bool = False  # draw the runs with replacement instead of reading each once per epoch
     pin_memory: bool = True  # page-locked host batches for faster copies to a GPU
     image_draft: bool = True  # decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when they are much larger
-    train_crop: str = "random"  # random (image_size crop at resize_size scale: no resize on shards stored at resize_size, the default) | random_resized (area 50-100%, then resized: ~30% slower loader) | center (no augmentation); each with a random flip except center
+    train_crop: str = "random"  # random (image_size crop at resize_size scale: no resize on shards stored at resize_size, the default) | random_resized (area 50-100%, then resized: the loader resizes every image) | center (no augmentation); each with a random flip except center
     pad_to_max_length: bool = False  # pad every batch to max_length (the seed's fixed shapes) instead of its longest text
     decode_on_device: bool = False  # ship JPEG bytes + crop boxes; decode and crop on the GPU (nvJPEG)
+
+    def __post_init__(self):
+        check_section(self, "data")
 
 
 @dataclass
 class TextEncoderConfig:
     name: str = "bert-base-uncased"  # Hugging Face hub name, local directory, or "tiny" (from scratch)
-    pooling: str = "cls"  # cls | mean: how token states become one text vector
+    pooling: str = "cls"  # cls | mean | last: how token states become one text vector (last: the last real token, for a causal model such as CLIP's text tower)
     freeze: bool = False  # keep the text backbone's weights fixed
     tiny_hidden: int = 128  # tiny model only: hidden size
     tiny_layers: int = 2  # tiny model only: transformer layers
@@ -48,6 +53,9 @@ class TextEncoderConfig:
     unfreeze_last_n_layers: int = -1  # train only the top N transformer layers (and what follows them); -1 = all
     layer_decay: float = 1.0  # layer-wise lr decay: each layer below the top gets this factor more; 1 = off
 
+    def __post_init__(self):
+        check_section(self, "model.text")
+
 
 @dataclass
 class ImageEncoderConfig:
@@ -59,10 +67,13 @@ class ImageEncoderConfig:
     unfreeze_last_n_layers: int = -1  # train only the top N stages/blocks (and what follows them); -1 = all
     layer_decay: float = 1.0  # layer-wise lr decay: each stage/block below the top gets this factor more; 1 = off
 
+    def __post_init__(self):
+        check_section(self, "model.image")
+
 
 @dataclass
 class HeadConfig:
-    fusion: str = "concat"  # how the two modalities are combined
+    fusion: str = "concat"  # concat | gated | cross_attention | late: how the two modalities are combined (gated and cross_attention need model.modality=both)
     proj_dim: int = 256  # each modality's feature is projected to this width before fusion
     hidden: int = 512  # width of the MLP's hidden layers
     layers: int = 1  # hidden layers in the MLP
@@ -71,6 +82,9 @@ class HeadConfig:
     attn_layers: int = 1  # cross_attention only: bidirectional text<->image attention blocks
     attn_heads: int = 4  # cross_attention only: attention heads (must divide proj_dim)
 
+    def __post_init__(self):
+        check_section(self, "model.head")
+
 
 @dataclass
 class ModelConfig:
@@ -78,6 +92,9 @@ class ModelConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+
+    def __post_init__(self):
+        check_section(self, "model")
 
 
 @dataclass
@@ -92,6 +109,9 @@ class OptimConfig:
     min_lr_ratio: float = 0.0  # final learning rate as a fraction of the peak
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     fused: bool = False  # fused AdamW kernel (GPU only)
+
+    def __post_init__(self):
+        check_section(self, "optim")
 
 
 @dataclass
@@ -108,11 +128,14 @@ class TrainConfig:
     focal_gamma: float = 2.0  # focal loss only: exponent of (1 - p_true)
     eval_every_epochs: int = 1  # evaluate on val every N epochs (and after the last)
     max_steps_per_epoch: int = 0  # cap optimizer steps per epoch (0 = the whole split); for smoke runs
-    best_metric: str = "macro_f1"  # val metric that picks the best checkpoint (accuracy, macro_f1, ...)
+    best_metric: str = "macro_f1"  # accuracy | macro_f1 | weighted_f1: the val metric that picks the best checkpoint
     max_nonfinite_steps: int = 10  # consecutive non-finite losses before the run stops
     deterministic: bool = False  # torch deterministic algorithms (debug mode)
     detect_anomaly: bool = False  # autograd anomaly detection (debug mode; slow)
     init_from: str = ""  # plain model.pt to start a new run from (weights only; e.g. a consolidated DeepSpeed checkpoint)
+
+    def __post_init__(self):
+        check_section(self, "train")
 
 
 @dataclass
@@ -127,11 +150,17 @@ class BackendConfig:
     compile: bool = False  # torch.compile the model
     timeout_s: int = 1800  # process-group timeout: a rank waiting longer for a peer in a collective fails the run
 
+    def __post_init__(self):
+        check_section(self, "backend")
+
 
 @dataclass
 class CheckpointConfig:
     keep_last: int = 2  # step checkpoints kept besides `best`
     every_steps: int = 0  # also save every N optimizer steps (0 = only at epoch ends)
+
+    def __post_init__(self):
+        check_section(self, "checkpoint")
 
 
 @dataclass
@@ -139,6 +168,9 @@ class LogConfig:
     progress: bool = True  # rich progress bar (off for non-interactive runs, e.g. tests)
     every_steps: int = 10  # write a train record to metrics.jsonl every N optimizer steps
     report_to: list[str] = field(default_factory=lambda: ["jsonl"])  # trackers on rank 0: jsonl (metrics.jsonl, always on) | tensorboard (RUN_DIR/tensorboard) | wandb (pip install 'msa-dist[wandb]')
+
+    def __post_init__(self):
+        check_section(self, "log")
 
 
 @dataclass
@@ -151,69 +183,32 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
-
-CHOICES = {
-    "model.modality": ("both", "text", "image"),
-    "model.text.pooling": ("cls", "mean", "last"),
-    "optim.schedule": ("cosine", "linear", "constant"),
-    "backend.name": ("single", "ddp", "deepspeed"),
-    "backend.precision": ("fp32", "bf16", "fp16"),
-    "backend.zero_stage": (0, 1, 2, 3),
-    "backend.device": ("auto", "cpu", "cuda"),
-    "data.train_crop": ("random", "random_resized", "center"),
-}
-# Registered by other modules (e.g. fusion variants) so the schema stays in one place.
-EXTRA_CHOICES: dict[str, tuple] = {"model.head.fusion": ("concat", "gated", "cross_attention", "late"),
-                                   "train.loss": ("ce", "focal"), "model.text.tiny_arch": ("bert", "bow")}
+    def __post_init__(self):  # checks that read two sections would run here
+        check_section(self, "")
 
 
 def set_dotted(cfg: Config, key: str, value: Any) -> None:
-    """Set one dotted key (e.g. 'optim.lr') with type checking."""
-    parts = key.split(".")
-    nested: dict = {}
-    cur = nested
-    for p in parts[:-1]:
-        cur = cur.setdefault(p, {})
-    cur[parts[-1]] = value
-    apply_values(cfg, nested)
+    """Set one dotted key (e.g. 'optim.lr') in place with type checking; `validate` checks the value."""
+    apply_values(cfg, nest(key, value))
 
 
 def validate(cfg: Config) -> Config:
-    """Check choices and ranges; raise `MsaDistError` naming the key."""
-    flat = to_dict(cfg)
-    for key, allowed in {**CHOICES, **EXTRA_CHOICES}.items():
-        value = _get(flat, key)
-        if value not in allowed:
-            raise MsaDistError(f"config key '{key}' must be one of {', '.join(map(str, allowed))}; got {value!r}")
-    positive = ("train.epochs", "train.batch_size", "train.grad_accum_steps", "backend.timeout_s",
-                "data.image_size", "data.chunk_samples",
-                "data.max_length", "model.head.proj_dim", "model.head.hidden")
-    for key in positive:
-        if _get(flat, key) <= 0:
-            raise MsaDistError(f"config key '{key}' must be positive; got {_get(flat, key)!r}")
-    for key in ("optim.lr", "optim.text_lr", "optim.image_lr"):
-        if _get(flat, key) < 0:
-            raise MsaDistError(f"config key '{key}' must be >= 0; got {_get(flat, key)!r}")
-    if not 0 <= cfg.model.head.dropout < 1:
-        raise MsaDistError(f"config key 'model.head.dropout' must be in [0, 1); got {cfg.model.head.dropout!r}")
-    if cfg.data.workers < 0:
-        raise MsaDistError("config key 'data.workers' must be >= 0")
+    """Run every section's checks again on a config changed in place (e.g. a sweep point)."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            validate(value)
+    cfg.__post_init__()
     return cfg
-
-
-def _get(flat: dict, key: str) -> Any:
-    cur: Any = flat
-    for p in key.split("."):
-        cur = cur[p]
-    return cur
 
 
 def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
                 base: Optional[dict] = None) -> Config:
-    """Build a Config: defaults < `base` dict < YAML file < dotted overrides."""
-    cfg = Config()
-    if base:
-        apply_values(cfg, base)
+    """Build a Config: defaults < `base` dict < YAML file < dotted overrides.
+
+    The layers are typed and merged first and the tree is built once, so the value checks see the
+    final values (a YAML file's proj_dim with an override's attn_heads)."""
+    layers = [typed_values(Config, base or {})]
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -222,11 +217,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise MsaDistError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        apply_values(cfg, data)
+        layers.append(typed_values(Config, data))
     for item in overrides or []:
-        key, value = parse_override(item)
-        set_dotted(cfg, key, value)
-    return validate(cfg)
+        layers.append(typed_values(Config, nest(*parse_override(item))))
+    return build(Config, merge(layers))
 
 
 def to_dict(cfg: Any) -> dict:
@@ -242,9 +236,7 @@ def to_dict(cfg: Any) -> dict:
 
 def from_dict(values: dict) -> Config:
     """Rebuild a Config from `to_dict` output (e.g. the copy saved inside a checkpoint)."""
-    cfg = Config()
-    apply_values(cfg, values)
-    return validate(cfg)
+    return build(Config, typed_values(Config, values))
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -1,5 +1,5 @@
 """Config values from YAML and the command line: typed into the schema's fields, or one-line errors
-naming the dotted key (config.py's loader uses these)."""
+naming the dotted key (config.py's loader uses these; config_checks.py checks the values)."""
 from __future__ import annotations
 
 import dataclasses
@@ -70,23 +70,57 @@ def field_types(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def apply_values(obj: Any, values: dict, prefix: str = "") -> None:
-    """Write a nested dict into a dataclass tree, checking keys and types."""
+def typed_values(cls, values: Any, prefix: str = "") -> dict:
+    """A nested dict from YAML or the command line, checked against the dataclass `cls`: known keys,
+    each value converted to its field's type (sections stay nested dicts)."""
     if not isinstance(values, dict):
         raise MsaDistError(f"config section '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {values!r}")
-    types_ = field_types(type(obj))
+    types_ = field_types(cls)
+    typed = {}
     for name, value in values.items():
         key = f"{prefix}{name}"
         if name not in types_:
             raise MsaDistError(f"unknown config key '{key}'")
         tp = types_[name]
-        if dataclasses.is_dataclass(tp):
-            apply_values(getattr(obj, name), value, key + ".")
+        typed[name] = typed_values(tp, value, key + ".") if dataclasses.is_dataclass(tp) else coerce(value, tp, key)
+    return typed
+
+
+def merge(layers: list[dict]) -> dict:
+    """Typed layers merged key by key, a later layer winning."""
+    merged: dict = {}
+    for layer in layers:
+        for name, value in layer.items():
+            old = merged.get(name)
+            merged[name] = merge([old, value]) if isinstance(old, dict) and isinstance(value, dict) else value
+    return merged
+
+
+def build(cls, typed: dict) -> Any:
+    """The dataclass tree from typed values, built once: each section's `__post_init__` sees final values."""
+    types_ = field_types(cls)
+    return cls(**{name: build(types_[name], value) if dataclasses.is_dataclass(types_[name]) else value
+                  for name, value in typed.items()})
+
+
+def apply_values(obj: Any, values: dict, prefix: str = "") -> None:
+    """Write a nested dict into a dataclass tree in place, checking keys and types (not values)."""
+    for name, value in typed_values(type(obj), values, prefix).items():
+        if dataclasses.is_dataclass(getattr(obj, name)):
+            apply_values(getattr(obj, name), value, f"{prefix}{name}.")
         else:
-            setattr(obj, name, coerce(value, tp, key))
+            setattr(obj, name, value)
+
+
+def nest(key: str, value: Any) -> dict:
+    """'a.b.c', v -> {'a': {'b': {'c': v}}}."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
 
 
 def parse_override(text: str) -> tuple[str, Any]:
+    """'key.sub=value' -> (key, the value read as YAML)."""
     if "=" not in text:
         raise MsaDistError(f"override '{text}' must look like key.sub=value")
     key, raw = text.split("=", 1)

@@ -7,14 +7,11 @@ import torch
 from torch import nn
 
 from msa_dist.config import ModelConfig
-from msa_dist.errors import MsaDistError
 from msa_dist.models.fusion import FUSIONS, build_head
 from msa_dist.models.image import build_image_encoder
 from msa_dist.models.image_base import ImageEncoder
 from msa_dist.models.layers import lr_scale_groups
 from msa_dist.models.text import TextEncoder, build_text_encoder
-
-MODALITIES = ("both", "text", "image")
 
 
 class MultimodalSentimentClassifier(nn.Module):
@@ -77,29 +74,24 @@ class MultimodalSentimentClassifier(nn.Module):
         for part, module, decay in (("text", self.text_encoder, self.layer_decay[0]),
                                     ("image", self.image_encoder, self.layer_decay[1])):
             if module is not None:
-                groups.update(lr_scale_groups(module, part, decay, f"model.{part}.layer_decay"))
+                groups.update(lr_scale_groups(module, part, decay))
         groups["head"] = [p for p in self.head.parameters() if p.requires_grad]  # last: the lr a backend logs
         return groups
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, pretrained: bool = True,
                 arch_dir: Optional[str] = None) -> MultimodalSentimentClassifier:
-    """Build the encoders `cfg.modality` needs and the fusion head.
+    """Build the encoders `cfg.modality` needs and the fusion head (`cfg` was checked when it was made).
 
     `pretrained=False` builds the architectures without loading weights, for restoring a checkpoint;
     `arch_dir` is the directory written by `save_text_architecture` (then no hub access is needed).
     """
-    if cfg.modality not in MODALITIES:
-        raise MsaDistError(f"config key 'model.modality' must be one of {', '.join(MODALITIES)}; "
-                           f"got {cfg.modality!r}")
-    if not 0 <= cfg.head.modality_dropout < 1:
-        raise MsaDistError(f"config key 'model.head.modality_dropout' must be in [0, 1); got {cfg.head.modality_dropout!r}")
     text_encoder = image_encoder = None
     if cfg.modality in ("both", "text"):
         text_encoder = build_text_encoder(cfg.text, vocab_size, pretrained=pretrained, arch_dir=arch_dir)
     if cfg.modality in ("both", "image"):
         image_encoder = build_image_encoder(cfg.image, pretrained=pretrained)
-    uses_tokens = getattr(FUSIONS.get(cfg.head.fusion), "uses_tokens", False)
+    uses_tokens = getattr(FUSIONS[cfg.head.fusion], "uses_tokens", False)
     image_dim = None if image_encoder is None else image_encoder.token_dim if uses_tokens else image_encoder.out_dim
     head = build_head(cfg.head, text_encoder.out_dim if text_encoder else None, image_dim)
     return MultimodalSentimentClassifier(text_encoder, image_encoder, head, cfg.modality,

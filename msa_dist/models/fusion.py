@@ -1,9 +1,10 @@
 """Fusion heads: text and image features -> class logits. `FUSIONS` maps model.head.fusion to a class.
 
-Each head is built as `cls(cfg, text_dim, image_dim)` (None for an absent modality) and says which
-modalities it works with in `MODALITIES`. Most take pooled features, `head(text_emb, image_emb)`
-with [B, dim] tensors; a head with `uses_tokens = True` takes every token instead,
-`head(text_tokens, text_mask, image_tokens)`: [B, T, text_dim], [B, T] (1 = real token), [B, R, image_dim].
+Each head is built as `cls(cfg, text_dim, image_dim)` (None for an absent modality); the modalities
+each works with are `config_checks.FUSION_MODALITIES`, checked when the config is made. Most take
+pooled features, `head(text_emb, image_emb)` with [B, dim] tensors; a head with `uses_tokens = True`
+takes every token instead, `head(text_tokens, text_mask, image_tokens)`: [B, T, text_dim], [B, T]
+(1 = real token), [B, R, image_dim].
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from msa_dist.config import EXTRA_CHOICES, HeadConfig
-from msa_dist.errors import MsaDistError
+from msa_dist.config import HeadConfig
+from msa_dist.config_checks import FUSION_MODALITIES
 from msa_dist.labels import NUM_CLASSES
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
@@ -31,8 +32,6 @@ def classifier_mlp(cfg: HeadConfig, width: int, act: type[nn.Module] = nn.GELU) 
 
 class ConcatFusionHead(nn.Module):
     """Project each present modality to `proj_dim`, concatenate, then an MLP to NUM_CLASSES logits."""
-
-    MODALITIES = ("both", "text", "image")
 
     def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int],
                  activation: str = "gelu"):
@@ -59,8 +58,6 @@ class GatedFusionHead(nn.Module):
     """A gated multimodal unit (Arevalo et al., 2017): a learned gate z in (0, 1) per sample and unit mixes
     tanh(W_t text) and tanh(W_i image) as z * text + (1 - z) * image; then the MLP."""
 
-    MODALITIES = ("both",)
-
     def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]):
         super().__init__()
         self.text_proj = nn.Linear(text_dim, cfg.proj_dim)
@@ -76,8 +73,6 @@ class GatedFusionHead(nn.Module):
 
 class LateFusionHead(nn.Module):
     """One unimodal head per present modality (projection + MLP to logits); the logits are averaged."""
-
-    MODALITIES = ("both", "text", "image")
 
     def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]):
         super().__init__()
@@ -124,16 +119,10 @@ class CrossAttentionFusionHead(nn.Module):
     """A small transformer over text tokens and image regions (e.g. ResNet-50's 7x7 map as 49 tokens):
     `attn_layers` bidirectional cross-attention blocks, then the masked mean of each side into the MLP."""
 
-    MODALITIES = ("both",)
     uses_tokens = True
 
     def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]):
         super().__init__()
-        if cfg.proj_dim % cfg.attn_heads:
-            raise MsaDistError(f"model.head.proj_dim ({cfg.proj_dim}) must be divisible by "
-                               f"model.head.attn_heads ({cfg.attn_heads})")
-        if cfg.attn_layers < 1:
-            raise MsaDistError(f"config key 'model.head.attn_layers' must be >= 1; got {cfg.attn_layers}")
         dim = cfg.proj_dim
         self.text_in = nn.Linear(text_dim, dim)
         self.image_in = nn.Linear(image_dim, dim)
@@ -161,22 +150,16 @@ FUSIONS: dict[str, type[nn.Module]] = {
     "cross_attention": CrossAttentionFusionHead,
     "late": LateFusionHead,
 }
-assert set(FUSIONS) == set(EXTRA_CHOICES["model.head.fusion"]), "register new fusions in config.EXTRA_CHOICES"
+assert set(FUSIONS) == set(FUSION_MODALITIES), "register a new fusion in config_checks.FUSION_MODALITIES"
 
 
 def supports(fusion: str, modality: str) -> bool:
     """Whether `model.head.fusion` works with `model.modality`."""
-    return modality in FUSIONS[fusion].MODALITIES
+    return modality in FUSION_MODALITIES[fusion]
 
 
 def build_head(cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]) -> nn.Module:
     """Build the fusion head for the modalities present (None for an absent one)."""
-    if cfg.fusion not in FUSIONS:
-        raise MsaDistError(f"config key 'model.head.fusion' must be one of {', '.join(FUSIONS)}; got {cfg.fusion!r}")
-    if cfg.layers < 0:
-        raise MsaDistError(f"config key 'model.head.layers' must be >= 0; got {cfg.layers}")
     modality = "both" if text_dim is not None and image_dim is not None else "text" if text_dim is not None else "image"
-    if not supports(cfg.fusion, modality):
-        raise MsaDistError(f"model.head.fusion={cfg.fusion} combines two modalities and does not work with "
-                           f"model.modality={modality}: use fusion=concat or late for one modality")
+    assert supports(cfg.fusion, modality), (cfg.fusion, modality)  # ModelConfig checked the pair
     return FUSIONS[cfg.fusion](cfg, text_dim, image_dim)

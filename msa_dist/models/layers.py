@@ -50,10 +50,8 @@ def unfreeze_last_layers(module: nn.Module, n: int, key: str) -> None:
             param.requires_grad_(False)
 
 
-def lr_scale_groups(module: nn.Module, part: str, decay: float, key: str) -> dict[str, list[nn.Parameter]]:
+def lr_scale_groups(module: nn.Module, part: str, decay: float) -> dict[str, list[nn.Parameter]]:
     """Trainable parameters keyed `part` (decay 1) or `part*<lr multiplier>` (decay^(top depth - depth))."""
-    if not 0 < decay <= 1:
-        raise MsaDistError(f"config key '{key}' must be in (0, 1]; got {decay!r}")
     params = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
     if decay == 1:
         return {part: [p for _, p in params]} if params else {}

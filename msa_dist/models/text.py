@@ -9,13 +9,13 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
 from msa_dist.config import TextEncoderConfig
+from msa_dist.config_checks import POOLINGS
 from msa_dist.errors import MsaDistError
 from msa_dist.models.bow import BagOfNgrams, BagOfNgramsConfig
 from msa_dist.models.clip import load_clip_tower
 from msa_dist.models.layers import unfreeze_last_layers
 from msa_dist.models.tokenizer import offline_hint
 
-POOLINGS = ("cls", "mean", "last")
 CLIP_PREFIX = "clip:"  # model.text.name "clip:<hub name or dir>": the text tower of a CLIPModel checkpoint
 
 
@@ -25,8 +25,7 @@ class TextEncoder(nn.Module):
 
     def __init__(self, model: nn.Module, pooling: str = "cls"):
         super().__init__()
-        if pooling not in POOLINGS:
-            raise MsaDistError(f"config key 'model.text.pooling' must be one of {', '.join(POOLINGS)}; got {pooling!r}")
+        assert pooling in POOLINGS, pooling
         self.model = model
         self.pooling = pooling
         self.out_dim = int(model.config.hidden_size)
@@ -56,9 +55,6 @@ def _drop_pooler(model: nn.Module) -> nn.Module:
 
 
 def _tiny_bert(cfg: TextEncoderConfig, vocab_size: int) -> nn.Module:
-    if cfg.tiny_hidden % cfg.tiny_heads:
-        raise MsaDistError(f"model.text.tiny_hidden ({cfg.tiny_hidden}) must be divisible by "
-                           f"model.text.tiny_heads ({cfg.tiny_heads})")
     config = BertConfig(
         vocab_size=vocab_size, hidden_size=cfg.tiny_hidden, num_hidden_layers=cfg.tiny_layers,
         num_attention_heads=cfg.tiny_heads, intermediate_size=4 * cfg.tiny_hidden, max_position_embeddings=512,
@@ -106,8 +102,6 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pretrained: bool
     train()/eval() like the rest of the model.
     """
     if cfg.name == "tiny" and cfg.tiny_arch == "bow":
-        if cfg.pooling != "mean":
-            raise MsaDistError("model.text.tiny_arch=bow needs model.text.pooling=mean (its states are not contextual)")
         model = BagOfNgrams(BagOfNgramsConfig(vocab_size, cfg.tiny_hidden, cfg.tiny_bigram_buckets,
                                               cfg.tiny_char_buckets, cfg.tiny_token_dropout))
     elif cfg.name == "tiny":

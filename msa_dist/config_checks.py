@@ -1,0 +1,147 @@
+"""What a good config value is: each set of allowed values and each range, defined once.
+
+Every section's `__post_init__` (config.py) runs the checks of its own keys, so a bad value fails
+with one line naming its dotted key when the config is loaded, before any process group, tokenizer
+or model is built. Builders import the allowed sets from here and do not check again.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+from msa_dist.errors import MsaDistError
+
+MODALITIES = ("both", "text", "image")
+# model.head.fusion -> the model.modality values it works with (gated and cross_attention combine two)
+FUSION_MODALITIES = {"concat": MODALITIES, "gated": ("both",), "cross_attention": ("both",), "late": MODALITIES}
+POOLINGS = ("cls", "mean", "last")
+TINY_ARCHS = ("bert", "bow")
+SCHEDULES = ("cosine", "linear", "constant")
+LOSSES = ("ce", "focal")
+BEST_METRICS = ("accuracy", "macro_f1", "weighted_f1")  # the val metrics that can pick the best checkpoint
+BACKENDS = ("single", "ddp", "deepspeed")
+PRECISIONS = ("fp32", "bf16", "fp16")
+ZERO_STAGES = (0, 1, 2, 3)
+DEVICES = ("auto", "cpu", "cuda")
+TRAIN_CROPS = ("random", "random_resized", "center")
+REPORT_TO = ("jsonl", "tensorboard", "wandb")
+MIN_TINY_VOCAB = 6  # a WordPiece vocabulary holds more than models/tokenizer.py's 5 special tokens
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule for one dotted key. `says` completes "KEY=VALUE: ..." (str.format'ed with the section's
+    fields, or a function of (value, section)); `where` is the section the rule runs in when it reads
+    a field of another section (e.g. model.head.fusion against model.modality)."""
+    key: str
+    ok: Callable[[Any, Any], bool]  # (value, section) -> good?
+    says: Union[str, Callable[[Any, Any], str]]
+    where: str = ""
+    name: str = ""  # tells apart two rules of one key
+
+    @property
+    def id(self) -> str:
+        return f"{self.key}[{self.name}]" if self.name else self.key
+
+    @property
+    def section(self) -> str:
+        return self.where or self.key.rpartition(".")[0]
+
+
+def one_of(key: str, allowed) -> Check:
+    return Check(key, lambda v, _: v in allowed, "must be one of " + ", ".join(map(str, allowed)))
+
+
+def at_least(key: str, low: int) -> Check:
+    return Check(key, lambda v, _: v >= low, f"must be >= {low}")
+
+
+def fraction(key: str, low_open: bool = False, high_open: bool = True) -> Check:
+    """A value in [0, 1) by default; (0, 1] with low_open=True, high_open=False."""
+    def ok(v, _):
+        return (0 < v if low_open else 0 <= v) and (v < 1 if high_open else v <= 1)
+    return Check(key, ok, f"must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
+
+
+def _is_tiny(kind: str) -> Callable[[Any], bool]:
+    return lambda text: text.name == "tiny" and text.tiny_arch == kind
+
+
+def _unknown_tracker(value, _) -> str:
+    unknown = next(name for name in value if name not in REPORT_TO)
+    return f"unknown tracker {unknown!r}; use {', '.join(REPORT_TO)}"
+
+
+CHECKS: tuple[Check, ...] = (
+    at_least("data.image_size", 1), at_least("data.resize_size", 1), at_least("data.max_length", 1),
+    at_least("data.workers", 0), at_least("data.chunk_samples", 1), one_of("data.train_crop", TRAIN_CROPS),
+    one_of("model.modality", MODALITIES),
+    Check("model.head.fusion", lambda v, model: model.modality in FUSION_MODALITIES[v],
+          "combines two modalities and does not work with model.modality={modality}: use fusion=concat or "
+          "late for one modality", where="model", name="modality"),
+    one_of("model.text.pooling", POOLINGS),
+    Check("model.text.pooling", lambda v, text: v == "mean" or not _is_tiny("bow")(text),
+          "model.text.tiny_arch=bow needs model.text.pooling=mean (its states are not contextual)", name="bow"),
+    one_of("model.text.tiny_arch", TINY_ARCHS),
+    at_least("model.text.tiny_hidden", 1), at_least("model.text.tiny_layers", 1),
+    at_least("model.text.tiny_heads", 1),
+    Check("model.text.tiny_heads", lambda v, text: text.tiny_hidden % v == 0 or not _is_tiny("bert")(text),
+          "must divide model.text.tiny_hidden={tiny_hidden}", name="divides"),
+    at_least("model.text.tiny_vocab_size", MIN_TINY_VOCAB),
+    at_least("model.text.tiny_bigram_buckets", 0), at_least("model.text.tiny_char_buckets", 0),
+    fraction("model.text.tiny_token_dropout"), fraction("model.text.tiny_dropout"),
+    at_least("model.text.unfreeze_last_n_layers", -1),
+    fraction("model.text.layer_decay", low_open=True, high_open=False),
+    at_least("model.image.tiny_width", 1), at_least("model.image.unfreeze_last_n_layers", -1),
+    fraction("model.image.layer_decay", low_open=True, high_open=False),
+    one_of("model.head.fusion", tuple(FUSION_MODALITIES)),
+    at_least("model.head.proj_dim", 1), at_least("model.head.hidden", 1), at_least("model.head.layers", 0),
+    fraction("model.head.dropout"), fraction("model.head.modality_dropout"),
+    at_least("model.head.attn_layers", 1), at_least("model.head.attn_heads", 1),
+    Check("model.head.attn_heads", lambda v, head: head.fusion != "cross_attention" or head.proj_dim % v == 0,
+          "must divide model.head.proj_dim={proj_dim}", name="divides"),
+    at_least("optim.lr", 0), at_least("optim.text_lr", 0), at_least("optim.image_lr", 0),
+    at_least("optim.weight_decay", 0),
+    Check("optim.betas", lambda v, _: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
+    at_least("optim.warmup_steps", 0), one_of("optim.schedule", SCHEDULES),
+    fraction("optim.min_lr_ratio", high_open=False), at_least("optim.grad_clip", 0),
+    at_least("train.epochs", 1), at_least("train.batch_size", 1), at_least("train.grad_accum_steps", 1),
+    at_least("train.global_batch_size", 0),
+    Check("train.global_batch_size", lambda v, train: v % train.batch_size == 0,
+          "must be 0 or a multiple of train.batch_size={batch_size}", name="multiple"),
+    at_least("train.class_weight_power", 0), fraction("train.label_smoothing"), one_of("train.loss", LOSSES),
+    at_least("train.focal_gamma", 0), at_least("train.eval_every_epochs", 1),
+    at_least("train.max_steps_per_epoch", 0), one_of("train.best_metric", BEST_METRICS),
+    at_least("train.max_nonfinite_steps", 1),
+    one_of("backend.name", BACKENDS), one_of("backend.precision", PRECISIONS),
+    one_of("backend.zero_stage", ZERO_STAGES), one_of("backend.device", DEVICES),
+    at_least("backend.ddp_bucket_mb", 1), at_least("backend.timeout_s", 1),
+    Check("backend.compile", lambda v, backend: not (v and backend.name == "deepspeed"),
+          "is not supported with backend.name=deepspeed: set backend.compile=false or use backend.name=ddp"),
+    at_least("checkpoint.keep_last", 1), at_least("checkpoint.every_steps", 0),
+    at_least("log.every_steps", 1),
+    Check("log.report_to", lambda v, _: all(name in REPORT_TO for name in v), _unknown_tracker),
+)
+_BY_SECTION: dict[str, list[Check]] = {}
+for _check in CHECKS:
+    _BY_SECTION.setdefault(_check.section, []).append(_check)
+
+
+def check_section(section: Any, prefix: str) -> None:
+    """Run the checks of the section at dotted `prefix`; raise `MsaDistError` at the first bad value."""
+    for check in _BY_SECTION.get(prefix, ()):
+        value = section
+        for part in check.key.removeprefix(f"{prefix}.").split("."):
+            value = getattr(value, part)
+        if not check.ok(value, section):
+            says = check.says(value, section) if callable(check.says) else check.says.format_map(vars(section))
+            raise MsaDistError(f"{check.key}={_show(value)}: {says}")
+
+
+def _show(value: Any) -> str:
+    """A value as written on the command line; quoted only where that would be unclear (one line always)."""
+    if isinstance(value, str) and value and value.isprintable() and " " not in value:
+        return value
+    if isinstance(value, (tuple, list)):
+        return "[" + ",".join(_show(v) for v in value) + "]"
+    return repr(value)
