@@ -25,6 +25,7 @@ import torch
 
 from msa_dist.config import BackendConfig, OptimConfig
 from msa_dist.engine.backends.base import ProcessGroupBackend, join_process_group
+from msa_dist.engine.backends.universal import convert_to_universal, repair_stage3_load
 from msa_dist.engine.optim import build_scheduler, optimizer_param_groups
 from msa_dist.engine.runtime import DistEnv
 from msa_dist.errors import MsaDistError
@@ -130,6 +131,7 @@ class DeepSpeedBackend(ProcessGroupBackend):
         super().__init__(cfg, env)
         self.engine = None
         self.ds_config: dict = {}
+        self._universal = False  # resuming a ZeRO checkpoint saved by another number of ranks
 
     def init_process_group(self) -> None:
         if self.cfg.precision == "fp16" and self.env.device.type != "cuda":
@@ -152,6 +154,8 @@ class DeepSpeedBackend(ProcessGroupBackend):
         self.module = model.to(self.env.device)
         self.ds_config = deepspeed_config(self.cfg, optim_cfg, micro_batch_size, grad_accum_steps,
                                           self.env.world_size, self.env.device.type == "cuda")
+        if self._universal:  # read by DeepSpeed only when loading
+            self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         groups = optimizer_param_groups(optim_cfg, model.parameter_groups())
         schedule = None if "scheduler" in self.ds_config else (
             lambda optimizer: build_scheduler(optim_cfg, optimizer, total_steps))
@@ -162,16 +166,17 @@ class DeepSpeedBackend(ProcessGroupBackend):
 
     def check_resume(self, saved: dict, ckpt_dir: Path) -> None:
         super().check_resume(saved, ckpt_dir)
-        # DeepSpeed's universal checkpoint conversion needs state that only Megatron-style clients write,
-        # so the way out is the consolidated model.pt (optimizer moments start afresh).
         way_out = f"start a new run from its consolidated weights with train.init_from={ckpt_dir / 'model.pt'}"
-        if saved.get("zero_stage") != self.cfg.zero_stage:
-            raise MsaDistError(f"{ckpt_dir} was saved with ZeRO stage {saved.get('zero_stage')}, this run uses "
-                               f"backend.zero_stage={self.cfg.zero_stage}: resume with the same stage, or {way_out}")
-        if saved.get("world_size") != self.env.world_size and self.cfg.zero_stage > 0:
-            raise MsaDistError(f"{ckpt_dir} was saved by {saved.get('world_size')} ranks and ZeRO-{self.cfg.zero_stage} "
-                               f"partitions its state per rank, so it cannot resume on {self.env.world_size}: "
-                               f"resume on {saved.get('world_size')} ranks, or {way_out}")
+        saved_stage, stage = saved.get("zero_stage"), self.cfg.zero_stage
+        # DeepSpeed 0.19.8's universal load looks for the model-state files of the new stage's
+        # layout (ZeRO-3 names them per rank), finds none and asserts (state_dict_factory.py:168).
+        if saved_stage != stage and not {saved_stage, stage} <= {1, 2}:
+            raise MsaDistError(f"{ckpt_dir} was saved with ZeRO stage {saved_stage}, this run uses "
+                               f"backend.zero_stage={stage}, and DeepSpeed converts a checkpoint between stages "
+                               f"1 and 2 only: resume with stage {saved_stage}, or {way_out}")
+        # ZeRO partitions the optimizer state per rank: on another world size (or from stage 1 to 2)
+        # it goes through DeepSpeed's universal checkpoint, converted in load_state once the group exists.
+        self._universal = stage > 0 and (saved.get("world_size") != self.env.world_size or saved_stage != stage)
 
     # -- the step: DeepSpeed scales for accumulation, syncs only at boundaries, and casts ------
     def autocast(self):
@@ -213,8 +218,25 @@ class DeepSpeedBackend(ProcessGroupBackend):
     def load_state(self, ckpt_dir: Path) -> dict:
         if not (ckpt_dir / TAG).is_dir():
             raise MsaDistError(f"{ckpt_dir} holds no DeepSpeed checkpoint (no {TAG}/ directory)")
-        path, client_state = self.engine.load_checkpoint(str(ckpt_dir), tag=TAG, load_optimizer_states=True,
+        load_dir = self._universal_copy(ckpt_dir) if self._universal else ckpt_dir
+        path, client_state = self.engine.load_checkpoint(str(load_dir), tag=TAG, load_optimizer_states=True,
                                                          load_lr_scheduler_states=True)
         if path is None:
-            raise MsaDistError(f"DeepSpeed could not load the checkpoint in {ckpt_dir / TAG}")
+            raise MsaDistError(f"DeepSpeed could not load the checkpoint in {load_dir / TAG}")
+        if self._universal and self.cfg.zero_stage == 3:
+            repair_stage3_load(self.engine.optimizer.optimizer, load_dir / TAG)
         return client_state
+
+    def _universal_copy(self, ckpt_dir: Path) -> Path:
+        """Rank 0 converts (or reuses) the universal copy; every rank gets its path or rank 0's error."""
+        result = None
+        if self.env.is_main:
+            try:
+                result = str(convert_to_universal(ckpt_dir, TAG))
+            except MsaDistError as exc:
+                result = MsaDistError(f"{exc}: resume on the world size that saved it, or start a new run from its "
+                                      f"consolidated weights with train.init_from={ckpt_dir / 'model.pt'}")
+        result = self.broadcast_object(result)  # also the barrier: no rank reads a half-written copy
+        if isinstance(result, MsaDistError):
+            raise result
+        return Path(result)
