@@ -22,6 +22,18 @@ else
   rendezvous=(--rdzv-backend c10d --rdzv-endpoint "${RDZV_ENDPOINT:?set RDZV_ENDPOINT=host:port for several nodes}"
               --rdzv-id "${RDZV_ID:-msa-dist}")
 fi
+# A hung collective fails the run (after backend.timeout_s) instead of hanging it: an NCCL error or
+# timeout ends the process (3 is torch's default, set here so it shows), and the flight recorder
+# writes each rank's last collectives to RUN_DIR/nccl-trace-rank-N (or /tmp without --run-dir).
+# A value set before calling this script wins (README: "When a multi-node job hangs").
+run_dir=/tmp
+for (( i = 1; i < $#; i++ )); do [[ "${!i}" == --run-dir ]] && { j=$((i + 1)); run_dir=${!j}; }; done
+export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-3}
+export TORCH_FR_BUFFER_SIZE=${TORCH_FR_BUFFER_SIZE:-${TORCH_NCCL_TRACE_BUFFER_SIZE:-2000}}  # the old name counts too
+export TORCH_NCCL_DUMP_ON_TIMEOUT=${TORCH_NCCL_DUMP_ON_TIMEOUT:-1}
+export TORCH_NCCL_DEBUG_INFO_TEMP_FILE=${TORCH_NCCL_DEBUG_INFO_TEMP_FILE:-$run_dir/nccl-trace-rank-}
+export NCCL_DEBUG=${NCCL_DEBUG:-WARN}
+[[ "$run_dir" == /tmp ]] || mkdir -p "$run_dir"
 exec torchrun --nnodes "${NNODES:-1}" --nproc_per_node "$nproc" "${rendezvous[@]}" \
   --max-restarts "${MAX_RESTARTS:-3}" \
   -m msa_dist train --config "$config" "$@"
