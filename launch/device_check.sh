@@ -5,7 +5,7 @@
 #   launch/device_check.sh run                           # on the GPU machine: no network, <= 8 minutes
 #
 # `prepare` downloads the wheels the GPU machine lacks (it has torch, torchvision and transformers,
-# not webdataset or simplejpeg; its python3 is 3.12) into benchmarks/wheels/, and copies the first PAIRS (600) labelled
+# not webdataset, simplejpeg, deepspeed or pydantic; its python3 is 3.12) into benchmarks/wheels/, and copies the first PAIRS (600) labelled
 # pairs of DATA_ROOT (a course layout) into benchmarks/device-data/raw/. Both folders are git-ignored
 # (benchmarks/.gitignore) and travel with the working tree when named in the device tool's `carry`:
 #   run(command="bash launch/device_check.sh run", carry=["benchmarks/wheels", "benchmarks/device-data"])
@@ -33,7 +33,11 @@ prepare() {
     "$PY" -m pip download --no-deps --only-binary=:all: -d "$WHEELS" "webdataset==1.0.2" "braceexpand==0.1.7" || exit 1
     "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-        -d "$WHEELS" "simplejpeg==1.9.0" || exit 1
+        -d "$WHEELS" "simplejpeg==1.9.0" "pydantic-core==2.46.4" || exit 1
+    # DeepSpeed is an sdist: built here into a pure-Python wheel (no ops compiled; msa-dist uses torch's AdamW)
+    "$PY" -m pip download --no-deps --only-binary=:all: -d "$WHEELS" "pydantic==2.13.4" "annotated-types==0.7.0" \
+        "typing-inspection==0.4.2" "hjson==3.1.0" || exit 1
+    DS_BUILD_OPS=0 "$PY" -m pip wheel --no-deps --no-build-isolation -w "$WHEELS" "deepspeed==0.19.8" || exit 1
     "$PY" - "$data_root" "$SLICE" "$pairs" <<'EOF' || exit 1
 import csv, shutil, sys
 from pathlib import Path
@@ -56,10 +60,10 @@ run() {
     local work=${WORK_DIR:-/tmp/msa-dist-device-check}
     local parts=$work/parts logs=$work/logs
     rm -rf "$work" && mkdir -p "$parts" "$logs"
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 PY
 
-    if ! "$PY" -c "import webdataset, simplejpeg" 2>/dev/null; then
-        ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "webdataset missing and no wheels in $WHEELS: run '$0 prepare' where there is network"; exit 1; }
+    if ! "$PY" -c "import webdataset, simplejpeg, deepspeed" 2>/dev/null; then
+        ls "$WHEELS"/*.whl >/dev/null 2>&1 || { echo "webdataset/deepspeed missing and no wheels in $WHEELS: run '$0 prepare' where there is network"; exit 1; }
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$WHEELS"/*.whl || exit 1
         export PYTHONPATH="$PYTHONPATH:/tmp/site"
     fi
@@ -81,6 +85,7 @@ run() {
     # (under torchrun with one process when LAUNCH=torchrun)
     step() {
         local name=$1 est=$2; shift 2
+        [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] && return  # ONLY=REGEX: run just the matching parts
         local left=$((budget_s - (SECONDS - start)))
         if [ "$left" -lt "$est" ]; then echo "SKIP $name: ${left}s left, needs ~${est}s"; return; fi
         echo "== $name"
@@ -88,33 +93,56 @@ run() {
         [ "${LAUNCH:-}" = torchrun ] && launch=(-m torch.distributed.run --standalone --nproc_per_node 1 -m msa_dist)
         timeout "$left" "$PY" "${launch[@]}" bench "$@" --json "$parts/$name.json" >"$logs/$name.log" 2>&1
         local rc=$?
-        grep -E "samples/s|data wait|MFU|ratio per core|peak memory" "$logs/$name.log" | head -8
+        grep -E "samples/s|data wait|MFU|ratio per core|peak memory|largest batch" "$logs/$name.log" | head -8
         [ "$rc" -eq 0 ] || { echo "FAILED $name (rc $rc):"; tail -5 "$logs/$name.log"; }
     }
+    # timed_part NAME EST_S FUNCTION: a scripted part with its own JSON (parts/NAME.json), if the budget allows
+    timed_part() {
+        local name=$1 est=$2 fn=$3
+        [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] && return
+        local left=$((budget_s - (SECONDS - start)))
+        if [ "$left" -lt "$est" ]; then echo "SKIP $name: ${left}s left, needs ~${est}s"; return; fi
+        echo "== $name"
+        PART_JSON="$parts/$name.json" PART_DIR="$work/$name" timeout "$left" bash -c "$(declare -f "$fn"); $fn" \
+            >"$logs/$name.log" 2>&1
+        local rc=$?
+        tail -4 "$logs/$name.log"
+        [ "$rc" -eq 0 ] || echo "FAILED $name (rc $rc)"
+    }
     # DRY_RUN=1 checks the plumbing on a CPU: tiny models, two steps, short loader timings.
-    local secs=10 fast_steps="--steps 30 --warmup 10" base_steps="--steps 20 --warmup 5" tiny=""
+    local secs=10 fast_steps="--steps 30 --warmup 10" base_steps="--steps 12 --warmup 3" ds_steps="--steps 15 --warmup 5"
+    local tiny="" gpu=1 mem="--start 512 --resolution 256"
+    # BERT-base-sized text model from scratch (no hub here) for whole runs: a WordPiece of the shard texts
+    local base_text="model.text.name=tiny model.text.tiny_hidden=768 model.text.tiny_layers=12 model.text.tiny_heads=12 model.text.tiny_vocab_size=30522 model.image.weights=none"
     if [ "${DRY_RUN:-0}" = 1 ]; then
-        secs=2 fast_steps="--steps 2 --warmup 1" base_steps="--steps 2 --warmup 1"
+        secs=2 fast_steps="--steps 2 --warmup 1" base_steps="--steps 2 --warmup 1" ds_steps="--steps 2 --warmup 1" gpu=0
         tiny="model.text.name=tiny model.image.name=tiny model.image.weights=none data.image_size=64 data.resize_size=72 train.batch_size=8 data.workers=1 backend.device=cpu"
+        base_text="$tiny"
     fi
     # overrides last: argparse takes the key=value words as one run of positionals
     local fast="--config configs/gpu_fast.yaml $fast_steps data.shards=$work/big256 $tiny"
+    local ds="--config configs/gpu_fast.yaml $ds_steps data.shards=$work/big256 $tiny backend.name=deepspeed optim.fused=false"
     # most telling first: the budget may end the list early
-    step 01-data-1worker 30 data --shards "$work/big256" --seconds $secs --workers 1 --reference "$raw"
-    step 02-data-8workers 25 data --shards "$work/big256" --seconds $secs --workers 8
-    step 03-seed-baseline 60 train --config configs/seed_baseline.yaml $base_steps data.shards="$work/bigorig" $tiny
-    step 04-gpu-fast 45 train $fast
-    step 05-fast-fp32 50 train $fast backend.precision=fp32
-    step 06-fast-decode-on-device 40 train $fast data.decode_on_device=true
-    step 07-fast-cudnn-benchmark 40 train $fast --cudnn-benchmark
-    step 08-fast-no-channels-last 40 train $fast model.image.channels_last=false
-    step 09-fast-pad-128 40 train $fast data.max_length=128 data.pad_to_max_length=true
-    step 10-fast-no-fused-adamw 40 train $fast optim.fused=false
-    step 11-fast-no-pin-memory 40 train $fast data.pin_memory=false
-    step 12-fast-random-crop 40 train $fast data.train_crop=random
-    LAUNCH=torchrun step 13-fast-ddp 50 train $fast backend.name=ddp
-    LAUNCH=torchrun step 14-fast-ddp-static-bucket100 50 train $fast backend.name=ddp backend.ddp_static_graph=true backend.ddp_bucket_mb=100
-    step 15-fast-compile 150 train $fast backend.compile=true
+    step 01-gpu-fast 40 train $fast --profile "$logs/profile-gpu-fast.txt"
+    step 02-seed-baseline 45 train --config configs/seed_baseline.yaml $base_steps data.shards="$work/bigorig" $tiny
+    WHOLE_RUN_ARGS="--config configs/gpu_fast.yaml data.shards=$work/big256 $base_text" timed_part 03-whole-run 120 whole_run
+    step 04-ds-zero2-bf16 35 train $ds backend.zero_stage=2
+    [ "$gpu" = 1 ] && step 05-ds-zero2-fp16 35 train $ds backend.zero_stage=2 backend.precision=fp16
+    step 06-ds-zero1-bf16 35 train $ds backend.zero_stage=1
+    step 07-ds-zero3-bf16 40 train $ds backend.zero_stage=3
+    DS_ARGS="--config configs/gpu_fast.yaml data.shards=$work/big256 $base_text backend.name=deepspeed backend.zero_stage=2 optim.fused=false" \
+        timed_part 08-ds-save-resume 60 ds_save_resume
+    if [ "$gpu" = 1 ]; then
+        step 09-memory-base 35 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256
+        step 10-memory-base-ckpt 50 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256 model.text.gradient_checkpointing=true model.image.gradient_checkpointing=true
+        step 11-memory-large 40 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256 model.text.name=bert-large-uncased model.image.name=resnet101
+        step 12-memory-large-ckpt 50 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256 model.text.name=bert-large-uncased model.image.name=resnet101 model.text.gradient_checkpointing=true model.image.gradient_checkpointing=true
+    fi
+    step 13-fast-batch512 40 train $fast train.batch_size=512
+    DEBUG_ARGS="data.shards=$work/s256 $base_text train.epochs=1 train.max_steps_per_epoch=3" timed_part 14-debug-anomaly 45 debug_anomaly
+    [ "$gpu" = 1 ] && step 15-ds-zero1-fp16 35 train $ds backend.zero_stage=1 backend.precision=fp16
+    [ "$gpu" = 1 ] && step 16-ds-zero3-fp16 40 train $ds backend.zero_stage=3 backend.precision=fp16
+    step 17-fast-compile 150 train $fast backend.compile=true
 
     ls "$parts"/*.json >/dev/null 2>&1 || { echo "no benchmark finished; logs in $logs"; exit 1; }
     local device date out_json
@@ -127,6 +155,112 @@ run() {
     if [ -n "${OUT:-}" ]; then
         cp "$out_json" "$work/summary.md" "$OUT"/ && tar -czf "$OUT/logs.tgz" -C "$work" logs
     fi
+}
+
+# -- scripted parts of `run` (each runs in its own bash with PY, PART_DIR and PART_JSON set) ---------
+
+# msa-dist train as a user runs it: one epoch uninterrupted; the same run again, SIGTERM mid-epoch,
+# --resume auto; the final weights compared; evaluate and predict on the resumed run.
+whole_run() {
+    local a=$PART_DIR/uninterrupted b=$PART_DIR/interrupted
+    local common="train.epochs=1 train.max_steps_per_epoch=40 checkpoint.every_steps=10 checkpoint.keep_last=3 log.every_steps=2 log.progress=false train.deterministic=true"
+    export CUBLAS_WORKSPACE_CONFIG=:4096:8
+    mkdir -p "$b"
+    local t0=$SECONDS
+    $PY -m msa_dist train --run-dir "$a" $WHOLE_RUN_ARGS $common || return 1
+    echo "uninterrupted run: $((SECONDS - t0)) s"
+    cp -r "$a/tokenizer" "$b/"  # the same WordPiece (training one is not deterministic across processes)
+    $PY -m msa_dist train --run-dir "$b" $WHOLE_RUN_ARGS $common >"$PART_DIR/interrupted-1.log" 2>&1 &
+    local pid=$! i
+    for i in $(seq 1 1200); do
+        grep -Eq '"type": "train".*"step": (1[2-9]|[2-9][0-9])' "$b/metrics.jsonl" 2>/dev/null && break
+        sleep 0.1
+    done
+    local t_sig; t_sig=$(date +%s.%N)
+    kill -TERM "$pid"; wait "$pid"; local rc1=$?
+    local t_exit; t_exit=$(date +%s.%N)
+    tail -2 "$PART_DIR/interrupted-1.log"
+    $PY -m msa_dist train --run-dir "$b" --resume auto $WHOLE_RUN_ARGS $common >"$PART_DIR/interrupted-2.log" 2>&1 || { tail -5 "$PART_DIR/interrupted-2.log"; return 1; }
+    $PY -m msa_dist evaluate --run "$b" --split val --checkpoint latest || return 1
+    $PY -m msa_dist predict --run "$b" --split val --checkpoint latest --out "$PART_DIR/predictions.csv" || return 1
+    $PY - "$a" "$b" "$PART_DIR" "$PART_JSON" "$rc1" "$t_sig" "$t_exit" <<'PYEOF'
+import json, re, sys
+from pathlib import Path
+import torch
+a, b, part, out = map(Path, sys.argv[1:5])
+rc1, t_sig, t_exit = int(sys.argv[5]), float(sys.argv[6]), float(sys.argv[7])
+def latest(run):
+    root = run / "checkpoints"
+    return torch.load(root / (root / "latest").read_text().strip() / "model.pt", map_location="cpu")
+wa, wb = latest(a), latest(b)
+diff = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa if wa[k].is_floating_point())
+recs = lambda run: [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+train_a = [r for r in recs(a) if r["type"] == "train"]
+train_b = [r for r in recs(b) if r["type"] == "train"]
+saved = re.search(r"saved a checkpoint at step (\d+)", (part / "interrupted-1.log").read_text())
+loss_a = {r["step"]: r["loss"] for r in train_a}
+loss_b = {r["step"]: r["loss"] for r in train_b}
+result = {"bench": "run", "label": out.stem, "samples_per_s": train_a[-1]["samples_per_s"],
+          "steps": train_a[-1]["step"], "sigterm_exit_code": rc1, "sigterm_to_exit_s": round(t_exit - t_sig, 2),
+          "sigterm_saved_step": int(saved.group(1)) if saved else None,
+          "resumed_losses_equal": loss_a == loss_b,
+          "max_abs_loss_difference": max(abs(loss_a[s] - loss_b[s]) for s in loss_a if s in loss_b and loss_a[s] is not None),
+          "final_weights_max_abs_difference": diff, "final_weights_equal": diff == 0.0,
+          "val": [r for r in recs(b) if r["type"] == "eval"][-1:],
+          "predictions": len((part / "predictions.csv").read_text().splitlines()) - 1,
+          "data_wait": train_a[-1]["data_wait"]}
+out.write_text(json.dumps(result, indent=1))
+print(json.dumps({k: v for k, v in result.items() if k != "val"}))
+PYEOF
+}
+
+# DeepSpeed ZeRO-2 on the GPU: 2 epochs of 4 steps with a checkpoint every 2; a copy resumed from
+# the mid-epoch-2 checkpoint must log the same losses and end with the same weights.
+ds_save_resume() {
+    local whole=$PART_DIR/whole resumed=$PART_DIR/resumed
+    local common="train.epochs=2 train.max_steps_per_epoch=4 checkpoint.every_steps=2 checkpoint.keep_last=4 log.every_steps=1 log.progress=false train.deterministic=true"
+    export CUBLAS_WORKSPACE_CONFIG=:4096:8
+    $PY -m msa_dist train --run-dir "$whole" $DS_ARGS $common || return 1
+    cp -r "$whole" "$resumed"
+    local t0=$SECONDS
+    $PY -m msa_dist train --run-dir "$resumed" --resume "$resumed/checkpoints/step-0000006" $DS_ARGS $common || return 1
+    echo "resume from step 6: $((SECONDS - t0)) s"
+    $PY - "$whole" "$resumed" "$PART_JSON" <<'PYEOF'
+import json, sys
+from pathlib import Path
+import torch
+whole, resumed, out = map(Path, sys.argv[1:4])
+recs = lambda run: [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+la = {r["step"]: r["loss"] for r in recs(whole) if r["type"] == "train"}
+lb = {r["step"]: r["loss"] for r in recs(resumed) if r["type"] == "train"}
+wa = torch.load(whole / "checkpoints/step-0000008/model.pt", map_location="cpu")
+wb = torch.load(resumed / "checkpoints/step-0000008/model.pt", map_location="cpu")
+diff = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa if wa[k].is_floating_point())
+files = sorted(p.name for p in (whole / "checkpoints/step-0000008/deepspeed").iterdir())
+result = {"bench": "run", "label": out.stem, "steps": max(la), "losses_equal_after_resume": la == lb,
+          "max_abs_loss_difference": max(abs(la[s] - lb[s]) for s in la), "final_weights_max_abs_difference": diff,
+          "deepspeed_files": files, "resume_records": sum(r["type"] == "resume" for r in recs(resumed))}
+out.write_text(json.dumps(result, indent=1))
+print(json.dumps(result))
+PYEOF
+}
+
+# The design's single-GPU debug mode, as a user runs it, with autograd anomaly detection.
+debug_anomaly() {
+    local t0=$SECONDS
+    RUN_DIR=$PART_DIR/run ANOMALY=1 BATCH=8 PYTHON=$PY bash launch/debug_single_gpu.sh configs/gpu_fast.yaml $DEBUG_ARGS \
+        log.progress=false || return 1
+    $PY - "$PART_DIR/run" "$PART_JSON" "$((SECONDS - t0))" <<'PYEOF'
+import json, sys
+from pathlib import Path
+run, out, secs = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+recs = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+result = {"bench": "run", "label": out.stem, "seconds": secs, "steps": max(r.get("step", 0) for r in recs),
+          "losses": [r["loss"] for r in recs if r["type"] == "train"],
+          "val_accuracy": next((r["accuracy"] for r in recs if r["type"] == "eval"), None)}
+out.write_text(json.dumps(result, indent=1))
+print(json.dumps(result))
+PYEOF
 }
 
 case "$MODE" in

@@ -52,6 +52,7 @@ class TextEncoderConfig:
     tiny_dropout: float = 0.1  # tiny model only: BERT's hidden and attention dropout
     unfreeze_last_n_layers: int = -1  # train only the top N transformer layers (and what follows them); -1 = all
     layer_decay: float = 1.0  # layer-wise lr decay: each layer below the top gets this factor more; 1 = off
+    gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, ~1/3 more compute
 
     def __post_init__(self):
         check_section(self, "model.text")
@@ -66,6 +67,7 @@ class ImageEncoderConfig:
     channels_last: bool = False  # use the channels_last memory format (faster convs on GPUs)
     unfreeze_last_n_layers: int = -1  # train only the top N stages/blocks (and what follows them); -1 = all
     layer_decay: float = 1.0  # layer-wise lr decay: each stage/block below the top gets this factor more; 1 = off
+    gradient_checkpointing: bool = False  # ResNets: recompute each residual block's activations in backward
 
     def __post_init__(self):
         check_section(self, "model.image")

@@ -109,6 +109,29 @@ def test_cls_and_mean_pooling_differ_and_mean_ignores_padding():
     assert not torch.allclose(mean_unmasked[1], mean_emb[1])  # the check above could fail
 
 
+def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_weight_names():
+    """model.*.gradient_checkpointing recomputes activations in backward: same outputs and
+    gradients (eval mode: no dropout), the same state_dict keys (checkpoints still load)."""
+    def grads(checkpointing: bool):
+        torch.manual_seed(0)
+        cfg = tiny_model_cfg(text=tiny_text_cfg(gradient_checkpointing=checkpointing),
+                             image=ImageEncoderConfig(name="resnet18", weights="none",
+                                                      gradient_checkpointing=checkpointing))
+        model = build_model(cfg, vocab_size=VOCAB, pretrained=False).eval()
+        input_ids, attention_mask = text_batch()
+        images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+        model(input_ids=input_ids, attention_mask=attention_mask, images=images).sum().backward()
+        return model, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    plain, plain_grads = grads(False)
+    checkpointed, checkpointed_grads = grads(True)
+    assert checkpointed.text_encoder.model.is_gradient_checkpointing
+    assert 'checkpoint' in repr(checkpointed.image_encoder.backbone.layer1[0].forward)
+    assert plain.state_dict().keys() == checkpointed.state_dict().keys()
+    assert plain_grads.keys() == checkpointed_grads.keys() and len(plain_grads) > 50
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(checkpointed_grads[name], grad, msg=name)
+
+
 def test_freeze_flags_remove_params_from_groups():
     model = build_model(tiny_model_cfg(), vocab_size=VOCAB)
     groups = model.parameter_groups()

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 # Text backbones whose architecture the benchmark knows without the hub (BertConfig defaults are
 # bert-base: 12 layers, hidden 768, 12 heads, vocabulary 30522).
 KNOWN_TEXT_ARCHS = {"bert-base-uncased": BertConfig, "bert-base-cased": lambda: BertConfig(vocab_size=28996),
-                    "bert-base-random": BertConfig}
+                    "bert-base-random": BertConfig,
+                    "bert-large-uncased": lambda: BertConfig(hidden_size=1024, num_hidden_layers=24,
+                                                             num_attention_heads=16, intermediate_size=4096)}
 
 
 def text_architecture(name: str):

@@ -5,7 +5,7 @@ import argparse
 
 
 def add_bench_parser(sub) -> None:
-    """Register `bench data`, `bench train`, `bench replicate` and `bench summary` on the CLI's subparsers."""
+    """Register `bench data`, `train`, `memory`, `replicate` and `summary` on the CLI's subparsers."""
     bench = sub.add_parser("bench", help="measure loader and training throughput")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
 
@@ -29,8 +29,18 @@ def add_bench_parser(sub) -> None:
                    help="the GPU's dense bf16 peak for MFU when it is not in msa_dist.bench.flops")
     t.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN time its convolution algorithms (the trainer does not set this yet)")
+    t.add_argument("--profile", default="", metavar="FILE",
+                   help="also profile 3 more steps (torch.profiler) and write the top operators to FILE")
     t.add_argument("--json", default=None, help="write the result to this JSON file")
     t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.shards=DIR backend.precision=bf16")
+
+    m = bsub.add_parser("memory", help="the largest micro batch whose training step fits on the GPU")
+    m.add_argument("--config", required=True, help="the YAML config (its data.shards: for a stand-in tokenizer)")
+    m.add_argument("--start", type=int, default=64, help="the first batch tried; doubled until one fails")
+    m.add_argument("--limit", type=int, default=65536, help="the largest batch tried")
+    m.add_argument("--resolution", type=int, default=32, help="bisect until the gap is at most this")
+    m.add_argument("--json", default=None, help="write the result to this JSON file")
+    m.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. model.text.gradient_checkpointing=true")
 
     r = bsub.add_parser("replicate", help="a larger shard set made of copies of a small one (device checks)")
     r.add_argument("src", help="the shard directory to copy")
@@ -60,9 +70,17 @@ def run_bench(args: argparse.Namespace) -> int:
     elif args.bench_command == "train":
         from msa_dist.bench.train import run_train_bench
         cfg = load_config(args.config, args.overrides)
-        result = run_train_bench(cfg, args.steps, args.warmup, args.peak_tflops, args.cudnn_benchmark)
+        result = run_train_bench(cfg, args.steps, args.warmup, args.peak_tflops, args.cudnn_benchmark, args.profile)
         report.write_json(result, args.json)
         report.print_train_result(result, console)
+    elif args.bench_command == "memory":
+        from msa_dist.bench.build import bench_tokenizer
+        from msa_dist.bench.memory import run_memory_bench
+        cfg = load_config(args.config, args.overrides)
+        result = run_memory_bench(cfg, bench_tokenizer(cfg, cfg.data.shards), args.start, args.limit, args.resolution)
+        report.write_json(result, args.json)
+        console.print(f"largest batch {result['largest_batch']} ({result['peak_memory_bytes'] / 2**30:.1f} GiB peak); "
+                      f"first failing {result['first_failing_batch']}; {len(result['tries'])} tries", highlight=False)
     elif args.bench_command == "replicate":
         from msa_dist.bench.replicate import replicate_shards
         manifest = replicate_shards(args.src, args.out, args.copies)

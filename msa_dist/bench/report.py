@@ -96,7 +96,14 @@ def summary_rows(results: list[dict]) -> list[dict]:
     rows = []
     for r in results:
         label = r.get("label", "")
-        if r["bench"] == "data":
+        if r["bench"] == "memory":
+            rows.append({"run": f"{label} (largest batch {r['largest_batch']})", "bench": "memory", "samples/s": None,
+                         "per worker": None, "workers": "-", "data wait": None, "MFU": None,
+                         "peak GiB": r["peak_memory_bytes"] / GIB})
+        elif r["bench"] == "run":  # a scripted part of the device check (a whole `msa-dist train`, ...)
+            rows.append({"run": label, "bench": "run", "samples/s": r.get("samples_per_s"), "per worker": None,
+                         "workers": "-", "data wait": r.get("data_wait"), "MFU": None, "peak GiB": None})
+        elif r["bench"] == "data":
             rows.append({"run": label, "bench": "data", "samples/s": r["samples_per_s"],
                          "per worker": r["samples_per_s_per_worker"], "workers": r["workers"],
                          "data wait": None, "MFU": None, "peak GiB": None})
@@ -114,7 +121,8 @@ def summary_markdown(results: list[dict]) -> str:
     lines = ["| run | bench | samples/s | per worker core | workers | data wait | MFU | peak memory GiB |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in summary_rows(results):
-        lines.append(f"| {row['run']} | {row['bench']} | {_rate(row['samples/s'])} | "
+        rate = "-" if row["samples/s"] is None else _rate(row["samples/s"])
+        lines.append(f"| {row['run']} | {row['bench']} | {rate} | "
                      f"{cell(row['per worker'], '{:.0f}')} | "
                      f"{row['workers']} | {cell(row['data wait'], '{:.1%}')} | {cell(row['MFU'], '{:.1%}')} | "
                      f"{cell(row['peak GiB'], '{:.1f}')} |")

@@ -1,16 +1,19 @@
 """`msa-dist bench train`: N training steps after warm-up, timed.
 
 Built as the trainer builds a run (read_env, build_backend, backend.prepare, build_loss, the
-trainer's TrainStream, model_inputs), with random weights of the configured sizes. Each step does
-what a trainer step does (autocast forward, loss, backward, backend.step, reading the loss back);
-its time is split into data wait (blocked in next(loader)) and compute (the rest: copies to the
-device, forward, backward, optimizer), with the GPU synchronised before each clock reading.
+trainer's TrainStream), with random weights of the configured sizes, and each step is the
+trainer's own `TrainStep` (engine/step.py), read back one step late as the trainer does. The
+GPU is synchronised only before the first and after the last timed step: the rate is the
+steady state of the asynchronous loop. Per step the host times the wait for the next batch
+(data wait) and the time between step boundaries; with the GPU ahead of nothing but its queue,
+the median of the latter is the step time.
 """
 from __future__ import annotations
 
 import resource
 import statistics
 import time
+from pathlib import Path
 from contextlib import closing
 from typing import Iterator
 
@@ -22,15 +25,15 @@ from msa_dist.config import Config, to_dict
 from msa_dist.data.loader import StreamSpec
 from msa_dist.data.stream import TrainStream
 from msa_dist.engine.backends import build_backend
-from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.losses import build_loss
 from msa_dist.engine.runtime import read_env
+from msa_dist.engine.step import TrainStep
 from msa_dist.engine.trainer import class_weights, seed_everything
 from msa_dist.errors import MsaDistError
 
 
 def run_train_bench(cfg: Config, steps: int = 20, warmup: int = 5, peak_tflops: float = 0.0,
-                    cudnn_benchmark: bool = False) -> dict:
+                    cudnn_benchmark: bool = False, profile: str = "") -> dict:
     """Warm up, time `steps` optimizer steps; returns the measurements (see `summarise`)."""
     if steps < 1 or warmup < 0:
         raise MsaDistError("bench train: --steps must be >= 1 and --warmup >= 0")
@@ -45,15 +48,19 @@ def run_train_bench(cfg: Config, steps: int = 20, warmup: int = 5, peak_tflops: 
         tcfg = cfg.train
         backend.prepare(model, cfg.optim, warmup + steps, tcfg.grad_accum_steps, tcfg.batch_size)
         loss_fn = build_loss(tcfg, class_weights(cfg.data.shards).to(env.device))
-        records = _timed_steps(cfg, env, backend, loss_fn, _batches(cfg, env, tokenizer), steps, warmup)
+        batches = _batches(cfg, env, tokenizer)
+        records = _timed_steps(cfg, env, backend, loss_fn, batches, steps, warmup)
         peak_memory = (torch.cuda.max_memory_allocated(env.device) if env.device.type == "cuda"
                        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        if profile:
+            _profile_steps(cfg, env, backend, loss_fn, batches, profile)
     finally:
         backend.close()
     device_peak, device_name = gpu_peak_tflops(env.device)
     result = summarise(records, flop_model, peak_tflops or device_peak, env.world_size)
     result.update(bench="train", device=device_name, world_size=env.world_size, steps=steps, warmup=warmup,
                   cudnn_benchmark=cudnn_benchmark,
+                  optimizer_steps_skipped=getattr(getattr(backend, "engine", None), "skipped_steps", None),
                   peak_memory_bytes=int(peak_memory),
                   peak_memory_kind="torch.cuda.max_memory_allocated" if env.device.type == "cuda"
                   else "process peak RSS", flops=flop_model.describe(), config=to_dict(cfg))
@@ -72,35 +79,46 @@ def _batches(cfg: Config, env, tokenizer) -> Iterator[dict]:
 def _timed_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], steps: int, warmup: int) -> list[dict]:
     cuda = env.device.type == "cuda"
     accum = cfg.train.grad_accum_steps
+    train_step = TrainStep(backend, loss_fn, cfg.model.modality)
     backend.model.train()
-    records = []
+    records, pending = [], None
     for step in range(warmup + steps):
         if step == warmup and cuda:
+            torch.cuda.synchronize(env.device)
             torch.cuda.reset_peak_memory_stats(env.device)
         start = time.perf_counter()
         wait = 0.0
-        samples = real_tokens = padded_tokens = 0
+        real_tokens = padded_tokens = 0
         for micro in range(accum):
             t0 = time.perf_counter()
             batch = next(batches)
             wait += time.perf_counter() - t0
-            is_boundary = micro == accum - 1
-            with backend.accumulate(is_boundary):
-                with backend.autocast():
-                    logits = backend.model(**model_inputs(batch, env.device, cfg.model.modality))
-                loss = loss_fn(logits.float(), batch["labels"].to(env.device))
-                backend.backward(loss)
-            backend.step(is_boundary)
-            samples += len(batch["keys"])
-            real_tokens += int(batch["attention_mask"].sum())
+            result = train_step(batch, is_boundary=micro == accum - 1)
+            real_tokens += int(batch["attention_mask"].sum())  # a CPU tensor: no device sync
             padded_tokens += batch["input_ids"].numel()
-        loss_value = loss.item()  # the trainer reads the loss every step: a sync point
-        if cuda:
-            torch.cuda.synchronize(env.device)
+        if pending is not None:
+            pending.read()  # one step late, as the trainer's ledger reads it
+        pending = result
         if step >= warmup:
-            records.append({"step_s": time.perf_counter() - start, "data_wait_s": wait, "samples": samples,
-                            "real_tokens": real_tokens, "padded_tokens": padded_tokens, "loss": loss_value})
+            records.append({"step_s": time.perf_counter() - start, "data_wait_s": wait, "samples": result.samples,
+                            "real_tokens": real_tokens, "padded_tokens": padded_tokens})
+    final = pending.read()
+    if cuda:
+        torch.cuda.synchronize(env.device)
+    records[-1]["step_s"] = time.perf_counter() - start  # the last step includes draining the GPU's queue
+    records[-1]["loss"] = final["loss_sum"] / max(final["finite"], 1)
     return records
+
+
+def _profile_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], path: str, steps: int = 3) -> None:
+    """torch.profiler over a few more steps: the top operators by device (or CPU) time, as a text table."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _timed_steps(cfg, env, backend, loss_fn, batches, steps, 0)
+    sort = "self_cuda_time_total" if env.device.type == "cuda" else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60)
+    Path(path).write_text(f"torch.profiler, {steps} steps of the trainer's step, sorted by {sort}\n{table}\n")
 
 
 def summarise(records: list[dict], flop_model: FlopModel, peak_tflops, world_size: int) -> dict:

@@ -6,7 +6,6 @@ import os
 import random
 import time
 from contextlib import closing
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -17,30 +16,19 @@ from msa_dist.data.loader import StreamSpec
 from msa_dist.data.stream import TrainStream
 from msa_dist.data.manifest import load_manifest
 from msa_dist.engine import checkpoint as ckpt
+from msa_dist.engine.checkpointer import Checkpointer, TrainState, client_state, resume_point
 from msa_dist.engine.artifacts import build_run_model, prepare_tokenizer
 from msa_dist.engine.backends import build_backend
-from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.display import console, print_metrics, progress_bar
 from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.losses import build_loss
 from msa_dist.engine.provenance import write_run_info
 from msa_dist.engine.rundir import RunDirLock, die_with_launcher
+from msa_dist.engine.step import StepLedger, TrainStep
 from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env, resolve_global_batch
 from msa_dist.engine.tracking import DataWait, open_tracker
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS
-
-
-@dataclass
-class TrainState:
-    """Everything besides model/optimizer that an exact resume needs."""
-    epoch: int = 0
-    step: int = 0  # optimizer steps done (the data position is the stream's own state: client["data"])
-    best_value: Optional[float] = None
-    nonfinite_streak: int = 0
-    nonfinite_total: int = 0
-    log_lines: Optional[int] = None  # lines of metrics.jsonl when saved: a resume cuts the file back to them
-    loss_window: Optional[list] = None  # [sum, count] of losses since the last train record: a resume logs the same
 
 
 class MetricsLog:
@@ -100,7 +88,7 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None) -> dic
     torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
     backend = build_backend(cfg.backend, env, join=False)
     with RunDirLock(run_dir, enabled=env.is_main):  # one live writer per run dir: rank 0 holds it
-        start = _resume_point(run_dir / "checkpoints", resume)
+        start = resume_point(run_dir / "checkpoints", resume)
         if start:
             backend.check_resume(ckpt.read_client(start).get("layout", {}), start)  # fail fast, in one line
         backend.init_process_group()
@@ -113,107 +101,88 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None) -> dic
 
 def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Path], env, backend,
            stop: StopFlag) -> dict:
-    tcfg, ckpt_root = cfg.train, run_dir / "checkpoints"
-    layout = {"backend": backend.name, "checkpoint_format": backend.checkpoint_format, "world_size": env.world_size,
-              "workers": cfg.data.workers, "batch_size": tcfg.batch_size, "grad_accum_steps": tcfg.grad_accum_steps,
-              "zero_stage": cfg.backend.zero_stage, "precision": cfg.backend.precision}
+    """Epochs of `train_step`; the ledger reads its numbers a step late; log, save, validate.
+
+    Every rank folds the same steps at the same points (`StepLedger`), so all stop together.
+    """
+    tcfg = cfg.train
     tokenizer, stream = _setup(cfg, run_dir, start, env, backend)
-    micro_per_epoch = stream.batches_per_epoch
-    state = TrainState()
+    state, accum = TrainState(), tcfg.grad_accum_steps
+    layout = _layout(cfg, env, backend)
+    checkpointer = Checkpointer(backend, run_dir / "checkpoints", cfg.checkpoint, tcfg.best_metric,
+                                lambda: client_state(state, stream, to_dict(cfg), layout))
     if start is not None:
-        client = ckpt.load_checkpoint(backend, start)
-        state = TrainState(**{k: v for k, v in client["train_state"].items() if k in TrainState.__dataclass_fields__})
-        # the stream decides whether its saved position carries over to this layout (and warns if not)
-        stream.load_state_dict(client.get("data") or {"epoch": state.epoch, "samples_done": 0})
-        if env.is_main:
-            console.print(f"resumed from {start} (epoch {state.epoch}, step {state.step}, "
-                          f"batch {stream.position[1]} of {micro_per_epoch})")
+        state = _restore(checkpointer, start, stream, env)
     # A resumed run cuts the log back to its checkpoint; a restart before any checkpoint starts it afresh.
     log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else (0 if resume else None))
     log = open_tracker(cfg, run_dir, log, env.is_main, state.step if start else (0 if resume else None))
     if start is not None:
         log.write({"type": "resume", "epoch": state.epoch, "step": state.step, "from": start.name,
                    "world_size": env.world_size})
-    loss_fn = build_loss(tcfg, class_weights(cfg.data.shards).to(env.device))
-    summary = {"run_dir": str(run_dir), "status": "finished",
-               "global_batch_size": tcfg.batch_size * tcfg.grad_accum_steps * env.world_size}
-
-    def save(metrics: Optional[dict] = None) -> Path:
-        state.log_lines, state.loss_window = log.lines, [loss_sum, loss_n]
-        client = {"train_state": asdict(state), "data": stream.state_dict(), "config": to_dict(cfg), "layout": layout}
-        step_dir = ckpt.save_checkpoint(backend, ckpt_root, state.step, client, cfg.checkpoint.keep_last)
-        if metrics is not None and _is_better(metrics[tcfg.best_metric], state.best_value):
-            state.best_value = metrics[tcfg.best_metric]
-            ckpt.save_best(backend, ckpt_root, step_dir, metrics)
-        return step_dir
-
+    train_step = TrainStep(backend, build_loss(tcfg, class_weights(cfg.data.shards).to(env.device)), cfg.model.modality)
+    ledger = StepLedger(state, tcfg.max_nonfinite_steps)
+    summary = {"run_dir": str(run_dir), "status": "finished", "global_batch_size": tcfg.batch_size * accum * env.world_size}
     progress, waits = progress_bar(cfg.log.progress and env.is_main), DataWait()
     with progress, closing(log), closing(stream):
         while state.epoch < tcfg.epochs:
-            task = progress.add_task(f"epoch {state.epoch + 1}/{tcfg.epochs}", total=micro_per_epoch,
+            task = progress.add_task(f"epoch {state.epoch + 1}/{tcfg.epochs}", total=stream.batches_per_epoch,
                                      completed=stream.position[1], loss=float("nan"), speed=0.0)
-            window = state.loss_window if stream.position[1] else None  # resumed mid-epoch: the same log window
-            t0, seen, (loss_sum, loss_n) = time.perf_counter(), 0, (window or (0.0, 0))
-            model_ = backend.model
-            model_.train()
+            ledger.start_epoch(state.loss_window if stream.position[1] else None)  # mid-epoch resume: same window
+            t0, seen = time.perf_counter(), 0
+            backend.model.train()
             for batch in waits.timed(stream.epoch(state.epoch)):
-                is_boundary = stream.position[1] % tcfg.grad_accum_steps == 0  # the stream counts this batch
-                with backend.accumulate(is_boundary):
-                    with backend.autocast():
-                        logits = model_(**model_inputs(batch, env.device, cfg.model.modality))
-                    loss = loss_fn(logits.float(), batch["labels"].to(env.device))
-                    # One small all-reduce per micro step: every rank agrees to skip a non-finite
-                    # loss and to stop on SIGTERM, so no rank waits in a collective alone. It also
-                    # sums the losses, so the log shows the mean over all ranks.
-                    finite = torch.isfinite(loss.detach())
-                    flags = backend.all_reduce_sum(torch.stack([
-                        (~finite).float(), torch.tensor(float(stop.requested), device=env.device),
-                        torch.where(finite, loss.detach().float(), 0.0),
-                        torch.tensor(float(stream.corrupt_samples), device=env.device)]))
-                    skip = bool(flags[0] > 0)
-                    backend.backward(loss, skip=skip)
-                grad_norm = backend.step(is_boundary)
-                seen += len(batch["keys"]) * env.world_size
-                if skip:
-                    state.nonfinite_streak += 1
-                    state.nonfinite_total += 1
-                    if state.nonfinite_streak >= tcfg.max_nonfinite_steps:
-                        raise MsaDistError(f"{state.nonfinite_streak} non-finite losses in a row at step {state.step}: "
-                                           "lower optim.lr, use backend.precision=bf16 or fp32, or check the data")
-                else:
-                    state.nonfinite_streak = 0
-                    loss_sum, loss_n = loss_sum + float(flags[2]) / env.world_size, loss_n + 1
-                if is_boundary:
-                    state.step += 1
-                    speed = seen / max(time.perf_counter() - t0, 1e-9)
-                    progress.update(task, completed=stream.position[1], loss=loss_sum / max(loss_n, 1), speed=speed)
-                    if state.step % cfg.log.every_steps == 0:
-                        log.write({"type": "train", "epoch": state.epoch, "step": state.step,
-                                   "loss": loss_sum / loss_n if loss_n else None, "lr": backend.lr(),
-                                   "grad_norm": grad_norm, "samples_per_s": speed, "data_wait": waits.take(),
-                                   "nonfinite_total": state.nonfinite_total, "corrupt_samples": int(flags[3])})
-                        loss_sum, loss_n = 0.0, 0
-                    if cfg.checkpoint.every_steps and state.step % cfg.checkpoint.every_steps == 0:
-                        save()
-                    if flags[1] > 0:
-                        save()
-                        if env.is_main:
-                            console.print(f"SIGTERM: saved a checkpoint at step {state.step}; resume with --resume auto")
-                        return {**summary, "status": "preempted", "step": state.step}
+                result = train_step(batch, stream.position[1] % accum == 0, stop.requested, stream.corrupt_samples)
+                if result is None:
+                    continue  # an accumulation micro step
+                state.step, seen = state.step + 1, seen + result.samples * env.world_size
+                log_now = state.step % cfg.log.every_steps == 0
+                ledger.add(result, settle=log_now)  # the step before this one; this one too at a log step
+                speed = seen / max(time.perf_counter() - t0, 1e-9)
+                progress.update(task, completed=stream.position[1], speed=speed, loss=ledger.window_mean())
+                if log_now:
+                    log.write({"type": "train", "epoch": state.epoch, "step": state.step, "lr": backend.lr(),
+                               "samples_per_s": speed, "data_wait": waits.take(), **ledger.take_record()})
+                if ledger.stop or checkpointer.due(state.step):
+                    ledger.settle()
+                    _save(checkpointer, state, log)
+                if ledger.stop:
+                    if env.is_main:
+                        console.print(f"SIGTERM: saved a checkpoint at step {state.step}; resume with --resume auto")
+                    return {**summary, "status": "preempted", "step": state.step}
+            ledger.settle()
             state.epoch += 1
-            metrics = None
-            if state.epoch % tcfg.eval_every_epochs == 0 or state.epoch == tcfg.epochs:
-                metrics = _validate(cfg, backend, tokenizer, env, state.epoch)
-                if metrics:
-                    log.write({"type": "eval", "epoch": state.epoch, "step": state.step, "split": "val", **metrics})
-            save(metrics)
-            summary["val"] = metrics
+            summary["val"] = metrics = _validate(cfg, backend, tokenizer, env, state, log)
+            _save(checkpointer, state, log, metrics)
     if env.is_main and summary.get("val"):
         print_metrics(summary["val"], f"val metrics after {tcfg.epochs} epochs")
     corrupt = int(backend.all_reduce_sum(torch.tensor([float(stream.corrupt_samples)], device=env.device))[0])
     if env.is_main and corrupt:
         console.print(f"[yellow]skipped {corrupt} unreadable samples[/] (warnings above name them)")
     return {**summary, "step": state.step, "nonfinite_total": state.nonfinite_total, "corrupt_samples": corrupt}
+
+
+def _layout(cfg: Config, env, backend) -> dict:
+    """What a resume checks the saved run against (world size, backend, batch, ...)."""
+    return {"backend": backend.name, "checkpoint_format": backend.checkpoint_format, "world_size": env.world_size,
+            "workers": cfg.data.workers, "batch_size": cfg.train.batch_size,
+            "grad_accum_steps": cfg.train.grad_accum_steps, "zero_stage": cfg.backend.zero_stage,
+            "precision": cfg.backend.precision}
+
+
+def _restore(checkpointer: Checkpointer, start: Path, stream: TrainStream, env) -> TrainState:
+    client = checkpointer.load(start)
+    state = TrainState.from_client(client)
+    # the stream decides whether its saved position carries over to this layout (and warns if not)
+    stream.load_state_dict(client.get("data") or {"epoch": state.epoch, "samples_done": 0})
+    if env.is_main:
+        console.print(f"resumed from {start} (epoch {state.epoch}, step {state.step}, "
+                      f"batch {stream.position[1]} of {stream.batches_per_epoch})")
+    return state
+
+
+def _save(checkpointer: Checkpointer, state: TrainState, log, metrics: Optional[dict] = None) -> None:
+    state.log_lines = log.lines
+    checkpointer.save(state, metrics)
 
 
 def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> tuple:
@@ -247,29 +216,15 @@ def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> t
     return tokenizer, stream
 
 
-def _validate(cfg: Config, backend, tokenizer, env, epoch: int) -> Optional[dict]:
-    """Val metrics: the split is dealt across ranks and the confusion matrices summed."""
+def _validate(cfg: Config, backend, tokenizer, env, state: TrainState, log) -> Optional[dict]:
+    """Val metrics when this epoch is due (the split dealt across ranks, confusion matrices summed), logged."""
+    if state.epoch % cfg.train.eval_every_epochs and state.epoch != cfg.train.epochs:
+        return None
     backend.sync_buffers()  # every rank evaluates the model that is saved next
     metrics, _ = run_split(cfg, backend.model, tokenizer, env, backend, "val", cfg.train.batch_size,
                            autocast=backend.autocast())
-    if metrics is not None and cfg.train.best_metric not in metrics:
-        raise MsaDistError(f"train.best_metric={cfg.train.best_metric!r} is not a metric; "
-                           "use accuracy, macro_f1 or weighted_f1")
-    if env.is_main and metrics:
-        console.print(f"epoch {epoch}: val accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}")
+    if metrics:
+        log.write({"type": "eval", "epoch": state.epoch, "step": state.step, "split": "val", **metrics})
+        if env.is_main:
+            console.print(f"epoch {state.epoch}: val accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}")
     return metrics
-
-
-def _resume_point(ckpt_root: Path, resume: Optional[str]) -> Optional[Path]:
-    if not resume:
-        return None
-    if resume == "auto":
-        return ckpt.latest_checkpoint(ckpt_root)
-    path = Path(resume)
-    if not path.is_dir():
-        raise MsaDistError(f"--resume {resume}: no such checkpoint directory (use 'auto' or a step-NNNNNNN dir)")
-    return path
-
-
-def _is_better(value: float, best: Optional[float]) -> bool:
-    return best is None or value > best

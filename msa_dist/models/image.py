@@ -1,11 +1,14 @@
 """The image encoder: a torchvision classification backbone (or a tiny CNN) without its classifier."""
 from __future__ import annotations
 
+import functools
+
 import warnings
 from pathlib import Path
 from typing import Optional
 
 import torch
+import torch.utils.checkpoint
 import torchvision
 from torch import nn
 
@@ -130,6 +133,17 @@ def _torchvision_backbone(cfg: ImageEncoderConfig, pretrained: bool) -> tuple[nn
     return model, out_dim
 
 
+def checkpoint_blocks(backbone: nn.Module) -> None:
+    """model.image.gradient_checkpointing: each residual block of a ResNet recomputes its
+    activations in backward (the weights' names stay the same, so checkpoints still load)."""
+    if not isinstance(backbone, torchvision.models.ResNet):
+        raise MsaDistError(f"model.image.gradient_checkpointing: supported for torchvision ResNets, "
+                           f"not {type(backbone).__name__}")
+    for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
+        for block in layer:
+            block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
+
+
 def build_image_encoder(cfg: ImageEncoderConfig, pretrained: bool = True) -> ImageEncoder:
     """Build the image encoder; `pretrained=False` skips loading weights (a checkpoint of ours follows).
 
@@ -167,6 +181,8 @@ def _torchvision_encoder(cfg: ImageEncoderConfig, pretrained: bool) -> ImageEnco
             _load_weights(backbone, _read_state_dict(cfg.weights), None, "tiny", cfg.weights)
     else:
         backbone, out_dim = _torchvision_backbone(cfg, pretrained)
+    if cfg.gradient_checkpointing:
+        checkpoint_blocks(backbone)
     if cfg.channels_last:
         backbone = backbone.to(memory_format=torch.channels_last)
     return ImageEncoder(backbone, out_dim, cfg.channels_last)

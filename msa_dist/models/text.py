@@ -19,6 +19,11 @@ from msa_dist.models.tokenizer import offline_hint
 CLIP_PREFIX = "clip:"  # model.text.name "clip:<hub name or dir>": the text tower of a CLIPModel checkpoint
 
 
+# Encoders whose SDPA attention takes a ready [B, 1, 1, T] bool mask as it is. Given the 2D mask,
+# Hugging Face checks `mask.all()` on the host to drop a mask without padding: a GPU sync per forward.
+MASK_4D_MODELS = {"bert", "roberta"}
+
+
 class TextEncoder(nn.Module):
     """Hugging Face backbone -> [B, out_dim]: the first token's state ("cls"), a masked mean ("mean"),
     or the last non-padding token's state ("last": CLIP's EOS token, which a causal text model needs)."""
@@ -29,10 +34,13 @@ class TextEncoder(nn.Module):
         self.model = model
         self.pooling = pooling
         self.out_dim = int(model.config.hidden_size)
+        config = model.config
+        self.mask_4d = getattr(config, "_attn_implementation", None) == "sdpa" and config.model_type in MASK_4D_MODELS
 
     def forward_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Every token's last hidden state, [B, T, out_dim] (padding rows included; mask them)."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask[:, None, None, :].bool() if self.mask_4d else attention_mask
+        return self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         token_states = self.forward_tokens(input_ids, attention_mask)
@@ -110,6 +118,13 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pretrained: bool
         model = _from_pretrained(cfg.name)
     else:
         model = _from_architecture(cfg.name, arch_dir)
+    if cfg.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise MsaDistError(f"model.text.gradient_checkpointing: {type(model).__name__} does not support it")
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x names it so
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     encoder = TextEncoder(_drop_pooler(model), cfg.pooling)
     if cfg.freeze:
         encoder.requires_grad_(False)

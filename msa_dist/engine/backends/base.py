@@ -35,7 +35,7 @@ class Backend:
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
         self.grad_accum_steps = 1
         self.grad_clip = 0.0
-        self._window_has_grads = False  # a backward ran since the last optimizer step
+        self._grad_mask: Optional[GradMask] = None
 
     # -- setup -------------------------------------------------------------------------------
     def init_process_group(self) -> None:
@@ -51,6 +51,12 @@ class Backend:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(optim_cfg, self.module.parameter_groups())
         self.scheduler = build_scheduler(optim_cfg, self.optimizer, total_steps)
+        self.install_grad_mask()
+
+    def install_grad_mask(self) -> None:
+        """Hooks that zero a dropped micro batch's gradients on the device (not with fp16's loss scaling)."""
+        if self.cfg.precision != "fp16":
+            self._grad_mask = GradMask(self.module, self.env.device)
 
     def _wrap(self, module: torch.nn.Module) -> torch.nn.Module:
         return module
@@ -74,38 +80,40 @@ class Backend:
         """Context for forward + backward of one micro batch (DDP skips the gradient sync)."""
         return contextlib.nullcontext()
 
-    def backward(self, loss: torch.Tensor, skip: bool = False) -> None:
-        """Backward of one micro batch. `skip` (a non-finite loss on some rank): every parameter's
-        gradient from this batch is replaced by zeros, so the collectives inside backward (DDP's
-        all-reduce, ZeRO's reduce-scatter) still run on all ranks, and nothing is learnt from it."""
-        with _zeroed_param_grads(self.module, skip):
-            self._backward(loss)
-        self._window_has_grads = self._window_has_grads or not skip
+    def backward(self, loss: torch.Tensor, drop: Optional[torch.Tensor] = None) -> None:
+        """Backward of one micro batch. `drop`, a bool on the device (a non-finite loss on some
+        rank): every parameter's gradient from this batch becomes zero, decided on the device
+        (no host read), so the collectives inside backward (DDP's all-reduce, ZeRO's
+        reduce-scatter) still run on all ranks. With fp16 nothing is masked: the loss scaler
+        sees the overflow, skips the step and lowers the scale, as it is meant to."""
+        if drop is not None and self._grad_mask is not None:
+            self._grad_mask.drop = drop
+        self._backward(loss)
 
     def _backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.grad_accum_steps).backward()
 
-    def step(self, is_boundary: bool) -> Optional[float]:
-        """After each micro batch; at a boundary: clip, step, schedule. Returns the grad norm.
+    def step(self, is_boundary: bool, skip: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """After each micro batch; at a boundary: clip, step, schedule. Returns the grad norm (on the device).
 
-        A window whose every loss was skipped (non-finite) changes no weight; the schedule
-        still advances, so the learning rate follows the step count on every backend.
+        `skip` (a bool on the device: no micro batch of this window had a finite loss) leaves
+        weights and optimizer moments as they were; a fused AdamW decides that on the device, any
+        other optimizer reads the flag back. The schedule advances either way, so the learning
+        rate follows the step count on every backend.
         """
         if not is_boundary:
             return None
-        if not self._window_has_grads:
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scheduler.step()
-            return None
         self.scaler.unscale_(self.optimizer)
-        norm = torch.nn.utils.clip_grad_norm_(
-            self.module.parameters(), self.grad_clip if self.grad_clip > 0 else float("inf"))
-        self.scaler.step(self.optimizer)
+        params = [p for p in self.module.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
+        with skip_update(self.optimizer, None if self.scaler.is_enabled() else skip):
+            self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self._window_has_grads = False
-        return float(norm)
+        return norm
 
     def lr(self) -> float:
         return self.optimizer.param_groups[-1]["lr"]
@@ -196,15 +204,46 @@ def leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+class GradMask:
+    """A hook on every trainable parameter: its gradient from the current micro batch becomes
+    zero when `drop` (a bool tensor on the device) is true. Installed once; deciding costs no
+    host read, only one `masked_fill` per parameter and micro batch."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device):
+        self.drop = torch.zeros((), dtype=torch.bool, device=device)
+        self.handles = [p.register_hook(self._mask) for p in module.parameters() if p.requires_grad]
+
+    def _mask(self, grad: torch.Tensor) -> torch.Tensor:
+        return grad.masked_fill(self.drop, 0)
+
+
 @contextlib.contextmanager
-def _zeroed_param_grads(module: torch.nn.Module, enabled: bool):
-    """Replace the gradient reaching each trainable parameter by zeros while active."""
-    if not enabled:
+def skip_update(optimizer: torch.optim.Optimizer, skip: Optional[torch.Tensor]):
+    """`optimizer.step()` inside changes nothing when `skip` (a device bool) is true.
+
+    Optimizers that take AMP's `found_inf` (fused AdamW) skip on the device; for any other the
+    flag is read back here, once per optimizer step.
+    """
+    if skip is None:
         yield
         return
-    handles = [p.register_hook(torch.zeros_like) for p in module.parameters() if p.requires_grad]
+    if getattr(optimizer, "_step_supports_amp_scaling", False):
+        optimizer.found_inf = skip.float()
+        try:
+            yield
+        finally:
+            del optimizer.found_inf
+        return
+    if not bool(skip):
+        yield
+        return
+    had = "step" in optimizer.__dict__  # LR schedulers wrap `step` on the instance
+    previous = optimizer.__dict__.get("step")
+    optimizer.step = lambda *args, **kwargs: None
     try:
         yield
     finally:
-        for handle in handles:
-            handle.remove()
+        if had:
+            optimizer.step = previous
+        else:
+            del optimizer.step

@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 
 from msa_dist.config import BackendConfig, OptimConfig
-from msa_dist.engine.backends.base import ProcessGroupBackend, join_process_group
+from msa_dist.engine.backends.base import ProcessGroupBackend, join_process_group, skip_update
 from msa_dist.engine.backends.universal import convert_to_universal, repair_stage3_load
 from msa_dist.engine.optim import build_scheduler, optimizer_param_groups
 from msa_dist.engine.runtime import DistEnv
@@ -102,23 +102,17 @@ def deepspeed_config(cfg: BackendConfig, optim: OptimConfig, micro_batch_size: i
     return _merge(generated, user)
 
 
-@contextlib.contextmanager
-def _no_update(optimizer: torch.optim.Optimizer, enabled: bool):
-    """Make the wrapped torch optimizer's step a no-op: DeepSpeed then runs its whole step
-    (reductions, zeroing, counters, schedule) but no weight or Adam moment changes."""
-    if not enabled:
-        yield
-        return
-    had = "step" in optimizer.__dict__  # LR schedulers wrap `step` on the instance
-    previous = optimizer.__dict__.get("step")
-    optimizer.step = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        if had:
-            optimizer.step = previous
-        else:
-            del optimizer.step
+def _contiguous(model: torch.nn.Module) -> torch.nn.Module:
+    """DeepSpeed broadcasts and flattens parameters as plain contiguous memory (a channels_last
+    weight fails in its `_broadcast_model`), so image encoders go back to the default layout."""
+    if all(p.is_contiguous() for p in model.parameters()):
+        return model
+    warnings.warn("model.image.channels_last has no effect with backend.name=deepspeed: "
+                  "its flat parameter buffers need the default memory layout")
+    for module in model.modules():
+        if getattr(module, "channels_last", False):
+            module.channels_last = False
+    return model.to(memory_format=torch.contiguous_format)
 
 
 class DeepSpeedBackend(ProcessGroupBackend):
@@ -147,11 +141,8 @@ class DeepSpeedBackend(ProcessGroupBackend):
     def prepare(self, model: torch.nn.Module, optim_cfg: OptimConfig, total_steps: int,
                 grad_accum_steps: int, micro_batch_size: int) -> None:
         """deepspeed.initialize with our AdamW parameter groups (each part keeps its own lr)."""
-        if self.cfg.compile:
-            raise MsaDistError("backend.compile is not supported with backend.name=deepspeed; "
-                               "set backend.compile=false or use backend.name=ddp")
         self.grad_accum_steps, self.grad_clip = grad_accum_steps, optim_cfg.grad_clip
-        self.module = model.to(self.env.device)
+        self.module = _contiguous(model).to(self.env.device)
         self.ds_config = deepspeed_config(self.cfg, optim_cfg, micro_batch_size, grad_accum_steps,
                                           self.env.world_size, self.env.device.type == "cuda")
         if self._universal:  # read by DeepSpeed only when loading
@@ -163,6 +154,7 @@ class DeepSpeedBackend(ProcessGroupBackend):
             model=model, model_parameters=groups, config=self.ds_config, lr_scheduler=schedule)
         self.engine = self.model = engine
         self.optimizer, self.scheduler = optimizer, scheduler
+        self.install_grad_mask()
 
     def check_resume(self, saved: dict, ckpt_dir: Path) -> None:
         super().check_resume(saved, ckpt_dir)
@@ -185,16 +177,15 @@ class DeepSpeedBackend(ProcessGroupBackend):
     def _backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
-    def step(self, is_boundary: bool) -> Optional[float]:
+    def step(self, is_boundary: bool, skip: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         # engine.step() runs on every micro batch; DeepSpeed counts them and steps at the boundary.
-        skipped = is_boundary and not self._window_has_grads
-        with _no_update(self.engine.basic_optimizer, skipped):
+        # fp16: DeepSpeed's loss scaler finds the overflow and skips the step itself.
+        with skip_update(self.engine.basic_optimizer, skip if is_boundary and self.cfg.precision != "fp16" else None):
             self.engine.step()
         if not is_boundary:
             return None
-        self._window_has_grads = False
         norm = self.engine.get_global_grad_norm()
-        return None if skipped or norm is None else float(norm)
+        return norm if norm is None or isinstance(norm, torch.Tensor) else torch.tensor(float(norm))
 
     def lr(self) -> float:
         return self.engine.get_lr()[-1]
