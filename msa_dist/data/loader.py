@@ -3,8 +3,8 @@
 How the data is divided is order.py's rule; reading a sample is reader.py's; making a batch is
 batching.py's. This module runs them: `TrainStream` (the training batches of one rank, epoch after
 epoch, from one DataLoader whose workers never restart; it owns its position: `state_dict()` /
-`load_state_dict()`), `build_loader` (one pass, e.g. evaluation), `iter_texts` (the tokenizer's
-pass over the texts alone).
+`load_state_dict()`), `EvalLoader` (a split's evaluation batches, pass after pass, from workers
+forked once), `build_loader` (one pass), `iter_texts` (the tokenizer's pass over the texts alone).
 """
 from __future__ import annotations
 
@@ -129,10 +129,12 @@ def _worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, _defer_sigterm)
 
 
-def _data_loader(dataset: _Batches, cfg: DataConfig, pinned: bool) -> torch.utils.data.DataLoader:
+def _data_loader(dataset: _Batches, cfg: DataConfig, pinned: bool, persistent: bool = False
+                 ) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=cfg.workers, pin_memory=pinned,
-        prefetch_factor=4 if cfg.workers > 0 else None, worker_init_fn=_worker_init)
+        prefetch_factor=4 if cfg.workers > 0 else None, worker_init_fn=_worker_init,
+        persistent_workers=persistent and cfg.workers > 0)
 
 
 def build_loader(cfg: DataConfig, shards: str | ShardSet, spec: StreamSpec, tokenizer,
@@ -149,6 +151,45 @@ def build_loader(cfg: DataConfig, shards: str | ShardSet, spec: StreamSpec, toke
     loader = _data_loader(dataset, cfg, pin_memory and cfg.pin_memory)
     loader.plan, loader.corrupt = plan, dataset.corrupt
     return loader
+
+
+class EvalLoader:
+    """One rank's evaluation batches of a split (as `build_loader` gives them), pass after pass, from
+    DataLoader workers forked once, here, and reused by every pass. Close it to stop the workers.
+
+    Why: a process forked while another of its threads holds a lock inherits that lock held, with
+    no thread left to release it. Once a training stream runs, this process has the stream's
+    queue-feeder threads (a pin-memory thread on GPUs), intra-op threads and the tokenizer's thread
+    pool; a val loader built at each epoch end forked its workers among them, and one was seen to
+    deadlock at start (README, Clusters). Built before the training stream starts, these workers
+    are forked while those threads are idle or not there yet, and nothing forks while training runs.
+    """
+
+    def __init__(self, cfg: DataConfig, shards: str | ShardSet, spec: StreamSpec, tokenizer):
+        assert not spec.train, "EvalLoader is for evaluation; training batches come from TrainStream"
+        self.spec = spec
+        reader = SampleReader(as_shard_set(shards), spec.split)
+        for shard in reader.shards:  # read once here: the forked workers inherit the indexes
+            reader.shard_set.index(shard)
+        self.plan = EvalPlan(sum(reader.sizes), spec.batch_size, spec.rank, spec.world_size)
+        dataset = _Batches(cfg, reader, self.plan, tokenizer, spec)
+        self.corrupt = dataset.corrupt
+        self._loader = _data_loader(dataset, cfg, pinned=False, persistent=True)
+        # Starting the iterator forks the workers now (they read the first pass's first batches
+        # meanwhile); later passes resume the same workers.
+        self._first: Optional[Iterator[dict]] = iter(self._loader) if cfg.workers > 0 else None
+
+    def __iter__(self) -> Iterator[dict]:
+        """One pass over this rank's batches (a pass left unfinished is dropped by the next)."""
+        if self._loader is None:
+            raise RuntimeError("EvalLoader used after close()")
+        first, self._first = self._first, None
+        return first if first is not None else iter(self._loader)
+
+    def close(self) -> None:
+        """Stop the workers now: dropping the DataLoader (and its iterator) shuts them down; left to
+        interpreter exit, they would be joined after a SIGTERM, which they defer (_worker_init)."""
+        self._first = self._loader = None
 
 
 def _train_plan(cfg: DataConfig, reader: SampleReader, spec: StreamSpec, **kw) -> TrainPlan:

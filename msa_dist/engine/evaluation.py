@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from msa_dist.config import Config
-from msa_dist.data.loader import StreamSpec, build_loader
+from msa_dist.data.loader import EvalLoader, StreamSpec, build_loader
 from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
 from msa_dist.labels import NUM_CLASSES
@@ -24,16 +24,21 @@ class SplitOutputs:
 
 @torch.no_grad()
 def split_outputs(cfg: Config, model, tokenizer, env, split: str, batch_size: int, shard_dir: str | None = None,
-                  autocast=None) -> SplitOutputs:
+                  autocast=None, loader: EvalLoader | None = None) -> SplitOutputs:
     """The one evaluation loop (validation, evaluate, predict, calibration): this rank's share of a split.
 
     Every rank runs the same number of forward passes (padding with repeats of its last batch)
-    because a ZeRO-3 forward is itself a collective.
+    because a ZeRO-3 forward is itself a collective. `loader`: this split's EvalLoader, whose
+    workers were forked before training began (a training run's validation); else a loader is
+    built (its workers forked now) for this one pass.
     """
     shard_dir = shard_dir or cfg.data.shards
     spec = StreamSpec(split=split, train=False, batch_size=batch_size, rank=env.rank,
                       world_size=env.world_size, seed=cfg.train.seed)
-    loader = build_loader(cfg.data, shard_dir, spec, tokenizer)
+    if loader is None:
+        loader = build_loader(cfg.data, shard_dir, spec, tokenizer)
+    else:
+        assert loader.spec == spec, f"an EvalLoader for {loader.spec}, not {spec}"
     mine, most = loader.plan.batches, loader.plan.most_batches
     keys, logits, labels, last = [], [], [], None
     if mine == 0 and most > 0:
@@ -63,10 +68,10 @@ def split_outputs(cfg: Config, model, tokenizer, env, split: str, batch_size: in
     return SplitOutputs(keys, torch.cat(logits), torch.cat(labels))
 
 
-def run_split(cfg: Config, model, tokenizer, env, backend, split: str, batch_size: int,
-              shard_dir: str | None = None, autocast=None) -> tuple[dict | None, list]:
+def run_split(cfg: Config, model, tokenizer, env, backend, split: str, batch_size: int, shard_dir: str | None = None,
+              autocast=None, loader: EvalLoader | None = None) -> tuple[dict | None, list]:
     """Metrics (of the labelled samples; reduced across ranks) and this rank's (key, probs) predictions."""
-    out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir, autocast)
+    out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir, autocast, loader)
     labelled = out.labels >= 0
     cm = confusion_matrix(out.labels[labelled], out.logits[labelled].argmax(-1))
     cm = backend.all_reduce_sum(cm.to(env.device)).cpu() if backend else cm
