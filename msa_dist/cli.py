@@ -8,6 +8,7 @@ from typing import Optional
 
 from msa_dist.bench.command import add_bench_parser
 from msa_dist.data.manifest import DEFAULT_IMAGE_SIZE, DEFAULT_JPEG_QUALITY
+from msa_dist.engine.group import process_group_scope
 from msa_dist.errors import MsaDistError, user_message
 from msa_dist.experiments.cv_command import add_cv_parser
 
@@ -229,14 +230,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     elif extras:
         parser.error(f"unrecognized arguments: {' '.join(extras)}")
     try:
-        return _run(args)
+        with process_group_scope():  # the one owner of the process group: left when the command ends
+            return _run(args)
     except MsaDistError as exc:
         print(f"msa-dist: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("msa-dist: interrupted", file=sys.stderr)
         return 130
-    finally:
-        if "torch.distributed" in sys.modules:  # only a command that trained can hold a group
-            from msa_dist.engine.backends import leave_process_group
-            leave_process_group()

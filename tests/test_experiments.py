@@ -158,3 +158,39 @@ def test_report_command_compares_runs_and_expands_a_sweep_dir(tmp_path, capsys):
     assert "not a run directory" in capsys.readouterr().err
     rows = compare_runs([tmp_path / "single"], tmp_path / "one.md", show=False)
     assert rows[0]["accuracy"] == pytest.approx(cfg.optim.lr * 1000 - 0.05)
+
+
+def _restarted_point_rank(rank: int, port: int, run_dir: str, seen: dict) -> None:
+    """One rank of a 2-rank job restarted by torchrun in the middle of a point."""
+    import os
+    import shutil
+    import time
+
+    import msa_dist.experiments.points as points
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    if rank == 0:  # a slow delete: without the barrier rank 1 trains among the stale files
+        real_rmtree = shutil.rmtree
+        points.shutil.rmtree = lambda path, **kw: (time.sleep(1.5), real_rmtree(path, **kw))
+    cfg = load_config(overrides=["backend.device=cpu", "backend.name=ddp"])
+    point = points.Point("p", cfg)
+
+    def train_fn(cfg, point_dir):  # train() would resume from checkpoints/latest here
+        seen[rank] = (Path(point_dir) / "checkpoints" / "latest").exists()
+        return {"status": "preempted"}
+    points.run_point(point, Path(run_dir), train_fn)
+    import torch.distributed as dist
+    dist.destroy_process_group()
+
+
+def test_a_restarted_point_is_deleted_before_any_rank_trains_it(tmp_path):
+    """Defect (a): rank 0 deletes an unfinished point directory; the other ranks wait for it."""
+    import torch.multiprocessing as mp
+
+    from dist_utils import free_port
+    stale = tmp_path / "p" / "checkpoints"
+    stale.mkdir(parents=True)
+    (stale / "latest").write_text("step-0000004")
+    seen = mp.Manager().dict()
+    mp.spawn(_restarted_point_rank, args=(free_port(), str(tmp_path), seen), nprocs=2, join=True)
+    assert dict(seen) == {0: False, 1: False}

@@ -52,20 +52,17 @@ def run_memory_bench(cfg: Config, tokenizer, start: int = 64, limit: int = 65536
         raise MsaDistError("bench memory needs a GPU (backend.device=cuda)")
     backend = build_backend(cfg.backend, env)
     t0 = time.perf_counter()
-    try:
-        backend.prepare(bench_model(cfg, tokenizer), cfg.optim, 10**6, 1, start)
-        backend.model.train()
-        tries, low, high, batch = [], 0, None, start
-        while batch <= limit and (high is None or high - low > resolution):
-            fits, peak = _fits(backend, batch, cfg)
-            tries.append({"batch": batch, "fits": fits, "peak_memory_bytes": peak})
-            if fits:
-                low = batch
-            else:
-                high = batch
-            batch = batch * 2 if high is None else (low + high) // 2
-    finally:
-        backend.close()
+    backend.prepare(bench_model(cfg, tokenizer), cfg.optim, 10**6, 1, start)
+    backend.model.train()
+    tries, low, high, batch = [], 0, None, start
+    while batch <= limit and (high is None or high - low > resolution):
+        fits, peak = _fits(backend, batch, cfg)
+        tries.append({"batch": batch, "fits": fits, "peak_memory_bytes": peak})
+        if fits:
+            low = batch
+        else:
+            high = batch
+        batch = batch * 2 if high is None else (low + high) // 2
     best = max((t for t in tries if t["fits"]), key=lambda t: t["batch"], default=None)
     return {"bench": "memory", "device": torch.cuda.get_device_name(env.device),
             "total_memory_bytes": torch.cuda.get_device_properties(env.device).total_memory,

@@ -40,22 +40,19 @@ def run_train_bench(cfg: Config, steps: int = 20, warmup: int = 5, peak_tflops: 
     torch.backends.cudnn.benchmark = cudnn_benchmark
     env = read_env(cfg.backend.device)
     backend = build_backend(cfg.backend, env)
-    try:
-        seed_everything(cfg.train.seed)
-        tokenizer = bench_tokenizer(cfg, cfg.data.shards)
-        model = bench_model(cfg, tokenizer)
-        flop_model = FlopModel(model, cfg.data.image_size)
-        tcfg = cfg.train
-        backend.prepare(model, cfg.optim, warmup + steps, tcfg.grad_accum_steps, tcfg.batch_size)
-        loss_fn = build_loss(tcfg, class_weights(cfg.data.shards).to(env.device))
-        batches = _batches(cfg, env, tokenizer)
-        records = _timed_steps(cfg, env, backend, loss_fn, batches, steps, warmup)
-        peak_memory = (torch.cuda.max_memory_allocated(env.device) if env.device.type == "cuda"
-                       else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-        if profile:
-            _profile_steps(cfg, env, backend, loss_fn, batches, profile)
-    finally:
-        backend.close()
+    seed_everything(cfg.train.seed)
+    tokenizer = bench_tokenizer(cfg, cfg.data.shards)
+    model = bench_model(cfg, tokenizer)
+    flop_model = FlopModel(model, cfg.data.image_size)
+    tcfg = cfg.train
+    backend.prepare(model, cfg.optim, warmup + steps, tcfg.grad_accum_steps, tcfg.batch_size)
+    loss_fn = build_loss(tcfg, class_weights(cfg.data.shards).to(env.device))
+    batches = _batches(cfg, env, tokenizer)
+    records = _timed_steps(cfg, env, backend, loss_fn, batches, steps, warmup)
+    peak_memory = (torch.cuda.max_memory_allocated(env.device) if env.device.type == "cuda"
+                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    if profile:
+        _profile_steps(cfg, env, backend, loss_fn, batches, profile)
     device_peak, device_name = gpu_peak_tflops(env.device)
     result = summarise(records, flop_model, peak_tflops or device_peak, env.world_size)
     result.update(bench="train", device=device_name, world_size=env.world_size, steps=steps, warmup=warmup,

@@ -5,8 +5,9 @@ accumulation boundary, the optimizer step. Nothing is read back to the host on t
 
 - each micro step all-reduces a small vote on the device: [loss not finite, SIGTERM seen, loss,
   corrupt samples] (a no-op for one process). A micro batch whose loss is not finite on any
-  rank contributes zero gradient: the backend masks it on the device (`GradMask`). Its forward
-  pass has still updated BatchNorm's running statistics (train mode), as any forward does.
+  rank contributes zero gradient: with accumulation the backend masks it on the device
+  (`GradMask`); without, the whole step is skipped (below). Its forward pass has still updated
+  BatchNorm's running statistics (train mode), as any forward does.
 - a window with no finite micro batch changes no weight (`skip_update`: on the device for a
   fused AdamW);
 - the window's numbers stay on the device in a `StepResult`, copied into pinned host memory

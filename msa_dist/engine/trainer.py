@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from msa_dist.config import Config, save_config, to_dict
-from msa_dist.data.loader import StreamSpec
+from msa_dist.data.loader import EvalLoader, StreamSpec
 from msa_dist.data.stream import TrainStream
 from msa_dist.data.manifest import load_manifest
 from msa_dist.engine import checkpoint as ckpt
@@ -91,12 +91,9 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None) -> dic
         start = resume_point(run_dir / "checkpoints", resume)
         if start:
             backend.check_resume(ckpt.read_client(start).get("layout", {}), start)  # fail fast, in one line
-        backend.init_process_group()
-        try:
-            with StopFlag() as stop:
-                return _train(cfg, run_dir, resume, start, env, backend, stop)
-        finally:
-            backend.close()
+        backend.init_process_group()  # joins once per command; engine.group leaves it when the command ends
+        with StopFlag() as stop:
+            return _train(cfg, run_dir, resume, start, env, backend, stop)
 
 
 def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Path], env, backend,
@@ -106,7 +103,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
     Every rank folds the same steps at the same points (`StepLedger`), so all stop together.
     """
     tcfg = cfg.train
-    tokenizer, stream = _setup(cfg, run_dir, start, env, backend)
+    tokenizer, stream, val_loader = _setup(cfg, run_dir, start, env, backend)
     state, accum = TrainState(), tcfg.grad_accum_steps
     layout = _layout(cfg, env, backend)
     checkpointer = Checkpointer(backend, run_dir / "checkpoints", cfg.checkpoint, tcfg.best_metric,
@@ -123,7 +120,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
     ledger = StepLedger(state, tcfg.max_nonfinite_steps)
     summary = {"run_dir": str(run_dir), "status": "finished", "global_batch_size": tcfg.batch_size * accum * env.world_size}
     progress, waits = progress_bar(cfg.log.progress and env.is_main), DataWait()
-    with progress, closing(log), closing(stream):
+    with progress, closing(log), closing(stream), closing(val_loader):
         while state.epoch < tcfg.epochs:
             task = progress.add_task(f"epoch {state.epoch + 1}/{tcfg.epochs}", total=stream.batches_per_epoch,
                                      completed=stream.position[1], loss=float("nan"), speed=0.0)
@@ -151,7 +148,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                     return {**summary, "status": "preempted", "step": state.step}
             ledger.settle()
             state.epoch += 1
-            summary["val"] = metrics = _validate(cfg, backend, tokenizer, env, state, log)
+            summary["val"] = metrics = _validate(cfg, backend, tokenizer, env, state, log, val_loader)
             _save(checkpointer, state, log, metrics)
     if env.is_main and summary.get("val"):
         print_metrics(summary["val"], f"val metrics after {tcfg.epochs} epochs")
@@ -204,6 +201,10 @@ def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> t
     spec = StreamSpec("train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed,
                       grad_accum_steps=tcfg.grad_accum_steps)
     cap = tcfg.max_steps_per_epoch * tcfg.grad_accum_steps if tcfg.max_steps_per_epoch else None
+    # The val loader's workers are forked now, before the training stream's threads exist, and serve
+    # every epoch's validation: a worker forked among those threads can deadlock at start.
+    val_loader = EvalLoader(cfg.data, cfg.data.shards, StreamSpec("val", False, tcfg.batch_size, env.rank,
+                                                                  env.world_size, tcfg.seed), tokenizer)
     stream = TrainStream(cfg.data, cfg.data.shards, spec, tokenizer, pin_memory=env.device.type == "cuda",
                          epochs=tcfg.epochs, batches_per_epoch=cap)
     steps_per_epoch = stream.batches_per_epoch // tcfg.grad_accum_steps
@@ -213,16 +214,16 @@ def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> t
                       f"world: {env.describe()} | global batch {tcfg.batch_size * tcfg.grad_accum_steps * env.world_size}"
                       f" = {tcfg.batch_size} micro x {tcfg.grad_accum_steps} accum x {env.world_size} ranks | "
                       f"{steps_per_epoch} steps/epoch x {tcfg.epochs} epochs | run dir {run_dir}")
-    return tokenizer, stream
+    return tokenizer, stream, val_loader
 
 
-def _validate(cfg: Config, backend, tokenizer, env, state: TrainState, log) -> Optional[dict]:
+def _validate(cfg: Config, backend, tokenizer, env, state: TrainState, log, val_loader: EvalLoader) -> Optional[dict]:
     """Val metrics when this epoch is due (the split dealt across ranks, confusion matrices summed), logged."""
     if state.epoch % cfg.train.eval_every_epochs and state.epoch != cfg.train.epochs:
         return None
     backend.sync_buffers()  # every rank evaluates the model that is saved next
     metrics, _ = run_split(cfg, backend.model, tokenizer, env, backend, "val", cfg.train.batch_size,
-                           autocast=backend.autocast())
+                           autocast=backend.autocast(), loader=val_loader)
     if metrics:
         log.write({"type": "eval", "epoch": state.epoch, "step": state.step, "split": "val", **metrics})
         if env.is_main:

@@ -16,9 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch.distributed
 import yaml
 
 from msa_dist.config import Config, to_dict
+from msa_dist.engine.backends.base import join_process_group
 from msa_dist.engine.display import console
 from msa_dist.engine.runtime import read_env
 from msa_dist.errors import MsaDistError
@@ -69,10 +71,7 @@ def run_point(point: Point, run_dir: Path, train_fn: Callable) -> Optional[dict]
     """Train one point from scratch; returns its result (rank 0), {} on other ranks, None if preempted."""
     point_dir = point.directory(run_dir)
     main = is_main_process()
-    if main and point_dir.exists():
-        console.print(f"[yellow]{point.name}: unfinished run found, training it again from scratch[/]")
-        shutil.rmtree(point_dir)
-    # other ranks wait inside train()'s process-group setup until rank 0 gets there, after the delete
+    _start_afresh(point, point_dir, main)
     start = time.perf_counter()
     summary = train_fn(point.cfg, point_dir)
     if summary.get("status") != "finished":
@@ -89,6 +88,19 @@ def run_point(point: Point, run_dir: Path, train_fn: Callable) -> Optional[dict]
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, point_dir / RESULT_FILE)  # the marker appears only once everything else is written
     return result
+
+
+def _start_afresh(point: Point, point_dir: Path, main: bool) -> None:
+    """Rank 0 deletes an unfinished point's directory, and no rank goes on before it is gone:
+    after a torchrun restart `train` resumes by itself (`--resume auto`), so a rank running ahead
+    would read the `checkpoints/latest` being deleted."""
+    if main and point_dir.exists():
+        console.print(f"[yellow]{point.name}: unfinished run found, training it again from scratch[/]")
+        shutil.rmtree(point_dir)
+    env = read_env(point.cfg.backend.device)
+    if env.world_size > 1:
+        join_process_group(env, point.cfg.backend.timeout_s)  # the group train() joins next (once per command)
+        torch.distributed.barrier()
 
 
 def run_points(points: list[Point], run_dir: Path, train_fn: Callable) -> tuple[list[dict], bool]:

@@ -15,18 +15,19 @@ from __future__ import annotations
 import warnings
 
 from msa_dist.config import BackendConfig
-from msa_dist.engine.backends.base import Backend, leave_process_group
+from msa_dist.engine.backends.base import Backend
 from msa_dist.engine.backends.ddp import DDPBackend
 from msa_dist.engine.backends.deepspeed import DeepSpeedBackend
 from msa_dist.engine.runtime import DistEnv
 from msa_dist.errors import MsaDistError
 
-__all__ = ["Backend", "DDPBackend", "DeepSpeedBackend", "build_backend", "leave_process_group"]
+__all__ = ["Backend", "DDPBackend", "DeepSpeedBackend", "build_backend"]
 
 
 def build_backend(cfg: BackendConfig, env: DistEnv, join: bool = True) -> Backend:
     """The one place that branches on the backend name. `join=False`: the caller calls
-    `backend.init_process_group()` itself (after checks that should fail fast)."""
+    `backend.init_process_group()` itself (after checks that should fail fast). Joining is
+    idempotent; the group is left by `engine.group.process_group_scope`, around the command."""
     if cfg.name == "single":
         if env.world_size > 1:
             raise MsaDistError(f"backend.name=single but WORLD_SIZE={env.world_size}: "
