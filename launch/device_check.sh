@@ -12,13 +12,17 @@
 # Without a data slice, `run` writes a synthetic dataset instead (the result records which).
 #
 # `run` builds shards from the slice (original images for the seed baseline, 256 px for the rest),
-# copies them to ~13k training samples (so epochs outlast worker start-up), then runs
-#   bench data   (1 and 8 workers; the seed-style reference loader in the same command)
-#   bench train  configs/seed_baseline.yaml, configs/gpu_fast.yaml, and gpu_fast with one option
-#                changed at a time (fp32, nvJPEG decoding, cuDNN autotuning, no channels_last, 128 fixed
-#                tokens, no fused AdamW, no pinned memory, random crops, DDP on one rank with default and
-#                tuned buckets/static graph, torch.compile), as long as the time budget (BUDGET_S) lasts
+# copies them to ~13k training samples (so epochs outlast worker start-up), then runs, most telling
+# first, as long as the time budget (BUDGET_S) lasts (ONLY=REGEX: just the parts whose names match):
+#   bench train   gpu_fast (the trainer's TrainStep, with a torch.profiler table), the seed baseline,
+#                 gpu_fast with texts padded to a multiple of 16, batch 512, torch.compile
+#   DeepSpeed     ZeRO-1/2/3 in bf16 and fp16 (one rank), and a save + mid-epoch resume on CUDA
+#   bench memory  the largest micro batch: BERT-base + ResNet-50 and BERT-large + ResNet-101,
+#                 with and without activation checkpointing
+#   whole runs    the single-GPU debug mode with ANOMALY=1; msa-dist train -> SIGTERM -> --resume
+#                 auto -> evaluate -> predict, compared with an uninterrupted run
 # and writes benchmarks/results/<device>-<date>.json (and a copy, with the logs, under $OUT if set).
+# DRY_RUN=1 runs the plumbing on a CPU with tiny models.
 set -uo pipefail
 
 cd "$(dirname "$0")/.."
@@ -122,27 +126,28 @@ run() {
     # overrides last: argparse takes the key=value words as one run of positionals
     local fast="--config configs/gpu_fast.yaml $fast_steps data.shards=$work/big256 $tiny"
     local ds="--config configs/gpu_fast.yaml $ds_steps data.shards=$work/big256 $tiny backend.name=deepspeed optim.fused=false"
-    # most telling first: the budget may end the list early
+    # most telling first: the budget may end the list early (measured 2026-11-30: 01, 02, 03, 04)
     step 01-gpu-fast 40 train $fast --profile "$logs/profile-gpu-fast.txt"
     step 02-seed-baseline 45 train --config configs/seed_baseline.yaml $base_steps data.shards="$work/bigorig" $tiny
-    WHOLE_RUN_ARGS="--config configs/gpu_fast.yaml data.shards=$work/big256 $base_text" timed_part 03-whole-run 120 whole_run
-    step 04-ds-zero2-bf16 35 train $ds backend.zero_stage=2
-    [ "$gpu" = 1 ] && step 05-ds-zero2-fp16 35 train $ds backend.zero_stage=2 backend.precision=fp16
-    step 06-ds-zero1-bf16 35 train $ds backend.zero_stage=1
-    step 07-ds-zero3-bf16 40 train $ds backend.zero_stage=3
+    step 05-fast-pad16 40 train $fast data.pad_to_multiple_of=16
+    [ "$gpu" = 1 ] && step 06-ds-zero2-fp16 35 train $ds backend.zero_stage=2 backend.precision=fp16
+    step 07-ds-zero1-bf16 35 train $ds backend.zero_stage=1
+    step 08-ds-zero3-bf16 40 train $ds backend.zero_stage=3
     DS_ARGS="--config configs/gpu_fast.yaml data.shards=$work/big256 $base_text backend.name=deepspeed backend.zero_stage=2 optim.fused=false" \
-        timed_part 08-ds-save-resume 60 ds_save_resume
+        timed_part 09-ds-save-resume 60 ds_save_resume
     if [ "$gpu" = 1 ]; then
-        step 09-memory-base 35 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256
-        step 10-memory-base-ckpt 50 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256 model.text.gradient_checkpointing=true model.image.gradient_checkpointing=true
-        step 11-memory-large 40 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256 model.text.name=bert-large-uncased model.image.name=resnet101
-        step 12-memory-large-ckpt 50 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256 model.text.name=bert-large-uncased model.image.name=resnet101 model.text.gradient_checkpointing=true model.image.gradient_checkpointing=true
+        step 10-memory-base 35 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256
+        step 11-memory-base-ckpt 50 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256 model.text.gradient_checkpointing=true model.image.gradient_checkpointing=true
+        step 12-memory-large 40 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256 model.text.name=bert-large-uncased model.image.name=resnet101
+        step 13-memory-large-ckpt 50 memory --config configs/gpu_fast.yaml $mem data.shards=$work/big256 model.text.name=bert-large-uncased model.image.name=resnet101 model.text.gradient_checkpointing=true model.image.gradient_checkpointing=true
     fi
-    step 13-fast-batch512 40 train $fast train.batch_size=512
     DEBUG_ARGS="data.shards=$work/s256 $base_text train.epochs=1 train.max_steps_per_epoch=3" timed_part 14-debug-anomaly 45 debug_anomaly
-    [ "$gpu" = 1 ] && step 15-ds-zero1-fp16 35 train $ds backend.zero_stage=1 backend.precision=fp16
-    [ "$gpu" = 1 ] && step 16-ds-zero3-fp16 40 train $ds backend.zero_stage=3 backend.precision=fp16
-    step 17-fast-compile 150 train $fast backend.compile=true
+    step 15-fast-batch512 40 train $fast train.batch_size=512
+    [ "$gpu" = 1 ] && step 16-ds-zero1-fp16 35 train $ds backend.zero_stage=1 backend.precision=fp16
+    [ "$gpu" = 1 ] && step 17-ds-zero3-fp16 40 train $ds backend.zero_stage=3 backend.precision=fp16
+    step 18-fast-compile-pad16 150 train $fast data.pad_to_multiple_of=16 backend.compile=true
+    WHOLE_RUN_ARGS="--config configs/gpu_fast.yaml data.shards=$work/big256 $base_text" timed_part 19-whole-run 120 whole_run
+    step 20-ds-zero2-bf16 35 train $ds backend.zero_stage=2
 
     ls "$parts"/*.json >/dev/null 2>&1 || { echo "no benchmark finished; logs in $logs"; exit 1; }
     local device date out_json

@@ -30,6 +30,7 @@ class DataConfig:
     image_draft: bool = True  # decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when they are much larger
     train_crop: str = "random"  # random (image_size crop at resize_size scale: no resize on shards stored at resize_size, the default) | random_resized (area 50-100%, then resized: the loader resizes every image) | center (no augmentation); each with a random flip except center
     pad_to_max_length: bool = False  # pad every batch to max_length (the seed's fixed shapes) instead of its longest text
+    pad_to_multiple_of: int = 1  # round each batch's text length up to a multiple of this (fewer shapes for compile / cuDNN plans); 1 = off
     decode_on_device: bool = False  # ship JPEG bytes + crop boxes; decode and crop on the GPU (nvJPEG)
 
     def __post_init__(self):

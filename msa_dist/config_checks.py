@@ -74,6 +74,9 @@ def _unknown_tracker(value, _) -> str:
 
 CHECKS: tuple[Check, ...] = (
     at_least("data.image_size", 1), at_least("data.resize_size", 1), at_least("data.max_length", 1),
+    at_least("data.pad_to_multiple_of", 1),
+    Check("data.pad_to_multiple_of", lambda v, d: v < 1 or d.max_length % v == 0,
+          "must divide data.max_length={max_length} (a batch is never longer)", name="divides"),
     at_least("data.workers", 0), at_least("data.chunk_samples", 1), one_of("data.train_crop", TRAIN_CROPS),
     one_of("model.modality", MODALITIES),
     Check("model.head.fusion", lambda v, model: model.modality in FUSION_MODALITIES[v],

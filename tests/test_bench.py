@@ -179,6 +179,14 @@ def test_collate_pads_to_longest_or_to_max_length(tokenizer):
     assert longest["input_ids"].shape[1] < 16 and fixed["input_ids"].shape == (3, 16)
     assert torch.equal(fixed["attention_mask"].sum(1), longest["attention_mask"].sum(1))
     assert longest["images"].shape == (3, 3, 8, 8)
+    # data.pad_to_multiple_of: lengths rounded up (fewer shapes), the same tokens; the Python path agrees
+    rounded = Collate(tokenizer, 16, pad_to_multiple_of=8)(samples)
+    assert rounded["input_ids"].shape[1] % 8 == 0 and rounded["input_ids"].shape[1] >= longest["input_ids"].shape[1]
+    width = longest["input_ids"].shape[1]
+    assert torch.equal(rounded["input_ids"][:, :width], longest["input_ids"]) and not rounded["attention_mask"][:, width:].any()
+    slow = Collate(tokenizer, 16, pad_to_multiple_of=8)
+    slow._backend = None
+    assert torch.equal(slow._encode([s["text"] for s in samples])[0], rounded["input_ids"])
 
 
 @pytest.mark.parametrize("train", [True, False])

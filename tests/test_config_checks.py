@@ -16,6 +16,8 @@ CASES = {
     "data.image_size": (["data.image_size=0"], "must be >= 1"),
     "data.resize_size": (["data.resize_size=-224"], "must be >= 1"),
     "data.max_length": (["data.max_length=0"], "must be >= 1"),
+    "data.pad_to_multiple_of": (["data.pad_to_multiple_of=0"], "must be >= 1"),
+    "data.pad_to_multiple_of[divides]": (["data.max_length=50", "data.pad_to_multiple_of=16"], "must divide data.max_length=50"),
     "data.workers": (["data.workers=-1"], "must be >= 0"),
     "data.chunk_samples": (["data.chunk_samples=0"], "must be >= 1"),
     "data.train_crop": (["data.train_crop=random_sized"], "one of random, random_resized, center"),

@@ -56,10 +56,12 @@ class Collate:
     """Batches samples: one fast-tokenizer call per batch, padded to the batch's longest text
     (or to max_length with `pad_to_max_length`, the seed's fixed shapes)."""
 
-    def __init__(self, tokenizer, max_length: int, pad_to_max_length: bool = False, image_size: int = 0):
+    def __init__(self, tokenizer, max_length: int, pad_to_max_length: bool = False, image_size: int = 0,
+                 pad_to_multiple_of: int = 1):
         self.tokenizer, self.max_length, self.image_size = tokenizer, max_length, image_size
         self.padding = "max_length" if pad_to_max_length else "longest"
-        self._backend = _batch_encoder(tokenizer, max_length, pad_to_max_length)
+        self.multiple = None if pad_to_max_length or pad_to_multiple_of <= 1 else pad_to_multiple_of
+        self._backend = _batch_encoder(tokenizer, max_length, pad_to_max_length, self.multiple)
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         if self._backend is not None:
@@ -70,7 +72,7 @@ class Collate:
             return (torch.from_numpy(np.array([e.ids for e in encodings], dtype=np.int64)),
                     torch.from_numpy(np.array([e.attention_mask for e in encodings], dtype=np.int64)))
         enc = self.tokenizer(texts, padding=self.padding, truncation=True, max_length=self.max_length,
-                             return_tensors="pt")
+                             pad_to_multiple_of=self.multiple, return_tensors="pt")
         return enc["input_ids"], enc["attention_mask"]
 
     def __call__(self, samples: list[dict], memory: Optional[BatchMemory] = None) -> dict:
@@ -173,7 +175,8 @@ class BatchMaker:
     def __init__(self, cfg: DataConfig, tokenizer, batch_size: int, train: bool, seed: int,
                  handler: Callable[[Exception], bool], pool: Optional[BlockPool] = None):
         self.cfg, self.train, self.seed = cfg, train, seed
-        self.collate = Collate(tokenizer, cfg.max_length, cfg.pad_to_max_length, cfg.image_size)
+        self.collate = Collate(tokenizer, cfg.max_length, cfg.pad_to_max_length, cfg.image_size,
+                               cfg.pad_to_multiple_of)
         self.batch_size, self.handler, self.pool = batch_size, handler, pool
         self._transform: Optional[SampleTransform] = None
 
@@ -209,7 +212,7 @@ class BatchMaker:
         return batch
 
 
-def _batch_encoder(tokenizer, max_length: int, pad_to_max_length: bool):
+def _batch_encoder(tokenizer, max_length: int, pad_to_max_length: bool, multiple: Optional[int] = None):
     """A Hugging Face fast tokenizer's Rust backend, set to truncate and pad as __call__ would
     (special tokens added, right padding with the pad token); None for other tokenizers."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
@@ -220,7 +223,7 @@ def _batch_encoder(tokenizer, max_length: int, pad_to_max_length: bool):
     # room for the special tokens inside max_length, as __call__(truncation=True) leaves
     backend.enable_truncation(max_length)
     backend.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
-                           length=max_length if pad_to_max_length else None)
+                           length=max_length if pad_to_max_length else None, pad_to_multiple_of=multiple)
     return backend
 
 
