@@ -130,6 +130,7 @@ run() {
     step 01-gpu-fast 40 train $fast --profile "$logs/profile-gpu-fast.txt"
     step 02-seed-baseline 45 train --config configs/seed_baseline.yaml $base_steps data.shards="$work/bigorig" $tiny
     step 05-fast-pad16 40 train $fast data.pad_to_multiple_of=16
+    step 05b-fast-no-cudnn-sdpa 40 train $fast backend.cudnn_sdpa=false
     [ "$gpu" = 1 ] && step 06-ds-zero2-fp16 35 train $ds backend.zero_stage=2 backend.precision=fp16
     step 07-ds-zero1-bf16 35 train $ds backend.zero_stage=1
     step 08-ds-zero3-bf16 40 train $ds backend.zero_stage=3

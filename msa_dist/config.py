@@ -151,6 +151,7 @@ class BackendConfig:
     ddp_bucket_mb: int = 25  # DDP gradient bucket size
     ddp_static_graph: bool = False  # DDP static graph optimisation
     compile: bool = False  # torch.compile the model
+    cudnn_sdpa: bool = True  # GPUs: let scaled-dot-product attention use cuDNN's kernel (it builds a plan per new shape)
     timeout_s: int = 1800  # process-group timeout: a rank waiting longer for a peer in a collective fails the run
 
     def __post_init__(self):

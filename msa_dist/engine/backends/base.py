@@ -28,6 +28,8 @@ class Backend:
 
     def __init__(self, cfg: BackendConfig, env: DistEnv):
         self.cfg, self.env = cfg, env
+        if env.device.type == "cuda" and not cfg.cudnn_sdpa:
+            torch.backends.cuda.enable_cudnn_sdp(False)  # attention then runs on flash / memory-efficient kernels
         self.amp_dtype = DTYPES[cfg.precision]
         self.model: Optional[torch.nn.Module] = None  # what the loop calls forward on
         self.module: Optional[torch.nn.Module] = None  # the plain model underneath
