@@ -63,7 +63,8 @@ def test_val_passes_during_training_reuse_workers_forked_before_it(shards, token
             assert [k for k, _ in got] == [k for k, _ in expected]
             assert all(torch.equal(a, b) for (_, a), (_, b) in zip(got, expected))
             next(iter(val))  # a pass left unfinished: the next one still starts from the first batch
-        assert {p.pid for p in multiprocessing.active_children()} == workers
+        # no new child (a process of an earlier test may have ended meanwhile: a subset, not equality)
+        assert {p.pid for p in multiprocessing.active_children()} <= workers
     finally:
         monkeypatch.undo()
         stream.close()
