@@ -185,9 +185,10 @@ def _check_two_nodes_like_one(data: Path, one_node: Path, tmp_path: Path, *extra
         config = write_config(tmp_path / "c.yaml", url, *DDP_ARGS)
         nodes = _two_nodes(_train(config, run_dir, *extra), tmp_path)
         codes = [finish(node, tmp_path / f"node{i}.log") for i, node in enumerate(nodes)]
-    logs = [(tmp_path / f"node{i}.log").read_text()[-3000:] for i in range(2)]
-    assert codes == [0, 0], logs
-    assert "2 node(s) x 1 per node" in " ".join("".join(logs).split())  # rich wraps lines
+    full = [(tmp_path / f"node{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], [log[-3000:] for log in full]
+    # the whole log: DeepSpeed may print enough after the header (a JIT op build) to push it out of a tail
+    assert "2 node(s) x 1 per node" in " ".join("".join(full).split())  # rich wraps lines
     losses = train_losses(run_dir)
     assert sorted(losses) == list(range(1, 25))
     assert losses == pytest.approx(train_losses(one_node), abs=1e-5)
