@@ -50,6 +50,7 @@ class TextEncoderConfig:
     tiny_bigram_buckets: int = 0  # tiny bow only: hashed token-bigram embeddings (0 = tokens only)
     tiny_char_buckets: int = 0  # tiny bow only: hashed character 2-5-gram embeddings of each token (0 = none)
     tiny_token_dropout: float = 0.0  # tiny bow only, training: fraction of tokens dropped from each text
+    tiny_idf: bool = False  # tiny bow only: weight n-grams by inverse document frequency in the train texts, L2-normalised per text (TF-IDF's weighting)
     tiny_dropout: float = 0.1  # tiny model only: BERT's hidden and attention dropout
     unfreeze_last_n_layers: int = -1  # train only the top N transformer layers (and what follows them); -1 = all
     layer_decay: float = 1.0  # layer-wise lr decay: each layer below the top gets this factor more; 1 = off
@@ -133,6 +134,8 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # cap optimizer steps per epoch (0 = the whole split); for smoke runs
     best_metric: str = "macro_f1"  # accuracy | macro_f1 | weighted_f1: the val metric that picks the best checkpoint
     max_nonfinite_steps: int = 10  # consecutive non-finite losses before the run stops
+    ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights (e.g. 0.99); not with DeepSpeed
+    mixup_alpha: float = 0.0  # > 0: mix pairs of samples' text and image vectors before the head, lambda ~ Beta(alpha, alpha)
     deterministic: bool = False  # torch deterministic algorithms (debug mode)
     detect_anomaly: bool = False  # autograd anomaly detection (debug mode; slow)
     init_from: str = ""  # plain model.pt to start a new run from (weights only; e.g. a consolidated DeepSpeed checkpoint)

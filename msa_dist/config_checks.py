@@ -7,13 +7,14 @@ or model is built. Builders import the allowed sets from here and do not check a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 from msa_dist.errors import MsaDistError
 
 MODALITIES = ("both", "text", "image")
 # model.head.fusion -> the model.modality values it works with (gated and cross_attention combine two)
 FUSION_MODALITIES = {"concat": MODALITIES, "gated": ("both",), "cross_attention": ("both",), "late": MODALITIES}
+FUSIONS_ON_TOKENS = ("cross_attention",)  # heads that take token states, not one vector per modality
 POOLINGS = ("cls", "mean", "last")
 TINY_ARCHS = ("bert", "bow")
 SCHEDULES = ("cosine", "linear", "constant")
@@ -36,7 +37,7 @@ class Check:
     key: str
     ok: Callable[[Any, Any], bool]  # (value, section) -> good?
     says: Union[str, Callable[[Any, Any], str]]
-    where: str = ""
+    where: Optional[str] = None  # "" for a rule across sections (it runs on the whole config)
     name: str = ""  # tells apart two rules of one key
 
     @property
@@ -45,7 +46,7 @@ class Check:
 
     @property
     def section(self) -> str:
-        return self.where or self.key.rpartition(".")[0]
+        return self.key.rpartition(".")[0] if self.where is None else self.where
 
 
 def one_of(key: str, allowed) -> Check:
@@ -93,6 +94,8 @@ CHECKS: tuple[Check, ...] = (
     at_least("model.text.tiny_vocab_size", MIN_TINY_VOCAB),
     at_least("model.text.tiny_bigram_buckets", 0), at_least("model.text.tiny_char_buckets", 0),
     fraction("model.text.tiny_token_dropout"), fraction("model.text.tiny_dropout"),
+    Check("model.text.tiny_idf", lambda v, text: not v or _is_tiny("bow")(text),
+          "needs model.text.name=tiny and model.text.tiny_arch=bow"),
     at_least("model.text.unfreeze_last_n_layers", -1),
     fraction("model.text.layer_decay", low_open=True, high_open=False),
     at_least("model.image.tiny_width", 1), at_least("model.image.unfreeze_last_n_layers", -1),
@@ -116,6 +119,13 @@ CHECKS: tuple[Check, ...] = (
     at_least("train.focal_gamma", 0), at_least("train.eval_every_epochs", 1),
     at_least("train.max_steps_per_epoch", 0), one_of("train.best_metric", BEST_METRICS),
     at_least("train.max_nonfinite_steps", 1),
+    fraction("train.ema_decay"), at_least("train.mixup_alpha", 0),
+    Check("train.ema_decay", lambda v, cfg: not (v and cfg.backend.name == "deepspeed"),
+          "is not supported with backend.name=deepspeed (its weights may be partitioned): use backend.name=ddp",
+          where="", name="deepspeed"),
+    Check("train.mixup_alpha", lambda v, cfg: not v or cfg.model.head.fusion not in FUSIONS_ON_TOKENS,
+          lambda v, cfg: f"mixes pooled vectors: not with model.head.fusion={cfg.model.head.fusion} (use concat, gated or late)",
+          where="", name="fusion"),
     one_of("backend.name", BACKENDS), one_of("backend.precision", PRECISIONS),
     one_of("backend.zero_stage", ZERO_STAGES), one_of("backend.device", DEVICES),
     at_least("backend.ddp_bucket_mb", 1), at_least("backend.timeout_s", 1),

@@ -74,12 +74,14 @@ def test_one_shard_with_two_ranks_and_two_workers_reads_every_sample_once(data):
 
 # -- exact resume and non-finite losses, in this process ----------------------------------------
 
-def test_resume_mid_epoch_is_exact(data, tmp_path):
+@pytest.mark.parametrize("extra", [(), ("train.ema_decay=0.9", "train.mixup_alpha=0.4")], ids=["plain", "ema-mixup"])
+def test_resume_mid_epoch_is_exact(data, tmp_path, extra):
     """Dropout on, 2 workers, a shuffle buffer: resuming from a mid-epoch checkpoint reproduces
-    every later loss and the final weights bit for bit (CPU, fp32, fixed seed)."""
+    every later loss and the final weights bit for bit (CPU, fp32, fixed seed); with an EMA of the
+    weights and mixup too (the trained weights travel in the client state, mixup's draws in the RNG's)."""
     config = write_config(tmp_path / "c.yaml", data / "shards", "data.workers=2",
                           "model.text.tiny_dropout=0.1", "model.head.dropout=0.2", "checkpoint.every_steps=5",
-                          "checkpoint.keep_last=10")
+                          "checkpoint.keep_last=10", *extra)
     cfg = load_config(config)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     trainer.train(cfg, whole)

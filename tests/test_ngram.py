@@ -1,6 +1,9 @@
 """The bag of n-grams' character n-grams: hashed per vocabulary token, saved with the weights."""
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from msa_dist.config import TextEncoderConfig, load_config
@@ -55,3 +58,36 @@ def test_a_trained_run_reloads_its_char_table(tmp_path, shard_dir):
     hashtag = tokenizer.convert_tokens_to_ids("#")
     assert (table != 128).any() and table.shape[0] == len(tokenizer)
     assert table[hashtag].tolist()[:3] == char_ngram_buckets("#", 128)[:3]
+
+
+def test_idf_weighting_gives_tfidf_weighted_sums():
+    cfg = TextEncoderConfig(name="tiny", tiny_arch="bow", pooling="mean", tiny_hidden=4, tiny_idf=True)
+    encoder = build_text_encoder(cfg, vocab_size=6).eval()
+    bow = encoder.model
+    ids = torch.tensor([[1, 2, 3, 0], [1, 4, 0, 0], [1, 2, 5, 5]])
+    mask = (ids != 0).long()
+    bow.fit_idf(ids, mask)
+    n = 3
+    df = {1: 3, 2: 2, 3: 1, 4: 1, 5: 1}  # token 5 twice in one text: one document
+    for token, count in df.items():
+        assert bow.idf_tokens[token].item() == pytest.approx(math.log((1 + n) / (1 + count)) + 1)
+    assert bow.idf_tokens[0].item() == pytest.approx(math.log(4) + 1)  # never counted where masked out
+    weights = bow.idf_tokens[ids[2]]
+    expected = (bow.tokens.weight[ids[2]] * weights[:, None]).sum(0) / weights.norm()
+    assert torch.allclose(encoder(ids, mask)[2], expected, atol=1e-6)  # mean pooling gives the L2-normalised sum
+    padded = torch.cat([ids[1:2], torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    assert torch.allclose(encoder(padded, (padded != 0).long())[0], encoder(ids[1:2], mask[1:2])[0], atol=1e-6)
+
+
+def test_a_run_with_idf_fits_it_on_the_train_texts_and_reloads_it(tmp_path, shard_dir):
+    from msa_dist.engine.trainer import train
+    cfg = tiny_cfg(shard_dir, "model.text.tiny_arch=bow", "model.text.pooling=mean", "model.text.tiny_idf=true",
+                   "model.text.tiny_char_buckets=128", "model.text.tiny_bigram_buckets=64")
+    train(cfg, tmp_path / "run")
+    _, _, model = load_trained_model(tmp_path / "run", model_weights_path(tmp_path / "run", "latest"),
+                                     torch.device("cpu"))
+    bow = model.text_encoder.model
+    for name in ("idf_tokens", "idf_bigrams", "idf_chars"):
+        idf = getattr(bow, name)
+        assert (idf > 1).any() and idf.min() >= 0, name  # fitted, not the ones a new model starts with
+    assert bow.idf_chars[-1] == 0  # the padding n-gram

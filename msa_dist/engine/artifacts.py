@@ -71,6 +71,10 @@ def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.
     text_backbone = getattr(model.text_encoder, "model", None)
     if hasattr(text_backbone, "index_vocabulary"):  # the bag of n-grams hashes each token's characters
         text_backbone.index_vocabulary(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+    if getattr(getattr(text_backbone, "config", None), "idf", False):  # TF-IDF weighting: counts of the train texts
+        enc = tokenizer(list(iter_texts(cfg.data.shards, "train")), padding="longest", truncation=True,
+                        max_length=cfg.data.max_length, return_tensors="pt")
+        text_backbone.fit_idf(enc["input_ids"], enc["attention_mask"])
     if backend.env.is_main and model.text_encoder is not None:
         save_text_architecture(model.text_encoder, run_dir / "text_config")
     return model

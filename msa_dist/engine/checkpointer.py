@@ -4,7 +4,8 @@
 also `best/` by `train.best_metric`) and on a stop request; keeps the last `checkpoint.keep_last`
 step directories. Each save holds the backend's state, every rank's RNG, the `TrainState` below
 and the data stream's position (`TrainStream.state_dict()`); `checkpoint.py` writes it
-atomically, so a kill during a save leaves the previous one usable.
+atomically, so a kill during a save leaves the previous one usable. With an EMA of the weights
+(`engine/ema.py`), `model.pt` holds the average and the client state the trained weights.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Callable, Optional
 
 from msa_dist.config import CheckpointConfig
 from msa_dist.engine import checkpoint as ckpt
+from msa_dist.engine.ema import WeightAverage
 from msa_dist.errors import MsaDistError
 
 
@@ -37,9 +39,10 @@ class TrainState:
 class Checkpointer:
     """Saves `client()` (train state, data position, config, layout) with the backend's state."""
 
-    def __init__(self, backend, root: Path, cfg: CheckpointConfig, best_metric: str, client: Callable[[], dict]):
+    def __init__(self, backend, root: Path, cfg: CheckpointConfig, best_metric: str, client: Callable[[], dict],
+                 ema: WeightAverage):
         self.backend, self.root, self.cfg = backend, Path(root), cfg
-        self.best_metric, self.client = best_metric, client
+        self.best_metric, self.client, self.ema = best_metric, client, ema
 
     def due(self, step: int) -> bool:
         """A periodic save after this optimizer step."""
@@ -50,14 +53,18 @@ class Checkpointer:
         better = metrics is not None and (state.best_value is None or metrics[self.best_metric] > state.best_value)
         if better:
             state.best_value = metrics[self.best_metric]
-        step_dir = ckpt.save_checkpoint(self.backend, self.root, state.step, self.client(), self.cfg.keep_last)
+        with self.ema.averaged():  # model.pt: the weights evaluated; the client state: the trained ones
+            client = {**self.client(), "ema": self.ema.state_dict()}
+            step_dir = ckpt.save_checkpoint(self.backend, self.root, state.step, client, self.cfg.keep_last)
         if better:
             ckpt.save_best(self.backend, self.root, step_dir, metrics)
         return step_dir
 
     def load(self, start: Path) -> dict:
-        """Restore the backend's state and this rank's RNG from `start`; returns the client state."""
-        return ckpt.load_checkpoint(self.backend, start)
+        """Restore the backend's state, the EMA and this rank's RNG from `start`; returns the client state."""
+        client = ckpt.load_checkpoint(self.backend, start)
+        self.ema.restore(client.get("ema") or {}, str(start))
+        return client
 
 
 def resume_point(ckpt_root: Path, resume: Optional[str]) -> Optional[Path]:

@@ -52,8 +52,10 @@ class StepResult:
 class TrainStep:
     """Forward, loss, backward and (at a boundary) the optimizer step; returns a `StepResult` at a boundary."""
 
-    def __init__(self, backend, loss_fn: Callable, modality: str):
+    def __init__(self, backend, loss_fn: Callable, modality: str, mixup_alpha: float = 0.0):
         self.backend, self.loss_fn, self.modality = backend, loss_fn, modality
+        # mixup: lambda ~ Beta(alpha, alpha), drawn from torch's CPU generator (saved with every checkpoint)
+        self.mixup = torch.distributions.Beta(mixup_alpha, mixup_alpha) if mixup_alpha > 0 else None
         device = backend.env.device
         self.vote = torch.zeros(4, device=device)  # [nonfinite, stop, loss, corrupt], summed over ranks
         self.window = torch.zeros(len(FIELDS), dtype=torch.float64, device=device)
@@ -62,10 +64,7 @@ class TrainStep:
     def __call__(self, batch: dict, is_boundary: bool, stop: bool = False, corrupt: int = 0) -> Optional[StepResult]:
         backend, device = self.backend, self.backend.env.device
         with backend.accumulate(is_boundary):
-            with backend.autocast():
-                logits = backend.model(**model_inputs(batch, device, self.modality))
-            labels = batch["labels"].to(device, non_blocking=device.type == "cuda")
-            loss = self.loss_fn(logits.float(), labels)
+            loss = self._loss(batch, device)
             drop = self._vote(loss, stop, corrupt)
             backend.backward(loss, drop=drop)
         self.samples += len(batch["keys"])
@@ -79,6 +78,20 @@ class TrainStep:
         w.zero_()
         self.samples = 0
         return result
+
+    def _loss(self, batch: dict, device: torch.device) -> torch.Tensor:
+        """The micro batch's loss; with mixup, of the model's output for mixed pairs (both labels weighed)."""
+        inputs = model_inputs(batch, device, self.modality)
+        labels = batch["labels"].to(device, non_blocking=device.type == "cuda")
+        if self.mixup is None:
+            with self.backend.autocast():
+                logits = self.backend.model(**inputs)
+            return self.loss_fn(logits.float(), labels)
+        lam = float(self.mixup.sample())  # a CPU draw: no device sync
+        perm = torch.randperm(len(labels), device=device)
+        with self.backend.autocast():
+            logits = self.backend.model(**inputs, mix=(perm, lam)).float()
+        return lam * self.loss_fn(logits, labels) + (1.0 - lam) * self.loss_fn(logits, labels[perm])
 
     def _vote(self, loss: torch.Tensor, stop: bool, corrupt: int) -> torch.Tensor:
         """All ranks agree, on the device, whether this micro batch is dropped; the window counts it."""

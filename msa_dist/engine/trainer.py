@@ -19,6 +19,7 @@ from msa_dist.engine import checkpoint as ckpt
 from msa_dist.engine.checkpointer import Checkpointer, TrainState, client_state, resume_point
 from msa_dist.engine.artifacts import build_run_model, prepare_tokenizer
 from msa_dist.engine.backends import build_backend
+from msa_dist.engine.ema import WeightAverage
 from msa_dist.engine.display import console, print_metrics, progress_bar
 from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.losses import build_loss
@@ -106,8 +107,9 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
     tokenizer, stream, val_loader = _setup(cfg, run_dir, start, env, backend)
     state, accum = TrainState(), tcfg.grad_accum_steps
     layout = _layout(cfg, env, backend)
+    ema = WeightAverage(backend.module, tcfg.ema_decay)
     checkpointer = Checkpointer(backend, run_dir / "checkpoints", cfg.checkpoint, tcfg.best_metric,
-                                lambda: client_state(state, stream, to_dict(cfg), layout))
+                                lambda: client_state(state, stream, to_dict(cfg), layout), ema)
     if start is not None:
         state = _restore(checkpointer, start, stream, env)
     # A resumed run cuts the log back to its checkpoint; a restart before any checkpoint starts it afresh.
@@ -116,7 +118,8 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
     if start is not None:
         log.write({"type": "resume", "epoch": state.epoch, "step": state.step, "from": start.name,
                    "world_size": env.world_size})
-    train_step = TrainStep(backend, build_loss(tcfg, class_weights(cfg.data.shards).to(env.device)), cfg.model.modality)
+    train_step = TrainStep(backend, build_loss(tcfg, class_weights(cfg.data.shards).to(env.device)), cfg.model.modality,
+                           tcfg.mixup_alpha)
     ledger = StepLedger(state, tcfg.max_nonfinite_steps)
     summary = {"run_dir": str(run_dir), "status": "finished", "global_batch_size": tcfg.batch_size * accum * env.world_size}
     progress, waits = progress_bar(cfg.log.progress and env.is_main), DataWait()
@@ -132,6 +135,7 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                 if result is None:
                     continue  # an accumulation micro step
                 state.step, seen = state.step + 1, seen + result.samples * env.world_size
+                ema.update(state.step)
                 log_now = state.step % cfg.log.every_steps == 0
                 ledger.add(result, settle=log_now)  # the step before this one; this one too at a log step
                 speed = seen / max(time.perf_counter() - t0, 1e-9)
@@ -148,7 +152,8 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                     return {**summary, "status": "preempted", "step": state.step}
             ledger.settle()
             state.epoch += 1
-            summary["val"] = metrics = _validate(cfg, backend, tokenizer, env, state, log, val_loader)
+            with ema.averaged():
+                summary["val"] = metrics = _validate(cfg, backend, tokenizer, env, state, log, val_loader)
             _save(checkpointer, state, log, metrics)
     if env.is_main and summary.get("val"):
         print_metrics(summary["val"], f"val metrics after {tcfg.epochs} epochs")

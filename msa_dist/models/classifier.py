@@ -31,7 +31,10 @@ class MultimodalSentimentClassifier(nn.Module):
         self.layer_decay = layer_decay  # (text, image) layer-wise lr decay factors
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                images: Optional[torch.Tensor] = None) -> torch.Tensor:
+                images: Optional[torch.Tensor] = None,
+                mix: Optional[tuple[torch.Tensor, float]] = None) -> torch.Tensor:
+        """`mix` = (permutation, lambda), training with mixup: each sample's text and image vectors
+        become lambda * its own + (1 - lambda) * those of sample permutation[i] (pooled heads only)."""
         if self.text_encoder is not None:
             if input_ids is None:
                 raise ValueError(f"modality={self.modality} needs input_ids")
@@ -40,6 +43,7 @@ class MultimodalSentimentClassifier(nn.Module):
         if self.image_encoder is not None and images is None:
             raise ValueError(f"modality={self.modality} needs images")
         if getattr(self.head, "uses_tokens", False):
+            assert mix is None, "mixup mixes pooled vectors (the config check keeps it off token heads)"
             text_tokens = self.text_encoder.forward_tokens(input_ids, attention_mask)
             image_tokens = self.image_encoder.forward_tokens(images)
             text_tokens, image_tokens = self._drop_modality(text_tokens, image_tokens)
@@ -47,6 +51,10 @@ class MultimodalSentimentClassifier(nn.Module):
         text_emb = self.text_encoder(input_ids, attention_mask) if self.text_encoder is not None else None
         image_emb = self.image_encoder(images) if self.image_encoder is not None else None
         text_emb, image_emb = self._drop_modality(text_emb, image_emb)
+        if mix is not None:
+            perm, lam = mix
+            text_emb, image_emb = (None if emb is None else lam * emb + (1.0 - lam) * emb[perm]
+                                   for emb in (text_emb, image_emb))
         return self.head(text_emb=text_emb, image_emb=image_emb)
 
     def _drop_modality(self, text: Optional[torch.Tensor],
