@@ -86,16 +86,13 @@ run() {
     echo "shards ready after $((SECONDS - start)) s ($data_kind data)"
 
     # step NAME EST_S ARGS...: run `msa-dist bench ARGS --json parts/NAME.json` if the budget allows
-    # (under torchrun with one process when LAUNCH=torchrun)
     step() {
         local name=$1 est=$2; shift 2
         [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] && return  # ONLY=REGEX: run just the matching parts
         local left=$((budget_s - (SECONDS - start)))
         if [ "$left" -lt "$est" ]; then echo "SKIP $name: ${left}s left, needs ~${est}s"; return; fi
         echo "== $name"
-        local launch=(-m msa_dist)
-        [ "${LAUNCH:-}" = torchrun ] && launch=(-m torch.distributed.run --standalone --nproc_per_node 1 -m msa_dist)
-        timeout "$left" "$PY" "${launch[@]}" bench "$@" --json "$parts/$name.json" >"$logs/$name.log" 2>&1
+        timeout "$left" "$PY" -m msa_dist bench "$@" --json "$parts/$name.json" >"$logs/$name.log" 2>&1
         local rc=$?
         grep -E "samples/s|data wait|MFU|ratio per core|peak memory|largest batch" "$logs/$name.log" | head -8
         [ "$rc" -eq 0 ] || { echo "FAILED $name (rc $rc):"; tail -5 "$logs/$name.log"; }

@@ -38,6 +38,7 @@ class Backend:
         self.grad_accum_steps = 1
         self.grad_clip = 0.0
         self._grad_mask: Optional[GradMask] = None
+        self._trainable: list[torch.nn.Parameter] = []  # listed once in `prepare`, not per optimizer step
 
     # -- setup -------------------------------------------------------------------------------
     def init_process_group(self) -> None:
@@ -53,6 +54,7 @@ class Backend:
             self.model = torch.compile(self.model)
         self.optimizer = build_optimizer(optim_cfg, self.module.parameter_groups())
         self.scheduler = build_scheduler(optim_cfg, self.optimizer, total_steps)
+        self._trainable = [p for p in self.module.parameters() if p.requires_grad]
         self.install_grad_mask()
 
     def install_grad_mask(self) -> None:
@@ -109,7 +111,7 @@ class Backend:
         if not is_boundary:
             return None
         self.scaler.unscale_(self.optimizer)
-        params = [p for p in self.module.parameters() if p.grad is not None]
+        params = [p for p in self._trainable if p.grad is not None]
         norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         if self.grad_clip > 0:
             torch.nn.utils.clip_grads_with_norm_(params, self.grad_clip, norm)
