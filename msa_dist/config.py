@@ -51,6 +51,7 @@ class TextEncoderConfig:
     tiny_char_buckets: int = 0  # tiny bow only: hashed character 2-5-gram embeddings of each token (0 = none)
     tiny_token_dropout: float = 0.0  # tiny bow only, training: fraction of tokens dropped from each text
     tiny_idf: bool = False  # tiny bow only: weight n-grams by inverse document frequency in the train texts, L2-normalised per text (TF-IDF's weighting)
+    tiny_init_std: float = 0.1  # tiny bow only: std of the embeddings' random init (small: the text side starts near a linear model)
     tiny_dropout: float = 0.1  # tiny model only: BERT's hidden and attention dropout
     unfreeze_last_n_layers: int = -1  # train only the top N transformer layers (and what follows them); -1 = all
     layer_decay: float = 1.0  # layer-wise lr decay: each layer below the top gets this factor more; 1 = off
@@ -85,6 +86,7 @@ class HeadConfig:
     modality_dropout: float = 0.0  # training only: fraction of samples that lose one modality (chosen at random)
     attn_layers: int = 1  # cross_attention only: bidirectional text<->image attention blocks
     attn_heads: int = 4  # cross_attention only: attention heads (must divide proj_dim)
+    late_text_linear: bool = False  # late only: the text head is one linear layer to logits (with model.text.tiny_idf: a linear model of TF-IDF features)
 
     def __post_init__(self):
         check_section(self, "model.head")

@@ -292,3 +292,14 @@ def test_every_shipped_config_builds_its_model(path, tiny_clip_dir, tmp_path):
     with torch.no_grad():
         logits = model.eval()(**batch(n=2, image_px=64))
     assert logits.shape == (2, NUM_CLASSES)
+
+
+def test_late_fusion_with_a_linear_text_head_averages_its_logits_with_the_image_heads():
+    from msa_dist.models.fusion import LateFusionHead
+    head = LateFusionHead(HeadConfig(fusion="late", proj_dim=8, hidden=8, late_text_linear=True), 6, 5).eval()
+    assert isinstance(head.text_head, torch.nn.Linear) and head.text_head.out_features == NUM_CLASSES
+    text_emb, image_emb = torch.randn(3, 6), torch.randn(3, 5)
+    expected = (head.text_head(text_emb) + head.image_head(image_emb=image_emb)) / 2
+    assert torch.allclose(head(text_emb=text_emb, image_emb=image_emb), expected)
+    text_only = LateFusionHead(HeadConfig(fusion="late", late_text_linear=True), 6, None)
+    assert torch.equal(text_only(text_emb=text_emb), text_only.text_head(text_emb))

@@ -28,10 +28,11 @@ class BagOfNgramsConfig(PretrainedConfig):
     model_type = "msa_dist_bag_of_ngrams"
 
     def __init__(self, vocab_size: int = 8000, hidden_size: int = 128, bigram_buckets: int = 0,
-                 char_buckets: int = 0, token_dropout: float = 0.0, idf: bool = False, **kwargs):
+                 char_buckets: int = 0, token_dropout: float = 0.0, idf: bool = False, init_std: float = 0.1,
+                 **kwargs):
         super().__init__(**kwargs)
         self.vocab_size, self.hidden_size, self.bigram_buckets = vocab_size, hidden_size, bigram_buckets
-        self.char_buckets, self.token_dropout, self.idf = char_buckets, token_dropout, idf
+        self.char_buckets, self.token_dropout, self.idf, self.init_std = char_buckets, token_dropout, idf, init_std
 
 
 def char_ngram_buckets(token: str, buckets: int) -> list[int]:
@@ -58,7 +59,7 @@ class BagOfNgrams(nn.Module):
             self.register_buffer("char_table", torch.full((config.vocab_size, MAX_CHAR_NGRAMS), config.char_buckets))
         for emb in (self.tokens, self.bigrams, self.chars):
             if emb is not None:
-                nn.init.normal_(emb.weight, std=0.1)
+                nn.init.normal_(emb.weight, std=config.init_std)
         if self.chars is not None:
             with torch.no_grad():
                 self.chars.weight[config.char_buckets].zero_()

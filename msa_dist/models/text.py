@@ -111,7 +111,8 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pretrained: bool
     """
     if cfg.name == "tiny" and cfg.tiny_arch == "bow":
         model = BagOfNgrams(BagOfNgramsConfig(vocab_size, cfg.tiny_hidden, cfg.tiny_bigram_buckets,
-                                              cfg.tiny_char_buckets, cfg.tiny_token_dropout, cfg.tiny_idf))
+                                              cfg.tiny_char_buckets, cfg.tiny_token_dropout, cfg.tiny_idf,
+                                              cfg.tiny_init_std))
     elif cfg.name == "tiny":
         model = _tiny_bert(cfg, vocab_size)
     elif pretrained:
