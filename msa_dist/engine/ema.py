@@ -69,8 +69,9 @@ class WeightAverage:
         """After loading a checkpoint's `model.pt` (the averaged weights, with EMA on): put the trained
         weights it saved back into the module and the average into the shadow."""
         if bool(saved) != self.enabled:
+            held = "averaged" if saved else "trained"
             raise MsaDistError(f"{where} was saved with train.ema_decay {'> 0' if saved else '= 0'}: resume it with "
-                               "the same setting (its model.pt holds " + ("averaged" if saved else "trained") + " weights)")
+                               f"the same setting (its model.pt holds {held} weights)")
         if not self.enabled:
             return
         with torch.no_grad():

@@ -97,8 +97,8 @@ class BagOfNgrams(nn.Module):
         if self.bigrams is not None:
             kinds.append(("idf_bigrams", self.config.bigram_buckets, self._bigrams))
         if self.chars is not None:
-            kinds.append(("idf_chars", self.config.char_buckets,
-                          lambda ids, mask: (self.char_table[ids].flatten(1), mask.repeat_interleave(MAX_CHAR_NGRAMS, 1))))
+            kinds.append(("idf_chars", self.config.char_buckets, lambda ids, mask: (
+                self.char_table[ids].flatten(1), mask.repeat_interleave(MAX_CHAR_NGRAMS, 1))))
         n = len(input_ids)
         for name, size, features in kinds:
             df = torch.zeros(size + 1)

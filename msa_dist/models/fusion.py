@@ -80,7 +80,8 @@ class LateFusionHead(nn.Module):
         super().__init__()
         self.text_head = None
         if text_dim is not None:
-            self.text_head = nn.Linear(text_dim, NUM_CLASSES) if cfg.late_text_linear else ConcatFusionHead(cfg, text_dim, None)
+            self.text_head = (nn.Linear(text_dim, NUM_CLASSES) if cfg.late_text_linear
+                              else ConcatFusionHead(cfg, text_dim, None))
         self.image_head = ConcatFusionHead(cfg, None, image_dim) if image_dim is not None else None
 
     def forward(self, text_emb: Optional[torch.Tensor] = None,
