@@ -1,6 +1,8 @@
 """An EMA of the weights (train.ema_decay) and mixup of pooled vectors (train.mixup_alpha)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -50,6 +52,7 @@ def test_a_run_with_ema_saves_the_average_and_keeps_the_trained_weights_for_resu
     saved = final_weights(tmp_path / "run")
     trained = torch.load(step_dir / "state.pt", weights_only=False)["ema"]
     assert trained.keys() <= saved.keys() and any(not torch.equal(saved[k], trained[k]) for k in trained)
+    assert "ema" not in json.loads((step_dir / "client.json").read_text())  # tensors stay out of the JSON
 
 
 def test_mixup_mixes_each_modality_vector_with_the_permuted_samples():

@@ -57,8 +57,9 @@ def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, kee
     backend.barrier()
     if backend.env.is_main:
         # client.json is written last: a directory that has it is complete.
+        # (without the config, and without the EMA's weights: tensors, kept in the backend's state)
         (tmp / "client.json").write_text(json.dumps(
-            {k: v for k, v in client_state.items() if k != "config"}, indent=1, default=str))
+            {k: v for k, v in client_state.items() if k not in ("config", "ema")}, indent=1, default=str))
         old = ckpt_root / f".old-step-{step:07d}"
         if final.exists():  # the same step saved again (e.g. epoch end after a step save)
             shutil.rmtree(old, ignore_errors=True)
