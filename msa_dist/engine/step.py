@@ -83,15 +83,14 @@ class TrainStep:
         """The micro batch's loss; with mixup, of the model's output for mixed pairs (both labels weighed)."""
         inputs = model_inputs(batch, device, self.modality)
         labels = batch["labels"].to(device, non_blocking=device.type == "cuda")
-        if self.mixup is None:
-            with self.backend.autocast():
-                logits = self.backend.model(**inputs)
-            return self.loss_fn(logits.float(), labels)
-        lam = float(self.mixup.sample())  # a CPU draw: no device sync
-        perm = torch.randperm(len(labels), device=device)
+        if self.mixup is not None:
+            lam = float(self.mixup.sample())  # a CPU draw: no device sync
+            perm = torch.randperm(len(labels), device=device)
+            inputs["mix"] = (perm, lam)
         with self.backend.autocast():
-            logits = self.backend.model(**inputs, mix=(perm, lam)).float()
-        return lam * self.loss_fn(logits, labels) + (1.0 - lam) * self.loss_fn(logits, labels[perm])
+            logits = self.backend.model(**inputs).float()
+        loss = self.loss_fn(logits, labels)
+        return loss if self.mixup is None else lam * loss + (1.0 - lam) * self.loss_fn(logits, labels[perm])
 
     def _vote(self, loss: torch.Tensor, stop: bool, corrupt: int) -> torch.Tensor:
         """All ranks agree, on the device, whether this micro batch is dropped; the window counts it."""

@@ -11,6 +11,7 @@ than a small transformer. It mimics a Hugging Face model's call signature
 """
 from __future__ import annotations
 
+import math
 import zlib
 from types import SimpleNamespace
 
@@ -107,7 +108,7 @@ class BagOfNgrams(nn.Module):
                 present = torch.zeros(len(ids), size + 1, dtype=torch.bool)
                 present.scatter_(1, torch.where(valid.bool(), ids, size), True)  # column `size`: no feature
                 df += present.sum(0)
-            idf = torch.log(torch.tensor((1.0 + n)) / (1.0 + df[:size])) + 1.0
+            idf = math.log(1.0 + n) - torch.log1p(df[:size]) + 1.0
             getattr(self, name)[:size] = idf.to(getattr(self, name).dtype)
 
     def _tfidf_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

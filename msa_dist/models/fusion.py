@@ -88,8 +88,7 @@ class LateFusionHead(nn.Module):
                 image_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
         logits = []
         if self.text_head is not None:
-            logits.append(self.text_head(text_emb) if isinstance(self.text_head, nn.Linear)
-                          else self.text_head(text_emb=text_emb))
+            logits.append(self.text_head(text_emb))  # a linear layer, or a head whose first argument is text_emb
         if self.image_head is not None:
             logits.append(self.image_head(image_emb=image_emb))
         return torch.stack(logits).mean(dim=0)
