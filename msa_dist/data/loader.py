@@ -193,7 +193,7 @@ class EvalLoader:
 
 
 def _train_plan(cfg: DataConfig, reader: SampleReader, spec: StreamSpec, **kw) -> TrainPlan:
-    return TrainPlan(tuple(reader.sizes), cfg.chunk_samples, cfg.resampled, spec.seed, spec.batch_size,
+    return TrainPlan(int(sum(reader.sizes)), cfg.chunk_samples, cfg.resampled, spec.seed, spec.batch_size,
                      spec.grad_accum_steps, spec.rank, spec.world_size, first_epoch=spec.epoch, **kw)
 
 

@@ -1,9 +1,14 @@
 """Which samples an epoch holds, in which order, and which of them each rank and worker reads.
 
 The rule, the same on every rank (no rank needs to talk to another):
-- each shard is cut into chunks of `data.chunk_samples` consecutive samples; the epoch's order is
-  the chunks of the whole split shuffled by (seed, epoch) alone (drawn with replacement when
-  `data.resampled`). So the order does not depend on the world size or the worker count;
+- the split's samples (ids 0..N-1 in shard order) are cut into chunks of `data.chunk_samples`
+  consecutive ids (the last chunk may be short; a chunk may straddle two shards: two requests);
+  the epoch's order is the chunks shuffled by (seed, epoch) alone, so it does not depend on the
+  world size or the worker count. `data.resampled`: each chunk slot draws a chunk with replacement
+  (the last chunk then wraps around to the split's first samples);
+- the shuffle is a keyed bijection computed on demand (a Feistel network over chunk ids with
+  cycle walking, `KeyedPermutation`), so the sample at any position costs a few integer operations
+  and no process holds an array of the split: memory and start-up are O(1) in N (docs/data-scale.md);
 - a global batch (batch_size x grad_accum_steps x world_size samples) is the next slice of that
   order; within it, micro round a (of grad_accum_steps) gives rank r the slice
   [(a * world_size + r) * batch_size, ... + batch_size). The epoch ends at its last whole global
@@ -18,11 +23,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
-ORDER_VERSION = 1  # bumped whenever the rule above changes: an old position then restarts its epoch
+ORDER_VERSION = 2  # bumped whenever the rule above changes: an old position then restarts its epoch
+FEISTEL_ROUNDS = 6
+_GAMMA = np.uint64(0x9E3779B97F4A7C15)
 
 
 def stable_int(*parts) -> int:
@@ -31,36 +38,100 @@ def stable_int(*parts) -> int:
     return int.from_bytes(digest, "little")
 
 
-class EpochOrder:
-    """Sample ids (0..N-1 in shard order) of one epoch, by position."""
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finalizer: every input bit flips about half the output bits (uint64 arrays wrap)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
-    def __init__(self, shard_sizes: list[int], chunk_samples: int, seed: int, epoch: int, resampled: bool = False):
-        sizes = np.asarray(shard_sizes, dtype=np.int64)
-        shard_start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-        per_shard = -(-sizes // chunk_samples)
-        shard_of_chunk = np.repeat(np.arange(len(sizes)), per_shard)
-        within = np.arange(int(per_shard.sum())) - np.repeat(np.cumsum(per_shard) - per_shard, per_shard)
-        starts = shard_start[shard_of_chunk] + within * chunk_samples
-        lengths = np.minimum(chunk_samples, sizes[shard_of_chunk] - within * chunk_samples)
-        rng = np.random.default_rng(stable_int("order", seed, epoch))
-        n = len(starts)
-        # with replacement: twice the draws, so that short chunks (at shard ends) still fill N positions
-        pick = rng.integers(0, n, 2 * n) if resampled else rng.permutation(n)
-        self.chunk_start, chunk_len = starts[pick], lengths[pick]
-        self.cum = np.concatenate([[0], np.cumsum(chunk_len)])
-        self.size = int(self.cum[-1])
+
+class KeyedPermutation:
+    """A pseudo-random bijection of 0..n-1 chosen by `key`, evaluated element by element.
+
+    A balanced Feistel network permutes 0..4^h-1 (the smallest >= n); values that land at or past
+    n are sent through it again (cycle walking) until they land inside, which keeps a bijection
+    of 0..n-1. Fewer than 4 passes on average, since 4^h < 4n."""
+
+    def __init__(self, n: int, key: int):
+        if n < 1:
+            raise ValueError(f"a permutation of {n} elements")
+        self.n = n
+        self.half_bits = max(1, -(-max(n - 1, 1).bit_length() // 2))
+        self._mask = np.uint64((1 << self.half_bits) - 1)
+        self._keys = [np.uint64(stable_int("feistel", key, r)) for r in range(FEISTEL_ROUNDS)]
+
+    def _round(self, half: np.ndarray, key: np.uint64) -> np.ndarray:
+        return _mix((half ^ key) * _GAMMA) & self._mask
+
+    def _encrypt(self, x: np.ndarray) -> np.ndarray:
+        shift = np.uint64(self.half_bits)
+        left, right = x >> shift, x & self._mask
+        for key in self._keys:
+            left, right = right, left ^ self._round(right, key)
+        return (left << shift) | right
+
+    def _decrypt(self, x: np.ndarray) -> np.ndarray:
+        shift = np.uint64(self.half_bits)
+        left, right = x >> shift, x & self._mask
+        for key in reversed(self._keys):
+            left, right = right ^ self._round(left, key), left
+        return (left << shift) | right
+
+    def _walk(self, x, step) -> np.ndarray:
+        x = step(np.asarray(x, dtype=np.uint64).ravel().copy())
+        todo = np.flatnonzero(x >= self.n)
+        while todo.size:  # ends: the cycle of an in-range value returns inside the range
+            x[todo] = step(x[todo])
+            todo = todo[x[todo] >= self.n]
+        return x.astype(np.int64)
+
+    def __call__(self, x) -> np.ndarray:
+        """The images of `x` (values in 0..n-1)."""
+        return self._walk(x, self._encrypt)
+
+    def inverse(self, y) -> np.ndarray:
+        """The x with self(x) == y."""
+        return self._walk(y, self._decrypt)
+
+
+class EpochOrder:
+    """Sample ids (0..N-1 in shard order) of one epoch, by position, computed on demand: the object
+    holds a few integers whatever N is."""
+
+    def __init__(self, samples: int | Sequence[int], chunk_samples: int, seed: int, epoch: int,
+                 resampled: bool = False):
+        self.size = int(samples) if np.ndim(samples) == 0 else int(np.sum(samples, dtype=np.int64))
+        if chunk_samples < 1:
+            raise ValueError(f"data.chunk_samples must be >= 1, got {chunk_samples}")
+        self.chunk_samples, self.resampled = chunk_samples, resampled
+        self.chunks = -(-self.size // chunk_samples)
+        self.tail = self.size - (self.chunks - 1) * chunk_samples  # samples of the last chunk
+        self._key = np.uint64(stable_int("order", seed, epoch))
+        self._perm: Optional[KeyedPermutation] = None
+        if self.chunks and not resampled:
+            self._perm = KeyedPermutation(self.chunks, int(self._key))
+            # the short last chunk sits at some slot of the order: positions after it shift by its gap
+            self._tail_end = int(self._perm.inverse([self.chunks - 1])[0]) * chunk_samples + self.tail
 
     def ids(self, begin: int, end: int) -> np.ndarray:
         """The sample ids at positions [begin, end) of the epoch."""
-        pos = np.arange(begin, end)
-        chunk = np.searchsorted(self.cum, pos, side="right") - 1
-        return self.chunk_start[chunk] + (pos - self.cum[chunk])
+        assert 0 <= begin <= end <= self.size, (begin, end, self.size)
+        pos = np.arange(begin, end, dtype=np.int64)
+        c = self.chunk_samples
+        if self.resampled:
+            slot, within = np.divmod(pos, c)
+            chunk = _mix(slot.astype(np.uint64) * _GAMMA + self._key) % np.uint64(self.chunks)
+            return (chunk.astype(np.int64) * c + within) % self.size
+        if self._perm is None:
+            return pos
+        slot, within = np.divmod(pos + np.where(pos >= self._tail_end, c - self.tail, 0), c)
+        return self._perm(slot) * c + within
 
 
 @dataclass(frozen=True)
 class TrainPlan:
     """One rank's micro batches from (first_epoch, first_batch) on: which epoch and sample ids each is."""
-    shard_sizes: tuple[int, ...]
+    num_samples: int  # samples in the split
     chunk_samples: int
     resampled: bool
     seed: int
@@ -82,7 +153,7 @@ class TrainPlan:
     def batches_per_epoch(self) -> int:
         """Micro batches each rank makes in an epoch: whole global batches only."""
         global_batch = self.round_samples * self.grad_accum_steps
-        full = sum(self.shard_sizes) // global_batch * self.grad_accum_steps
+        full = self.num_samples // global_batch * self.grad_accum_steps
         return full if self.max_batches_per_epoch is None else min(full, self.max_batches_per_epoch)
 
     def locate(self, t: int) -> Optional[tuple[int, int]]:
@@ -95,7 +166,7 @@ class TrainPlan:
         return epoch, batch
 
     def order(self, epoch: int) -> EpochOrder:
-        return EpochOrder(list(self.shard_sizes), self.chunk_samples, self.seed, epoch, self.resampled)
+        return EpochOrder(self.num_samples, self.chunk_samples, self.seed, epoch, self.resampled)
 
     def ids(self, order: EpochOrder, batch: int) -> np.ndarray:
         """Sample ids of this rank's micro batch `batch` of the epoch `order` is for."""
