@@ -223,7 +223,10 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         if not path.is_file():
             raise MsaDistError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise MsaDistError(f"config file {path} is not UTF-8 text (byte {exc.start} is "
+                               f"{exc.object[exc.start:exc.start + 1]!r})") from None
         except yaml.YAMLError as exc:
             raise MsaDistError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         layers.append(typed_values(Config, data))

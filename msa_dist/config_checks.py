@@ -116,6 +116,7 @@ CHECKS: tuple[Check, ...] = (
     fraction("optim.min_lr_ratio", high_open=False), at_least("optim.grad_clip", 0),
     at_least("train.epochs", 1), at_least("train.batch_size", 1), at_least("train.grad_accum_steps", 1),
     at_least("train.global_batch_size", 0),
+    Check("train.seed", lambda v, _: 0 <= v < 2**63, "must be in [0, 2**63): torch and numpy take seeds of 64 bits"),
     Check("train.global_batch_size", lambda v, train: v % train.batch_size == 0,
           "must be 0 or a multiple of train.batch_size={batch_size}", name="multiple"),
     at_least("train.class_weight_power", 0), fraction("train.label_smoothing"), one_of("train.loss", LOSSES),

@@ -3,6 +3,7 @@ naming the dotted key (config.py's loader uses these; config_checks.py checks th
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from typing import Any
@@ -43,9 +44,12 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, bool):
             raise MsaDistError(f"config key '{key}' expects a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise MsaDistError(f"config key '{key}' expects a number, got {value!r}") from None
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise MsaDistError(f"config key '{key}' expects a number, got {_short(value)}") from None
+        if not math.isfinite(number):  # 1e999 reads as inf: no lr, rate or size is meant to be
+            raise MsaDistError(f"config key '{key}' expects a finite number, got {_short(value)}")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)):
             raise MsaDistError(f"config key '{key}' expects a string, got {value!r}")
@@ -63,6 +67,11 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
             raise MsaDistError(f"config key '{key}' expects a list, got {value!r}")
         return [coerce(v, typing.get_args(tp)[0], key) for v in value]
     return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def field_types(cls) -> dict[str, Any]:

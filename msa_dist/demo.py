@@ -35,7 +35,7 @@ def run_demo(out: str = "msa-dist-demo", overrides: list[str] | None = None) -> 
     print_build_summary(manifest, console)
     cfg = load_config(base=DEMO_CONFIG, overrides=[f"data.shards={shard_dir}", *(overrides or [])])
     run_dir = out_dir / "run"
-    summary = train(cfg, run_dir)
+    summary = train(cfg, run_dir, overwrite=True)  # the demo writes everything under --out afresh
     write_run_report(run_dir)
     metrics = evaluate(str(run_dir), str(shard_dir), "val")
     print_metrics(metrics, "demo: val metrics of the best checkpoint")

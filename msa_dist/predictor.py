@@ -144,13 +144,47 @@ def _load_exported(path: Path, device: torch.device, adjust: bool) -> Predictor:
 
     from msa_dist.models import build_model
     from msa_dist.models.tokenizer import load_pretrained_tokenizer
-    card = yaml.safe_load((path / "config.yaml").read_text())
-    cfg = from_dict({"model": card["model"]})
+    card, cfg, preprocessing = read_card(path)
     tokenizer = load_pretrained_tokenizer(str(path / "tokenizer"))
     arch_dir = path / "text_config"
     model = build_model(cfg.model, vocab_size=len(tokenizer), pretrained=False,
                         arch_dir=str(arch_dir) if arch_dir.is_dir() else None)
-    load_safetensors(model, str(path / "model.safetensors"), device="cpu")
+    try:
+        load_safetensors(model, str(path / "model.safetensors"), device="cpu")
+    except (RuntimeError, OSError, ValueError) as exc:  # truncated, foreign, or another architecture's
+        raise MsaDistError(f"{path / 'model.safetensors'} does not load into the model its config.yaml "
+                           f"describes: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc!r}") from None
     offsets = torch.tensor(card["logit_offsets"]) if adjust and card.get("logit_offsets") else None
-    return Predictor(model.to(device).eval(), tokenizer, cfg.model.modality,
-                     Preprocessing(**card["preprocessing"]), card.get("labels", list(LABELS)), device, offsets)
+    return Predictor(model.to(device).eval(), tokenizer, cfg.model.modality, preprocessing,
+                     card.get("labels", list(LABELS)), device, offsets)
+
+
+def read_card(path: Path) -> tuple[dict, Config, Preprocessing]:
+    """An exported folder's config.yaml: (the card, its model config, its preprocessing), or one line."""
+    where = path / "config.yaml"
+    try:
+        card = yaml.safe_load(where.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise MsaDistError(f"{where} is not readable YAML ({reason}): is {path} a folder written by `msa-dist export`?") from None
+    if not isinstance(card, dict) or not isinstance(card.get("model"), dict) \
+            or not isinstance(card.get("preprocessing"), dict):
+        raise MsaDistError(f"{where} lacks the model and preprocessing sections of `msa-dist export`")
+    try:
+        cfg = from_dict({"model": card["model"]})
+        preprocessing = Preprocessing(**card["preprocessing"])
+    except TypeError as exc:  # a key Preprocessing does not have
+        raise MsaDistError(f"{where}: preprocessing: {exc}") from None
+    except MsaDistError as exc:
+        raise MsaDistError(f"{where}: {exc}") from None
+    sizes = (preprocessing.image_size, preprocessing.resize_size, preprocessing.max_length)
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sizes) \
+            or not isinstance(preprocessing.stored_image_size, int) or preprocessing.stored_image_size < 0:
+        raise MsaDistError(f"{where}: preprocessing sizes must be positive integers, got {vars(preprocessing)}")
+    labels, offsets = card.get("labels", list(LABELS)), card.get("logit_offsets")
+    if not (isinstance(labels, list) and len(labels) == len(LABELS) and all(isinstance(x, str) for x in labels)):
+        raise MsaDistError(f"{where}: labels must be a list of {len(LABELS)} class names, got {str(labels)[:80]}")
+    if offsets is not None and not (isinstance(offsets, list) and len(offsets) == len(LABELS)
+                                    and all(isinstance(x, (int, float)) for x in offsets)):
+        raise MsaDistError(f"{where}: logit_offsets must be {len(LABELS)} numbers, got {str(offsets)[:80]}")
+    return card, cfg, preprocessing

@@ -72,6 +72,7 @@ CASES = {
     "train.global_batch_size": (["train.global_batch_size=-64"], "must be >= 0"),
     "train.global_batch_size[multiple]": (["train.global_batch_size=48"], "multiple of train.batch_size=32"),
     "train.class_weight_power": (["train.class_weight_power=-1"], "must be >= 0"),
+    "train.seed": (["train.seed=100000000000000000000000"], "must be in [0, 2**63)"),
     "train.label_smoothing": (["train.label_smoothing=1.0"], "must be in [0, 1)"),
     "train.loss": (["train.loss=mse"], "one of ce, focal"),
     "train.focal_gamma": (["train.focal_gamma=-2"], "must be >= 0"),
@@ -169,3 +170,24 @@ def test_train_with_a_bad_value_exits_with_one_line_and_builds_nothing(tmp_path,
     assert err == "msa-dist: error: model.head.attn_heads=7: must divide model.head.proj_dim=256\n"
     assert trained == [] and not run_dir.exists()
     assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
+
+
+@pytest.mark.parametrize("value", ["1e999", "-1e999", "nan", ".inf", "-.inf", "NaN"])
+def test_non_finite_numbers_are_refused_when_the_config_is_loaded(value, tmp_path):
+    with pytest.raises(MsaDistError, match="optim.lr' expects a finite number"):
+        load_config(None, [f"optim.lr={value}"])
+    path = tmp_path / "c.yaml"
+    path.write_text(f"optim:\n  betas: [0.9, {value}]\n")
+    with pytest.raises(MsaDistError, match="optim.betas' expects a finite number"):
+        load_config(path)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    path = tmp_path / "c.yaml"
+    path.write_bytes("train:\n  seed: 1  # r\u00e9sum\u00e9\n".encode("latin-1"))
+    with pytest.raises(MsaDistError, match="is not UTF-8 text"):
+        load_config(path)
+    assert main(["config", "show", "--config", str(path)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["train", "--config", str(path), "train.seed=100000000000000000000000"]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from msa_dist.config import Config, from_dict
 from msa_dist.data.loader import iter_texts
 from msa_dist.data.manifest import load_manifest
 from msa_dist.data.storage import is_url
+from msa_dist.engine.safe_load import load_tensors
 from msa_dist.errors import MsaDistError
 from msa_dist.models import build_model
 from msa_dist.models.text import save_text_architecture
@@ -85,7 +86,17 @@ def load_run_config(run_dir: Path) -> Config:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise MsaDistError(f"{run_dir} is not a run directory (no config.yaml): pass the --run-dir of a `msa-dist train`")
-    return from_dict(yaml.safe_load(path.read_text()))
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise MsaDistError(f"{path} is not readable YAML ({reason})") from None
+    if not isinstance(values, dict):
+        raise MsaDistError(f"{path} holds no config (a YAML mapping of sections)")
+    try:
+        return from_dict(values)
+    except MsaDistError as exc:
+        raise MsaDistError(f"{path}: {exc}") from None
 
 
 def load_trained_model(run_dir: Path, weights: Path, device: torch.device):
@@ -96,5 +107,5 @@ def load_trained_model(run_dir: Path, weights: Path, device: torch.device):
     arch_dir = run_dir / "text_config"
     model = build_model(cfg.model, vocab_size=len(tokenizer), pretrained=False,
                         arch_dir=str(arch_dir) if arch_dir.exists() else None)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.load_state_dict(load_tensors(weights))
     return cfg, tokenizer, model.to(device).eval()

@@ -4,23 +4,31 @@ Layout under RUN_DIR/checkpoints/:
   step-000120/   model.pt (plain weights, read by evaluate/predict without any backend),
                  the backend's own state files, rng-rank{R}.pt, client.json
   best/          model.pt + metrics.json of the best evaluation so far
-  latest         text file naming the newest complete step directory
+  latest         text file naming the newest complete step directory (a `step-N` name: nothing
+                 outside checkpoints/ is followed)
 A directory is written under a temporary name and renamed when complete (client.json, written
 last, marks it complete), and `latest` is replaced atomically after that: a kill during a save
-leaves the previous checkpoint usable.
+leaves the previous checkpoint usable, and so does a full disk (the half-written directory is
+removed). Reading never runs code: see `safe_load.py`.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import re
 import shutil
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
+from msa_dist.engine.safe_load import UnreadableFile, load_tensors
 from msa_dist.errors import MsaDistError
+
+STEP_DIR = re.compile(r"(\.old-)?step-(\d+)")  # complete step directories (.old-: a kill between two renames)
 
 
 def rng_state() -> dict:
@@ -47,6 +55,19 @@ def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, kee
     """Save on every rank (DeepSpeed needs all of them); rank 0 publishes and prunes."""
     final = ckpt_root / f"step-{step:07d}"
     tmp = ckpt_root / f".tmp-step-{step:07d}"
+    try:
+        _save_and_publish(backend, ckpt_root, tmp, final, client_state, keep_last)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # what was written of it: its space is needed
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
+            raise
+        raise MsaDistError(f"cannot save the checkpoint of step {step} in {ckpt_root}: {exc.strerror} "
+                           f"({exc.filename or tmp}); the previous checkpoint is untouched: make room and resume "
+                           "with --resume auto") from None
+    return final
+
+
+def _save_and_publish(backend, ckpt_root: Path, tmp: Path, final: Path, client_state: dict, keep_last: int) -> None:
     if backend.env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -60,7 +81,7 @@ def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, kee
         # (without the config, and without the EMA's weights: tensors, kept in the backend's state)
         (tmp / "client.json").write_text(json.dumps(
             {k: v for k, v in client_state.items() if k not in ("config", "ema")}, indent=1, default=str))
-        old = ckpt_root / f".old-step-{step:07d}"
+        old = ckpt_root / f".old-{final.name}"
         if final.exists():  # the same step saved again (e.g. epoch end after a step save)
             shutil.rmtree(old, ignore_errors=True)
             os.replace(final, old)
@@ -69,7 +90,6 @@ def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, kee
         shutil.rmtree(old, ignore_errors=True)
         _prune(ckpt_root, keep_last)
     backend.barrier()
-    return final
 
 
 def _prune(ckpt_root: Path, keep_last: int) -> None:
@@ -95,15 +115,63 @@ def save_best(backend, ckpt_root: Path, step_dir: Path, metrics: dict) -> None:
     backend.barrier()
 
 
-def latest_checkpoint(ckpt_root: Path) -> Optional[Path]:
-    """The step directory `latest` names or, if a kill interrupted a save, the newest complete one."""
+def latest_checkpoint(ckpt_root: Path, check: Optional[Callable[[Path], None]] = None) -> Optional[Path]:
+    """The step directory `latest` names or, if it is gone, incomplete (a kill during a save) or
+    fails `check` with `UnreadableFile`, the newest complete one that passes, with a warning.
+    None if there is no checkpoint; MsaDistError if `latest` names one and none is usable."""
+    ckpt_root = Path(ckpt_root)
+    named = _pointer(ckpt_root)
+    complete = sorted((p for p in ckpt_root.glob("*step-*") if _complete(ckpt_root, p)),
+                      key=lambda p: int(STEP_DIR.fullmatch(p.name).group(2)), reverse=True)
+    candidates = ([ckpt_root / named] if named else []) + [p for p in complete if p.name != named]
+    for path in candidates:
+        if not _complete(ckpt_root, path):
+            warnings.warn(f"{ckpt_root / 'latest'} names {named}, which is gone or incomplete: "
+                          "using the newest complete checkpoint instead", stacklevel=2)
+            continue
+        if check is not None:
+            try:
+                check(path)
+            except UnreadableFile as exc:
+                warnings.warn(f"{exc}: trying the checkpoint before it", stacklevel=2)
+                continue
+        return path
+    if candidates:
+        raise MsaDistError(f"no usable checkpoint in {ckpt_root}"
+                           + (f" (latest names {named})" if named else "")
+                           + ": start afresh with --overwrite, or resume a step directory that loads")
+    return None
+
+
+def _pointer(ckpt_root: Path) -> Optional[str]:
+    """The name in `latest`, which must be a step directory directly inside checkpoints/."""
     pointer = ckpt_root / "latest"
-    if pointer.is_file():
-        path = ckpt_root / pointer.read_text().strip()
-        if (path / "client.json").is_file():
-            return path
-    complete = [p for p in ckpt_root.glob("*step-*") if (p / "client.json").is_file() and not p.name.startswith(".tmp")]
-    return max(complete, key=lambda p: int(p.name.rsplit("-", 1)[1]), default=None)
+    if not pointer.is_file():
+        return None
+    name = pointer.read_bytes()[:256].decode("utf-8", "replace").strip()
+    if not re.fullmatch(r"step-\d+", name):
+        raise MsaDistError(f"{pointer} names {name!r}, not a step-NNNNNNN directory inside {ckpt_root}: "
+                           "not followed (a run dir from elsewhere, or edited?)")
+    return name
+
+
+def _complete(ckpt_root: Path, path: Path) -> bool:
+    """A step directory inside ckpt_root (no link out of it) with client.json, written last."""
+    if not STEP_DIR.fullmatch(path.name) or path.is_symlink():
+        return False
+    return path.resolve().parent == ckpt_root.resolve() and (path / "client.json").is_file()
+
+
+def check_readable(step_dir: Path) -> None:
+    """Our files of a step directory load as tensors and plain data (mapped, not read): else
+    `UnreadableFile` (truncated, torn) or `UnsafeFile` (a pickle payload). DeepSpeed's own files
+    are not ours to read: see docs/security.md."""
+    read_client(step_dir)
+    names = ["model.pt", *sorted(p.name for p in step_dir.glob("rng-rank*.pt"))]
+    if not (step_dir / "deepspeed").is_dir():
+        names.append("state.pt")
+    for name in names:
+        load_tensors(step_dir / name, mmap=True)
 
 
 def read_client(ckpt_dir: Path) -> dict:
@@ -111,7 +179,13 @@ def read_client(ckpt_dir: Path) -> dict:
     path = Path(ckpt_dir) / "client.json"
     if not path.is_file():
         raise MsaDistError(f"{ckpt_dir} is not a complete checkpoint (no client.json)")
-    return json.loads(path.read_text())
+    try:
+        client = json.loads(path.read_bytes())
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UnreadableFile(f"{path} is not readable JSON ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(client, dict):
+        raise UnreadableFile(f"{path} holds {type(client).__name__}, not a JSON object")
+    return client
 
 
 def load_checkpoint(backend, ckpt_dir: Path) -> dict:
@@ -119,7 +193,7 @@ def load_checkpoint(backend, ckpt_dir: Path) -> dict:
     client = backend.load_state(ckpt_dir)
     rng_file = ckpt_dir / f"rng-rank{backend.env.rank}.pt"
     if rng_file.exists():
-        set_rng_state(torch.load(rng_file, map_location="cpu", weights_only=False))
+        set_rng_state(load_tensors(rng_file))
     return client
 
 
@@ -135,7 +209,13 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
     if not Path(path).is_file():
         raise MsaDistError(f"train.init_from: no such file: {path}")
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        weights = load_tensors(path)
+    except MsaDistError as exc:
+        raise MsaDistError(f"train.init_from: {exc}") from None
+    if not isinstance(weights, dict):
+        raise MsaDistError(f"train.init_from={path} holds a {type(weights).__name__}, not a state_dict of weights")
+    try:
+        model.load_state_dict(weights)
     except RuntimeError as exc:
         raise MsaDistError(f"train.init_from={path} does not fit this model: {str(exc).splitlines()[0]}") from None
 

@@ -67,15 +67,24 @@ class Checkpointer:
         return client
 
 
-def resume_point(ckpt_root: Path, resume: Optional[str]) -> Optional[Path]:
-    """The step directory `--resume` names: `auto` is the latest complete one (None if there is none)."""
+def resume_point(ckpt_root: Path, resume: Optional[str], trust: bool = False) -> Optional[Path]:
+    """The step directory `--resume` names: `auto` is the latest complete one that loads (None if
+    there is none; an unreadable one falls back to the one before, with a warning). A named
+    directory must load as it is. DeepSpeed unpickles its own files, so a DeepSpeed checkpoint from
+    outside this run's checkpoints/ needs `trust` (--trust-checkpoint)."""
     if not resume:
         return None
     if resume == "auto":
-        return ckpt.latest_checkpoint(ckpt_root)
+        return ckpt.latest_checkpoint(ckpt_root, check=ckpt.check_readable)
     path = Path(resume)
     if not path.is_dir():
         raise MsaDistError(f"--resume {resume}: no such checkpoint directory (use 'auto' or a step-NNNNNNN dir)")
+    ckpt.check_readable(path)  # one line if it is torn, truncated or carries a payload
+    inside = path.resolve().parent == Path(ckpt_root).resolve()
+    if (path / "deepspeed").is_dir() and not inside and not trust:
+        raise MsaDistError(f"--resume {resume} is a DeepSpeed checkpoint from outside {ckpt_root}, and DeepSpeed "
+                           "unpickles its files (which can run code): pass --trust-checkpoint if you made it "
+                           "or trust who did")
     return path
 
 

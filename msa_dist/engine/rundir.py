@@ -1,4 +1,9 @@
-"""One live writer per run dir, and workers that do not outlive their launcher.
+"""One live writer per run dir, no silent overwrite of a finished run, and workers that do not
+outlive their launcher.
+
+`claim_run_dir()`: a new run (no --resume) refuses a run dir that holds checkpoints, in one line;
+with `--overwrite` it first deletes what a run writes there (`RUN_OUTPUTS`), so nothing of the old
+run (its `best/`, metrics lines, tokenizer, TensorBoard events) mixes into the new one.
 
 `die_with_launcher()`: torch elastic starts each worker in a session of its own, so a SIGKILL of
 the torchrun agent's process group (an OOM kill, `kill -9` of a launcher script) used to leave the
@@ -18,6 +23,7 @@ import errno
 import fcntl
 import os
 import signal
+import shutil
 import socket
 from pathlib import Path
 from typing import Optional
@@ -25,6 +31,29 @@ from typing import Optional
 from msa_dist.errors import MsaDistError
 
 _PR_SET_PDEATHSIG = 1
+# What `msa-dist train` (and the report after it) writes in a run dir: --overwrite deletes these.
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "run_info.json", "tokenizer", "text_config",
+               "tensorboard", "wandb", "wandb_run_id", "logit_offsets.json", "report.md", "curves.png",
+               "confusion_matrix.png")
+
+
+def claim_run_dir(run_dir: str | Path, overwrite: bool, is_main: bool) -> None:
+    """A new run in `run_dir`: MsaDistError if it holds checkpoints, unless `overwrite` (rank 0
+    then deletes the old run's outputs; no rank has written anything yet)."""
+    run_dir = Path(run_dir)
+    ckpts = run_dir / "checkpoints"
+    if not (ckpts.is_dir() and any(ckpts.iterdir())):
+        return
+    if not overwrite:
+        raise MsaDistError(f"{run_dir} already holds a run's checkpoints: continue it with --resume auto, "
+                           "replace it with --overwrite, or train into another --run-dir")
+    if is_main:
+        for name in RUN_OUTPUTS:
+            path = run_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
 
 
 def die_with_launcher() -> bool:
@@ -60,8 +89,11 @@ class RunDirLock:
         self.release()
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:  # a read-only or full file system, no permission
+            raise MsaDistError(f"cannot write to the run dir {self.path.parent}: {exc.strerror}") from None
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import time
@@ -24,7 +25,7 @@ from msa_dist.engine.display import console, print_metrics, progress_bar
 from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.losses import build_loss
 from msa_dist.engine.provenance import write_run_info
-from msa_dist.engine.rundir import RunDirLock, die_with_launcher
+from msa_dist.engine.rundir import RunDirLock, claim_run_dir, die_with_launcher
 from msa_dist.engine.step import StepLedger, TrainStep
 from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env, resolve_global_batch
 from msa_dist.engine.tracking import DataWait, open_tracker
@@ -48,14 +49,25 @@ class MetricsLog:
         self.handle = path.open("a")
 
     def write(self, record: dict) -> None:
-        if self.handle:
-            self.handle.write(json.dumps(record) + "\n")
+        if self.handle:  # a non-finite number (a skipped step's grad norm) is written as null: JSON has no NaN
+            self.handle.write(json.dumps(_finite(record), allow_nan=False) + "\n")
             self.handle.flush()
             self.lines += 1
 
     def close(self) -> None:
         if self.handle:
             self.handle.close()
+
+
+def _finite(value):
+    """`value` with every non-finite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -76,9 +88,15 @@ def class_weights(shard_dir: str) -> torch.Tensor:
     return n.sum() / (len(LABELS) * n)
 
 
-def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None) -> dict:
-    """Train, evaluate every epoch, keep `latest` and `best`; returns a summary."""
+def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None, overwrite: bool = False,
+          trust_checkpoint: bool = False) -> dict:
+    """Train, evaluate every epoch, keep `latest` and `best`; returns a summary.
+
+    A new run (no `resume`) refuses a run dir holding checkpoints unless `overwrite`;
+    `trust_checkpoint` accepts a DeepSpeed checkpoint from outside the run dir (checkpointer.py)."""
     run_dir = Path(run_dir)
+    if resume and overwrite:
+        raise MsaDistError("--resume continues the run in the run dir and --overwrite deletes it: give one of them")
     die_with_launcher()  # a worker does not outlive its torchrun agent
     env = read_env(cfg.backend.device)
     cfg = resolve_global_batch(cfg, env.world_size)  # accumulation follows the world size when the batch is fixed
@@ -89,7 +107,9 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None) -> dic
     torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
     backend = build_backend(cfg.backend, env, join=False)
     with RunDirLock(run_dir, enabled=env.is_main):  # one live writer per run dir: rank 0 holds it
-        start = resume_point(run_dir / "checkpoints", resume)
+        if not resume:
+            claim_run_dir(run_dir, overwrite, env.is_main)
+        start = resume_point(run_dir / "checkpoints", resume, trust_checkpoint)
         if start:
             backend.check_resume(ckpt.read_client(start).get("layout", {}), start)  # fail fast, in one line
         backend.init_process_group()  # joins once per command; engine.group leaves it when the command ends
@@ -112,8 +132,8 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                                 lambda: client_state(state, stream, to_dict(cfg), layout), ema)
     if start is not None:
         state = _restore(checkpointer, start, stream, env)
-    # A resumed run cuts the log back to its checkpoint; a restart before any checkpoint starts it afresh.
-    log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else (0 if resume else None))
+    # A resumed run cuts the log back to its checkpoint; a new run, or a restart before any checkpoint, starts it afresh.
+    log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else 0)
     log = open_tracker(cfg, run_dir, log, env.is_main, state.step if start else (0 if resume else None))
     if start is not None:
         log.write({"type": "resume", "epoch": state.epoch, "step": state.step, "from": start.name,

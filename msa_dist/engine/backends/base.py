@@ -14,6 +14,7 @@ from torch.distributed.rendezvous import rendezvous
 from msa_dist.config import BackendConfig, OptimConfig
 from msa_dist.engine.optim import build_optimizer, build_scheduler
 from msa_dist.engine.runtime import DistEnv, elastic_restart_count
+from msa_dist.engine.safe_load import load_tensors
 from msa_dist.errors import MsaDistError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -148,8 +149,8 @@ class Backend:
 
     def load_state(self, ckpt_dir: Path) -> dict:
         """Restore what `save_state` wrote; returns the client state."""
-        self.module.load_state_dict(torch.load(ckpt_dir / "model.pt", map_location=self.env.device, weights_only=True))
-        state = torch.load(ckpt_dir / "state.pt", map_location="cpu", weights_only=False)
+        self.module.load_state_dict(load_tensors(ckpt_dir / "model.pt", map_location=self.env.device))
+        state = load_tensors(ckpt_dir / "state.pt")  # tensors and plain data only: no code runs
         self.optimizer.load_state_dict(state.pop("optimizer"))
         self.scheduler.load_state_dict(state.pop("scheduler"))
         self.scaler.load_state_dict(state.pop("scaler"))
