@@ -2,18 +2,25 @@
 
 `ShardSet` is a shard location (folder or URL) with its manifest; `SampleReader` maps a split's
 sample ids (0..N-1 in shard order) to shards through their indexes, groups the ids of one shard
-into runs of consecutive samples and fetches each run in one request.
+into runs of consecutive samples and fetches each run in one request (`fetch`), or keeps the
+requests of the next batches in flight (`read_ahead`, fetch.py).
 """
 from __future__ import annotations
 
+import collections
 import hashlib
-from typing import Iterator, Optional
+import itertools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from msa_dist.data.index import ShardIndex, read_index
+from msa_dist.data.index import ShardIndex
+from msa_dist.data.index_bin import IndexCache, load_index
 from msa_dist.data.manifest import MANIFEST_NAME, check_manifest, split_shards
-from msa_dist.data.storage import ShardStore, open_store
+from msa_dist.data.fetch import ReadAhead, Run, coalesce
+from msa_dist.data.storage import MissingFile, ShardStore, open_store
+from msa_dist.data.urls import redact_url
 from msa_dist.errors import MsaDistError
 
 
@@ -21,17 +28,17 @@ class ShardSet:
     """A shard set (local folder, file://, http(s)://, fsspec URL) and its manifest, read once."""
 
     def __init__(self, location: str):
-        self.location = str(location)
-        self.store: ShardStore = open_store(self.location)
+        self.store: ShardStore = open_store(str(location))
+        self.location = redact_url(str(location))  # for messages: a URL's secrets stay in the store
         try:
             raw = self.store.read(MANIFEST_NAME)
-        except MsaDistError:
+        except MissingFile:
             raise MsaDistError(f"no {MANIFEST_NAME} at {self.location}: build shards with `msa-dist shards build "
                                f"DATA_ROOT --out DIR` or index a webdataset set with `msa-dist shards index DIR`") from None
         self.manifest = check_manifest(raw, self.store.url(MANIFEST_NAME))
         self.store.check_ranges(MANIFEST_NAME)  # e.g. a web server without Range support: say so before any worker starts
         self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
-        self._indexes: dict[str, ShardIndex] = {}
+        self._indexes = IndexCache()  # bounded: the least recently used go (index_bin.py)
 
     def shards(self, split: str) -> list[dict]:
         """The split's shard entries (name, samples, ...); MsaDistError if absent or empty."""
@@ -40,16 +47,26 @@ class ShardSet:
     def samples(self, split: str) -> int:
         return int(self.manifest["splits"][split]["samples"]) if split in self.manifest["splits"] else 0
 
+    def preload(self, shards: list[dict], threads: int = 16) -> None:
+        """Read the indexes of `shards` not read yet, `threads` requests at a time."""
+        missing = list({s["name"]: s for s in shards if s["name"] not in self._indexes}.values())
+        if len(missing) > 1:
+            with ThreadPoolExecutor(min(threads, len(missing))) as pool:
+                list(pool.map(self.index, missing))
+        for shard in missing:
+            self.index(shard)
+
     def index(self, shard: dict) -> ShardIndex:
         """A shard's index (read once), checked against the manifest's sample count."""
         name = shard["name"]
-        if name not in self._indexes:
-            index = read_index(self.store, name)
+        index = self._indexes.get(name)
+        if index is None:
+            index = load_index(self.store, name)  # the binary sidecar, else the JSON one
             if len(index) != shard["samples"]:
                 raise MsaDistError(f"index of {self.store.url(name)} lists {len(index)} samples, the manifest "
                                    f"{shard['samples']}: run `msa-dist shards index {self.location}` again")
             self._indexes[name] = index
-        return self._indexes[name]
+        return index
 
 
 class SampleReader:
@@ -61,53 +78,68 @@ class SampleReader:
         self.sizes = [int(s["samples"]) for s in self.shards]
         self._first_id = np.concatenate([[0], np.cumsum(self.sizes)])
 
-    def fetch(self, ids: np.ndarray) -> list[dict | Exception]:
-        """The samples `ids`, in that order; a sample whose run could not be read is the exception."""
+    def plan(self, ids: np.ndarray) -> list[Run]:
+        """The runs holding samples `ids` (slot k of a run's samples: ids[k]), shard by shard."""
         ids = np.asarray(ids, dtype=np.int64)
         shard_of = np.searchsorted(self._first_id, ids, side="right") - 1
-        out: list[Optional[dict | Exception]] = [None] * len(ids)
-        for s in np.unique(shard_of):
+        runs: list[Run] = []
+        for s in np.unique(shard_of).tolist():
             where = np.flatnonzero(shard_of == s)
             local = ids[where] - self._first_id[s]
-            by_local = sorted(zip(local.tolist(), where.tolist()))
-            for run in self._runs(self.shard_set.index(self.shards[s]), by_local):
-                self._read_run(self.shards[s]["name"], run, out)
-        return out
+            index = self.shard_set.index(self.shards[s])
+            run: list[tuple[int, int]] = []
+            for i, slot in sorted(zip(local.tolist(), where.tolist())):
+                if run and not (i == run[-1][0] + 1 and index.starts[i] == index.ends[run[-1][0]]):
+                    runs.append(Run(s, run, index.starts[run[0][0]], index.ends[run[-1][0]]))
+                    run = []
+                run.append((i, slot))
+            if run:
+                runs.append(Run(s, run, index.starts[run[0][0]], index.ends[run[-1][0]]))
+        return runs
 
-    @staticmethod
-    def _runs(index: ShardIndex, by_local: list[tuple[int, int]]) -> Iterator[tuple[ShardIndex, list]]:
-        """Runs of samples that lie back to back in the tar (one request each)."""
-        run: list[tuple[int, int]] = []
-        for i, slot in by_local:
-            if run and not (i == run[-1][0] + 1 and index.starts[i] == index.ends[run[-1][0]]):
-                yield index, run
-                run = []
-            run.append((i, slot))
-        if run:
-            yield index, run
+    def read(self, shard: int, start: int, end: int) -> bytes:
+        """Bytes [start, end) of the split's shard number `shard`, in one request."""
+        return self.shard_set.store.read_range(self.shards[shard]["name"], start, end)
 
-    def _read_run(self, name: str, index_run: tuple[ShardIndex, list], out: list) -> None:
-        index, run = index_run
-        base, end = index.starts[run[0][0]], index.ends[run[-1][0]]
-        try:
-            data = self.shard_set.store.read_range(name, base, end)
-        except OSError as exc:  # a short read or a failed request: these samples are reported and skipped
-            # (an MsaDistError, e.g. a server that ignores Range requests, ends the run in one line)
-            for _, slot in run:
-                out[slot] = exc
-            return
-        for i, slot in run:
-            sample = {"__key__": index.keys[i], "__url__": self.shard_set.store.url(name)}
+    def samples(self, run: Run, data: bytes, base: int, out: list) -> None:
+        """Cut the samples of `run` out of `data` (the shard's bytes from `base` on) into their slots."""
+        index = self.shard_set.index(self.shards[run.shard])
+        url = self.shard_set.store.url(self.shards[run.shard]["name"])
+        for i, slot in run.samples:
+            sample = {"__key__": index.keys[i], "__url__": url}
             for field, offset, size in index.members(i):
                 sample[field] = data[offset - base:offset - base + size]
             out[slot] = sample
 
-    def texts(self) -> Iterator[str]:
-        """Every `txt` member of the split, in shard order: one small read each, nothing else."""
-        store = self.shard_set.store
-        for shard in self.shards:
-            index = self.shard_set.index(shard)
-            column = index.fields.get("txt") or [None] * len(index)
-            for where in column:
-                if where is not None:
-                    yield store.read_range(shard["name"], where[0], where[0] + where[1]).decode("utf-8")
+    def fetch(self, ids: np.ndarray) -> list[dict | Exception]:
+        """The samples `ids`, in that order, one request per run, one after another; a sample whose
+        run could not be read is the exception."""
+        out: list = [None] * len(ids)
+        for run in self.plan(ids):
+            try:
+                data = self.read(run.shard, run.start, run.end)
+            except OSError as exc:  # a short read or a failed request: these samples are reported and skipped
+                # (an MsaDistError, e.g. a server that ignores Range requests, ends the run in one line)
+                for _, slot in run.samples:
+                    out[slot] = exc
+                continue
+            self.samples(run, data, run.start, out)
+        return out
+
+    def read_ahead(self, items: Iterable[tuple], threads: int, batches_ahead: int, gap_bytes: int
+                   ) -> Iterator[tuple[tuple, list]]:
+        """(item, samples) for each item (..., ids), in order, with the next batches' reads in flight."""
+        return ReadAhead(self, threads, batches_ahead, gap_bytes)(items)
+
+    def texts(self, threads: int = 32) -> Iterator[str]:
+        """Every `txt` member of the split, in shard order: one small read each (`threads` in flight), nothing else."""
+        self.shard_set.preload(self.shards, threads)
+        wanted = ((s, where) for s, shard in enumerate(self.shards)
+                  for where in self.shard_set.index(shard).fields.get("txt") or [] if where is not None)
+        with ThreadPoolExecutor(threads, thread_name_prefix="msa-text") as pool:
+            window = collections.deque(pool.submit(self.read, s, w[0], w[0] + w[1])
+                                       for s, w in itertools.islice(wanted, 4 * threads))
+            while window:
+                text = window.popleft().result().decode("utf-8", "replace")
+                window.extend(pool.submit(self.read, s, w[0], w[0] + w[1]) for s, w in itertools.islice(wanted, 1))
+                yield text

@@ -1,0 +1,102 @@
+"""Reading ahead: a loader worker keeps several ranged reads in flight while it makes a batch.
+
+An object store answers each request after a fixed delay (tens of ms) whatever its size, so a
+worker that asks for its runs one after another spends most of its time waiting. `ReadAhead`
+plans the worker's next batches (their sample ids are known: order.py), merges runs that lie close
+together in one shard into one request (`gap_bytes` at most between them, a few KiB: the bytes
+read stay within a percent or so of the samples'), and hands the requests to a bounded pool of
+threads (`threads`, each with its own kept-alive connection). Batches come out in their order,
+each once its own requests are in: which bytes make which batch is unchanged, so the epoch order,
+bytes once per epoch and exact resume are the reader's as before.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+MAX_REQUEST_BYTES = 64 << 20  # merged runs stop growing here: one request's bytes stay bounded
+
+
+@dataclass
+class Run:
+    """Samples of one shard that lie back to back: [(sample in shard, slot in its batch)], bytes [start, end)."""
+    shard: int
+    samples: list[tuple[int, int]]
+    start: int
+    end: int
+    request: Any = None  # the Request that reads it
+
+
+@dataclass
+class Request:
+    """One ranged read covering one or more runs."""
+    shard: int
+    start: int
+    end: int
+    future: Future | None = None
+
+
+def coalesce(runs: list[Run], gap_bytes: int) -> list[Request]:
+    """One request per group of runs of a shard whose gaps are at most `gap_bytes` (overlaps merge too)."""
+    requests: list[Request] = []
+    for run in sorted(runs, key=lambda r: (r.shard, r.start)):
+        last = requests[-1] if requests else None
+        if (last is not None and last.shard == run.shard and run.start - last.end <= gap_bytes
+                and max(last.end, run.end) - last.start <= MAX_REQUEST_BYTES):
+            last.end = max(last.end, run.end)
+        else:
+            last = Request(run.shard, run.start, run.end)
+            requests.append(last)
+        run.request = last
+    return requests
+
+
+class ReadAhead:
+    """Batches of samples for items (…, ids) in order, with the reads of the next ones in flight.
+
+    `reader` gives `plan(ids) -> list[Run]`, `read(shard, start, end) -> bytes` and
+    `samples(run, data, base, out)`; `batches_ahead` batches are planned (and coalesced) together,
+    and up to two such groups are in flight."""
+
+    def __init__(self, reader, threads: int, batches_ahead: int, gap_bytes: int):
+        self.reader, self.threads = reader, max(1, threads)
+        self.batches_ahead, self.gap_bytes = max(1, batches_ahead), gap_bytes
+
+    def __call__(self, items: Iterable[tuple]) -> Iterator[tuple[tuple, list]]:
+        items = iter(items)
+        pending: collections.deque = collections.deque()  # (item, runs) in batch order
+        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="msa-read")
+        try:
+            while True:
+                while len(pending) < 2 * self.batches_ahead and self._plan_group(items, pending, pool):
+                    pass
+                if not pending:
+                    return
+                item, runs = pending.popleft()
+                yield item, self._assemble(runs, len(item[-1]))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _plan_group(self, items: Iterator[tuple], pending: collections.deque, pool: ThreadPoolExecutor) -> bool:
+        group = list(itertools.islice(items, self.batches_ahead))
+        planned = [(item, self.reader.plan(item[-1])) for item in group]
+        for request in coalesce([run for _, runs in planned for run in runs], self.gap_bytes):
+            request.future = pool.submit(self.reader.read, request.shard, request.start, request.end)
+        pending.extend(planned)
+        return len(group) == self.batches_ahead
+
+    def _assemble(self, runs: list[Run], size: int) -> list:
+        out: list = [None] * size
+        for run in runs:
+            try:
+                data = run.request.future.result()
+            except OSError as exc:  # a short read or a failed request: these samples are reported and skipped
+                # (an MsaDistError, e.g. a server that ignores Range requests, ends the run in one line)
+                for _, slot in run.samples:
+                    out[slot] = exc
+                continue
+            self.reader.samples(run, data, run.request.start, out)
+        return out
