@@ -26,6 +26,9 @@ class DataConfig:
     workers: int = 2  # DataLoader worker processes per rank
     chunk_samples: int = 4  # train order: runs of this many consecutive samples of a shard stay together (read in one request); the runs of the whole split are shuffled per epoch. Larger: fewer requests, less mixing
     resampled: bool = False  # draw the runs with replacement instead of reading each once per epoch
+    read_threads: int = 16  # ranged reads each loader worker keeps in flight (threads, each with its own connection): hides a remote store's per-request latency
+    read_ahead_batches: int = 4  # batches a loader worker plans (and coalesces) together; up to twice this many are being read ahead
+    read_gap_bytes: int = 4096  # read-ahead merges runs of one shard into one request when at most this many bytes lie between them
     pin_memory: bool = True  # page-locked host batches for faster copies to a GPU
     image_draft: bool = True  # decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when they are much larger
     train_crop: str = "random"  # random (image_size crop at resize_size scale: no resize on shards stored at resize_size, the default) | random_resized (area 50-100%, then resized: the loader resizes every image) | center (no augmentation); each with a random flip except center
@@ -236,14 +239,17 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
 
 
 def to_dict(cfg: Any) -> dict:
-    """The config as plain nested dicts (tuples become lists), for YAML/JSON/checkpoints."""
+    """The config as plain nested dicts (tuples become lists), for YAML/JSON/checkpoints; secrets in
+    URLs (userinfo, query) are redacted: this is what gets written down (data/urls.py)."""
+    from msa_dist.data.urls import redact_values
+
     def conv(v):
         if isinstance(v, tuple):
             return list(v)
         if isinstance(v, dict):
             return {k: conv(x) for k, x in v.items()}
         return v
-    return conv(dataclasses.asdict(cfg))
+    return redact_values(conv(dataclasses.asdict(cfg)))
 
 
 def from_dict(values: dict) -> Config:

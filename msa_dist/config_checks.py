@@ -79,6 +79,7 @@ CHECKS: tuple[Check, ...] = (
     Check("data.pad_to_multiple_of", lambda v, d: v < 1 or d.max_length % v == 0,
           "must divide data.max_length={max_length} (a batch is never longer)", name="divides"),
     at_least("data.workers", 0), at_least("data.chunk_samples", 1), one_of("data.train_crop", TRAIN_CROPS),
+    at_least("data.read_threads", 1), at_least("data.read_ahead_batches", 1), at_least("data.read_gap_bytes", 0),
     one_of("model.modality", MODALITIES),
     Check("model.head.fusion", lambda v, model: model.modality in FUSION_MODALITIES[v],
           "combines two modalities and does not work with model.modality={modality}: use fusion=concat or "

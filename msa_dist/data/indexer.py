@@ -27,6 +27,8 @@ def _list_tars(store: ShardStore) -> list[str]:
     if isinstance(store, FsspecStore):
         return sorted(Path(p).name for p in store._fs_handle().glob(store.url("*.tar")))
     raise MsaDistError(f"cannot list the files at {store.location}: give a manifest.json there (an HTTP server "
+    if hasattr(store, "list_names"):  # S3Store
+        return sorted(name for name in store.list_names() if name.endswith(".tar"))
                        "lists nothing), or index a local copy")
 
 

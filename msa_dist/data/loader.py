@@ -100,12 +100,12 @@ class _Batches(torch.utils.data.IterableDataset):
         maker = BatchMaker(self.cfg, self.tokenizer, self.spec.batch_size, self.spec.train, self.spec.seed,
                            self.corrupt, pool)
         orders: dict = {}
-        for t in itertools.count(worker, workers):
-            item = self._ids(t, orders)
-            if item is None:
-                return
-            epoch, index, ids = item
-            batch = maker.make(self.reader.fetch(ids), epoch)
+        items = itertools.takewhile(lambda item: item is not None,
+                                    (self._ids(t, orders) for t in itertools.count(worker, workers)))
+        # the next batches' reads stay in flight while this one is made (fetch.py)
+        for (epoch, index, _), samples in self.reader.read_ahead(items, self.cfg.read_threads,
+                                                                 self.cfg.read_ahead_batches, self.cfg.read_gap_bytes):
+            batch = maker.make(samples, epoch)
             if batch is None:
                 if not self.spec.train:
                     continue

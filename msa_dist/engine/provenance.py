@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from msa_dist.data.manifest import MANIFEST_NAME
+from msa_dist.data.urls import redact_text, redact_url
 from msa_dist.errors import MsaDistError
 
 log = logging.getLogger(__name__)
@@ -131,14 +132,14 @@ def session_info(cfg, env, backend_name: str) -> dict:
     hosts = gather_hosts(env.world_size)
     return {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "command": [Path(sys.argv[0]).name, *map(redact_text, sys.argv[1:])],  # no secret in a URL
         "cwd": os.getcwd(),
         "git": git_info(Path(__file__).resolve().parent),
         "hosts": sorted(set(hosts)),
         "world": {"world_size": env.world_size, "nodes": env.nodes, "local_world_size": env.local_world_size,
                   "rank_hosts": hosts, "device": env.device.type, "backend": backend_name},
         "versions": versions(),
-        "data": {"shards": str(cfg.data.shards), "manifest_sha256": manifest_sha256(cfg.data.shards),
+        "data": {"shards": redact_url(str(cfg.data.shards)), "manifest_sha256": manifest_sha256(cfg.data.shards),
                  "val_sha256": split_sha256(cfg.data.shards, "val"), "shard_options": shard_options(cfg.data.shards)},
     }
 
