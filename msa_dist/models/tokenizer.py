@@ -9,6 +9,7 @@ from tokenizers.models import WordPiece
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from msa_dist.errors import MsaDistError
+from msa_dist.models.pretrained import resolve_text_dir
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 # The encoders take only these; BERT's token_type_ids would be all zeros for single texts.
@@ -49,6 +50,7 @@ def offline_hint(what: str, name: str) -> str:
 def load_pretrained_tokenizer(name_or_dir: str) -> PreTrainedTokenizerFast:
     """AutoTokenizer.from_pretrained, with a plain `MsaDistError` when it is not available offline."""
     name_or_dir = name_or_dir.removeprefix("clip:")  # model.text.name of a CLIP text tower
+    name_or_dir = resolve_text_dir(name_or_dir)  # a packaged backbone's short name -> its verified folder
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
     except (OSError, ValueError) as exc:
