@@ -141,6 +141,7 @@ def run_shard_options(run_dir: Path, cfg: Config) -> dict:
 
 def _load_exported(path: Path, device: torch.device, adjust: bool) -> Predictor:
     from safetensors.torch import load_model as load_safetensors
+    from safetensors import SafetensorError
 
     from msa_dist.models import build_model
     from msa_dist.models.tokenizer import load_pretrained_tokenizer
@@ -151,7 +152,7 @@ def _load_exported(path: Path, device: torch.device, adjust: bool) -> Predictor:
                         arch_dir=str(arch_dir) if arch_dir.is_dir() else None)
     try:
         load_safetensors(model, str(path / "model.safetensors"), device="cpu")
-    except (RuntimeError, OSError, ValueError) as exc:  # truncated, foreign, or another architecture's
+    except (SafetensorError, RuntimeError, OSError, ValueError) as exc:  # truncated, foreign, or another model's
         raise MsaDistError(f"{path / 'model.safetensors'} does not load into the model its config.yaml "
                            f"describes: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc!r}") from None
     offsets = torch.tensor(card["logit_offsets"]) if adjust and card.get("logit_offsets") else None

@@ -60,3 +60,43 @@ def test_exported_folder_predicts_raw_pairs_like_the_run(shard_dir, raw_dataset,
     assert a.read_text() == b.read_text()
     assert main(["export", "--run", str(run), "--out", str(out)]) == 2  # not over an existing export
     assert main(["predict", "--run", str(out), "--out", str(tmp_path / "c.csv")]) == 2  # no shards for an export
+
+
+BROKEN_CARDS = {  # what config.yaml holds -> a piece of the one-line error
+    b"model: [unclosed\n": "is not readable YAML",
+    "model: {modality: b\xf6th}\n".encode("latin-1"): "is not readable YAML",
+    b"- a list\n": "lacks the model and preprocessing sections",
+    b"model: {modality: both}\n": "lacks the model and preprocessing sections",
+}
+
+
+def test_a_broken_exported_folder_or_run_config_is_one_line(shard_dir, raw_dataset, tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "exported"
+    train(tiny_config(shard_dir, "train.epochs=1"), run)
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    card = yaml.safe_load((out / "config.yaml").read_text())
+    cases = dict(BROKEN_CARDS)
+    cases[yaml.safe_dump({**card, "model": {**card["model"], "modality": "audio"}}).encode()] = "model.modality=audio"
+    cases[yaml.safe_dump({**card, "preprocessing": {**card["preprocessing"], "crop": 3}}).encode()] = "preprocessing"
+    cases[yaml.safe_dump({**card, "preprocessing": {**card["preprocessing"], "image_size": "big"}}).encode()] = "sizes"
+    cases[yaml.safe_dump({**card, "logit_offsets": [1, 2]}).encode()] = "logit_offsets must be 3 numbers"
+    image = raw_dataset.data_dir / f"{raw_dataset.test[0]}.jpg"
+    predict = ["predict", "--image", str(image), "--text", "hi", "--out", str(tmp_path / "p.csv")]
+    good = (out / "config.yaml").read_bytes()
+    capsys.readouterr()
+    for text, why in cases.items():
+        (out / "config.yaml").write_bytes(text)
+        with pytest.raises(msa_dist.errors.MsaDistError, match=why):
+            msa_dist.load_model(out)
+        assert main([*predict, "--run", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("msa-dist: error: ") and err.count("\n") == 1, err
+    (out / "config.yaml").write_bytes(good)
+    weights = (out / "model.safetensors").read_bytes()
+    (out / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(msa_dist.errors.MsaDistError, match="does not load into the model"):
+        msa_dist.load_model(out)
+    # a run dir's own config.yaml, broken
+    (run / "config.yaml").write_bytes(b"optim: {lr: [unclosed\n")
+    assert main([*predict, "--run", str(run)]) == 2
+    assert "config.yaml is not readable YAML" in capsys.readouterr().err

@@ -18,8 +18,8 @@ import json
 import os
 import random
 import re
+import logging
 import shutil
-import warnings
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -28,6 +28,7 @@ import torch
 from msa_dist.engine.safe_load import UnreadableFile, load_tensors
 from msa_dist.errors import MsaDistError
 
+log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"(\.old-)?step-(\d+)")  # complete step directories (.old-: a kill between two renames)
 
 
@@ -118,28 +119,29 @@ def save_best(backend, ckpt_root: Path, step_dir: Path, metrics: dict) -> None:
 def latest_checkpoint(ckpt_root: Path, check: Optional[Callable[[Path], None]] = None) -> Optional[Path]:
     """The step directory `latest` names or, if it is gone, incomplete (a kill during a save) or
     fails `check` with `UnreadableFile`, the newest complete one that passes, with a warning.
-    None if there is no checkpoint; MsaDistError if `latest` names one and none is usable."""
+    None if there is no checkpoint; MsaDistError if there are some and none is usable."""
     ckpt_root = Path(ckpt_root)
     named = _pointer(ckpt_root)
     complete = sorted((p for p in ckpt_root.glob("*step-*") if _complete(ckpt_root, p)),
                       key=lambda p: int(STEP_DIR.fullmatch(p.name).group(2)), reverse=True)
     candidates = ([ckpt_root / named] if named else []) + [p for p in complete if p.name != named]
+    skipped = []
     for path in candidates:
         if not _complete(ckpt_root, path):
-            warnings.warn(f"{ckpt_root / 'latest'} names {named}, which is gone or incomplete: "
-                          "using the newest complete checkpoint instead", stacklevel=2)
+            skipped.append(f"{ckpt_root / 'latest'} names {named}, which is gone or incomplete")
             continue
         if check is not None:
             try:
                 check(path)
             except UnreadableFile as exc:
-                warnings.warn(f"{exc}: trying the checkpoint before it", stacklevel=2)
+                skipped.append(str(exc))
                 continue
+        for reason in skipped:
+            log.warning("%s: using %s instead", reason, path.name)
         return path
-    if candidates:
-        raise MsaDistError(f"no usable checkpoint in {ckpt_root}"
-                           + (f" (latest names {named})" if named else "")
-                           + ": start afresh with --overwrite, or resume a step directory that loads")
+    if skipped:
+        raise MsaDistError(f"no usable checkpoint in {ckpt_root} ({skipped[0]}; {len(candidates)} tried): "
+                           "start afresh with --overwrite, or --resume a step directory that loads")
     return None
 
 
@@ -223,6 +225,8 @@ def load_init_weights(model: torch.nn.Module, path: str) -> None:
 def model_weights_path(run_dir: Path, which: str = "best") -> Path:
     """The plain model.pt that evaluate / predict read: `best`, `latest`, or a step dir name."""
     ckpt_root = Path(run_dir) / "checkpoints"
+    if not re.fullmatch(r"best|latest|step-\d+", which):
+        raise MsaDistError(f"--checkpoint {which!r}: use best, latest or a step-NNNNNNN directory name")
     if which == "latest":
         step = latest_checkpoint(ckpt_root)
         path = step / "model.pt" if step else None

@@ -74,11 +74,24 @@ def repair_stage3_load(optimizer, universal_dir: Path) -> None:
     """
     import torch  # noqa: PLC0415
 
-    saved = torch.load(Path(universal_dir) / "zero" / "optimizer_state.pt", map_location="cpu",
-                       weights_only=False)["optimizer_state_dict"]["param_groups"]
+    saved = _universal_optimizer_state(Path(universal_dir) / "zero" / "optimizer_state.pt")
+    saved = saved["optimizer_state_dict"]["param_groups"]
     assert len(saved) == len(optimizer.param_groups), (len(saved), len(optimizer.param_groups))
     for group, saved_group in zip(optimizer.param_groups, saved):
         group.update({key: value for key, value in saved_group.items() if key != "params"})
     for state in optimizer.state.values():
         if torch.is_tensor(state.get("step")):
             state["step"] = state["step"].clone()
+
+
+def _universal_optimizer_state(path: Path) -> dict:
+    """The converted copy's optimizer_state.pt, read with weights_only: DeepSpeed pickles its
+    ZeRO stage (an enum) and its loss scaler in it, which are allow-listed here and nothing else.
+    (DeepSpeed's own stage-3 load unpickles this file without such a limit: docs/security.md.)"""
+    import torch  # noqa: PLC0415
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler  # noqa: PLC0415
+    from deepspeed.runtime.zero.config import ZeroStageEnum  # noqa: PLC0415
+
+    from msa_dist.engine.safe_load import load_tensors  # noqa: PLC0415
+    with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
+        return load_tensors(path)
