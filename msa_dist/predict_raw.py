@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from msa_dist.data.raw import DATA_DIR, TEST_FILE, BadRecord, check_record, decode_text, image_error, read_labels_file
+from msa_dist.data.limits import CSV_CELL_LIMIT, MAX_CSV_BYTES, MAX_IMAGE_BYTES, read_input, text_char_limit
 from msa_dist.engine.inference import calibrate, predict, run_shards, write_predictions
 from msa_dist.errors import MsaDistError
 
@@ -40,7 +41,7 @@ class BadRow:
 
 def _check(key: str, where: str, image_path: Path, text: str) -> Pair | BadRow:
     try:
-        image = image_path.read_bytes()
+        image = read_input(image_path, MAX_IMAGE_BYTES)  # a regular file of bounded size: a FIFO cannot hang us
     except FileNotFoundError:
         return BadRow(key, where, f"image file missing: {image_path}")
     except OSError as exc:
@@ -66,14 +67,14 @@ def pairs_from_csv(path: str | Path) -> tuple[list[Pair], list[BadRow]]:
     """Rows of a CSV with header id,image,text; image paths relative to the CSV's folder."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = read_input(path, MAX_CSV_BYTES)
     except OSError as exc:
         raise MsaDistError(f"cannot read --inputs {path}: {exc.strerror or exc}") from None
     try:
         content, _ = decode_text(raw)
     except ValueError:
         raise MsaDistError(f"--inputs {path} is neither UTF-8 nor GB18030 text") from None
-    rows = list(csv.reader(io.StringIO(content)))
+    rows = _csv_rows(content, path)
     if not rows:
         raise MsaDistError(f"--inputs {path} is empty (expected the header id,image,text)")
     cols = [_column(rows[0], names, path) for names in (ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS)]
@@ -91,6 +92,20 @@ def pairs_from_csv(path: str | Path) -> tuple[list[Pair], list[BadRow]]:
     return pairs, bad
 
 
+def _csv_rows(content: str, path: Path) -> list[list[str]]:
+    """The CSV's rows, a cell being at most CSV_CELL_LIMIT characters (the longest allowed text);
+    MsaDistError naming the line otherwise."""
+    reader = csv.reader(io.StringIO(content))
+    previous = csv.field_size_limit(CSV_CELL_LIMIT)  # the csv module's limit is process-wide: restored below
+    try:
+        return list(reader)
+    except csv.Error as exc:
+        raise MsaDistError(f"--inputs {path} line {reader.line_num}: {exc} (a cell holds at most "
+                           f"{CSV_CELL_LIMIT} characters)") from None
+    finally:
+        csv.field_size_limit(previous)
+
+
 def pair_from_args(image: str, text: str) -> tuple[list[Pair], list[BadRow]]:
     """`--image a.jpg --text "..."`: one pair, its id the image's file name without extension."""
     item = _check(Path(image).stem, "--image/--text", Path(image), text)
@@ -106,16 +121,18 @@ def pairs_from_data_root(root: str | Path) -> tuple[list[Pair], list[BadRow]]:
         if isinstance(checked, BadRecord):
             bad.append(BadRow(checked.guid, f"{TEST_FILE} line {checked.line}", f"{checked.reason} ({checked.detail})"))
         else:
-            pairs.append(Pair(checked.record.guid, checked.image_path.read_bytes(), checked.text))
+            pairs.append(Pair(checked.record.guid, read_input(checked.image_path, MAX_IMAGE_BYTES), checked.text))
     return pairs, bad
 
 
 def predict_pairs(predictor, pairs: Sequence[Pair], batch_size: int = 64) -> list[tuple[str, list[float]]]:
     """(id, probabilities) for every pair, in input order, `batch_size` pairs per forward."""
     out = []
+    max_length = getattr(getattr(predictor, "preprocessing", None), "max_length", None)
+    chars = text_char_limit(max_length) if max_length else None  # as the loader cuts them (data/limits.py)
     for i in range(0, len(pairs), batch_size):
         chunk = pairs[i:i + batch_size]
-        probs = predictor.predict_proba([p.image for p in chunk], [p.text for p in chunk])
+        probs = predictor.predict_proba([p.image for p in chunk], [p.text[:chars] for p in chunk])
         out.extend(zip([p.key for p in chunk], probs.tolist()))
     return out
 

@@ -22,6 +22,7 @@ import yaml
 
 from msa_dist.config import Config, DataConfig, from_dict
 from msa_dist.data.images import ImageCropper, stored_size
+from msa_dist.data.limits import MAX_IMAGE_BYTES, read_input
 from msa_dist.data.raw import reencode_image
 from msa_dist.engine.batch import model_inputs
 from msa_dist.errors import MsaDistError
@@ -103,7 +104,7 @@ def _read_image(image: ImageInput) -> bytes:
     if isinstance(image, bytes):
         return image
     try:
-        return Path(image).read_bytes()
+        return read_input(image, MAX_IMAGE_BYTES)  # a regular file of bounded size (data/limits.py)
     except OSError as exc:
         raise MsaDistError(f"cannot read image {image}: {exc.strerror or exc}") from None
 
@@ -140,8 +141,8 @@ def run_shard_options(run_dir: Path, cfg: Config) -> dict:
 
 
 def _load_exported(path: Path, device: torch.device, adjust: bool) -> Predictor:
-    from safetensors.torch import load_model as load_safetensors
     from safetensors import SafetensorError
+    from safetensors.torch import load_model as load_safetensors
 
     from msa_dist.models import build_model
     from msa_dist.models.tokenizer import load_pretrained_tokenizer

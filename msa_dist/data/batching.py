@@ -15,10 +15,20 @@ import torch
 
 from msa_dist.config import DataConfig
 from msa_dist.data.images import ImageCropper, as_jpeg, stored_size
+from msa_dist.data.limits import MAX_IMAGE_BYTES, cut_text
 from msa_dist.data.order import stable_int
+from msa_dist.labels import NUM_CLASSES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def parse_label(raw: bytes, key: str) -> int:
+    """A `cls` member: a class index 0..NUM_CLASSES-1; ValueError (a counted skip) for anything else."""
+    text = raw.strip()
+    if not (text.isdigit() and len(text) <= 3 and int(text) < NUM_CLASSES):
+        raise ValueError(f"sample {key}: invalid label cls={raw[:20]!r} (expected 0..{NUM_CLASSES - 1})")
+    return int(text)
 
 
 class SampleTransform:
@@ -33,18 +43,22 @@ class SampleTransform:
         self.cropper = ImageCropper(cfg.image_size, cfg.resize_size, train, draft=cfg.image_draft,
                                     train_crop=cfg.train_crop)
         self.decode_on_device = cfg.decode_on_device
+        self.max_length = cfg.max_length
 
     def __call__(self, sample: dict, out: Optional[torch.Tensor] = None) -> dict:
         """`out`: where the image goes (uint8 [S, S, 3], a slot of the batch; allocated when None)."""
         key, data = sample["__key__"], sample["jpg"]
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ValueError(f"sample {key}: image of {len(data)} bytes, more than the {MAX_IMAGE_BYTES} allowed")
         width, height = stored_size(data)
         # A private RNG per sample: the crop depends on (seed, epoch, key) only, and the global
         # RNGs are left alone (workers=0 runs in the training process).
         random_crop = self.cropper.crop != "center"
         rng = random.Random(stable_int("augment", self.seed, self.epoch, key)) if random_crop else None
         box = self.cropper.box(rng, width, height)
-        label = int(sample["cls"]) if "cls" in sample else -1
-        result = {"key": key, "text": sample["txt"].decode("utf-8"), "label": label}
+        label = parse_label(sample["cls"], key) if "cls" in sample else -1
+        # cut before decoding: a 50 MB text costs no more than the max_length tokens it can give
+        result = {"key": key, "text": cut_text(sample["txt"], self.max_length), "label": label}
         if self.decode_on_device:
             result.update(jpeg=as_jpeg(data), box=box)
         else:

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 import torchvision.io as tvio
 from PIL import Image
 
+from msa_dist.data.limits import check_pixels
+
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec and warns on every call;
 # decode_jpeg (CPU and nvJPEG) still works, and decode_rgb falls back to PIL once it is gone.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
@@ -73,11 +75,13 @@ def jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
 
 
 def stored_size(data: bytes) -> tuple[int, int]:
-    """(width, height) of an encoded image: the JPEG header, else whatever PIL reads."""
+    """(width, height) of an encoded image: the JPEG header, else whatever PIL reads; ValueError
+    over MAX_IMAGE_PIXELS (data/limits.py)."""
     size = jpeg_size(data)
     if size is None:
         with Image.open(io.BytesIO(data)) as img:
             size = img.size
+    check_pixels(*size)  # before any decode or buffer sized from it
     return size
 
 

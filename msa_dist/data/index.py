@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import stat
+import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -61,13 +64,40 @@ class ShardIndex:
             if raw.get("format") != INDEX_FORMAT:
                 raise ValueError(f"format {raw.get('format')!r}, this version reads {INDEX_FORMAT}")
             index = cls(raw["shard"], raw["bytes"], raw["keys"], raw["starts"], raw["ends"], raw["fields"])
-            n = len(index.keys)
-            if len(index.starts) != n or len(index.ends) != n or any(len(c) != n for c in index.fields.values()):
-                raise ValueError("columns of different lengths")
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            check_index(index)
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             raise MsaDistError(f"{where} is not a valid shard index ({exc}): rebuild it with "
                                "`msa-dist shards index DIR`") from None
         return index
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0  # not a bool, a float or a string
+
+
+def check_index(index: ShardIndex) -> None:
+    """ValueError unless every range lies inside the shard's `nbytes`: 0 <= start <= member offset,
+    offset + size <= end <= nbytes for every sample, so no read goes before or past the file."""
+    if not isinstance(index.shard, str) or not _is_count(index.nbytes):
+        raise ValueError("'shard' must be a name and 'bytes' a count")
+    if not isinstance(index.keys, list) or not all(isinstance(k, str) for k in index.keys):
+        raise ValueError("'keys' must be a list of strings")
+    n = len(index.keys)
+    if not isinstance(index.fields, dict) or not all(isinstance(c, list) for c in index.fields.values()):
+        raise ValueError("'fields' must map names to lists")
+    if not isinstance(index.starts, list) or not isinstance(index.ends, list) or len(index.starts) != n \
+            or len(index.ends) != n or any(len(c) != n for c in index.fields.values()):
+        raise ValueError("columns of different lengths")
+    for i, (start, end) in enumerate(zip(index.starts, index.ends)):
+        if not (_is_count(start) and _is_count(end) and start < end <= index.nbytes):
+            raise ValueError(f"sample {i} spans [{start!r}, {end!r}), outside the shard's {index.nbytes} bytes")
+    for name, column in index.fields.items():
+        for i, where in enumerate(column):
+            if where is None:
+                continue
+            if not (isinstance(where, list) and len(where) == 2 and _is_count(where[0]) and _is_count(where[1])
+                    and index.starts[i] <= where[0] and where[0] + where[1] <= index.ends[i]):
+                raise ValueError(f"member {name} of sample {i} at {where!r} lies outside its sample")
 
 
 def scan_tar(data: bytes, shard: str) -> ShardIndex:
@@ -90,8 +120,8 @@ def scan_tar(data: bytes, shard: str) -> ShardIndex:
             if suffix in row:
                 raise ValueError(f"{name}: duplicate file name")
             row[suffix] = [offset, size]
-            index.ends[-1] = offset + size + (-size % 512)
-    except (ValueError, OSError) as exc:  # tarfile.ReadError is an OSError
+            index.ends[-1] = min(offset + size + (-size % 512), len(data))  # a tar may lack its last padding
+    except (ValueError, OSError, tarfile.TarError) as exc:
         raise MsaDistError(f"shard {shard} is not a readable tar: {exc}") from None
     _close_row(index, row)
     return index
@@ -102,18 +132,43 @@ def _close_row(index: ShardIndex, row: dict[str, list[int]]) -> None:
     if not index.keys:
         return
     n = len(index.keys) - 1  # the sample `row` belongs to
-    for name in row.keys() - index.fields.keys():
+    for name in sorted(row.keys() - index.fields.keys()):  # sorted: the same bytes under any hash seed
         index.fields[name] = [None] * n
     for name, column in index.fields.items():
         column.append(row.get(name))
 
 
 def read_index(store, shard: str) -> ShardIndex:
-    """A shard's index from its sidecar; MsaDistError naming the fix when it is missing."""
+    """A shard's index from its sidecar, checked against the shard's size where the store can tell
+    it cheaply (a local file's size; fsspec's); MsaDistError naming the fix when it is missing or stale."""
     name = index_name(shard)
     try:
         data = store.read(name)
     except MsaDistError:
         raise MsaDistError(f"shard {store.url(shard)} has no index ({name}): add indexes with "
                            f"`msa-dist shards index {store.location}`") from None
-    return ShardIndex.from_json(data, store.url(name))
+    index = ShardIndex.from_json(data, store.url(name))
+    size = shard_size(store, shard)
+    if size is not None and size != index.nbytes:
+        raise MsaDistError(f"the index of {store.url(shard)} is for a shard of {index.nbytes} bytes, the shard has "
+                           f"{size}: run `msa-dist shards index {store.location}` again")
+    return index
+
+
+def shard_size(store, shard: str) -> Optional[int]:
+    """The shard's size in bytes; None where asking would cost a request (HTTP). MsaDistError if it is
+    missing or not a regular file."""
+    from msa_dist.data.storage import FsspecStore, LocalStore
+    try:
+        if isinstance(store, LocalStore):
+            info = os.stat(store.root / shard)
+            if not stat.S_ISREG(info.st_mode):
+                raise MsaDistError(f"shard {store.url(shard)} is not a regular file")
+            return info.st_size
+        if isinstance(store, FsspecStore):
+            return int(store._fs_handle().size(store.url(shard)))
+    except (FileNotFoundError, NotADirectoryError):
+        raise MsaDistError(f"shard {store.url(shard)} does not exist") from None
+    except (OSError, TypeError, ValueError) as exc:
+        raise MsaDistError(f"cannot stat shard {store.url(shard)}: {exc}") from None
+    return None

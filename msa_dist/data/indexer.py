@@ -12,8 +12,9 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from msa_dist.data.index import index_name, scan_tar
-from msa_dist.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest
+from msa_dist.data.index import index_name, scan_tar, shard_size
+from msa_dist.data.index_bin import binary_name, to_binary
+from msa_dist.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest, shard_name_problem
 from msa_dist.data.storage import FsspecStore, LocalStore, ShardStore, open_store
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABELS
@@ -23,24 +24,33 @@ def _list_tars(store: ShardStore) -> list[str]:
     if isinstance(store, LocalStore):
         if not store.root.is_dir():
             raise MsaDistError(f"{store.root} is not a directory")
-        return sorted(p.name for p in store.root.glob("*.tar"))
+        return sorted(p.name for p in store.root.glob("*.tar") if shard_name_problem(p.name) is None)
     if isinstance(store, FsspecStore):
         return sorted(Path(p).name for p in store._fs_handle().glob(store.url("*.tar")))
-    raise MsaDistError(f"cannot list the files at {store.location}: give a manifest.json there (an HTTP server "
     if hasattr(store, "list_names"):  # S3Store
         return sorted(name for name in store.list_names() if name.endswith(".tar"))
+    raise MsaDistError(f"cannot list the files at {store.location}: give a manifest.json there (an HTTP server "
                        "lists nothing), or index a local copy")
 
 
 def _class_counts(data: bytes, index) -> dict | None:
-    """Counts per label name from integer `cls` members; None if a sample has none or another value."""
+    """Counts per label name from integer `cls` members; None if a sample has none. MsaDistError naming
+    the sample for a `cls` that is not a label index (7, -1, "abc"): an invalid label, not a missing one."""
     column = index.fields.get("cls")
-    if column is None or any(where is None for where in column):
+    if column is None:
         return None
-    values = Counter(data[o:o + n].strip() for o, n in column)
-    if not all(v.isdigit() and int(v) < len(LABELS) for v in values):
+    values: Counter = Counter()
+    for key, where in zip(index.keys, column):
+        if where is None:
+            continue
+        value = data[where[0]:where[0] + where[1]].strip()
+        if not (value.isdigit() and len(value) <= 3 and int(value) < len(LABELS)):
+            raise MsaDistError(f"shard {index.shard}: sample {key} has an invalid label cls={value[:20]!r} "
+                               f"(expected 0..{len(LABELS) - 1}); fix or drop it, then index again")
+        values[int(value)] += 1
+    if any(where is None for where in column):
         return None
-    return {label: values.get(str(i).encode(), 0) for i, label in enumerate(LABELS)}
+    return {label: values.get(i, 0) for i, label in enumerate(LABELS)}
 
 
 def index_shard_set(location: str) -> dict:
@@ -61,9 +71,11 @@ def index_shard_set(location: str) -> dict:
         entry = {"samples": 0, "labelled": 0, "shards": [], "guids": []}
         counts: Counter = Counter()
         for name in shard_names:
+            shard_size(store, name)  # a local shard must be a regular file: reading a FIFO would block
             data = store.read(name)
             index = scan_tar(data, name)
             store.write(index_name(name), index.to_json())
+            store.write(binary_name(name), to_binary(index))  # the compact form (index_bin.py)
             entry["shards"].append({"name": name, "samples": len(index), "bytes": len(data),
                                     "sha256": hashlib.sha256(data).hexdigest()})
             entry["samples"] += len(index)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Optional
 
 from msa_dist.data.storage import is_url, open_store
@@ -65,7 +65,54 @@ def check_manifest(raw: bytes, where: str) -> dict:
     if manifest.get("format") != MANIFEST_FORMAT:
         raise MsaDistError(f"{where} has format {manifest.get('format')!r}, this version reads format "
                            f"{MANIFEST_FORMAT}: {hint}")
+    labels = manifest.get("labels", [])
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise MsaDistError(f"{where} has 'labels' that is not a list of names: {hint}")
+    for split, info in manifest["splits"].items():
+        problem = _split_problem(info)
+        if problem:
+            raise MsaDistError(f"{where}: split {split!r} {problem}: {hint}")
     return manifest
+
+
+def _is_count(value) -> bool:
+    return type(value) is int and value >= 0
+
+
+def shard_name_problem(name) -> Optional[str]:
+    """Why `name` cannot name a shard file inside its folder (a path, `..`, a hidden file); None if it can."""
+    if not isinstance(name, str) or not name:
+        return "is not a file name"
+    if name != PurePosixPath(name).name or "\\" in name or "\0" in name or name.startswith(".") \
+            or PureWindowsPath(name).drive:
+        return f"{name[:80]!r} is not a plain file name inside the shard folder"
+    return None
+
+
+def _split_problem(info) -> Optional[str]:
+    """What is wrong with one split's entry (its counts, its shard list); None if nothing."""
+    if not isinstance(info, dict):
+        return "is not a mapping"
+    for key in ("samples", "labelled"):
+        if key in info and not _is_count(info[key]):
+            return f"has {key} {info[key]!r}, not a count"
+    shards = info.get("shards", [])
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        return "has 'shards' that is not a list of entries"
+    for shard in shards:
+        problem = shard_name_problem(shard.get("name"))
+        if problem:
+            return f"lists a shard whose name {problem}"
+        if not _is_count(shard.get("samples")) or not _is_count(shard.get("bytes", 0)) \
+                or not isinstance(shard.get("sha256", ""), str):
+            return f"has a bad entry for shard {shard['name']} (samples, bytes: counts; sha256: text)"
+    guids = info.get("guids", [])
+    if not isinstance(guids, list) or not all(isinstance(g, str) for g in guids):
+        return "has 'guids' that is not a list of strings"
+    counts = info.get("class_counts", {})
+    if not isinstance(counts, dict) or not all(_is_count(n) for n in counts.values()):
+        return "has 'class_counts' that is not a mapping of counts"
+    return None
 
 
 def split_shards(manifest: dict, split: str, location: str) -> list[dict]:

@@ -13,6 +13,7 @@ from typing import Optional, Union
 
 from PIL import Image, UnidentifiedImageError
 
+from msa_dist.data.limits import MAX_IMAGE_BYTES, MAX_LABELS_BYTES, MAX_TEXT_BYTES, check_pixels, read_input
 from msa_dist.errors import MsaDistError
 from msa_dist.labels import LABEL_TO_INDEX, LABELS
 
@@ -77,10 +78,10 @@ def decode_text(raw: bytes) -> tuple[str, str]:
 
 def _read_lines(path: Path) -> list[str]:
     """The lines of a labels file; MsaDistError if it is missing, unreadable or lacks the header."""
-    if not path.is_file():
+    if not path.exists():
         raise MsaDistError(f"labels file not found: {path}")
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        text = read_input(path, MAX_LABELS_BYTES).decode("utf-8-sig")
     except OSError as exc:
         raise MsaDistError(f"cannot read labels file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -166,6 +167,7 @@ def image_error(data: bytes) -> Optional[str]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as image:
+                check_pixels(*image.size)  # from the header: nothing decoded yet
                 # A reduced-size JPEG decode still reads every entropy-coded block (so truncation
                 # and corrupt data are caught) at a fraction of the cost of a full decode.
                 image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
@@ -186,13 +188,13 @@ def check_record(record: Record, data_dir: Path) -> Union[Sample, BadRecord]:
     image_path = data_dir / f"{record.guid}.jpg"
     rel_text, rel_image = f"{DATA_DIR}/{text_path.name}", f"{DATA_DIR}/{image_path.name}"
     try:
-        raw_text = text_path.read_bytes()
+        raw_text = read_input(text_path, MAX_TEXT_BYTES)
     except FileNotFoundError:
         return bad("text file missing", rel_text)
     except OSError as exc:
         return bad("text file unreadable", f"{rel_text}: {exc.strerror or exc}")
     try:
-        image_bytes = image_path.read_bytes()
+        image_bytes = read_input(image_path, MAX_IMAGE_BYTES)
     except FileNotFoundError:
         return bad("image file missing", rel_image)
     except OSError as exc:
@@ -213,6 +215,7 @@ def reencode_image(data: bytes, image_size: int, quality: int = 90) -> bytes:
     """RGB JPEG (4:2:0) with the shorter side resized to `image_size` (never upscaled)."""
     with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
+        check_pixels(width, height)
         if min(width, height) > image_size:
             if width <= height:
                 size = (image_size, max(1, round(height * image_size / width)))

@@ -21,13 +21,26 @@ def show_samples(shard_dir: str | Path, split: str = "train", n: int = 5) -> lis
         if isinstance(sample, Exception):
             raise MsaDistError(f"cannot read split {split} of {shard_dir}: {sample}; "
                                f"run `msa-dist shards verify {shard_dir}`")
-        cls = sample.get("cls")
-        width, height = stored_size(sample["jpg"]) if "jpg" in sample else (0, 0)
+        try:
+            width, height = stored_size(sample["jpg"]) if "jpg" in sample else (0, 0)
+        except Exception as exc:  # noqa: BLE001 - PIL raises many types; shown, not fatal
+            raise MsaDistError(f"cannot read the image of sample {sample['__key__']} in split {split} of "
+                               f"{shard_dir}: {str(exc)[:120]}; run `msa-dist shards verify {shard_dir}`") from None
         rows.append({"key": sample["__key__"], "shard": sample["__url__"].rsplit("/", 1)[-1],
-                     "label": labels[int(cls)] if cls is not None else None,
+                     "label": _label_name(sample.get("cls"), labels),
                      "text": sample.get("txt", b"").decode("utf-8", errors="replace"),
                      "image": f"{width}x{height}", "image_bytes": len(sample.get("jpg", b""))})
     return rows
+
+
+def _label_name(cls, labels: list) -> str | None:
+    """The label's name; None when unlabelled; "invalid (...)" for a `cls` that is no label index."""
+    if cls is None:
+        return None
+    value = cls.strip()
+    if value.isdigit() and len(value) <= 3 and int(value) < len(labels):
+        return labels[int(value)]
+    return f"invalid ({cls[:20]!r})"
 
 
 def print_samples(rows: list[dict], split: str, console) -> None:

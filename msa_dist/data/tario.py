@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator, Optional
 BLOCK = 512
 _META_RE = re.compile(r"__[^/]*__($|/)")  # webdataset skips these members (e.g. __index__)
 _REGULAR = (b"0", b"\0", b"7")
+MAX_HEADER_DATA = 1 << 20  # a GNU long name or a pax header: 1 MiB is far more than any name needs
 
 
 def tar_samples(handler: Callable[[Exception], bool]):
@@ -72,6 +73,8 @@ def scan_members(stream, read_data: bool = False) -> Iterator[tuple[str, int, in
     long_name: Optional[str] = None
     pax: dict[str, str] = {}
     offset = start = 0
+    total = stream.seek(0, 2)  # every member must lie inside the file: no size may point past it
+    stream.seek(0)
     while True:
         header = stream.read(BLOCK)
         if len(header) < BLOCK:
@@ -84,8 +87,14 @@ def scan_members(stream, read_data: bool = False) -> Iterator[tuple[str, int, in
         typeflag = header[156:157]
         size = _number(header[124:136])
         if "size" in pax:
-            size = int(pax["size"])
+            size = _pax_size(pax["size"])
         data_offset = offset + BLOCK
+        if size > total - data_offset:
+            raise tarfile.ReadError(f"a member at byte {offset} claims {size} bytes, past the end of the "
+                                    f"{total}-byte file (truncated or corrupt shard?)")
+        if typeflag in (b"L", b"x") and size > MAX_HEADER_DATA:
+            raise tarfile.ReadError(f"a long-name or pax header of {size} bytes at byte {offset} (at most "
+                                    f"{MAX_HEADER_DATA})")
         wanted = read_data or typeflag in (b"L", b"x")
         data = stream.read(size) if wanted else b""
         if wanted and len(data) < size:
@@ -121,14 +130,27 @@ def _header_name(header: bytes) -> str:
 
 
 def _number(field: bytes) -> int:
-    """A numeric header field: NUL/space-terminated octal, or GNU base-256 for large values."""
+    """A numeric header field: NUL/space-terminated octal, or GNU base-256 for large values; never negative."""
+    if field[0] == 0xFF:  # GNU base-256, negative
+        raise tarfile.ReadError(f"negative number in tar header: {field!r}")
     if field[0] & 0x80:
         return int.from_bytes(field[1:], "big")
     digits = field.split(b"\0", 1)[0].strip()
+    if not digits.isdigit():  # int(..., 8) would also take a sign, '_' or spaces
+        if digits:
+            raise tarfile.ReadError(f"bad number in tar header: {field!r}")
+        return 0
     try:
-        return int(digits, 8) if digits else 0
+        return int(digits, 8)
     except ValueError:
         raise tarfile.ReadError(f"bad number in tar header: {field!r}") from None
+
+
+def _pax_size(value: str) -> int:
+    """A pax `size` record: decimal digits only (no sign, no '_')."""
+    if not (value.isascii() and value.isdigit()) or len(value) > 20:
+        raise tarfile.ReadError(f"bad pax size {value[:40]!r}")
+    return int(value)
 
 
 def _check_sum(header: bytes) -> None:
@@ -142,9 +164,13 @@ def _pax_records(data: bytes) -> dict[str, str]:
     """Parse "LEN key=value\\n" records."""
     records, i = {}, 0
     while i < len(data) and data[i] != 0:
-        space = data.index(b" ", i)
-        length = int(data[i:space])
+        space = data.find(b" ", i, i + 21)
+        digits = data[i:space] if space > i else b""
+        length = int(digits) if digits.isdigit() else 0
+        # a record holds at least its length, a space, "k=" and a newline: each one moves i forward
+        if length < space - i + 3 or i + length > len(data):
+            raise tarfile.ReadError(f"bad pax record at byte {i} of a pax header")
         key, _, value = data[space + 1:i + length - 1].partition(b"=")
-        records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
+        records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         i += length
     return records

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import torch
 
+from msa_dist.csv_cells import escape_row
 from msa_dist.data.manifest import load_manifest
 from msa_dist.engine.artifacts import load_run_config, load_trained_model
 from msa_dist.engine.calibration import adjusted_metrics, collect_log_probs, load_offsets, save_offsets, tune_offsets
@@ -34,10 +35,11 @@ def write_predictions(out: str | Path, rows: Sequence[tuple[str, list[float]]], 
         writer = csv.writer(f)
         if fmt == "course":
             writer.writerow(["guid", "tag"])
-            writer.writerows((key, labels[int(torch.tensor(p).argmax())]) for key, p in rows)
+            writer.writerows(escape_row((key, labels[int(torch.tensor(p).argmax())])) for key, p in rows)
         else:
-            writer.writerow(["id", "tag", *(f"prob_{label}" for label in labels)])
-            writer.writerows((key, labels[int(torch.tensor(p).argmax())], *(f"{x:.6f}" for x in p)) for key, p in rows)
+            writer.writerow(escape_row(["id", "tag", *(f"prob_{label}" for label in labels)]))
+            writer.writerows(escape_row((key, labels[int(torch.tensor(p).argmax())], *(f"{x:.6f}" for x in p)))
+                             for key, p in rows)
     os.replace(tmp, out_path)
 
 

@@ -20,6 +20,7 @@ from typing import Callable, Optional
 import torch
 
 from msa_dist.config import Config
+from msa_dist.csv_cells import escape_row
 from msa_dist.data.manifest import load_manifest
 from msa_dist.engine.display import console
 from msa_dist.errors import MsaDistError
@@ -167,7 +168,7 @@ def predict_ensemble(run_dirs: list[str], shard_dir: str, out: str, offsets: Opt
     with out_path.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["guid", "tag"])
-        writer.writerows((key, tags[key]) for key in order)
+        writer.writerows(escape_row((key, tags[key])) for key in order)
     probs_path = out_path.with_suffix(".probs.json")
     probs_path.write_text(json.dumps({"labels": list(LABELS), "members": run_dirs, "offsets": shift.tolist(),
                                       "probs": {k: [round(v, 6) for v in p] for k, p in zip(keys, probs.tolist())}}))

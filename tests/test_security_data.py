@@ -1,0 +1,332 @@
+"""Issue 23, the data side: crafted shards, indexes, manifests and raw inputs end in one line
+(MsaDistError) or a counted skip; builds are byte-identical in any process."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from msa_dist.config import DataConfig
+from msa_dist.data.index import ShardIndex, index_name, read_index, scan_tar
+from msa_dist.data.indexer import index_shard_set
+from msa_dist.data.limits import MAX_IMAGE_PIXELS, cut_text, read_input, text_char_limit
+from msa_dist.data.loader import StreamSpec, build_loader, iter_texts
+from msa_dist.data.manifest import MANIFEST_NAME, check_manifest, load_manifest, write_manifest
+from msa_dist.data.raw import Record, check_record, image_error
+from msa_dist.data.reader import ShardSet
+from msa_dist.data.shards import verify_shards
+from msa_dist.data.storage import open_store
+from msa_dist.data.synthetic import write_synthetic_dataset
+from msa_dist.errors import MsaDistError
+from msa_dist.models.tokenizer import train_wordpiece_tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def no_hang(seconds: int = 60):
+    """Turn a hang (the old code's infinite loop or blocking open) into a failure, not a stuck suite."""
+    def fail(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+    old = signal.signal(signal.SIGALRM, fail)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _jpeg(size=(16, 16)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _one_shard_set(root: Path, samples: list[dict]) -> Path:
+    """A shard set of one train shard holding `samples` (webdataset dicts), with index and manifest."""
+    root.mkdir(parents=True, exist_ok=True)
+    tar = root / "train-000000.tar"
+    with wds.TarWriter(str(tar), mtime=0) as sink:
+        for sample in samples:
+            sink.write(sample)
+    data = tar.read_bytes()
+    (root / index_name(tar.name)).write_bytes(scan_tar(data, tar.name).to_json())
+    write_manifest(root, {"format": 1, "labels": ["positive", "neutral", "negative"], "options": {},
+                          "splits": {"train": {"samples": len(samples), "labelled": 0, "guids": [],
+                                               "shards": [{"name": tar.name, "samples": len(samples),
+                                                           "bytes": len(data), "sha256": ""}]}},
+                          "decodings": {}, "skipped": []})
+    return root
+
+
+@pytest.fixture
+def tokenizer():
+    return train_wordpiece_tokenizer(["a b c hello world"] * 4, vocab_size=40)
+
+
+# -- item 2: byte-identical builds, verify under any hash seed --------------------------------------
+
+def _run(code: str, seed: int, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+    return subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_a_build_is_byte_identical_in_any_process_and_verifies_under_any_hash_seed(tmp_path):
+    raw = write_synthetic_dataset(tmp_path / "raw", n_labelled=30, n_test=4, image_px=16)
+    build = ("import sys; from msa_dist.data.shards import build_shards; "
+             "build_shards(sys.argv[1], sys.argv[2], shard_size=10)")
+    out = tmp_path / "shards"
+    copies = []
+    for seed in (1, 2):
+        result = _run(build, seed, str(raw), str(out))
+        assert result.returncode == 0, result.stderr
+        copies.append(tmp_path / f"seed{seed}")
+        shutil.move(out, copies[-1])
+    names = sorted(p.name for p in copies[0].iterdir())
+    assert names == sorted(p.name for p in copies[1].iterdir()) and MANIFEST_NAME in names
+    for name in names:
+        assert (copies[0] / name).read_bytes() == (copies[1] / name).read_bytes(), name
+    verify = "import sys; from msa_dist.data.shards import verify_shards; print(verify_shards(sys.argv[1])['samples'])"
+    for seed in range(6):  # the old index order failed for most seeds
+        result = _run(verify, seed, str(copies[0]))
+        assert result.returncode == 0 and result.stdout.strip() == "34", (seed, result.stderr[-500:])
+
+
+def test_verify_compares_what_an_index_says_not_its_field_order(shard_dir):
+    manifest = load_manifest(shard_dir)
+    name = manifest["splits"]["train"]["shards"][0]["name"]
+    raw = json.loads((shard_dir / index_name(name)).read_bytes())
+    raw["fields"] = dict(reversed(list(raw["fields"].items())))
+    (shard_dir / index_name(name)).write_text(json.dumps(raw))
+    assert verify_shards(str(shard_dir))["samples"] > 0
+
+
+# -- item 3: tar headers ------------------------------------------------------------------------------
+
+def _pax_record(key: str, value: str) -> bytes:
+    body = f" {key}={value}\n"
+    n = len(body) + 1
+    while len(str(n)) + len(body) != n:
+        n += 1
+    return f"{n}{body}".encode()
+
+
+def _tar(members: list[tuple[str, bytes, bytes]]) -> bytes:
+    """A GNU tar of (name, type, data) members, written by tarfile as given."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, kind, data in members:
+            info = tarfile.TarInfo(name)
+            info.type, info.size = kind, len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _set_header_field(tar: bytes, header_at: int, lo: int, hi: int, value: bytes) -> bytes:
+    """`value` into bytes [lo, hi) of the header at `header_at`, with the checksum made right again."""
+    out = bytearray(tar)
+    out[header_at + lo:header_at + hi] = value.ljust(hi - lo, b"\0")[:hi - lo]
+    header = out[header_at:header_at + 512]
+    header[148:156] = b" " * 8
+    out[header_at + 148:header_at + 156] = b"%06o\0 " % sum(header)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("pax", [_pax_record("size", "-1024"), _pax_record("size", "-1"), b"0 x=\n",
+                                 _pax_record("size", "99999999999999999999999")])
+def test_a_bad_pax_header_is_one_line_not_a_loop(pax):
+    tar = _tar([("pax", tarfile.XHDTYPE, pax), ("k.txt", tarfile.REGTYPE, b"hello"),
+                ("k.jpg", tarfile.REGTYPE, b"x" * 600)])
+    with no_hang(), pytest.raises(MsaDistError, match="not a readable tar"):
+        scan_tar(tar, "t.tar")
+
+
+@pytest.mark.parametrize("size_field", [b"\x80" + b"\xff" * 11, b"\xff" * 12, b"-0000001", b"77777777777",
+                                        b"\x80" + b"\0" * 7 + b"\x7f\xff\xff\xff"])
+def test_absurd_member_sizes_are_one_line(size_field):
+    tar = _set_header_field(_tar([("k.txt", tarfile.REGTYPE, b"hello"), ("k.jpg", tarfile.REGTYPE, b"abc")]),
+                            0, 124, 136, size_field)
+    with no_hang(), pytest.raises(MsaDistError, match="not a readable tar"):
+        scan_tar(tar, "t.tar")
+
+
+def test_shards_index_and_verify_of_a_crafted_tar_are_one_line(tmp_path):
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}])
+    tar = root / "train-000000.tar"
+    tar.write_bytes(_tar([("pax", tarfile.XHDTYPE, _pax_record("size", "-1536")),
+                          ("k.txt", tarfile.REGTYPE, b"hello")]))
+    with no_hang(), pytest.raises(MsaDistError, match="not a readable tar"):
+        index_shard_set(str(root))
+
+
+# -- items 4 and 5: raw inputs ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
+def test_raw_inputs_must_be_regular_files(tmp_path, kind):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "g1.jpg").write_bytes(_jpeg())
+    (data / "g1.txt").write_text("hello")
+    target = data / "g1.txt"
+    target.unlink()
+    if kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "dev-zero":
+        target.symlink_to("/dev/zero")
+    else:
+        target.mkdir()
+    with no_hang():
+        result = check_record(Record("g1", 0, "train", "train.txt", 2), data)
+    assert result.reason == "text file unreadable" and "not a regular file" in result.detail
+
+
+def test_raw_reads_are_capped(tmp_path):
+    path = tmp_path / "big.jpg"
+    path.write_bytes(b"\xff" * 5000)
+    with pytest.raises(OSError, match="more than the 4096"):
+        read_input(path, 4096)
+    assert read_input(path, 5000) == b"\xff" * 5000
+
+
+def test_predict_inputs_that_are_fifos_do_not_hang(tmp_path):
+    from msa_dist.predict_raw import pairs_from_csv
+    os.mkfifo(tmp_path / "pipe.jpg")
+    (tmp_path / "in.csv").write_text("id,image,text\na,pipe.jpg,hello\nb,/dev/zero,hi\n")
+    with no_hang():
+        pairs, bad = pairs_from_csv(tmp_path / "in.csv")
+    assert not pairs and [b.key for b in bad] == ["a", "b"] and all("not a regular file" in b.reason for b in bad)
+    os.mkfifo(tmp_path / "in2.csv")
+    with no_hang(), pytest.raises(MsaDistError, match="cannot read --inputs"):
+        pairs_from_csv(tmp_path / "in2.csv")
+
+
+def test_a_huge_png_is_refused_from_its_header():
+    buf = io.BytesIO()
+    Image.new("1", (13000, 13000)).save(buf, format="PNG")  # 169 MP, under Pillow's own bomb limit
+    assert 13000 * 13000 > MAX_IMAGE_PIXELS
+    assert "pixels" in image_error(buf.getvalue())
+
+
+def test_a_huge_text_member_is_cut_before_tokenizing(tmp_path, tokenizer):
+    from msa_dist.data.batching import SampleTransform
+    cfg = DataConfig(image_size=16, resize_size=16, max_length=16)
+    transform = SampleTransform(cfg, train=False, seed=0, epoch=0)
+    text = ("word \u00e9\U0001F600 " * 400_000).encode()  # 4.4 MB of multi-byte text
+    out = transform({"__key__": "k", "jpg": _jpeg(), "txt": text, "cls": b"1"})
+    assert len(out["text"]) == text_char_limit(16) and out["label"] == 1
+    assert cut_text("é".encode() * 10_000, 1) == "é" * text_char_limit(1)  # a cut inside a character
+
+
+# -- item 7: manifest shard names -------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["../outside.tar", "/etc/passwd", "sub/x.tar", "..", ".hidden.tar"])
+def test_manifest_shard_names_stay_in_the_folder(tmp_path, name):
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}])
+    manifest = load_manifest(root)
+    manifest["splits"]["train"]["shards"][0]["name"] = name
+    write_manifest(root, manifest)
+    for call in (lambda: ShardSet(str(root)), lambda: index_shard_set(str(root)), lambda: verify_shards(str(root))):
+        with pytest.raises(MsaDistError, match="not a plain file name inside the shard folder"):
+            call()
+    assert not (tmp_path / "outside.tar.idx.json").exists()
+
+
+# -- items 10 and 12: the rest of the one-liners ---------------------------------------------------
+
+@pytest.mark.parametrize("manifest", [[1, 2], {"format": 1, "splits": {"train": {"samples": "lots"}}},
+                                      {"format": 1, "splits": {"train": "abc"}},
+                                      {"format": 1, "splits": {"train": {"shards": "x.tar"}}},
+                                      {"format": 1, "splits": {"train": {"shards": [{"name": "a.tar"}]}}}])
+def test_malformed_manifests_are_one_line(manifest):
+    with pytest.raises(MsaDistError):
+        check_manifest(json.dumps(manifest).encode(), "manifest.json")
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda raw: raw["starts"].__setitem__(0, -512), "outside the shard"),
+    (lambda raw: raw["ends"].__setitem__(0, 10 ** 12), "outside the shard"),
+    (lambda raw: raw.__setitem__("bytes", 10 ** 12), "shard of 1000000000000 bytes, the shard has"),
+    (lambda raw: raw["fields"]["jpg"].__setitem__(0, [-5, 10]), "outside its sample"),
+    (lambda raw: raw["fields"]["jpg"].__setitem__(0, [600, 10 ** 12]), "outside its sample"),
+    (lambda raw: raw.__setitem__("keys", "abc"), "list of strings"),
+])
+def test_an_index_is_checked_against_its_shard_when_loaded(tmp_path, tokenizer, edit, match):
+    root = _one_shard_set(tmp_path / "s", [{"__key__": f"k{i}", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}
+                                           for i in range(3)])
+    path = root / index_name("train-000000.tar")
+    raw = json.loads(path.read_bytes())
+    edit(raw)
+    if match != "shard of 1000000000000 bytes, the shard has":  # the shard's size is fine, its ranges are not
+        raw["bytes"] = (root / "train-000000.tar").stat().st_size
+    path.write_text(json.dumps(raw))
+    with pytest.raises(MsaDistError, match=match):
+        read_index(open_store(str(root)), "train-000000.tar")
+    with no_hang(), pytest.raises(MsaDistError, match=match):
+        list(build_loader(DataConfig(image_size=16, resize_size=16, workers=0), str(root),
+                          StreamSpec("train", False, 4), tokenizer))
+
+
+@pytest.mark.parametrize("cls", [b"7", b"-1", b"abc", b"3"])
+def test_an_invalid_label_is_a_counted_skip_in_the_loader(tmp_path, tokenizer, cls):
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "bad", "jpg": _jpeg(), "txt": b"hi", "cls": cls},
+                                           {"__key__": "good", "jpg": _jpeg(), "txt": b"hi", "cls": b"2"}])
+    loader = build_loader(DataConfig(image_size=16, resize_size=16, workers=0), str(root),
+                          StreamSpec("train", False, 4), tokenizer)
+    batches = list(loader)
+    assert [k for b in batches for k in b["keys"]] == ["good"] and batches[0]["labels"].tolist() == [2]
+    assert loader.corrupt.count == 1
+
+
+@pytest.mark.parametrize("cls", [b"7", b"-1", b"abc"])
+def test_shards_index_reports_an_invalid_label_as_such(tmp_path, cls):
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "bad", "jpg": _jpeg(), "txt": b"hi", "cls": cls}])
+    (root / MANIFEST_NAME).unlink()
+    with pytest.raises(MsaDistError, match=r"sample bad has an invalid label cls=b'"):
+        index_shard_set(str(root))
+
+
+def test_a_non_utf8_text_member_does_not_stop_tokenizer_training(tmp_path):
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "a", "jpg": _jpeg(), "txt": "今天".encode("gb18030")},
+                                           {"__key__": "b", "jpg": _jpeg(), "txt": b"plain words"}])
+    texts = list(iter_texts(str(root), "train"))
+    assert texts[1] == "plain words" and "\ufffd" in texts[0]
+    assert train_wordpiece_tokenizer(texts, vocab_size=40) is not None
+
+
+def test_a_csv_cell_over_128_kb_is_read_and_one_over_the_limit_is_one_line(tmp_path):
+    from msa_dist.data.limits import CSV_CELL_LIMIT
+    from msa_dist.predict_raw import pairs_from_csv
+    (tmp_path / "a.jpg").write_bytes(_jpeg())
+    (tmp_path / "in.csv").write_text(f"id,image,text\na,a.jpg,{'w ' * 100_000}\n")  # 200 KB
+    pairs, bad = pairs_from_csv(tmp_path / "in.csv")
+    assert [p.key for p in pairs] == ["a"] and not bad
+    (tmp_path / "in.csv").write_text(f"id,image,text\na,a.jpg,\"{'w' * (CSV_CELL_LIMIT + 1)}\"\n")
+    with pytest.raises(MsaDistError, match="line 2: field larger than field limit"):
+        pairs_from_csv(tmp_path / "in.csv")
+
+
+# -- item 11: formula injection ----------------------------------------------------------------------
+
+def test_prediction_csvs_escape_formula_cells(tmp_path):
+    from msa_dist.csv_cells import escape_row
+    from msa_dist.engine.inference import write_predictions
+    rows = [("=HYPERLINK(\"http://x\")", [0.1, 0.2, 0.7]), ("+1", [0.5, 0.3, 0.2]), ("@a", [0.2, 0.5, 0.3]),
+            ("-2", [0.3, 0.3, 0.4]), ("\tx", [0.3, 0.3, 0.4]), ("123", [0.9, 0.05, 0.05])]
+    for fmt in ("probs", "course"):
+        write_predictions(tmp_path / "p.csv", rows, ["positive", "neutral", "negative"], fmt)
+        ids = [line.split(",")[0] for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
+        assert ids == ["\"'=HYPERLINK(\"\"http://x\"\")\"", "'+1", "'@a", "'-2", "'\tx", "123"]
+    assert escape_row(["=1", 2, "ok", "\r"]) == ["'=1", 2, "ok", "'\r"]
