@@ -18,6 +18,7 @@ from msa_dist.data.index import index_name
 from msa_dist.data.indexer import index_shard_set
 from msa_dist.data.loader import StreamSpec, build_loader, iter_texts
 from msa_dist.data.manifest import load_manifest
+from msa_dist.data.reader import SampleReader, ShardSet
 from msa_dist.data.serve import RangeHandler, serving
 from msa_dist.data.shards import build_shards, verify_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
@@ -156,3 +157,64 @@ def test_fsspec_and_file_urls_read_what_the_folder_holds(shards):
         assert [k for k, _ in got] == [k for k, _ in local]
         assert all(a.equal(b) for (_, a), (_, b) in zip(got, local))
     assert verify_shards("memory://msa-test")["samples"] == 130
+
+
+def test_coalesce_merges_near_runs_of_one_shard_only():
+    from msa_dist.data.fetch import MAX_REQUEST_BYTES, Run, coalesce
+    runs = [Run(0, [], 0, 100), Run(0, [], 150, 200), Run(0, [], 1000, 1100), Run(1, [], 200, 300),
+            Run(0, [], 180, 260), Run(0, [], 2000, 2000 + MAX_REQUEST_BYTES)]
+    requests = coalesce(runs, gap_bytes=50)
+    assert [(r.shard, r.start, r.end) for r in requests] == [
+        (0, 0, 260), (0, 1000, 1100), (0, 2000, 2000 + MAX_REQUEST_BYTES), (1, 200, 300)]
+    assert [(r.request.start, r.request.end) for r in runs] == [
+        (0, 260), (0, 260), (1000, 1100), (200, 300), (0, 260), (2000, 2000 + MAX_REQUEST_BYTES)]
+    assert len(coalesce([Run(0, [], 0, 100), Run(0, [], 101, 200)], gap_bytes=0)) == 2
+
+
+@pytest.mark.parametrize("threads,ahead,gap", [(1, 1, 0), (8, 3, 4096), (4, 16, 1 << 20)])
+def test_read_ahead_gives_what_fetch_gives_batch_by_batch(shards, url, threads, ahead, gap):
+    """Across an epoch boundary, with any pool, window and gap: the same samples in the same slots."""
+    from msa_dist.data.loader import _Batches, _train_plan
+    reader = SampleReader(ShardSet(url), "train")
+    cfg, spec = load_config().data, StreamSpec("train", True, 8, seed=7)
+    batches, orders = _Batches(cfg, reader, _train_plan(cfg, reader, spec, end_epoch=2), None, spec), {}
+    items = [batches._ids(t, orders) for t in range(2 * 96 // 8)]
+    assert items[11][:2] == (0, 11) and items[12][:2] == (1, 0)
+    got = list(reader.read_ahead(iter(items), threads, ahead, gap))
+    assert [item[:2] for item, _ in got] == [item[:2] for item in items]
+    for (_, _, ids), (_, samples) in zip(items, got):
+        assert samples == reader.fetch(ids)
+
+
+class GateHandler(RangeHandler):
+    """Holds the first PARTIES ranged reads of a tar until that many are in flight at once."""
+
+    PARTIES = 3
+    arrived, alone = 0, False
+    all_in = threading.Event()  # set once PARTIES reads were waiting together
+    lock = threading.Lock()
+
+    def _answer(self, body: bool) -> None:
+        if self.path.endswith(".tar") and "Range" in self.headers:
+            with self.lock:
+                GateHandler.arrived += 1  # the class itself: serving() subclasses it
+                mine = GateHandler.arrived
+            if mine == self.PARTIES:
+                self.all_in.set()
+            elif mine < self.PARTIES and not self.all_in.wait(timeout=20):
+                GateHandler.alone = True  # the others never came while this one waited
+        super()._answer(body)
+
+
+def test_a_worker_keeps_several_reads_in_flight(shards):
+    """The first three requests are answered only once all three are in flight: a loader that reads
+    one run after another would never get the three there together."""
+    tokenizer = train_wordpiece_tokenizer(["a b c"] * 3, vocab_size=50)
+    cfg = load_config(base={"data": {"workers": 0, "image_size": 32, "resize_size": 32, "chunk_samples": 1,
+                                     "read_threads": 4, "read_gap_bytes": 0}}).data
+    GateHandler.arrived, GateHandler.alone = 0, False
+    GateHandler.all_in.clear()
+    with serving(shards, handler=GateHandler) as base:
+        loader = build_loader(cfg, base, StreamSpec("train", True, 8, seed=1), tokenizer)
+        keys = [k for batch in loader for k in batch["keys"]]
+    assert GateHandler.all_in.is_set() and not GateHandler.alone and loader.corrupt.count == 0 and len(keys) == 96

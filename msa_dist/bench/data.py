@@ -5,7 +5,10 @@ a URL), per-sample decode + augmentation, batched tokenization, collation; with 
 is divided by W (W = 0 runs in this process, on one thread). The first batches (worker start-up)
 are warm-up and not timed; epoch boundaries are, as training pays them too. `bytes_read_per_sample`
 is what the shard reads cost per delivered sample (batches the workers prefetched but were not yet
-delivered count too: a percent or so), beside the split's mean sample size in its shards.
+delivered count too: a percent or so), beside the split's mean sample size in its shards;
+`requests_per_sample` counts the reads (requests to a remote store) the same way.
+`time_to_first_batch_s` is from opening the shard set (manifest, indexes, a tokenizer trained on the
+shard texts) to the first batch; `first_batch_s` is its last part, from the stream's start.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from msa_dist.config import Config
 from msa_dist.data.loader import StreamSpec
 from msa_dist.data.reader import ShardSet
 from msa_dist.data.stream import TrainStream
+from msa_dist.data.urls import redact_url
 from msa_dist.errors import MsaDistError
 
 
@@ -33,6 +37,7 @@ def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, wor
         raise MsaDistError("bench data: --seconds must be > 0 and --workers >= 0")
     # One core per reader: HF tokenizers would otherwise spread a batch over every core.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    opened = time.perf_counter()
     shard_dir = cfg.data.shards
     shard_set = ShardSet(shard_dir)
     manifest = shard_set.manifest
@@ -40,6 +45,7 @@ def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, wor
         raise MsaDistError(f"bench data: split '{split}' holds fewer samples than one batch ({cfg.train.batch_size})")
     data_cfg = dataclasses.replace(cfg.data, workers=workers)
     tokenizer = bench_tokenizer(cfg, shard_dir)
+    startup_s = time.perf_counter() - opened  # manifest, indexes, the tokenizer (its texts, if trained here)
     if reference:
         # Half of the reference's time before the loader's, half after: on a shared machine both
         # then see about the same load.
@@ -56,7 +62,8 @@ def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, wor
         "bench": "data", "split": split, "workers": workers, "batch_size": cfg.train.batch_size,
         "image_size": cfg.data.image_size, "shard_image_size": manifest.get("options", {}).get("image_size", 0),
         "decode_on_device": cfg.data.decode_on_device, "pad_to_max_length": cfg.data.pad_to_max_length,
-        "shards": shard_dir, "cpu_count": os.cpu_count(), **timing,
+        "shards": redact_url(shard_dir), "cpu_count": os.cpu_count(), **timing, "startup_s": startup_s,
+        "time_to_first_batch_s": startup_s + timing["first_batch_s"],
         "mean_sample_bytes": _mean_sample_bytes(shard_set, split),
         "samples_per_s_per_worker": timing["samples_per_s"] / max(workers, 1),
     }
@@ -83,6 +90,7 @@ def _time_loader(data_cfg, shard_set: ShardSet, split: str, batch_size: int, see
         bytes_before = shard_set.store.bytes_read  # after the manifest and the indexes
         for batch in stream.batches():
             delivered += len(batch["keys"])
+        requests_before = shard_set.store.requests
             now = time.perf_counter()
             if first_batch_s is None:
                 first_batch_s = now - start
@@ -97,5 +105,6 @@ def _time_loader(data_cfg, shard_set: ShardSet, split: str, batch_size: int, see
                 elapsed = now - timed_from
                 return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed,
                         "first_batch_s": first_batch_s, "epochs": batches / stream.batches_per_epoch,
-                        "bytes_read_per_sample": (shard_set.store.bytes_read - bytes_before) / delivered}
+                        "bytes_read_per_sample": (shard_set.store.bytes_read - bytes_before) / delivered,
+                        "requests_per_sample": (shard_set.store.requests - requests_before) / delivered}
     raise AssertionError("an endless stream ended")

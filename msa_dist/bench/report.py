@@ -41,7 +41,9 @@ def print_data_result(result: dict, console: Console) -> None:
             ("samples/s per worker core", f"{result['samples_per_s_per_worker']:.0f}"),
             ("image size (shards stored at)", f"{result['image_size']} ({result['shard_image_size'] or 'original'})"),
             ("decode on device", str(result["decode_on_device"])),
-            ("first batch after (s)", f"{result['first_batch_s']:.2f}"),
+            ("first batch after (s): from the shard set's opening (from the stream's start)",
+             f"{result.get('time_to_first_batch_s', float('nan')):.2f} ({result['first_batch_s']:.2f})"),
+            ("requests per sample", f"{result.get('requests_per_sample', float('nan')):.3f}"),
             ("timed samples / seconds", f"{result['samples']} / {result['seconds']:.1f}"),
             ("bytes read per sample (mean sample in the shards)",
              f"{result['bytes_read_per_sample']:.0f} ({result['mean_sample_bytes']:.0f})")]
@@ -54,6 +56,9 @@ def print_data_result(result: dict, console: Console) -> None:
     # The last lines, for scripts: the rate is the very last.
     print(f"bytes_read_per_sample {result['bytes_read_per_sample']:.1f} (mean sample {result['mean_sample_bytes']:.1f})",
           flush=True)
+    if "requests_per_sample" in result:
+        print(f"requests_per_sample {result['requests_per_sample']:.4f} time_to_first_batch_s "
+              f"{result['time_to_first_batch_s']:.2f}", flush=True)
     print(f"samples_per_s_per_worker {result['samples_per_s_per_worker']:.1f}", flush=True)
 
 

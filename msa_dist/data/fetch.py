@@ -59,14 +59,16 @@ class ReadAhead:
 
     `reader` gives `plan(ids) -> list[Run]`, `read(shard, start, end) -> bytes` and
     `samples(run, data, base, out)`; `batches_ahead` batches are planned (and coalesced) together,
-    and up to two such groups are in flight."""
+    never two epochs in one group (an item's first element is its epoch), and up to two such groups
+    are in flight."""
 
     def __init__(self, reader, threads: int, batches_ahead: int, gap_bytes: int):
         self.reader, self.threads = reader, max(1, threads)
         self.batches_ahead, self.gap_bytes = max(1, batches_ahead), gap_bytes
 
     def __call__(self, items: Iterable[tuple]) -> Iterator[tuple[tuple, list]]:
-        items = iter(items)
+        self._held: list[tuple] = []  # items taken from `items` for the next group
+        items = _Chain(self, iter(items))
         pending: collections.deque = collections.deque()  # (item, runs) in batch order
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="msa-read")
         try:
@@ -82,11 +84,14 @@ class ReadAhead:
 
     def _plan_group(self, items: Iterator[tuple], pending: collections.deque, pool: ThreadPoolExecutor) -> bool:
         group = list(itertools.islice(items, self.batches_ahead))
+        if group and group[-1][0] != group[0][0]:  # one epoch per group: a sample's bytes are read once per epoch
+            cut = next(k for k, item in enumerate(group) if item[0] != group[0][0])
+            self._held, group = group[cut:] + self._held, group[:cut]
         planned = [(item, self.reader.plan(item[-1])) for item in group]
         for request in coalesce([run for _, runs in planned for run in runs], self.gap_bytes):
             request.future = pool.submit(self.reader.read, request.shard, request.start, request.end)
         pending.extend(planned)
-        return len(group) == self.batches_ahead
+        return bool(group)
 
     def _assemble(self, runs: list[Run], size: int) -> list:
         out: list = [None] * size
@@ -100,3 +105,18 @@ class ReadAhead:
                 continue
             self.reader.samples(run, data, run.request.start, out)
         return out
+
+
+class _Chain:
+    """The items held back by the last group (they began a new epoch), then the rest."""
+
+    def __init__(self, owner: ReadAhead, rest: Iterator[tuple]):
+        self.owner, self.rest = owner, rest
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple:
+        if self.owner._held:
+            return self.owner._held.pop(0)
+        return next(self.rest)
