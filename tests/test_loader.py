@@ -15,6 +15,7 @@ from msa_dist.config import DataConfig
 from msa_dist.data import storage
 from msa_dist.data.batching import normalize_images
 from msa_dist.data.index import index_name, scan_tar
+from msa_dist.data.index_bin import binary_name
 from msa_dist.data.loader import StreamSpec, build_loader
 from msa_dist.data.manifest import load_manifest, write_manifest
 from msa_dist.data.order import EpochOrder
@@ -249,7 +250,9 @@ def test_a_manifest_that_disagrees_with_the_index_is_one_clear_error(big_shards,
     write_manifest(shard_dir, manifest)
     with pytest.raises(MsaDistError, match="lists 7 samples, the manifest 10: run `msa-dist shards index"):
         TrainStream(_cfg(workers=2), str(shard_dir), StreamSpec("train", True, 2), tokenizer)
-    os.remove(shard_dir / index_name(manifest["splits"]["val"]["shards"][0]["name"]))
+    val_shard = manifest["splits"]["val"]["shards"][0]["name"]
+    for sidecar in (index_name(val_shard), binary_name(val_shard)):  # a set with no index at all
+        os.remove(shard_dir / sidecar)
     with pytest.raises(MsaDistError, match="has no index"):
         list(build_loader(_cfg(), str(shard_dir), StreamSpec("val", False, 2), tokenizer))
 

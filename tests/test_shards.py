@@ -10,6 +10,7 @@ import webdataset as wds
 from PIL import Image
 
 from msa_dist.data.index import index_name
+from msa_dist.data.index_bin import binary_name
 from msa_dist.data.manifest import load_manifest, shard_urls
 from msa_dist.data.shards import build_shards, print_build_summary, verify_shards
 from msa_dist.errors import MsaDistError
@@ -268,7 +269,8 @@ def test_rebuild_replaces_old_set(tmp_path, raw_dataset):
     assert shard_files(out) == ["test-000000.tar", "train-000000.tar", "val-000000.tar"]
     # each shard with its index beside it; the stale shards and indexes are gone
     assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "manifest.json", *shard_files(out),
-                                                            *(index_name(n) for n in shard_files(out))])
+                                                            *(index_name(n) for n in shard_files(out)),
+                                                            *(binary_name(n) for n in shard_files(out))])
     assert (out / "README.md").read_text() == "keep me"
     assert load_manifest(out) == manifest
     verify_shards(out)

@@ -5,7 +5,7 @@ import argparse
 
 
 def add_bench_parser(sub) -> None:
-    """Register `bench data`, `train`, `memory`, `replicate` and `summary` on the CLI's subparsers."""
+    """Register `bench data`, `train`, `memory`, `plan`, `replicate` and `summary` on the CLI's subparsers."""
     bench = sub.add_parser("bench", help="measure loader and training throughput")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
 
@@ -47,6 +47,20 @@ def add_bench_parser(sub) -> None:
     r.add_argument("--out", required=True, help="the new shard directory")
     r.add_argument("--copies", type=int, default=10, help="copies of every split (default %(default)s)")
 
+    p = bsub.add_parser("plan", help="per-process memory and start-up, per-node request and byte rates at a scale (no data)")
+    p.add_argument("--samples", type=float, required=True, help="samples in the split, e.g. 1e9")
+    p.add_argument("--shard-samples", type=int, default=1000, help="samples per shard (default %(default)s)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs (ranks) per node")
+    p.add_argument("--workers", type=int, default=8, help="loader workers per rank")
+    p.add_argument("--latency-ms", type=float, default=30.0, help="the store's time to first byte per request")
+    p.add_argument("--samples-per-s-per-gpu", type=float, default=3500.0, help="training rate of one GPU")
+    p.add_argument("--chunk-samples", type=int, default=4, help="data.chunk_samples")
+    p.add_argument("--batch-size", type=int, default=32, help="micro batch per rank")
+    p.add_argument("--sample-bytes", type=int, default=16384, help="mean sample size in the shards")
+    p.add_argument("--no-manifest", action="store_true", help="skip parsing a synthetic manifest of that many shards")
+    p.add_argument("--json", default=None, help="write the result to this JSON file")
+
     s = bsub.add_parser("summary", help="one table (and Markdown) of several result JSON files")
     s.add_argument("results", nargs="+", help="result JSON files written by `bench data/train --json`")
     s.add_argument("--out", default=None, help="also write them together into this JSON file")
@@ -81,6 +95,13 @@ def run_bench(args: argparse.Namespace) -> int:
         report.write_json(result, args.json)
         console.print(f"largest batch {result['largest_batch']} ({result['peak_memory_bytes'] / 2**30:.1f} GiB peak); "
                       f"first failing {result['first_failing_batch']}; {len(result['tries'])} tries", highlight=False)
+    elif args.bench_command == "plan":
+        from msa_dist.bench.plan import print_plan, run_plan_bench
+        result = run_plan_bench(int(args.samples), args.shard_samples, args.nodes, args.gpus, args.workers,
+                                args.latency_ms, args.samples_per_s_per_gpu, args.chunk_samples, args.batch_size,
+                                args.sample_bytes, manifest=not args.no_manifest)
+        report.write_json(result, args.json)
+        print_plan(result, console)
     elif args.bench_command == "replicate":
         from msa_dist.bench.replicate import replicate_shards
         manifest = replicate_shards(args.src, args.out, args.copies)

@@ -19,6 +19,7 @@ import torch
 
 from msa_dist.config import DataConfig
 from msa_dist.data.batching import BatchMaker, BlockPool
+from msa_dist.data.index_bin import shards_to_preload
 from msa_dist.data.order import EvalPlan, TrainPlan
 from msa_dist.data.reader import SampleReader, ShardSet
 from msa_dist.errors import MsaDistError
@@ -169,7 +170,7 @@ class EvalLoader:
         assert not spec.train, "EvalLoader is for evaluation; training batches come from TrainStream"
         self.spec = spec
         reader = SampleReader(as_shard_set(shards), spec.split)
-        for shard in reader.shards:  # read once here: the forked workers inherit the indexes
+        for shard in shards_to_preload(reader.shard_set, reader.shards):  # forked workers inherit these
             reader.shard_set.index(shard)
         self.plan = EvalPlan(sum(reader.sizes), spec.batch_size, spec.rank, spec.world_size)
         dataset = _Batches(cfg, reader, self.plan, tokenizer, spec)

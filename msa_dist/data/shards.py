@@ -24,6 +24,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from msa_dist.data.index import INDEX_SUFFIX, index_name, read_index, scan_tar
+from msa_dist.data.index_bin import BINARY_SUFFIX, binary_name, load_index, to_binary
 from msa_dist.data.manifest import DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
 from msa_dist.data.raw import (DATA_DIR, TEST_FILE, TRAINVAL, BadRecord, Sample, check_record,
                                list_records, reencode_image)
@@ -177,7 +178,9 @@ def _write_split(tmp: Path, name: str, samples: list[Sample], shard_size: int, r
 def describe_shard(tmp: Path, shard_name: str, samples: int) -> dict:
     """Write a shard's index beside it (data/index.py); returns its manifest entry."""
     data = (tmp / shard_name).read_bytes()
-    (tmp / index_name(shard_name)).write_bytes(scan_tar(data, shard_name).to_json())
+    index = scan_tar(data, shard_name)
+    (tmp / index_name(shard_name)).write_bytes(index.to_json())
+    (tmp / binary_name(shard_name)).write_bytes(to_binary(index))  # the compact form (index_bin.py)
     return {"name": shard_name, "samples": samples, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
@@ -198,11 +201,12 @@ def _publish(tmp: Path, out: Path, manifest: dict) -> None:
     # pair an old manifest with new shards (or the reverse).
     (out / MANIFEST_NAME).unlink(missing_ok=True)
     for path in out.iterdir():
-        shard = path.name[:-len(INDEX_SUFFIX)] if path.name.endswith(INDEX_SUFFIX) else path.name
+        shard = path.name.removesuffix(INDEX_SUFFIX).removesuffix(BINARY_SUFFIX)
         if SHARD_NAME_RE.match(shard) and shard not in new_names and path.is_file():
             path.unlink()
     for shard_name in new_names:
         os.replace(tmp / index_name(shard_name), out / index_name(shard_name))
+        os.replace(tmp / binary_name(shard_name), out / binary_name(shard_name))
         os.replace(tmp / shard_name, out / shard_name)
     write_manifest(out, manifest)
 
@@ -247,7 +251,8 @@ def _verify_shard(shard_set: ShardSet, split: str, shard: dict) -> list[str]:
     if len(actual) != shard["samples"]:
         raise MsaDistError(f"shard {store.url(name)}: holds {len(actual)} samples, manifest says {shard['samples']}")
     stored = read_index(store, name)
-    if stored.to_json() != actual.to_json():
+    binary = load_index(store, name).to_shard_index() if store.exists(binary_name(name)) else actual
+    if stored.to_json() != actual.to_json() or binary != actual:
         raise MsaDistError(f"the index of {store.url(name)} does not match the shard: run "
                            f"`msa-dist shards index {shard_set.location}` again")
     for i, key in enumerate(actual.keys):

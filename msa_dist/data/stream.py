@@ -22,6 +22,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from msa_dist.config import DataConfig
+from msa_dist.data.index_bin import shards_to_preload
 from msa_dist.data.loader import StreamSpec, _Batches, _data_loader, _train_plan, as_shard_set
 from msa_dist.data.order import ORDER_VERSION
 from msa_dist.data.reader import SampleReader, ShardSet
@@ -40,7 +41,8 @@ class TrainStream:
         self.cfg, self.spec, self.tokenizer = cfg, spec, tokenizer
         self.shard_set = as_shard_set(shards)
         self.reader = SampleReader(self.shard_set, spec.split)
-        for shard in self.reader.shards:  # read once here: forked workers inherit the indexes
+        # read once here (all, if they fit the index cache): forked workers inherit the indexes
+        for shard in shards_to_preload(self.shard_set, self.reader.shards):
             self.shard_set.index(shard)
         self.end = epochs
         self.plan = _train_plan(cfg, self.reader, spec, end_epoch=epochs, max_batches_per_epoch=batches_per_epoch)

@@ -1,0 +1,110 @@
+"""The binary shard index (data/index_bin.py): the same facts as the JSON sidecar, memory-mapped or
+read in one request, checked on load, held in a bounded cache; JSON-only sets still read."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from msa_dist.data.index import index_name, read_index
+from msa_dist.data.index_bin import (CompactIndex, IndexCache, binary_name, load_index, shards_to_preload,
+                                     to_binary)
+from msa_dist.data.loader import StreamSpec, build_loader
+from msa_dist.data.manifest import load_manifest
+from msa_dist.data.reader import ShardSet
+from msa_dist.data.shards import build_shards, verify_shards
+from msa_dist.data.storage import LocalStore
+from msa_dist.errors import MsaDistError
+from msa_dist.models.tokenizer import train_wordpiece_tokenizer
+from msa_dist.config import DataConfig
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from msa_dist.data.synthetic import write_synthetic_dataset
+    root = tmp_path_factory.mktemp("bin")
+    raw = write_synthetic_dataset(root / "raw", n_labelled=40, n_test=3, image_px=24)
+    build_shards(raw, root / "shards", val_fraction=0.2, seed=0, shard_size=7)
+    return root / "shards"
+
+
+def _names(shard_dir):
+    return [s["name"] for info in load_manifest(shard_dir)["splits"].values() for s in info["shards"]]
+
+
+def test_the_binary_sidecar_says_what_the_json_one_says(shards):
+    store = LocalStore(shards)
+    for name in _names(shards):
+        assert (shards / binary_name(name)).is_file()
+        json_index = read_index(store, name)
+        mapped = load_index(store, name)
+        assert isinstance(mapped.records, np.memmap)  # a local sidecar is mapped, not copied
+        assert mapped.to_shard_index() == json_index
+        assert [list(mapped.members(i)) for i in range(len(mapped))] == \
+            [list(json_index.members(i)) for i in range(len(json_index))]
+        in_memory = CompactIndex.parse((shards / binary_name(name)).read_bytes(), name)  # a remote store's path
+        assert in_memory.to_shard_index() == json_index
+        assert pickle.loads(pickle.dumps(in_memory)).to_shard_index() == json_index
+        assert mapped.memory_bytes < 100 * len(mapped)  # vs ~530 B per sample for parsed JSON
+
+
+def test_json_sidecars_alone_are_still_read(shards, tmp_path):
+    import shutil
+    copy = tmp_path / "json-only"
+    shutil.copytree(shards, copy)
+    for name in _names(copy):
+        (copy / binary_name(name)).unlink()
+    tok = train_wordpiece_tokenizer(["a b c"] * 3, vocab_size=60)
+    cfg = DataConfig(image_size=16, resize_size=16, max_length=8, workers=0)
+    keys = [[k for b in build_loader(cfg, str(d), StreamSpec("train", True, 4, seed=2), tok) for k in b["keys"]]
+            for d in (shards, copy)]
+    assert keys[0] == keys[1] and len(keys[0]) == 32
+    assert verify_shards(copy)["samples"] == verify_shards(shards)["samples"]
+
+
+def test_a_bad_or_stale_binary_index_is_one_clear_error(shards, tmp_path):
+    import shutil
+    copy = tmp_path / "bad"
+    shutil.copytree(shards, copy)
+    name = _names(copy)[0]
+    data = (copy / binary_name(name)).read_bytes()
+    (copy / binary_name(name)).write_bytes(data[:-10])
+    with pytest.raises(MsaDistError, match="is not a valid shard index .truncated"):
+        load_index(LocalStore(copy), name)
+    (copy / binary_name(name)).write_bytes(b"garbage")
+    with pytest.raises(MsaDistError, match="is not a valid shard index"):
+        load_index(LocalStore(copy), name)
+    index = read_index(LocalStore(copy), name)
+    index.ends[0] = index.nbytes + 1  # a range past the end of the shard
+    with pytest.raises(MsaDistError, match="outside the shard"):
+        CompactIndex.parse(to_binary(index), name)
+    (copy / binary_name(name)).write_bytes(data)
+    with open(copy / name, "ab") as f:  # the shard rewritten after its index was
+        f.write(b"\0" * 512)
+    with pytest.raises(MsaDistError, match="is for a shard of"):
+        load_index(LocalStore(copy), name)
+
+
+def test_the_index_cache_holds_a_bounded_number_of_bytes(shards):
+    store = LocalStore(shards)
+    names = _names(shards)
+    one = load_index(store, names[0]).memory_bytes
+    cache = IndexCache(max_bytes=3 * one)
+    for name in names:
+        cache[name] = load_index(store, name)
+        assert cache.held_bytes <= 3 * one + one and len(cache) <= 4
+    assert list(cache) == names[-len(cache):]  # the least recently used went first
+    assert cache.get(names[-len(cache)]) is not None and list(cache)[-1] == names[-len(cache)]
+    assert cache.get(names[0]) is None and cache.full()
+    copy = pickle.loads(pickle.dumps(cache))
+    assert list(copy) == list(cache) and copy.held_bytes == cache.held_bytes
+    copy[names[0]] = load_index(store, names[0])  # the copy works: it has a lock of its own
+
+
+def test_indexes_are_preloaded_only_when_the_split_fits_the_cache(shards):
+    shard_set = ShardSet(str(shards))
+    train = shard_set.shards("train")
+    assert shards_to_preload(shard_set, train) == train
+    shard_set._indexes.max_bytes = 1  # a split far larger than the cache
+    assert shards_to_preload(shard_set, train) == train[:1]
