@@ -24,7 +24,7 @@ class DataConfig:
     resize_size: int = 224  # eval: shorter side is resized to this before the center crop (the seed: 224)
     max_length: int = 128  # text tokens per sample at most; batches pad to their longest sample
     workers: int = 2  # DataLoader worker processes per rank
-    chunk_samples: int = 4  # train order: runs of this many consecutive samples of a shard stay together (read in one request); the runs of the whole split are shuffled per epoch. Larger: fewer requests, less mixing
+    chunk_samples: int = 4  # train order: runs of this many consecutive samples of the split stay together (one request; two where a run crosses a shard boundary); the runs are shuffled per epoch by a keyed permutation computed on demand. Larger: fewer requests, less mixing
     resampled: bool = False  # draw the runs with replacement instead of reading each once per epoch
     read_threads: int = 16  # ranged reads each loader worker keeps in flight (threads, each with its own connection): hides a remote store's per-request latency
     read_ahead_batches: int = 4  # batches a loader worker plans (and coalesces) together; up to twice this many are being read ahead

@@ -170,8 +170,8 @@ class EvalLoader:
         assert not spec.train, "EvalLoader is for evaluation; training batches come from TrainStream"
         self.spec = spec
         reader = SampleReader(as_shard_set(shards), spec.split)
-        for shard in shards_to_preload(reader.shard_set, reader.shards):  # forked workers inherit these
-            reader.shard_set.index(shard)
+        # read here (all, if they fit the index cache): the forked workers inherit them
+        reader.shard_set.preload(shards_to_preload(reader.shard_set, reader.shards))
         self.plan = EvalPlan(sum(reader.sizes), spec.batch_size, spec.rank, spec.world_size)
         dataset = _Batches(cfg, reader, self.plan, tokenizer, spec)
         self.corrupt = dataset.corrupt

@@ -42,8 +42,7 @@ class TrainStream:
         self.shard_set = as_shard_set(shards)
         self.reader = SampleReader(self.shard_set, spec.split)
         # read once here (all, if they fit the index cache): forked workers inherit the indexes
-        for shard in shards_to_preload(self.shard_set, self.reader.shards):
-            self.shard_set.index(shard)
+        self.shard_set.preload(shards_to_preload(self.shard_set, self.reader.shards))
         self.end = epochs
         self.plan = _train_plan(cfg, self.reader, spec, end_epoch=epochs, max_batches_per_epoch=batches_per_epoch)
         if self.plan.batches_per_epoch == 0:
