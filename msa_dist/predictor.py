@@ -154,8 +154,9 @@ def _load_exported(path: Path, device: torch.device, adjust: bool) -> Predictor:
     try:
         load_safetensors(model, str(path / "model.safetensors"), device="cpu")
     except (SafetensorError, RuntimeError, OSError, ValueError) as exc:  # truncated, foreign, or another model's
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
         raise MsaDistError(f"{path / 'model.safetensors'} does not load into the model its config.yaml "
-                           f"describes: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else exc!r}") from None
+                           f"describes: {reason}") from None
     offsets = torch.tensor(card["logit_offsets"]) if adjust and card.get("logit_offsets") else None
     return Predictor(model.to(device).eval(), tokenizer, cfg.model.modality, preprocessing,
                      card.get("labels", list(LABELS)), device, offsets)
@@ -168,7 +169,8 @@ def read_card(path: Path) -> tuple[dict, Config, Preprocessing]:
         card = yaml.safe_load(where.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise MsaDistError(f"{where} is not readable YAML ({reason}): is {path} a folder written by `msa-dist export`?") from None
+        raise MsaDistError(f"{where} is not readable YAML ({reason}): is {path} a folder written by "
+                           "`msa-dist export`?") from None
     if not isinstance(card, dict) or not isinstance(card.get("model"), dict) \
             or not isinstance(card.get("preprocessing"), dict):
         raise MsaDistError(f"{where} lacks the model and preprocessing sections of `msa-dist export`")

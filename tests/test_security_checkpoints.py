@@ -150,3 +150,11 @@ def test_a_deepspeed_checkpoint_from_outside_the_run_dir_needs_trust(finished_ru
     assert resume_point(ckpt_root, str(inside)) == inside
     # a torch checkpoint from elsewhere holds nothing that could run: it needs no flag
     assert resume_point(ckpt_root, str(source / "checkpoints" / "step-0000006")) is not None
+
+
+def test_checkpoint_names_of_evaluate_and_predict_stay_inside_the_run(finished_run, tmp_path):
+    _, source = finished_run
+    assert ckpt.model_weights_path(source, "step-0000003") == source / "checkpoints" / "step-0000003" / "model.pt"
+    for name in ("../../elsewhere", "/etc", "best/../../x"):
+        with pytest.raises(MsaDistError, match="use best, latest or a step-NNNNNNN"):
+            ckpt.model_weights_path(source, name)

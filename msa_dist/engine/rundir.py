@@ -40,6 +40,8 @@ RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "run_info.json", "
 def claim_run_dir(run_dir: str | Path, overwrite: bool, is_main: bool) -> None:
     """A new run in `run_dir`: MsaDistError if it holds checkpoints, unless `overwrite` (rank 0
     then deletes the old run's outputs; no rank has written anything yet)."""
+    if overwrite and not is_main:
+        return  # rank 0 may be deleting them right now
     run_dir = Path(run_dir)
     ckpts = run_dir / "checkpoints"
     if not (ckpts.is_dir() and any(ckpts.iterdir())):

@@ -45,7 +45,8 @@ def load_tensors(path: str | Path, map_location: Any = "cpu", mmap: bool = False
         refused = _refused_global(str(exc))
         if refused:
             raise UnsafeFile(f"{path} holds pickled objects besides tensors and plain data ({refused}): msa-dist "
-                             "loads no code from a file, so it is not read (made elsewhere, or tampered with?)") from None
+                             "loads no code from a file, so it is not read (made elsewhere, or tampered with?)"
+                             ) from None
         raise UnreadableFile(f"{path} is not a torch file that loads without running code "
                              f"({_unpickler_reason(str(exc))})") from None
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError, zipfile.BadZipFile) as exc:

@@ -132,7 +132,8 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                                 lambda: client_state(state, stream, to_dict(cfg), layout), ema)
     if start is not None:
         state = _restore(checkpointer, start, stream, env)
-    # A resumed run cuts the log back to its checkpoint; a new run, or a restart before any checkpoint, starts it afresh.
+    # A resumed run cuts the log back to its checkpoint; a new run, or a restart before any
+    # checkpoint, starts it afresh.
     log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else 0)
     log = open_tracker(cfg, run_dir, log, env.is_main, state.step if start else (0 if resume else None))
     if start is not None:
