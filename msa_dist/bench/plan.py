@@ -146,7 +146,16 @@ def node_minute(samples: int, shard_samples: int, chunk_samples: int, gpus: int,
     return {"batches_per_rank_per_minute": per_minute, "samples_per_minute": int(ids.size * scale),
             "requests_per_sample": runs / ids.size,
             "shard_visits_per_sample": float(len(ids) + new_shard.sum()) / ids.size,
-            "shards_per_minute": len(np.unique(shards_sorted)), "shards": -(-samples // shard_samples)}
+            "shards_per_minute": _shards_per_minute(len(np.unique(shards_sorted)), -(-samples // shard_samples), scale),
+            "shards": -(-samples // shard_samples)}
+
+
+def _shards_per_minute(touched: int, shards: int, epochs: float) -> int:
+    """Distinct shards a node meets in a minute holding `epochs` >= 1 epochs' share of what one showed
+    (`touched`; orders of different epochs are independent), or `touched` if the minute is within an epoch."""
+    if epochs <= 1:
+        return touched
+    return round(shards * (1 - (1 - touched / shards) ** epochs))
 
 
 def run_plan_bench(samples: int, shard_samples: int, nodes: int, gpus: int, workers: int, latency_ms: float,
