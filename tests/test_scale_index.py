@@ -108,3 +108,22 @@ def test_indexes_are_preloaded_only_when_the_split_fits_the_cache(shards):
     assert shards_to_preload(shard_set, train) == train
     shard_set._indexes.max_bytes = 1  # a split far larger than the cache
     assert shards_to_preload(shard_set, train) == train[:1]
+
+
+def test_a_batch_reads_the_indexes_it_lacks_side_by_side(shards, monkeypatch):
+    """At scale most chunks land in shards whose index a worker does not hold: a batch's index reads
+    go out together (a remote store's latency once, not once per shard)."""
+    import threading
+    from msa_dist.data import reader as reader_module
+    from msa_dist.data.reader import SampleReader
+    sample_reader = SampleReader(ShardSet(str(shards)), "train")
+    ids = np.array([sum(sample_reader.sizes[:k]) for k in range(4)])  # a sample of each of 4 shards
+    together = threading.Barrier(4, timeout=30)  # broken (an error) unless 4 reads wait at once
+    real = reader_module.load_index
+
+    def load_waiting(store, shard):
+        together.wait()
+        return real(store, shard)
+    monkeypatch.setattr(reader_module, "load_index", load_waiting)
+    runs = sample_reader.plan(ids)
+    assert sorted(run.shard for run in runs) == [0, 1, 2, 3]

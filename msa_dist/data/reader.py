@@ -83,7 +83,9 @@ class SampleReader:
         ids = np.asarray(ids, dtype=np.int64)
         shard_of = np.searchsorted(self._first_id, ids, side="right") - 1
         runs: list[Run] = []
-        for s in np.unique(shard_of).tolist():
+        shards = np.unique(shard_of).tolist()
+        self.shard_set.preload([self.shards[s] for s in shards])  # the indexes not cached: read side by side
+        for s in shards:
             where = np.flatnonzero(shard_of == s)
             local = ids[where] - self._first_id[s]
             index = self.shard_set.index(self.shards[s])
