@@ -109,6 +109,8 @@ def scan_tar(data: bytes, shard: str) -> ShardIndex:
             key, dot, suffix = _split_name(name)
             if not dot or _META_RE.match(name):
                 continue
+            if not name.isprintable():  # also catches bytes that are not UTF-8 (decoded as surrogates)
+                raise ValueError(f"member name {name[:80]!r} is not printable UTF-8 text")
             if offset + size > len(data):
                 raise ValueError(f"member {name} runs past the end of the file (truncated shard?)")
             if not index.keys or index.keys[-1] != key:
