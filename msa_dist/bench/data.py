@@ -6,7 +6,9 @@ is divided by W (W = 0 runs in this process, on one thread). The first batches (
 are warm-up and not timed; epoch boundaries are, as training pays them too. `bytes_read_per_sample`
 is what the shard reads cost per delivered sample (batches the workers prefetched but were not yet
 delivered count too: a percent or so), beside the split's mean sample size in its shards;
-`requests_per_sample` counts the reads (requests to a remote store) the same way.
+`requests_per_sample` counts the reads (requests to a remote store) the same way;
+`bytes_per_sample_read` divides by the samples read instead (the read-ahead's too): what a sample
+costs once read, whatever the run's length.
 `time_to_first_batch_s` is from opening the shard set (manifest, indexes, a tokenizer trained on the
 shard texts) to the first batch; `first_batch_s` is its last part, from the stream's start.
 """
@@ -90,6 +92,7 @@ def _time_loader(data_cfg, shard_set: ShardSet, split: str, batch_size: int, see
     with closing(TrainStream(data_cfg, shard_set, StreamSpec(split, True, batch_size, seed=seed), tokenizer,
                              pin_memory=pin)) as stream:
         bytes_before = shard_set.store.bytes_read  # after the manifest and the indexes
+        requests_before, read_before = shard_set.store.requests, stream.reader.samples_read
         for batch in stream.batches():
             delivered += len(batch["keys"])
         requests_before = shard_set.store.requests
@@ -108,5 +111,7 @@ def _time_loader(data_cfg, shard_set: ShardSet, split: str, batch_size: int, see
                 return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed,
                         "first_batch_s": first_batch_s, "epochs": batches / stream.batches_per_epoch,
                         "bytes_read_per_sample": (shard_set.store.bytes_read - bytes_before) / delivered,
-                        "requests_per_sample": (shard_set.store.requests - requests_before) / delivered}
+                        "requests_per_sample": (shard_set.store.requests - requests_before) / delivered,
+                        "bytes_per_sample_read": (shard_set.store.bytes_read - bytes_before)
+                        / max(1, stream.reader.samples_read - read_before)}
     raise AssertionError("an endless stream ended")

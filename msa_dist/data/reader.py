@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import itertools
+import multiprocessing
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
@@ -77,6 +78,12 @@ class SampleReader:
         self.shards = shard_set.shards(split)
         self.sizes = [int(s["samples"]) for s in self.shards]
         self._first_id = np.concatenate([[0], np.cumsum(self.sizes)])
+        self._samples_read = multiprocessing.Value("q", 0)  # shared with the loader's forked workers
+
+    @property
+    def samples_read(self) -> int:
+        """Samples cut out of the shard reads so far, in this process and its loader workers."""
+        return self._samples_read.value
 
     def plan(self, ids: np.ndarray) -> list[Run]:
         """The runs holding samples `ids` (slot k of a run's samples: ids[k]), shard by shard."""
@@ -112,6 +119,8 @@ class SampleReader:
             for field, offset, size in index.members(i):
                 sample[field] = data[offset - base:offset - base + size]
             out[slot] = sample
+        with self._samples_read.get_lock():
+            self._samples_read.value += len(run.samples)
 
     def fetch(self, ids: np.ndarray) -> list[dict | Exception]:
         """The samples `ids`, in that order, one request per run, one after another; a sample whose
@@ -133,7 +142,7 @@ class SampleReader:
         """(item, samples) for each item (..., ids), in order, with the next batches' reads in flight."""
         return ReadAhead(self, threads, batches_ahead, gap_bytes)(items)
 
-    def texts(self, threads: int = 32) -> Iterator[str]:
+    def texts(self, threads: int = 64) -> Iterator[str]:
         """Every `txt` member of the split, in shard order: one small read each (`threads` in flight), nothing else."""
         self.shard_set.preload(self.shards, threads)
         wanted = ((s, where) for s, shard in enumerate(self.shards)
