@@ -95,7 +95,6 @@ def _time_loader(data_cfg, shard_set: ShardSet, split: str, batch_size: int, see
         requests_before, read_before = shard_set.store.requests, stream.reader.samples_read
         for batch in stream.batches():
             delivered += len(batch["keys"])
-        requests_before = shard_set.store.requests
             now = time.perf_counter()
             if first_batch_s is None:
                 first_batch_s = now - start
