@@ -47,7 +47,8 @@ def add_bench_parser(sub) -> None:
     r.add_argument("--out", required=True, help="the new shard directory")
     r.add_argument("--copies", type=int, default=10, help="copies of every split (default %(default)s)")
 
-    p = bsub.add_parser("plan", help="per-process memory and start-up, per-node request and byte rates at a scale (no data)")
+    p = bsub.add_parser("plan", help="per-process memory and start-up, per-node request and byte rates "
+                                     "at a scale (no data)")
     p.add_argument("--samples", type=float, required=True, help="samples in the split, e.g. 1e9")
     p.add_argument("--shard-samples", type=int, default=1000, help="samples per shard (default %(default)s)")
     p.add_argument("--nodes", type=int, default=1, help="nodes")

@@ -186,7 +186,8 @@ def run_plan_bench(samples: int, shard_samples: int, nodes: int, gpus: int, work
     # start-up: the manifest (one request), the indexes read before the workers fork (all if they fit
     # the cache, else one), the first batch's requests; `read_threads` requests in flight
     preload = proc["shards"] if proc["cached_indexes"] >= proc["shards"] else 1
-    first_batch = math.ceil(batch_size * (node["requests_per_sample"] + node["shard_visits_per_sample"] * (preload == 1)))
+    per_sample = node["requests_per_sample"] + node["shard_visits_per_sample"] * (preload == 1)
+    first_batch = math.ceil(batch_size * per_sample)
     result["startup_request_rounds"] = 1 + math.ceil(preload / read_threads) + math.ceil(first_batch / read_threads)
     result["startup_s"] = (proc["order_s"] + proc["shard_table_s"] + result.get("manifest_parse_s", 0.0)
                            + preload * proc["index_cache_fill_s"] / max(1, proc["index_loads"])
@@ -199,7 +200,8 @@ def print_plan(result: dict, console) -> None:
     mib = 1 << 20
     lines = [
         f"split: {result['samples']:,} samples in {result['shards']:,} shards; {result['nodes']} nodes x "
-        f"{result['gpus_per_node']} GPUs x {result['workers_per_gpu']} workers; {result['latency_ms']:g} ms per request",
+        f"{result['gpus_per_node']} GPUs x {result['workers_per_gpu']} workers; "
+        f"{result['latency_ms']:g} ms per request",
         f"per process: order {result['order_s'] * 1e3:.2f} ms; shard table {result['shard_table_bytes'] / mib:.1f} MiB "
         f"({result['shard_table_s'] * 1e3:.0f} ms); index cache {result['cache_bytes'] / mib:.1f} MiB "
         f"({result['cached_indexes']} indexes of {result['index_record_bytes']} B/sample, limit "
@@ -208,7 +210,8 @@ def print_plan(result: dict, console) -> None:
     ]
     if "manifest_parse_s" in result:
         lines.append(f"manifest shard list: {result['manifest_json_bytes'] / mib:.0f} MiB of JSON, parsed in "
-                     f"{result['manifest_parse_s']:.2f} s into {result['manifest_python_bytes'] / mib:.0f} MiB of Python objects "
+                     f"{result['manifest_parse_s']:.2f} s into {result['manifest_python_bytes'] / mib:.0f} MiB "
+                     "of Python objects "
                      "(every process; not part of the order or index)")
     lines += [
         f"start-up to the first batch: ~{result['startup_s']:.2f} s (builds and parses measured here, plus "
