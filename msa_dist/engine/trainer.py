@@ -112,6 +112,8 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None, overwr
         start = resume_point(run_dir / "checkpoints", resume, trust_checkpoint)
         if start:
             backend.check_resume(ckpt.read_client(start).get("layout", {}), start)  # fail fast, in one line
+        elif resume and env.is_main:
+            console.print(f"--resume {resume}: no checkpoint in {run_dir / 'checkpoints'} yet, starting at step 0")
         backend.init_process_group()  # joins once per command; engine.group leaves it when the command ends
         with StopFlag() as stop:
             return _train(cfg, run_dir, resume, start, env, backend, stop)
