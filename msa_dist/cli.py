@@ -10,6 +10,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import sys
 from typing import Optional
 
@@ -73,6 +74,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except MsaDistError as exc:
         print(f"msa-dist: error: {user_message(exc)}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `msa-dist config reference | head`: the reader has gone, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python exits
+        return 141
     except OSError as exc:
         if exc.errno not in USER_OS_ERRORS:
             raise
