@@ -127,3 +127,42 @@ def test_a_batch_reads_the_indexes_it_lacks_side_by_side(shards, monkeypatch):
     monkeypatch.setattr(reader_module, "load_index", load_waiting)
     runs = sample_reader.plan(ids)
     assert sorted(run.shard for run in runs) == [0, 1, 2, 3]
+
+
+def test_a_remote_set_without_binary_sidecars_costs_one_request_per_index(shards):
+    """A store that is not a local folder: the binary sidecar is asked for once; where the set has
+    none (indexed before them), only the JSON sidecars after that."""
+    from msa_dist.data.storage import MissingFile
+
+    class JsonOnlyRemote:
+        location = "remote://json-only"
+
+        def __init__(self):
+            self.asked = []
+
+        def read(self, name):
+            self.asked.append(name)
+            if name.endswith(".idx.bin"):
+                raise MissingFile(f"{name} does not exist")
+            return (shards / name).read_bytes()
+
+        def url(self, name):
+            return f"{self.location}/{name}"
+
+    store = JsonOnlyRemote()
+    names = _names(shards)[:3]
+    for name in names:
+        assert load_index(store, name).to_shard_index() == read_index(LocalStore(shards), name)
+    assert store.asked == [binary_name(names[0]), index_name(names[0]), index_name(names[1]), index_name(names[2])]
+
+
+def test_shards_index_writes_the_binary_sidecar_too(shards, tmp_path):
+    import shutil
+    from msa_dist.data.indexer import index_shard_set
+    copy = tmp_path / "reindexed"
+    shutil.copytree(shards, copy)
+    for name in _names(copy):
+        (copy / binary_name(name)).unlink()
+    index_shard_set(str(copy))
+    for name in _names(copy):
+        assert load_index(LocalStore(copy), name).to_shard_index() == read_index(LocalStore(copy), name)

@@ -30,6 +30,7 @@ MAGIC = b"MSAIDX\x00\x01"
 _HEADER = struct.Struct("<8sIIIIQ")
 _ABSENT = 0xFFFFFFFF
 INDEX_CACHE_BYTES = 64 << 20  # loaded index records one process keeps (least recently used go first)
+_JSON_ONLY: set[str] = set()  # remote locations seen without a binary sidecar: one request per index, not two
 
 
 def binary_name(shard_name: str) -> str:
@@ -169,8 +170,8 @@ def _open_local(store, shard: str) -> Optional[CompactIndex]:
         with open(path, "rb") as f:
             head = f.read(_HEADER.size)
             blob_len = _HEADER.unpack(head)[4] if len(head) == _HEADER.size else 0
-            head += f.read(blob_len)
             size = os.fstat(f.fileno()).st_size
+            head += f.read(min(blob_len, size))  # a crafted length reads no more than the file
     except (FileNotFoundError, NotADirectoryError):
         return None
     index = CompactIndex.parse(head, store.url(binary_name(shard)), str(path), size)
@@ -183,15 +184,16 @@ def _open_local(store, shard: str) -> Optional[CompactIndex]:
 
 def load_index(store, shard: str) -> CompactIndex:
     """A shard's index: the binary sidecar if there is one (memory-mapped when local), else the JSON one."""
-    from msa_dist.data.storage import LocalStore
+    from msa_dist.data.storage import LocalStore, MissingFile
     if isinstance(store, LocalStore):
         index = _open_local(store, shard)
         return index if index is not None else CompactIndex.from_shard_index(read_index(store, shard))
-    try:
-        data = store.read(binary_name(shard))
-    except MsaDistError:  # no binary sidecar: a set indexed before it existed
-        return CompactIndex.from_shard_index(read_index(store, shard))
-    return CompactIndex.parse(data, store.url(binary_name(shard)))
+    if store.location not in _JSON_ONLY:
+        try:
+            return CompactIndex.parse(store.read(binary_name(shard)), store.url(binary_name(shard)))
+        except MissingFile:  # a set indexed before binary sidecars: ask for JSON alone from now on
+            _JSON_ONLY.add(store.location)
+    return CompactIndex.from_shard_index(read_index(store, shard))
 
 
 class IndexCache(OrderedDict):
