@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import random
 import re
-import logging
 import shutil
 from pathlib import Path
 from typing import Callable, Optional
@@ -150,7 +150,8 @@ def _pointer(ckpt_root: Path) -> Optional[str]:
     pointer = ckpt_root / "latest"
     if not pointer.is_file():
         return None
-    name = pointer.read_bytes()[:256].decode("utf-8", "replace").strip()
+    with pointer.open("rb") as handle:  # a step name is short: never read more of whatever this is
+        name = handle.read(256).decode("utf-8", "replace").strip()
     if not re.fullmatch(r"step-\d+", name):
         raise MsaDistError(f"{pointer} names {name!r}, not a step-NNNNNNN directory inside {ckpt_root}: "
                            "not followed (a run dir from elsewhere, or edited?)")
