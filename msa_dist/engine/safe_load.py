@@ -35,7 +35,7 @@ def load_tensors(path: str | Path, map_location: Any = "cpu", mmap: bool = False
     """
     path = Path(path)
     if not path.is_file():
-        raise UnreadableFile(f"{path}: no such file")
+        raise UnreadableFile(f"{path}: {'not a regular file' if path.exists() else 'no such file'}")
     mmap = mmap and zipfile.is_zipfile(path)
     try:
         with warnings.catch_warnings():  # torch's note on a foreign pickle's protocol: the error below says it
