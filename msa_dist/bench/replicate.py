@@ -12,6 +12,7 @@ from pathlib import Path
 import webdataset as wds
 
 from msa_dist.data.index import index_name
+from msa_dist.data.index_bin import binary_name
 from msa_dist.data.manifest import load_manifest, shard_urls, write_manifest
 from msa_dist.data.shards import describe_shard
 from msa_dist.data.tario import tar_samples
@@ -56,6 +57,7 @@ def _write_copies(out: Path, split: str, samples: list[dict], copies: int, shard
         shards = [describe_shard(Path(tmp), name, n) for name, n in counts.items()]
         for name in counts:
             (Path(tmp) / index_name(name)).replace(out / index_name(name))
+            (Path(tmp) / binary_name(name)).replace(out / binary_name(name))
             (Path(tmp) / name).replace(out / name)
     entry = {"samples": len(guids), "labelled": info.get("labelled", 0) * copies, "shards": shards, "guids": guids}
     if "class_counts" in info:

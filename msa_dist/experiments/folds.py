@@ -20,6 +20,7 @@ from pathlib import Path
 import webdataset as wds
 
 from msa_dist.data.index import index_name
+from msa_dist.data.index_bin import binary_name
 from msa_dist.data.shards import describe_shard
 from msa_dist.data.manifest import MANIFEST_FORMAT, load_manifest, shard_urls, write_manifest
 from msa_dist.errors import MsaDistError
@@ -135,7 +136,7 @@ def _write_fold(folds_root: Path, fold: int, entries: list[dict], source_manifes
     directory.mkdir(parents=True)
     for entry in entries:
         for shard in entry["shards"]:
-            for name in (shard["name"], index_name(shard["name"])):
+            for name in (shard["name"], index_name(shard["name"]), binary_name(shard["name"])):
                 os.symlink(Path("..") / "parts" / name, directory / name)
     options = {**source_manifest.get("options", {}),
                "cv": {"source": source, "fold": fold, "folds": len(entries), "seed": seed}}
