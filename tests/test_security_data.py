@@ -261,7 +261,7 @@ def test_malformed_manifests_are_one_line(manifest):
     (lambda raw: raw.__setitem__("bytes", 10 ** 12), "shard of 1000000000000 bytes, the shard has"),
     (lambda raw: raw["fields"]["jpg"].__setitem__(0, [-5, 10]), "outside its sample"),
     (lambda raw: raw["fields"]["jpg"].__setitem__(0, [600, 10 ** 12]), "outside its sample"),
-    (lambda raw: raw.__setitem__("keys", "abc"), "list of strings"),
+    (lambda raw: raw.__setitem__("keys", "abc"), "list of printable strings"),
 ])
 def test_an_index_is_checked_against_its_shard_when_loaded(tmp_path, tokenizer, edit, match):
     root = _one_shard_set(tmp_path / "s", [{"__key__": f"k{i}", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}

@@ -80,11 +80,13 @@ def check_index(index: ShardIndex) -> None:
     offset + size <= end <= nbytes for every sample, so no read goes before or past the file."""
     if not isinstance(index.shard, str) or not _is_count(index.nbytes):
         raise ValueError("'shard' must be a name and 'bytes' a count")
-    if not isinstance(index.keys, list) or not all(isinstance(k, str) for k in index.keys):
-        raise ValueError("'keys' must be a list of strings")
+    # printable: a key or field name holds no newline (the binary index's separator) and no surrogate
+    if not isinstance(index.keys, list) or not all(isinstance(k, str) and k.isprintable() for k in index.keys):
+        raise ValueError("'keys' must be a list of printable strings")
     n = len(index.keys)
-    if not isinstance(index.fields, dict) or not all(isinstance(c, list) for c in index.fields.values()):
-        raise ValueError("'fields' must map names to lists")
+    if not isinstance(index.fields, dict) or not all(isinstance(c, list) for c in index.fields.values()) \
+            or not all(name and name.isprintable() for name in index.fields):
+        raise ValueError("'fields' must map printable names to lists")
     if not isinstance(index.starts, list) or not isinstance(index.ends, list) or len(index.starts) != n \
             or len(index.ends) != n or any(len(c) != n for c in index.fields.values()):
         raise ValueError("columns of different lengths")
