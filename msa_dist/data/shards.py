@@ -25,6 +25,7 @@ from rich.table import Table
 
 from msa_dist.data.index import INDEX_SUFFIX, index_name, read_index, scan_tar
 from msa_dist.data.index_bin import BINARY_SUFFIX, binary_name, load_index, to_binary
+from msa_dist.data.limits import MAX_IMAGE_BYTES, read_input
 from msa_dist.data.manifest import DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
 from msa_dist.data.raw import (DATA_DIR, TEST_FILE, TRAINVAL, BadRecord, Sample, check_record,
                                list_records, reencode_image)
@@ -185,7 +186,7 @@ def describe_shard(tmp: Path, shard_name: str, samples: int) -> dict:
 
 
 def _to_webdataset(sample: Sample, image_size: int, jpeg_quality: int) -> dict:
-    image = sample.image_path.read_bytes()
+    image = read_input(sample.image_path, MAX_IMAGE_BYTES)  # checked before; still a bounded regular file
     if image_size > 0:
         image = reencode_image(image, image_size, jpeg_quality)
     record = {"__key__": sample.record.guid, "jpg": image, "txt": sample.text.encode("utf-8")}
@@ -252,7 +253,7 @@ def _verify_shard(shard_set: ShardSet, split: str, shard: dict) -> list[str]:
         raise MsaDistError(f"shard {store.url(name)}: holds {len(actual)} samples, manifest says {shard['samples']}")
     stored = read_index(store, name)
     binary = load_index(store, name).to_shard_index() if store.exists(binary_name(name)) else actual
-    if stored.to_json() != actual.to_json() or binary != actual:
+    if stored != actual or binary != actual:  # what the index says, not its bytes: the order of `fields` is free
         raise MsaDistError(f"the index of {store.url(name)} does not match the shard: run "
                            f"`msa-dist shards index {shard_set.location}` again")
     for i, key in enumerate(actual.keys):
