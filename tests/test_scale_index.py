@@ -75,6 +75,11 @@ def test_a_bad_or_stale_binary_index_is_one_clear_error(shards, tmp_path):
     (copy / binary_name(name)).write_bytes(b"garbage")
     with pytest.raises(MsaDistError, match="is not a valid shard index"):
         load_index(LocalStore(copy), name)
+    from msa_dist.data.index_bin import _HEADER, MAGIC
+    for samples, fields, width in ((5, 2**31, 8), (5, 1, 2**31), (2**32 - 1, 1, 8)):  # crafted counts: no hang, no MemoryError
+        crafted = _HEADER.pack(MAGIC, samples, fields, width, 5, 100) + b"s\njpg" + b"\0" * 3
+        with pytest.raises(MsaDistError, match="is not a valid shard index"):
+            CompactIndex.parse(crafted, name)
     index = read_index(LocalStore(copy), name)
     index.ends[0] = index.nbytes + 1  # a range past the end of the shard
     with pytest.raises(MsaDistError, match="outside the shard"):

@@ -150,15 +150,17 @@ class CompactIndex:
             if magic != MAGIC:
                 raise ValueError("not an msa-dist binary index")
             shard, *names = bytes(data[_HEADER.size:_HEADER.size + blob_len]).decode("utf-8").split("\n")
+            if len(names) != fields:  # before building a dtype of `fields` columns: a crafted count stays harmless
+                raise ValueError("truncated or inconsistent")
             dtype, offset = _dtype(fields, width), _HEADER.size + blob_len + (-blob_len % 8)
-            if len(names) != fields or (len(data) if size is None else size) != offset + n * dtype.itemsize:
+            if (len(data) if size is None else size) != offset + n * dtype.itemsize:
                 raise ValueError("truncated or inconsistent")
             if path is not None and n:
                 records = np.memmap(path, dtype, "r", offset, (n,))
             else:
                 records = np.frombuffer(data, dtype, n, offset) if n else np.zeros(0, dtype)
             return cls(shard, nbytes, names, records).check()
-        except (ValueError, struct.error, UnicodeDecodeError) as exc:
+        except (ValueError, TypeError, struct.error, UnicodeDecodeError) as exc:  # TypeError: a key width numpy refuses
             raise MsaDistError(f"{where} is not a valid shard index ({exc}): rebuild it with "
                                "`msa-dist shards index DIR`") from None
 
