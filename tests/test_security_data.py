@@ -303,6 +303,7 @@ def test_a_non_utf8_text_member_does_not_stop_tokenizer_training(tmp_path):
                                            {"__key__": "b", "jpg": _jpeg(), "txt": b"plain words"}])
     texts = list(iter_texts(str(root), "train"))
     assert texts[1] == "plain words" and "\ufffd" in texts[0]
+    assert list(iter_texts(str(root), "train", max_chars=5))[1] == "plain"  # the IDF pass cuts as the loader
     assert train_wordpiece_tokenizer(texts, vocab_size=40) is not None
 
 

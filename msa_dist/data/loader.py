@@ -198,6 +198,8 @@ def _train_plan(cfg: DataConfig, reader: SampleReader, spec: StreamSpec, **kw) -
                      spec.grad_accum_steps, spec.rank, spec.world_size, first_epoch=spec.epoch, **kw)
 
 
-def iter_texts(shards: str | ShardSet, split: str = "train") -> Iterator[str]:
-    """Texts of a split, reading nothing but the `txt` members (e.g. to train a tokenizer)."""
-    return SampleReader(as_shard_set(shards), split).texts()
+def iter_texts(shards: str | ShardSet, split: str = "train", max_chars: Optional[int] = None) -> Iterator[str]:
+    """Texts of a split, reading nothing but the `txt` members (e.g. to train a tokenizer); each cut
+    to `max_chars` characters when given (data/limits.py's text_char_limit, as the loader cuts them)."""
+    texts = SampleReader(as_shard_set(shards), split).texts()
+    return texts if max_chars is None else (text[:max_chars] for text in texts)

@@ -15,6 +15,7 @@ import torch
 import yaml
 
 from msa_dist.config import Config, from_dict
+from msa_dist.data.limits import text_char_limit
 from msa_dist.data.loader import iter_texts
 from msa_dist.data.manifest import load_manifest
 from msa_dist.data.storage import is_url
@@ -73,7 +74,8 @@ def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.
     if hasattr(text_backbone, "index_vocabulary"):  # the bag of n-grams hashes each token's characters
         text_backbone.index_vocabulary(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
     if getattr(getattr(text_backbone, "config", None), "idf", False):  # TF-IDF weighting: counts of the train texts
-        enc = tokenizer(list(iter_texts(cfg.data.shards, "train")), padding="longest", truncation=True,
+        texts = iter_texts(cfg.data.shards, "train", max_chars=text_char_limit(cfg.data.max_length))
+        enc = tokenizer(list(texts), padding="longest", truncation=True,
                         max_length=cfg.data.max_length, return_tensors="pt")
         text_backbone.fit_idf(enc["input_ids"], enc["attention_mask"])
     if backend.env.is_main and model.text_encoder is not None:
