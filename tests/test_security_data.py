@@ -331,3 +331,11 @@ def test_prediction_csvs_escape_formula_cells(tmp_path):
         ids = [line.split(",")[0] for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
         assert ids == ["\"'=HYPERLINK(\"\"http://x\"\")\"", "'+1", "'@a", "'-2", "'\tx", "123"]
     assert escape_row(["=1", 2, "ok", "\r"]) == ["'=1", 2, "ok", "'\r"]
+
+
+def test_an_index_that_is_a_fifo_is_one_line(tmp_path):
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}])
+    (root / index_name("train-000000.tar")).unlink()
+    os.mkfifo(root / index_name("train-000000.tar"))
+    with no_hang(), pytest.raises(MsaDistError, match="is not a regular file"):
+        read_index(open_store(str(root)), "train-000000.tar")

@@ -146,6 +146,9 @@ def read_index(store, shard: str) -> ShardIndex:
     """A shard's index from its sidecar, checked against the shard's size where the store can tell
     it cheaply (a local file's size; fsspec's); MsaDistError naming the fix when it is missing or stale."""
     name = index_name(shard)
+    local = getattr(store, "root", None)  # a local folder: a FIFO there would block the read
+    if local is not None and (local / name).exists() and not (local / name).is_file():
+        raise MsaDistError(f"{store.url(name)} is not a regular file")
     try:
         data = store.read(name)
     except MsaDistError:
