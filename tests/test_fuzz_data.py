@@ -28,6 +28,7 @@ from PIL import Image
 from msa_dist.config import DataConfig
 from msa_dist.data.indexer import index_shard_set
 from msa_dist.data.loader import StreamSpec, build_loader
+from msa_dist.data.manifest import write_manifest
 from msa_dist.data.shards import build_shards, verify_shards
 from msa_dist.data.show import show_samples
 from msa_dist.data.synthetic import write_synthetic_dataset
@@ -80,7 +81,9 @@ def pristine(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
     """A small shard set (train 3 shards, val 1) and its files' bytes."""
     root = tmp_path_factory.mktemp("fuzz")
     raw = write_synthetic_dataset(root / "raw", n_labelled=16, n_test=0, image_px=16)
-    build_shards(raw, root / "shards", val_fraction=0.25, seed=0, shard_size=4)
+    manifest = build_shards(raw, root / "shards", val_fraction=0.25, seed=0, shard_size=4)
+    manifest["options"].update(data_root="raw", out_dir="shards")  # the same bytes wherever tmp_path is
+    write_manifest(root / "shards", manifest)
     files = {p.name: p.read_bytes() for p in sorted((root / "shards").iterdir()) if p.is_file()}
     return root / "shards", files
 

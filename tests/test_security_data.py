@@ -248,10 +248,11 @@ def test_manifest_shard_names_stay_in_the_folder(tmp_path, name):
 
 @pytest.mark.parametrize("manifest", [[1, 2], {"format": 1, "splits": {"train": {"samples": "lots"}}},
                                       {"format": 1, "splits": {"train": "abc"}},
-                                      {"format": 1, "splits": {"train": {"shards": "x.tar"}}},
-                                      {"format": 1, "splits": {"train": {"shards": [{"name": "a.tar"}]}}}])
+                                      {"format": 1, "splits": {"train": {"samples": 1, "shards": "x.tar"}}},
+                                      {"format": 1, "splits": {"train": {"samples": 1, "shards": [{"name": "a.tar"}]}}},
+                                      {"format": 1, "splits": {"train": {"samples": 1}}}])
 def test_malformed_manifests_are_one_line(manifest):
-    with pytest.raises(MsaDistError):
+    with pytest.raises(MsaDistError, match="manifest.json"):
         check_manifest(json.dumps(manifest).encode(), "manifest.json")
 
 

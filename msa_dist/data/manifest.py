@@ -93,10 +93,12 @@ def _split_problem(info) -> Optional[str]:
     """What is wrong with one split's entry (its counts, its shard list); None if nothing."""
     if not isinstance(info, dict):
         return "is not a mapping"
+    if "samples" not in info or "shards" not in info:
+        return "lacks 'samples' or 'shards'"
     for key in ("samples", "labelled"):
         if key in info and not _is_count(info[key]):
             return f"has {key} {info[key]!r}, not a count"
-    shards = info.get("shards", [])
+    shards = info["shards"]
     if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
         return "has 'shards' that is not a list of entries"
     for shard in shards:
