@@ -340,3 +340,10 @@ def test_an_index_that_is_a_fifo_is_one_line(tmp_path):
     os.mkfifo(root / index_name("train-000000.tar"))
     with no_hang(), pytest.raises(MsaDistError, match="is not a regular file"):
         read_index(open_store(str(root)), "train-000000.tar")
+
+
+def test_shards_show_names_an_invalid_label_and_cuts_a_huge_text(tmp_path):
+    from msa_dist.data.show import SHOWN_TEXT_BYTES, show_samples
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"w" * 10 ** 6, "cls": b"7"}])
+    row, = show_samples(str(root), "train", 1)
+    assert row["label"] == "invalid (b'7')" and len(row["text"]) == SHOWN_TEXT_BYTES

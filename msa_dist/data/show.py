@@ -9,6 +9,8 @@ from msa_dist.data.images import stored_size
 from msa_dist.data.reader import SampleReader, ShardSet
 from msa_dist.errors import MsaDistError
 
+SHOWN_TEXT_BYTES = 2000  # a table row, not a 50 MB text
+
 
 def show_samples(shard_dir: str | Path, split: str = "train", n: int = 5) -> list[dict]:
     """The first `n` samples of `split`: key, label name (None when unlabelled), text, stored image size.
@@ -28,7 +30,7 @@ def show_samples(shard_dir: str | Path, split: str = "train", n: int = 5) -> lis
                                f"{shard_dir}: {str(exc)[:120]}; run `msa-dist shards verify {shard_dir}`") from None
         rows.append({"key": sample["__key__"], "shard": sample["__url__"].rsplit("/", 1)[-1],
                      "label": _label_name(sample.get("cls"), labels),
-                     "text": sample.get("txt", b"").decode("utf-8", errors="replace"),
+                     "text": sample.get("txt", b"")[:SHOWN_TEXT_BYTES].decode("utf-8", errors="replace"),
                      "image": f"{width}x{height}", "image_bytes": len(sample.get("jpg", b""))})
     return rows
 
