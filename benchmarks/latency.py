@@ -128,6 +128,12 @@ def webdataset_child(url: str, workers: int, seconds: float, overrides: list[str
             "time_to_first_batch_s": first}
 
 
+def _mean(results: list[dict]) -> dict:
+    """The mean of each measure over repeats, with the samples/s of each repeat."""
+    mean = {key: sum(r[key] for r in results) / len(results) for key in results[0]}
+    return {**mean, "samples_per_s_each": [r["samples_per_s"] for r in results]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("shards", help="a shard folder (served here over HTTP), or the URL in --webdataset-child mode")
@@ -135,6 +141,8 @@ def main() -> None:
                    help="per-request latencies in ms; `local`: the folder itself, no server (default %(default)s)")
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per loader and latency")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers, both loaders (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=1, help="runs of each loader per latency, in A B B A order; "
+                   "the table gives their mean (default %(default)s)")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--webdataset-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="dotted config overrides for both, e.g. data.chunk_samples=16")
@@ -150,12 +158,16 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
             continue
         server, url = _serve(args.shards, float(latency))
+        runs: dict = {"msa_dist": [], "webdataset": []}
         try:
-            row = {"latency_ms": float(latency), "msa_dist": _msa_dist(url, args.workers, args.seconds, args.overrides),
-                   "webdataset": _webdataset(url, args.workers, args.seconds, args.overrides)}
+            for k in range(args.repeats):  # A B B A ...: drift on a shared machine hits both alike
+                for name in (("msa_dist", "webdataset") if k % 2 == 0 else ("webdataset", "msa_dist")):
+                    bench = _msa_dist if name == "msa_dist" else _webdataset
+                    runs[name].append(bench(url, args.workers, args.seconds, args.overrides))
         finally:
             server.terminate()
             server.wait(timeout=30)
+        row = {"latency_ms": float(latency), **{name: _mean(results) for name, results in runs.items()}}
         row["msa_dist_vs_webdataset"] = row["msa_dist"]["samples_per_s"] / row["webdataset"]["samples_per_s"]
         rows.append(row)
         print(json.dumps(row), flush=True)

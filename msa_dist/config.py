@@ -26,7 +26,7 @@ class DataConfig:
     workers: int = 2  # DataLoader worker processes per rank
     chunk_samples: int = 4  # train order: runs of this many consecutive samples of the split stay together (one request; two where a run crosses a shard boundary); the runs are shuffled per epoch by a keyed permutation computed on demand. Larger: fewer requests, less mixing
     resampled: bool = False  # draw the runs with replacement instead of reading each once per epoch
-    read_threads: int = 16  # ranged reads each loader worker keeps in flight (threads, each with its own connection): hides a remote store's per-request latency
+    read_threads: int = 32  # ranged reads each loader worker keeps in flight (threads, each with its own connection): hides a remote store's per-request latency
     read_ahead_batches: int = 4  # batches a loader worker plans (and coalesces) together; up to twice this many are being read ahead
     read_gap_bytes: int = 4096  # read-ahead merges runs of one shard into one request when at most this many bytes lie between them
     pin_memory: bool = True  # page-locked host batches for faster copies to a GPU
