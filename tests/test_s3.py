@@ -7,19 +7,18 @@ import http.client
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import boto3  # the [s3] extra; boto3 and moto[server] are in the test extra: CI runs these, never skips them
+import moto.server as moto_server
 import pytest
 
-boto3 = pytest.importorskip("boto3", reason="the [s3] extra (boto3) is part of the test extra")
-moto_server = pytest.importorskip("moto.server", reason="moto[server] is part of the test extra")
-
-from msa_dist.config import load_config  # noqa: E402
-from msa_dist.data.indexer import index_shard_set  # noqa: E402
-from msa_dist.data.loader import StreamSpec, build_loader, iter_texts  # noqa: E402
-from msa_dist.data.reader import ShardSet  # noqa: E402
-from msa_dist.data.shards import build_shards, verify_shards  # noqa: E402
-from msa_dist.data.synthetic import write_synthetic_dataset  # noqa: E402
-from msa_dist.errors import MsaDistError  # noqa: E402
-from msa_dist.models.tokenizer import train_wordpiece_tokenizer  # noqa: E402
+from msa_dist.config import load_config
+from msa_dist.data.indexer import index_shard_set
+from msa_dist.data.loader import StreamSpec, build_loader, iter_texts
+from msa_dist.data.reader import ShardSet
+from msa_dist.data.shards import build_shards, verify_shards
+from msa_dist.data.synthetic import write_synthetic_dataset
+from msa_dist.errors import MsaDistError
+from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 FAULTS = {"deny": False, "throttle": 0, "answered_503": 0}
 _LOCK = threading.Lock()

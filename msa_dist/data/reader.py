@@ -19,7 +19,7 @@ import numpy as np
 from msa_dist.data.index import ShardIndex
 from msa_dist.data.index_bin import IndexCache, load_index
 from msa_dist.data.manifest import MANIFEST_NAME, check_manifest, split_shards
-from msa_dist.data.fetch import ReadAhead, Run, coalesce
+from msa_dist.data.fetch import ReadAhead, Run
 from msa_dist.data.storage import MissingFile, ShardStore, open_store
 from msa_dist.data.urls import redact_url
 from msa_dist.errors import MsaDistError
