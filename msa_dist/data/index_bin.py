@@ -91,7 +91,7 @@ class CompactIndex:
     def __init__(self, shard: str, nbytes: int, names: list[str], records: np.ndarray):
         self.shard, self.nbytes, self.names, self.records = shard, nbytes, names, records
         n = len(records)
-        self.keys = _Column(n, lambda i: records["key"][i].decode("utf-8"))
+        self.keys = _Column(n, lambda i: records["key"][i].decode("utf-8", "replace"))  # corrupt bytes: no traceback
         self.starts = _Column(n, lambda i: int(records["start"][i]))
         self.ends = _Column(n, lambda i: int(records["end"][i]))
         self.fields = {name: _Column(n, lambda i, j=j: self._member(i, j)) for j, name in enumerate(names)}
