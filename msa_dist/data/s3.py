@@ -13,7 +13,7 @@ import os
 import threading
 import urllib.parse
 
-from msa_dist.data.storage import MissingFile, ShardStore
+from msa_dist.data.store_base import MissingFile, ShardStore
 from msa_dist.errors import MsaDistError
 
 _CLIENT_LOCK = threading.Lock()  # boto3's session set-up is not thread-safe; the client is
