@@ -12,6 +12,7 @@ from msa_dist.config import Config
 from msa_dist.data.loader import iter_texts
 from msa_dist.errors import MsaDistError
 from msa_dist.models import build_model
+from msa_dist.models.pretrained import resolve_text_dir
 from msa_dist.models.tokenizer import load_pretrained_tokenizer, train_wordpiece_tokenizer
 
 log = logging.getLogger(__name__)
@@ -26,8 +27,9 @@ KNOWN_TEXT_ARCHS = {"bert-base-uncased": BertConfig, "bert-base-cased": lambda: 
 
 def text_architecture(name: str):
     """The Hugging Face config of a text backbone: from the hub cache / a local dir, else the known table."""
+    source = resolve_text_dir(name)  # a packaged name: its verified folder (a missing package says so)
     try:
-        return AutoConfig.from_pretrained(name)
+        return AutoConfig.from_pretrained(source)
     except (OSError, ValueError):
         pass
     if name in KNOWN_TEXT_ARCHS:
