@@ -342,6 +342,19 @@ def test_an_index_that_is_a_fifo_is_one_line(tmp_path):
         read_index(open_store(str(root)), "train-000000.tar")
 
 
+@pytest.mark.parametrize("name", ["manifest.json", "train-000000.tar.idx.bin"])
+def test_a_manifest_or_binary_index_that_is_a_fifo_is_one_line(tmp_path, name):
+    from msa_dist.data.index_bin import load_index
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}])
+    (root / name).unlink(missing_ok=True)
+    os.mkfifo(root / name)
+    with no_hang(), pytest.raises(MsaDistError, match="not a regular file"):
+        if name == "manifest.json":
+            open_store(str(root)).read(name)
+        else:
+            load_index(open_store(str(root)), "train-000000.tar")
+
+
 def test_shards_show_names_an_invalid_label_and_cuts_a_huge_text(tmp_path):
     from msa_dist.data.show import SHOWN_TEXT_BYTES, show_samples
     root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"w" * 10 ** 6, "cls": b"7"}])

@@ -15,6 +15,7 @@ alone is read as before (converted to this form in memory). `load_index` prefers
 from __future__ import annotations
 
 import os
+import stat
 import struct
 import threading
 from collections import OrderedDict
@@ -169,7 +170,12 @@ def _open_local(store, shard: str) -> Optional[CompactIndex]:
     """A local binary sidecar, memory-mapped; None if there is none."""
     path = store.root / binary_name(shard)
     try:
-        with open(path, "rb") as f:
+        # O_NONBLOCK and a regular-file check: a FIFO named like a sidecar must not block the loader
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise MsaDistError(f"{path} is not a regular file: remove it and run `msa-dist shards index` again")
+        with os.fdopen(fd, "rb") as f:
             head = f.read(_HEADER.size)
             blob_len = _HEADER.unpack(head)[4] if len(head) == _HEADER.size else 0
             size = os.fstat(f.fileno()).st_size

@@ -16,10 +16,12 @@ from pathlib import Path
 from typing import Optional
 
 from msa_dist.data.urls import REDACTED, redact_text, redact_url, split_credentials
+from msa_dist.data.limits import read_input
 from msa_dist.data.store_base import MissingFile, ShardStore, is_url  # noqa: F401 (re-exported)
 from msa_dist.errors import MsaDistError
 
 _HTTP_TIMEOUT_S = 60
+_MAX_WHOLE_FILE_BYTES = 1 << 32  # a manifest or an index: far above any real one
 _OPEN_LOCK = threading.Lock()
 
 
@@ -36,9 +38,12 @@ class LocalStore(ShardStore):
 
     def read(self, name: str) -> bytes:
         try:
-            return self._count(self._path(name).read_bytes())
+            # a regular file only, read with a cap: a FIFO named manifest.json must not block
+            return self._count(read_input(self._path(name), _MAX_WHOLE_FILE_BYTES))
         except FileNotFoundError:
             raise MissingFile(f"{self._path(name)} does not exist") from None
+        except OSError as exc:
+            raise MsaDistError(f"cannot read {self._path(name)}: {exc.strerror or exc}") from None
 
     def read_range(self, name: str, start: int, end: int) -> bytes:
         handles = self.__dict__.setdefault("_local", {})
