@@ -42,7 +42,7 @@ class DataConfig:
 
 @dataclass
 class TextEncoderConfig:
-    name: str = "bert-base-uncased"  # Hugging Face hub name, local directory, or "tiny" (from scratch)
+    name: str = "bert-base-uncased"  # a packaged backbone ("minilm-l6", sha256-checked), Hugging Face hub name, local directory, or "tiny" (from scratch)
     pooling: str = "cls"  # cls | mean | last: how token states become one text vector (last: the last real token, for a causal model such as CLIP's text tower)
     freeze: bool = False  # keep the text backbone's weights fixed
     tiny_hidden: int = 128  # tiny model only: hidden size
@@ -66,7 +66,7 @@ class TextEncoderConfig:
 
 @dataclass
 class ImageEncoderConfig:
-    name: str = "resnet50"  # torchvision model name (resnet18/34/50/101...) or "tiny" (small CNN)
+    name: str = "resnet50"  # a packaged backbone ("efficientnet-lite0/1/2", sha256-checked), torchvision model name (resnet18/34/50/101...) or "tiny" (small CNN)
     weights: str = "imagenet"  # imagenet | none | path to a local state_dict file (.pth)
     freeze: bool = False  # keep the image backbone's weights fixed
     tiny_width: int = 32  # tiny CNN only: channels of the first stage
