@@ -64,7 +64,7 @@ def _refused_global(message: str) -> str:
 
 
 def _unpickler_reason(message: str) -> str:
-    """What torch's restricted unpickler tripped on (never its advice to load with weights_only=False)."""
+    """What torch's restricted unpickler tripped on (never its advice to turn the restriction off)."""
     lines = [line.strip() for line in message.splitlines() if line.strip()]
     for i, line in enumerate(lines):
         if line.endswith("WeightsUnpickler error:") and i + 1 < len(lines):
