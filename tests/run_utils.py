@@ -15,3 +15,18 @@ TINY = ["data.image_size=32", "data.resize_size=36", "data.workers=0", "data.max
 def tiny_config(shards: Path, *overrides: str) -> Config:
     """TINY on `shards`, then `overrides`."""
     return load_config(None, [*TINY, f"data.shards={shards}", *overrides])
+
+
+def finished_tiny_run(root: Path) -> tuple[Path, Path, Path]:
+    """(shards, config YAML, run dir) of a finished 2-epoch tiny run under `root`: checkpoints step-3 and step-6."""
+    import yaml
+    from conftest import make_raw_dataset
+    from msa_dist.config import to_dict
+    from msa_dist.data.shards import build_shards
+    from msa_dist.engine.trainer import train
+    raw = make_raw_dataset(root / "raw")
+    build_shards(raw.root, root / "shards", val_fraction=1 / 3, seed=0, shard_size=4)
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump(to_dict(tiny_config(root / "shards"))))
+    train(tiny_config(root / "shards"), root / "run")
+    return root / "shards", config, root / "run"

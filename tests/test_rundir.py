@@ -13,11 +13,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import make_raw_dataset
-from run_utils import tiny_config
+from run_utils import finished_tiny_run, tiny_config
 from msa_dist.cli import main
-from msa_dist.config import to_dict
-from msa_dist.data.shards import build_shards
 from msa_dist.engine import rundir
 from msa_dist.engine.trainer import MetricsLog, train
 from msa_dist.models.tokenizer import load_pretrained_tokenizer
@@ -26,13 +23,7 @@ from msa_dist.models.tokenizer import load_pretrained_tokenizer
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """(shards, config YAML, run dir) of a finished 2-epoch tiny run: checkpoints step-3 and step-6."""
-    root = tmp_path_factory.mktemp("rundir")
-    raw = make_raw_dataset(root / "raw")
-    build_shards(raw.root, root / "shards", val_fraction=1 / 3, seed=0, shard_size=4)
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(to_dict(tiny_config(root / "shards"))))
-    train(tiny_config(root / "shards"), root / "run")
-    return root / "shards", config, root / "run"
+    return finished_tiny_run(tmp_path_factory.mktemp("rundir"))
 
 
 def _one_line_error(capsys) -> str:

@@ -13,17 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
-from conftest import make_raw_dataset
-from run_utils import tiny_config
+from run_utils import finished_tiny_run
 from msa_dist.cli import main
-from msa_dist.config import to_dict
-from msa_dist.data.shards import build_shards
 from msa_dist.engine import checkpoint as ckpt
 from msa_dist.engine.checkpointer import resume_point
 from msa_dist.engine.safe_load import UnreadableFile, UnsafeFile, load_tensors
-from msa_dist.engine.trainer import train
 from msa_dist.errors import MsaDistError
 
 
@@ -40,13 +35,7 @@ class Payload:
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """(config YAML, run dir) of a finished 2-epoch tiny run: checkpoints step-3 and step-6."""
-    root = tmp_path_factory.mktemp("secure")
-    raw = make_raw_dataset(root / "raw")
-    build_shards(raw.root, root / "shards", val_fraction=1 / 3, seed=0, shard_size=4)
-    config = root / "tiny.yaml"
-    config.write_text(yaml.safe_dump(to_dict(tiny_config(root / "shards"))))
-    run = root / "run"
-    train(tiny_config(root / "shards"), run)
+    _, config, run = finished_tiny_run(tmp_path_factory.mktemp("secure"))
     assert (run / "checkpoints" / "latest").read_text() == "step-0000006"
     return config, run
 
