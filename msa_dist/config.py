@@ -35,6 +35,7 @@ class DataConfig:
     pad_to_max_length: bool = False  # pad every batch to max_length (the seed's fixed shapes) instead of its longest text
     pad_to_multiple_of: int = 1  # round each batch's text length up to a multiple of this (fewer shapes for compile / cuDNN plans); 1 = off
     decode_on_device: bool = False  # ship JPEG bytes + crop boxes; decode and crop on the GPU (nvJPEG)
+    length_bucket_batches: int = 0  # training: regroup each rank's batches, this many at a time, by text length (less padding, less random batches; data/buckets.py); 0 or 1 = off
 
     def __post_init__(self):
         check_section(self, "data")

@@ -80,6 +80,10 @@ CHECKS: tuple[Check, ...] = (
           "must divide data.max_length={max_length} (a batch is never longer)", name="divides"),
     at_least("data.workers", 0), at_least("data.chunk_samples", 1), one_of("data.train_crop", TRAIN_CROPS),
     at_least("data.read_threads", 1), at_least("data.read_ahead_batches", 1), at_least("data.read_gap_bytes", 0),
+    at_least("data.length_bucket_batches", 0),
+    Check("data.length_bucket_batches", lambda v, d: v <= 1 or not d.pad_to_max_length,
+          "has no effect with data.pad_to_max_length=true (every batch is padded to max_length): set it to 0",
+          name="padding"),
     one_of("model.modality", MODALITIES),
     Check("model.head.fusion", lambda v, model: model.modality in FUSION_MODALITIES[v],
           "combines two modalities and does not work with model.modality={modality}: use fusion=concat or "

@@ -1,10 +1,12 @@
 """The streaming loader: a rank's batches, read with ranged reads and made in DataLoader workers.
 
-How the data is divided is order.py's rule; reading a sample is reader.py's; making a batch is
-batching.py's. This module runs them: `TrainStream` (the training batches of one rank, epoch after
-epoch, from one DataLoader whose workers never restart; it owns its position: `state_dict()` /
-`load_state_dict()`), `EvalLoader` (a split's evaluation batches, pass after pass, from workers
-forked once), `build_loader` (one pass), `iter_texts` (the tokenizer's pass over the texts alone).
+How the data is divided is order.py's rule (with `data.length_bucket_batches`, each rank's
+training batches regrouped by text length: buckets.py); reading a sample is reader.py's; making a
+batch is batching.py's. This module runs them: `TrainStream` (the training batches of one rank,
+epoch after epoch, from one DataLoader whose workers never restart; it owns its position:
+`state_dict()` / `load_state_dict()`), `EvalLoader` (a split's evaluation batches, pass after
+pass, from workers forked once), `build_loader` (one pass), `iter_texts` (the tokenizer's pass
+over the texts alone).
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import torch
 
 from msa_dist.config import DataConfig
 from msa_dist.data.batching import BatchMaker, BlockPool
+from msa_dist.data.buckets import WindowBuckets
 from msa_dist.data.index_bin import shards_to_preload
 from msa_dist.data.order import EvalPlan, TrainPlan
 from msa_dist.data.reader import SampleReader, ShardSet
@@ -81,6 +84,8 @@ class _Batches(torch.utils.data.IterableDataset):
         self.cfg, self.reader, self.plan, self.tokenizer, self.spec = cfg, reader, plan, tokenizer, spec
         self.released = released  # [workers, blocks] flags in shared memory, or None: no BlockPool
         self.corrupt = CorruptCounter()
+        self.buckets = (WindowBuckets(plan, reader.member_bytes, cfg.length_bucket_batches)
+                        if isinstance(plan, TrainPlan) and cfg.length_bucket_batches > 1 else None)
 
     def _ids(self, t: int, orders: dict):
         if isinstance(self.plan, EvalPlan):
@@ -93,6 +98,8 @@ class _Batches(torch.utils.data.IterableDataset):
         if epoch not in orders:
             orders.clear()
             orders[epoch] = self.plan.order(epoch)
+        if self.buckets is not None:
+            return epoch, batch, self.buckets.ids(orders[epoch], epoch, batch)
         return epoch, batch, self.plan.ids(orders[epoch], batch)
 
     def __iter__(self) -> Iterator[dict]:

@@ -106,6 +106,23 @@ class SampleReader:
                 runs.append(Run(s, run, index.starts[run[0][0]], index.ends[run[-1][0]]))
         return runs
 
+    def member_bytes(self, ids: np.ndarray, field: str = "txt") -> np.ndarray:
+        """Byte size of member `field` of each sample `ids` (0 where it has none), from the indexes alone."""
+        ids = np.asarray(ids, dtype=np.int64)
+        shard_of = np.searchsorted(self._first_id, ids, side="right") - 1
+        out = np.zeros(len(ids), dtype=np.int64)
+        shards = np.unique(shard_of).tolist()
+        self.shard_set.preload([self.shards[s] for s in shards])
+        for s in shards:
+            column = self.shard_set.index(self.shards[s]).fields.get(field)
+            if column is None:
+                continue
+            where = np.flatnonzero(shard_of == s)
+            for slot, i in zip(where.tolist(), (ids[where] - self._first_id[s]).tolist()):
+                member = column[i]
+                out[slot] = 0 if member is None else member[1]
+        return out
+
     def read(self, shard: int, start: int, end: int) -> bytes:
         """Bytes [start, end) of the split's shard number `shard`, in one request."""
         return self.shard_set.store.read_range(self.shards[shard]["name"], start, end)

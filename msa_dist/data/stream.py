@@ -10,7 +10,9 @@ order depends on; `load_state_dict()` decides whether that position carries over
 layout. It does whenever the split, seed and chunking are the same and this run's global batch
 divides the position: a run saved on 2 ranks x batch 4 resumes mid-epoch on 1 rank x batch 8 (or
 4 ranks x batch 2, or batch 4 x 2 accumulation steps) with no sample repeated or skipped.
-Otherwise the epoch restarts from its first batch, with a warning.
+Otherwise the epoch restarts from its first batch, with a warning. With length buckets
+(`data.length_bucket_batches`, data/buckets.py) a rank's batches are regrouped among themselves,
+so a position carries over only to the same batch size and world size.
 """
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ from msa_dist.data.loader import StreamSpec, _Batches, _data_loader, _train_plan
 from msa_dist.data.order import ORDER_VERSION
 from msa_dist.data.reader import SampleReader, ShardSet
 from msa_dist.errors import MsaDistError
+
+# keys of the order a position saved by an earlier version lacks, with the value they had then
+SAVED_BEFORE = {"length_bucket_batches": 0}
 
 
 class TrainStream:
@@ -75,8 +80,13 @@ class TrainStream:
         return 0 if self.corrupt is None else self.corrupt.count
 
     def _order_key(self) -> dict:
-        return {"order": ORDER_VERSION, "split": self.spec.split, "samples": sum(self.reader.sizes),
-                "seed": self.spec.seed, "chunk_samples": self.cfg.chunk_samples, "resampled": self.cfg.resampled}
+        buckets = self.cfg.length_bucket_batches if self.cfg.length_bucket_batches > 1 else 0
+        key = {"order": ORDER_VERSION, "split": self.spec.split, "samples": sum(self.reader.sizes),
+               "seed": self.spec.seed, "chunk_samples": self.cfg.chunk_samples, "resampled": self.cfg.resampled,
+               "length_bucket_batches": buckets}
+        if buckets:  # a rank's batches are then regrouped among themselves: its layout is part of the order
+            key.update(batch_size=self.spec.batch_size, world_size=self.spec.world_size)
+        return key
 
     def state_dict(self) -> dict:
         """Where the stream is: every batch handed out counts as trained on."""
@@ -88,7 +98,7 @@ class TrainStream:
             raise RuntimeError("load_state_dict after the stream started")
         epoch, done = int(state["epoch"]), int(state["samples_done"])
         global_batch = self.plan.round_samples * self.spec.grad_accum_steps
-        saved = {k: state.get(k) for k in self._order_key()}
+        saved = {k: state.get(k, SAVED_BEFORE.get(k)) for k in self._order_key()}
         if done and saved != self._order_key():
             changed = ", ".join(f"{k} {saved[k]!r} -> {v!r}" for k, v in self._order_key().items() if saved[k] != v)
             warnings.warn(f"the data order changed ({changed}): epoch {epoch + 1} restarts from its first batch")
