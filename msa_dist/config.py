@@ -160,6 +160,8 @@ class BackendConfig:
     ddp_bucket_mb: int = 25  # DDP gradient bucket size
     ddp_static_graph: bool = False  # DDP static graph optimisation
     compile: bool = False  # torch.compile the model
+    compile_scope: str = "model"  # with compile: model (the whole model) | encoders (text and image encoders, head eager)
+    compile_mode: str = "default"  # with compile: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     cudnn_sdpa: bool = True  # GPUs: let scaled-dot-product attention use cuDNN's kernel (it builds a plan per new shape)
     timeout_s: int = 1800  # process-group timeout: a rank waiting longer for a peer in a collective fails the run
 

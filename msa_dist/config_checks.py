@@ -24,6 +24,8 @@ BACKENDS = ("single", "ddp", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 1, 2, 3)
 DEVICES = ("auto", "cpu", "cuda")
+COMPILE_SCOPES = ("model", "encoders")  # what backend.compile compiles
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 TRAIN_CROPS = ("random", "random_resized", "center")
 REPORT_TO = ("jsonl", "tensorboard", "wandb")
 MIN_TINY_VOCAB = 6  # a WordPiece vocabulary holds more than models/tokenizer.py's 5 special tokens
@@ -140,6 +142,7 @@ CHECKS: tuple[Check, ...] = (
     at_least("backend.ddp_bucket_mb", 1), at_least("backend.timeout_s", 1),
     Check("backend.compile", lambda v, backend: not (v and backend.name == "deepspeed"),
           "is not supported with backend.name=deepspeed: set backend.compile=false or use backend.name=ddp"),
+    one_of("backend.compile_scope", COMPILE_SCOPES), one_of("backend.compile_mode", COMPILE_MODES),
     at_least("checkpoint.keep_last", 1), at_least("checkpoint.every_steps", 0),
     at_least("log.every_steps", 1),
     Check("log.report_to", lambda v, _: all(name in REPORT_TO for name in v), _unknown_tracker),

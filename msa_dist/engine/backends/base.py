@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -51,8 +52,7 @@ class Backend:
         self.grad_accum_steps, self.grad_clip = grad_accum_steps, optim_cfg.grad_clip
         self.module = model.to(self.env.device)
         self.model = self._wrap(self.module)
-        if self.cfg.compile:
-            self.model = torch.compile(self.model)
+        self.model = compile_model(self.cfg, self.model)
         self.optimizer = build_optimizer(optim_cfg, self.module.parameter_groups())
         self.scheduler = build_scheduler(optim_cfg, self.optimizer, total_steps)
         self._trainable = [p for p in self.module.parameters() if p.requires_grad]
@@ -155,6 +155,29 @@ class Backend:
         self.scheduler.load_state_dict(state.pop("scheduler"))
         self.scaler.load_state_dict(state.pop("scaler"))
         return state
+
+
+def compile_model(cfg: BackendConfig, model: torch.nn.Module) -> torch.nn.Module:
+    """backend.compile: the whole (wrapped) model compiled, or its encoders compiled in place.
+
+    Encoders are compiled with `nn.Module.compile`, which keeps their parameter names (no
+    `_orig_mod.` prefix), so checkpoints load either way; the fusion head stays eager.
+    """
+    if not cfg.compile:
+        if (cfg.compile_scope, cfg.compile_mode) != ("model", "default"):
+            warnings.warn("backend.compile_scope / backend.compile_mode have no effect without backend.compile=true",
+                          stacklevel=3)
+        return model
+    mode = None if cfg.compile_mode == "default" else cfg.compile_mode
+    if cfg.compile_scope == "model":
+        return torch.compile(model, mode=mode)
+    plain = getattr(model, "module", model)  # under DDP: the model it wraps
+    for encoder in (plain.text_encoder, plain.image_encoder):
+        if encoder is not None:
+            encoder.compile(mode=mode)
+            if getattr(plain.head, "uses_tokens", False):  # token heads call forward_tokens, not the module
+                encoder.forward_tokens = torch.compile(encoder.forward_tokens, mode=mode)
+    return model
 
 
 def join_process_group(env: DistEnv, timeout_s: float = PROCESS_GROUP_TIMEOUT.total_seconds()) -> None:
