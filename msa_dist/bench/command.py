@@ -30,7 +30,8 @@ def add_bench_parser(sub) -> None:
     t.add_argument("--cudnn-benchmark", action="store_true",
                    help="let cuDNN time its convolution algorithms (the trainer does not set this yet)")
     t.add_argument("--profile", default="", metavar="FILE",
-                   help="also profile 3 more steps (torch.profiler) and write the top operators to FILE")
+                   help="also profile 3 more steps (torch.profiler) and write the top operators to FILE, then "
+                        "4 steps one by one (every second padded to a new text length): the slowest one's")
     t.add_argument("--json", default=None, help="write the result to this JSON file")
     t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.shards=DIR backend.precision=bf16")
 

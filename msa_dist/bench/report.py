@@ -74,10 +74,18 @@ def print_train_result(result: dict, console: Console) -> None:
     rows = [("samples/s", f"{result['samples_per_s']:.1f}"),
             ("text tokens/s (real / padded)",
              f"{result['text_tokens_per_s']:.0f} / {result['padded_tokens_per_s']:.0f}"),
-            ("step time mean / median (ms)",
-             f"{1e3 * result['step_s_mean']:.1f} / {1e3 * result['step_s_median']:.1f}"),
+            ("step ms p50/mean/p95/p99/max",
+             " / ".join(f"{1e3 * result[k]:.1f}" for k in ("step_s_p50", "step_s_mean", "step_s_p95",
+                                                           "step_s_p99", "step_s_max"))),
+            (f"  slow steps (> 2x p50: {_ms(result['slow_step_threshold_s'])} ms)", _slow_steps(result)),
+            ("  mean ms at a new / repeated length",
+             f"{_ms(result['first_seen_len_step_s_mean'])} ({result['first_seen_len_steps']} steps) / "
+             f"{_ms(result['repeated_len_step_s_mean'])} ({result['steps'] - result['first_seen_len_steps']})"),
+            ("  distinct padded text lengths", str(result["distinct_padded_lens"])),
             ("  data wait (ms)", f"{1e3 * result['data_wait_s_mean']:.1f} ({100 * result['data_wait_fraction']:.1f}%)"),
             ("  compute (ms)", f"{1e3 * result['compute_s_mean']:.1f}"),
+            ("warm-up s / first step s (data wait)",
+             f"{result['warmup_s']:.2f} / {result['first_step_s']:.2f} ({result['first_step_data_wait_s']:.2f})"),
             (f"peak memory ({result['peak_memory_kind']}, GiB)", f"{result['peak_memory_bytes'] / GIB:.2f}"),
             ("train GFLOPs per sample", f"{result['train_flops_per_sample'] / 1e9:.2f}"),
             ("achieved FLOP/s per rank", _flops_rate(result["achieved_tflops_per_rank"])),
@@ -86,6 +94,17 @@ def print_train_result(result: dict, console: Console) -> None:
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+
+
+def _slow_steps(result: dict) -> str:
+    if not result["slow_steps"]:
+        return "0"
+    return (f"{result['slow_steps']} ({result['slow_steps_first_seen_len']} at a new length; "
+            f"{_ms(result['slow_steps_sync_s_mean'])} ms device wait)")
+
+
+def _ms(seconds) -> str:
+    return "-" if seconds is None else f"{1e3 * seconds:.1f}"
 
 
 def _flops_rate(tflops: float) -> str:

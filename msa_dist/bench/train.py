@@ -6,7 +6,9 @@ trainer's own `TrainStep` (engine/step.py), read back one step late as the train
 GPU is synchronised only before the first and after the last timed step: the rate is the
 steady state of the asynchronous loop. Per step the host times the wait for the next batch
 (data wait) and the time between step boundaries; with the GPU ahead of nothing but its queue,
-the median of the latter is the step time.
+the median of the latter is the step time. Each step also records its padded text length and
+whether that length was new to the process (bench/steps.py: the evidence for or against work
+done once per shape); the warm-up's wall time and the first step's are reported apart.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 
 from msa_dist.bench.build import bench_model, bench_tokenizer
 from msa_dist.bench.flops import FlopModel, gpu_peak_tflops
+from msa_dist.bench.steps import SLOW_FACTOR, compact, run_step, step_distribution, unseen_length
 from msa_dist.config import Config, to_dict
 from msa_dist.data.loader import StreamSpec
 from msa_dist.data.stream import TrainStream
@@ -48,19 +51,27 @@ def run_train_bench(cfg: Config, steps: int = 20, warmup: int = 5, peak_tflops: 
     backend.prepare(model, cfg.optim, warmup + steps, tcfg.grad_accum_steps, tcfg.batch_size)
     loss_fn = build_loss(tcfg, class_weights(cfg.data.shards).to(env.device))
     batches = _batches(cfg, env, tokenizer)
-    records = _timed_steps(cfg, env, backend, loss_fn, batches, steps, warmup)
+    seen_lens: set[int] = set()  # padded text lengths this process has trained on, warm-up included
+    timing = _timed_steps(cfg, env, backend, loss_fn, batches, steps, warmup, seen_lens)
+    records = timing.pop("records")
     peak_memory = (torch.cuda.max_memory_allocated(env.device) if env.device.type == "cuda"
                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    if profile:
-        _profile_steps(cfg, env, backend, loss_fn, batches, profile)
     device_peak, device_name = gpu_peak_tflops(env.device)
-    result = summarise(records, flop_model, peak_tflops or device_peak, env.world_size)
+    result = summarise(records, flop_model, peak_tflops or device_peak, env.world_size, timing["drain_s"])
+    result.update(step_distribution(records))
+    if profile:
+        result["profile_single_steps"] = _profile_steps(cfg, env, backend, loss_fn, batches, profile, seen_lens,
+                                                        tokenizer.pad_token_id or 0, result["step_s_median"])
     result.update(bench="train", device=device_name, world_size=env.world_size, steps=steps, warmup=warmup,
                   cudnn_benchmark=cudnn_benchmark,
                   optimizer_steps_skipped=getattr(getattr(backend, "engine", None), "skipped_steps", None),
                   peak_memory_bytes=int(peak_memory),
                   peak_memory_kind="torch.cuda.max_memory_allocated" if env.device.type == "cuda"
-                  else "process peak RSS", flops=flop_model.describe(), config=to_dict(cfg))
+                  else "process peak RSS", flops=flop_model.describe(),
+                  warmup_s=timing["warmup_s"], first_step_s=timing["first_step_s"],
+                  first_step_data_wait_s=timing["first_step_data_wait_s"], drain_s=timing["drain_s"],
+                  step_records=compact(records), warmup_records=compact(timing["warmup_records"]),
+                  config=to_dict(cfg))
     return result
 
 
@@ -73,54 +84,91 @@ def _batches(cfg: Config, env, tokenizer) -> Iterator[dict]:
         yield from stream.batches()
 
 
-def _timed_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], steps: int, warmup: int) -> list[dict]:
+def _timed_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], steps: int, warmup: int,
+                 seen_lens: set) -> dict:
+    """`warmup` then `steps` steps: the records of both, the warm-up's wall time, the first step's
+    time, and the drain (the wait for the device's queue after the last step, kept out of its record)."""
     cuda = env.device.type == "cuda"
-    accum = cfg.train.grad_accum_steps
     train_step = TrainStep(backend, loss_fn, cfg.model.modality)
     backend.model.train()
-    records, pending = [], None
+    records, pending, out = [], None, {}
+    begin = time.perf_counter()
     for step in range(warmup + steps):
-        if step == warmup and cuda:
-            torch.cuda.synchronize(env.device)
-            torch.cuda.reset_peak_memory_stats(env.device)
-        start = time.perf_counter()
-        wait = 0.0
-        real_tokens = padded_tokens = 0
-        for micro in range(accum):
-            t0 = time.perf_counter()
-            batch = next(batches)
-            wait += time.perf_counter() - t0
-            result = train_step(batch, is_boundary=micro == accum - 1)
-            real_tokens += int(batch["attention_mask"].sum())  # a CPU tensor: no device sync
-            padded_tokens += batch["input_ids"].numel()
-        if pending is not None:
-            pending.read()  # one step late, as the trainer's ledger reads it
-        pending = result
-        if step >= warmup:
-            records.append({"step_s": time.perf_counter() - start, "data_wait_s": wait, "samples": result.samples,
-                            "real_tokens": real_tokens, "padded_tokens": padded_tokens})
+        if step == warmup:
+            if cuda:
+                torch.cuda.synchronize(env.device)  # warm-up's queued work belongs to warm-up
+                torch.cuda.reset_peak_memory_stats(env.device)
+            out["warmup_s"] = time.perf_counter() - begin  # with torch.compile: the compile cost
+        record, pending = run_step(train_step, batches, cfg.train.grad_accum_steps, seen_lens, pending)
+        if step == 0:
+            if cuda and warmup:  # only inside warm-up: a sync in the timed steps would change them
+                torch.cuda.synchronize(env.device)
+            out["first_step_s"], out["first_step_data_wait_s"] = time.perf_counter() - begin, record["data_wait_s"]
+        records.append(record)
+    drain_start = time.perf_counter()
     final = pending.read()
     if cuda:
         torch.cuda.synchronize(env.device)
-    records[-1]["step_s"] = time.perf_counter() - start  # the last step includes draining the GPU's queue
+    out["drain_s"] = time.perf_counter() - drain_start
     records[-1]["loss"] = final["loss_sum"] / max(final["finite"], 1)
-    return records
+    out["warmup_records"], out["records"] = records[:warmup], records[warmup:]
+    return out
 
 
-def _profile_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], path: str, steps: int = 3) -> None:
-    """torch.profiler over a few more steps: the top operators by device (or CPU) time, as a text table."""
+def _profile_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], path: str, seen_lens: set,
+                   pad_id: int, median_s: float, steps: int = 3, single_steps: int = 4) -> list[dict]:
+    """torch.profiler: the top operators of `steps` more steps, then of the slowest of `single_steps`
+    steps profiled one by one, every second padded to a text length not seen yet. Returns those steps."""
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        _timed_steps(cfg, env, backend, loss_fn, batches, steps, 0)
     sort = "self_cuda_time_total" if env.device.type == "cuda" else "self_cpu_time_total"
-    table = prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60)
-    Path(path).write_text(f"torch.profiler, {steps} steps of the trainer's step, sorted by {sort}\n{table}\n")
+    with profile(activities=activities) as prof:
+        _timed_steps(cfg, env, backend, loss_fn, batches, steps, 0, seen_lens)
+    sections = [f"torch.profiler, {steps} steps of the trainer's step, sorted by {sort}\n{_top_ops(prof, sort)}\n"]
+    train_step = TrainStep(backend, loss_fn, cfg.model.modality)
+    singles, slowest_table = [], ""
+    for i in range(single_steps):
+        pad_to = unseen_length(seen_lens, cfg.data.max_length, cfg.data.pad_to_multiple_of,
+                               cfg.data.pad_to_max_length) if i % 2 else 0
+        with profile(activities=activities) as prof:
+            start = time.perf_counter()
+            record, result = run_step(train_step, batches, cfg.train.grad_accum_steps, seen_lens, None, pad_to, pad_id)
+            result.read()
+            if env.device.type == "cuda":
+                torch.cuda.synchronize(env.device)  # the step's own device work inside its profile
+            record["step_s"] = time.perf_counter() - start
+        single = {"step_s": round(record["step_s"], 6), "padded_len": record["padded_len"],
+                  "first_seen_len": record["first_seen_len"], "padded_to_unseen": pad_to}
+        if not singles or single["step_s"] > max(s["step_s"] for s in singles):
+            slowest_table = _top_ops(prof, sort)
+        singles.append(single)
+    sections.append(_single_steps_header(singles, median_s, sort) + slowest_table + "\n")
+    Path(path).write_text("\n".join(sections))
+    return singles
 
 
-def summarise(records: list[dict], flop_model: FlopModel, peak_tflops, world_size: int) -> dict:
-    """Rates over the timed steps (per rank, and the job's samples/s = per rank x world size)."""
-    total_s = sum(r["step_s"] for r in records)
+def _top_ops(prof, sort: str) -> str:
+    return prof.key_averages().table(sort_by=sort, row_limit=30, max_name_column_width=60)
+
+
+def _single_steps_header(singles: list[dict], median_s: float, sort: str) -> str:
+    lines = [f"Single steps, each profiled alone and synchronised (profiler overhead included); the timed "
+             f"steps' median {1e3 * median_s:.1f} ms, slow > {SLOW_FACTOR:g}x that:"]
+    for i, s in enumerate(singles):
+        how = f"padded to {s['padded_to_unseen']}, unseen before" if s["padded_to_unseen"] else "as loaded"
+        lines.append(f"  step {i}: {1e3 * s['step_s']:.1f} ms, text length {s['padded_len']} "
+                     f"({'first seen' if s['first_seen_len'] else 'seen before'}; {how})")
+    slowest = max(range(len(singles)), key=lambda i: singles[i]["step_s"])
+    verdict = "slow" if singles[slowest]["step_s"] > SLOW_FACTOR * median_s else "not slow"
+    lines.append(f"The slowest, step {slowest} ({verdict}), alone, sorted by {sort}:")
+    return "\n".join(lines) + "\n"
+
+
+def summarise(records: list[dict], flop_model: FlopModel, peak_tflops, world_size: int,
+              drain_s: float = 0.0) -> dict:
+    """Rates over the timed steps (per rank, and the job's samples/s = per rank x world size);
+    `drain_s`, the wait for the device after the last step, counts in the rates."""
+    total_s = sum(r["step_s"] for r in records) + drain_s
     wait_s = sum(r["data_wait_s"] for r in records)
     samples = sum(r["samples"] for r in records)
     real_tokens = sum(r["real_tokens"] for r in records)
