@@ -125,8 +125,9 @@ def summary_rows(results: list[dict]) -> list[dict]:
                          "per worker": None, "workers": "-", "data wait": None, "MFU": None,
                          "peak GiB": r["peak_memory_bytes"] / GIB})
         elif r["bench"] == "run":  # a scripted part of the device check (a whole `msa-dist train`, ...)
-            rows.append({"run": label, "bench": "run", "samples/s": r.get("samples_per_s"), "per worker": None,
-                         "workers": "-", "data wait": r.get("data_wait"), "MFU": None, "peak GiB": None})
+            rows.append({"run": f"{label}{_run_checks(r)}", "bench": "run", "samples/s": r.get("samples_per_s"),
+                         "per worker": None, "workers": "-", "data wait": r.get("data_wait"), "MFU": None,
+                         "peak GiB": None})
         elif r["bench"] == "data":
             rows.append({"run": label, "bench": "data", "samples/s": r["samples_per_s"],
                          "per worker": r["samples_per_s_per_worker"], "workers": r["workers"],
@@ -134,22 +135,40 @@ def summary_rows(results: list[dict]) -> list[dict]:
         else:
             rows.append({"run": label, "bench": "train", "samples/s": r["samples_per_s"], "per worker": None,
                          "workers": r["config"]["data"]["workers"], "data wait": r["data_wait_fraction"],
-                         "MFU": r["mfu"], "peak GiB": r["peak_memory_bytes"] / GIB})
+                         "MFU": r["mfu"], "peak GiB": r["peak_memory_bytes"] / GIB, "step": _step_cell(r)})
     return rows
+
+
+def _run_checks(result: dict) -> str:
+    """A scripted part's yes/no checks and wall time, e.g. ' (losses_equal_after_resume: yes, wall_s: 812)'."""
+    notes = [f"{k}: {'yes' if v else 'NO'}" for k, v in result.items() if isinstance(v, bool)]
+    notes += [f"{k}: {result[k]}" for k in ("wall_s", "seconds") if k in result]
+    return f" ({', '.join(notes)})" if notes else ""
+
+
+def _step_cell(result: dict) -> str:
+    """Median / p95 step in ms and the slow steps (how many met a new text length), for train rows."""
+    if "step_s_p50" not in result:
+        return "-"
+    skipped = result.get("optimizer_steps_skipped")  # DeepSpeed's fp16 overflow skips
+    return (f"{1e3 * result['step_s_p50']:.0f} / {1e3 * result['step_s_p95']:.0f} "
+            f"({result['slow_steps']}, {result['slow_steps_first_seen_len']} new)"
+            + (f", {skipped} steps skipped" if skipped else ""))
 
 
 def summary_markdown(results: list[dict]) -> str:
     """The combined table as Markdown (what README's Performance section shows)."""
     def cell(value, fmt):
         return "-" if value is None else fmt.format(value)
-    lines = ["| run | bench | samples/s | per worker core | workers | data wait | MFU | peak memory GiB |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = ["| run | bench | samples/s | per worker core | workers | data wait | MFU | peak memory GiB "
+             "| step ms p50 / p95 (slow, at a new length) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in summary_rows(results):
         rate = "-" if row["samples/s"] is None else _rate(row["samples/s"])
         lines.append(f"| {row['run']} | {row['bench']} | {rate} | "
                      f"{cell(row['per worker'], '{:.0f}')} | "
                      f"{row['workers']} | {cell(row['data wait'], '{:.1%}')} | {cell(row['MFU'], '{:.1%}')} | "
-                     f"{cell(row['peak GiB'], '{:.1f}')} |")
+                     f"{cell(row['peak GiB'], '{:.1f}')} | {row.get('step', '-')} |")
     return "\n".join(lines)
 
 
