@@ -43,9 +43,9 @@ cd "$(dirname "$0")/.."
 MODE=${1:-run}
 PY=${PYTHON:-python3}
 WHEELS=benchmarks/wheels
-DATA=benchmarks/device-data
+DATA=${DEVICE_DATA:-benchmarks/device-data}  # (overridable: tests)
 SLICE=$DATA/raw
-CARRY=benchmarks/device-carry  # MANIFEST.json + piece-NN (benchmarks/device_carry.py)
+CARRY=${DEVICE_CARRY:-benchmarks/device-carry}  # MANIFEST.json + piece-NN (benchmarks/device_carry.py)
 STAGED=${STAGED_DIR:-/tmp/msa-dist-carry}  # where the pieces gather on the device, call after call
 source launch/device_parts.sh
 
