@@ -1,13 +1,12 @@
-"""Issue 23, the data side: crafted shards, indexes, manifests and raw inputs end in one line
-(MsaDistError) or a counted skip; builds are byte-identical in any process."""
+"""Issue 23, the data side: crafted shards, indexes and manifests end in one line
+(MsaDistError) or a counted skip; builds are byte-identical in any process. Raw inputs:
+tests/test_security_inputs.py."""
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
@@ -15,43 +14,22 @@ from pathlib import Path
 
 import pytest
 import webdataset as wds
-from PIL import Image
 
 from msa_dist.config import DataConfig
-from msa_dist.data.index import ShardIndex, index_name, read_index, scan_tar
+from msa_dist.data.index import index_name, read_index, scan_tar
 from msa_dist.data.indexer import index_shard_set
-from msa_dist.data.limits import MAX_IMAGE_PIXELS, cut_text, read_input, text_char_limit
+from msa_dist.data.limits import cut_text, text_char_limit
 from msa_dist.data.loader import StreamSpec, build_loader, iter_texts
 from msa_dist.data.manifest import MANIFEST_NAME, check_manifest, load_manifest, write_manifest
-from msa_dist.data.raw import Record, check_record, image_error
 from msa_dist.data.reader import ShardSet
 from msa_dist.data.shards import verify_shards
 from msa_dist.data.storage import open_store
 from msa_dist.data.synthetic import write_synthetic_dataset
 from msa_dist.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
+from security_utils import no_hang, small_jpeg
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@contextlib.contextmanager
-def no_hang(seconds: int = 60):
-    """Turn a hang (the old code's infinite loop or blocking open) into a failure, not a stuck suite."""
-    def fail(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s: a hang")
-    old = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def _jpeg(size=(16, 16)) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", size, (200, 30, 30)).save(buf, format="JPEG")
-    return buf.getvalue()
 
 
 def _one_shard_set(root: Path, samples: list[dict]) -> Path:
@@ -164,7 +142,7 @@ def test_absurd_member_sizes_are_one_line(size_field):
 
 
 def test_shards_index_and_verify_of_a_crafted_tar_are_one_line(tmp_path):
-    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}])
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": small_jpeg(), "txt": b"hi", "cls": b"0"}])
     tar = root / "train-000000.tar"
     tar.write_bytes(_tar([("pax", tarfile.XHDTYPE, _pax_record("size", "-1536")),
                           ("k.txt", tarfile.REGTYPE, b"hello")]))
@@ -174,58 +152,12 @@ def test_shards_index_and_verify_of_a_crafted_tar_are_one_line(tmp_path):
 
 # -- items 4 and 5: raw inputs ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
-def test_raw_inputs_must_be_regular_files(tmp_path, kind):
-    data = tmp_path / "data"
-    data.mkdir()
-    (data / "g1.jpg").write_bytes(_jpeg())
-    (data / "g1.txt").write_text("hello")
-    target = data / "g1.txt"
-    target.unlink()
-    if kind == "fifo":
-        os.mkfifo(target)
-    elif kind == "dev-zero":
-        target.symlink_to("/dev/zero")
-    else:
-        target.mkdir()
-    with no_hang():
-        result = check_record(Record("g1", 0, "train", "train.txt", 2), data)
-    assert result.reason == "text file unreadable" and "not a regular file" in result.detail
-
-
-def test_raw_reads_are_capped(tmp_path):
-    path = tmp_path / "big.jpg"
-    path.write_bytes(b"\xff" * 5000)
-    with pytest.raises(OSError, match="more than the 4096"):
-        read_input(path, 4096)
-    assert read_input(path, 5000) == b"\xff" * 5000
-
-
-def test_predict_inputs_that_are_fifos_do_not_hang(tmp_path):
-    from msa_dist.predict_raw import pairs_from_csv
-    os.mkfifo(tmp_path / "pipe.jpg")
-    (tmp_path / "in.csv").write_text("id,image,text\na,pipe.jpg,hello\nb,/dev/zero,hi\n")
-    with no_hang():
-        pairs, bad = pairs_from_csv(tmp_path / "in.csv")
-    assert not pairs and [b.key for b in bad] == ["a", "b"] and all("not a regular file" in b.reason for b in bad)
-    os.mkfifo(tmp_path / "in2.csv")
-    with no_hang(), pytest.raises(MsaDistError, match="cannot read --inputs"):
-        pairs_from_csv(tmp_path / "in2.csv")
-
-
-def test_a_huge_png_is_refused_from_its_header():
-    buf = io.BytesIO()
-    Image.new("1", (13000, 13000)).save(buf, format="PNG")  # 169 MP, under Pillow's own bomb limit
-    assert 13000 * 13000 > MAX_IMAGE_PIXELS
-    assert "pixels" in image_error(buf.getvalue())
-
-
 def test_a_huge_text_member_is_cut_before_tokenizing(tmp_path, tokenizer):
     from msa_dist.data.batching import SampleTransform
     cfg = DataConfig(image_size=16, resize_size=16, max_length=16)
     transform = SampleTransform(cfg, train=False, seed=0, epoch=0)
     text = ("word \u00e9\U0001F600 " * 400_000).encode()  # 4.4 MB of multi-byte text
-    out = transform({"__key__": "k", "jpg": _jpeg(), "txt": text, "cls": b"1"})
+    out = transform({"__key__": "k", "jpg": small_jpeg(), "txt": text, "cls": b"1"})
     assert len(out["text"]) == text_char_limit(16) and out["label"] == 1
     assert cut_text("é".encode() * 10_000, 1) == "é" * text_char_limit(1)  # a cut inside a character
 
@@ -234,7 +166,7 @@ def test_a_huge_text_member_is_cut_before_tokenizing(tmp_path, tokenizer):
 
 @pytest.mark.parametrize("name", ["../outside.tar", "/etc/passwd", "sub/x.tar", "..", ".hidden.tar"])
 def test_manifest_shard_names_stay_in_the_folder(tmp_path, name):
-    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}])
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": small_jpeg(), "txt": b"hi", "cls": b"0"}])
     manifest = load_manifest(root)
     manifest["splits"]["train"]["shards"][0]["name"] = name
     write_manifest(root, manifest)
@@ -265,7 +197,7 @@ def test_malformed_manifests_are_one_line(manifest):
     (lambda raw: raw.__setitem__("keys", "abc"), "list of printable strings"),
 ])
 def test_an_index_is_checked_against_its_shard_when_loaded(tmp_path, tokenizer, edit, match):
-    root = _one_shard_set(tmp_path / "s", [{"__key__": f"k{i}", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}
+    root = _one_shard_set(tmp_path / "s", [{"__key__": f"k{i}", "jpg": small_jpeg(), "txt": b"hi", "cls": b"0"}
                                            for i in range(3)])
     path = root / index_name("train-000000.tar")
     raw = json.loads(path.read_bytes())
@@ -282,8 +214,8 @@ def test_an_index_is_checked_against_its_shard_when_loaded(tmp_path, tokenizer, 
 
 @pytest.mark.parametrize("cls", [b"7", b"-1", b"abc", b"3"])
 def test_an_invalid_label_is_a_counted_skip_in_the_loader(tmp_path, tokenizer, cls):
-    root = _one_shard_set(tmp_path / "s", [{"__key__": "bad", "jpg": _jpeg(), "txt": b"hi", "cls": cls},
-                                           {"__key__": "good", "jpg": _jpeg(), "txt": b"hi", "cls": b"2"}])
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "bad", "jpg": small_jpeg(), "txt": b"hi", "cls": cls},
+                                           {"__key__": "good", "jpg": small_jpeg(), "txt": b"hi", "cls": b"2"}])
     loader = build_loader(DataConfig(image_size=16, resize_size=16, workers=0), str(root),
                           StreamSpec("train", False, 4), tokenizer)
     batches = list(loader)
@@ -293,49 +225,23 @@ def test_an_invalid_label_is_a_counted_skip_in_the_loader(tmp_path, tokenizer, c
 
 @pytest.mark.parametrize("cls", [b"7", b"-1", b"abc"])
 def test_shards_index_reports_an_invalid_label_as_such(tmp_path, cls):
-    root = _one_shard_set(tmp_path / "s", [{"__key__": "bad", "jpg": _jpeg(), "txt": b"hi", "cls": cls}])
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "bad", "jpg": small_jpeg(), "txt": b"hi", "cls": cls}])
     (root / MANIFEST_NAME).unlink()
     with pytest.raises(MsaDistError, match=r"sample bad has an invalid label cls=b'"):
         index_shard_set(str(root))
 
 
 def test_a_non_utf8_text_member_does_not_stop_tokenizer_training(tmp_path):
-    root = _one_shard_set(tmp_path / "s", [{"__key__": "a", "jpg": _jpeg(), "txt": "今天".encode("gb18030")},
-                                           {"__key__": "b", "jpg": _jpeg(), "txt": b"plain words"}])
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "a", "jpg": small_jpeg(), "txt": "今天".encode("gb18030")},
+                                           {"__key__": "b", "jpg": small_jpeg(), "txt": b"plain words"}])
     texts = list(iter_texts(str(root), "train"))
     assert texts[1] == "plain words" and "\ufffd" in texts[0]
     assert list(iter_texts(str(root), "train", max_chars=5))[1] == "plain"  # the IDF pass cuts as the loader
     assert train_wordpiece_tokenizer(texts, vocab_size=40) is not None
 
 
-def test_a_csv_cell_over_128_kb_is_read_and_one_over_the_limit_is_one_line(tmp_path):
-    from msa_dist.data.limits import CSV_CELL_LIMIT
-    from msa_dist.predict_raw import pairs_from_csv
-    (tmp_path / "a.jpg").write_bytes(_jpeg())
-    (tmp_path / "in.csv").write_text(f"id,image,text\na,a.jpg,{'w ' * 100_000}\n")  # 200 KB
-    pairs, bad = pairs_from_csv(tmp_path / "in.csv")
-    assert [p.key for p in pairs] == ["a"] and not bad
-    (tmp_path / "in.csv").write_text(f"id,image,text\na,a.jpg,\"{'w' * (CSV_CELL_LIMIT + 1)}\"\n")
-    with pytest.raises(MsaDistError, match="line 2: field larger than field limit"):
-        pairs_from_csv(tmp_path / "in.csv")
-
-
-# -- item 11: formula injection ----------------------------------------------------------------------
-
-def test_prediction_csvs_escape_formula_cells(tmp_path):
-    from msa_dist.csv_cells import escape_row
-    from msa_dist.engine.inference import write_predictions
-    rows = [("=HYPERLINK(\"http://x\")", [0.1, 0.2, 0.7]), ("+1", [0.5, 0.3, 0.2]), ("@a", [0.2, 0.5, 0.3]),
-            ("-2", [0.3, 0.3, 0.4]), ("\tx", [0.3, 0.3, 0.4]), ("123", [0.9, 0.05, 0.05])]
-    for fmt in ("probs", "course"):
-        write_predictions(tmp_path / "p.csv", rows, ["positive", "neutral", "negative"], fmt)
-        ids = [line.split(",")[0] for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
-        assert ids == ["\"'=HYPERLINK(\"\"http://x\"\")\"", "'+1", "'@a", "'-2", "'\tx", "123"]
-    assert escape_row(["=1", 2, "ok", "\r"]) == ["'=1", 2, "ok", "'\r"]
-
-
 def test_an_index_that_is_a_fifo_is_one_line(tmp_path):
-    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}])
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": small_jpeg(), "txt": b"hi", "cls": b"0"}])
     (root / index_name("train-000000.tar")).unlink()
     os.mkfifo(root / index_name("train-000000.tar"))
     with no_hang(), pytest.raises(MsaDistError, match="is not a regular file"):
@@ -345,7 +251,7 @@ def test_an_index_that_is_a_fifo_is_one_line(tmp_path):
 @pytest.mark.parametrize("name", ["manifest.json", "train-000000.tar.idx.bin"])
 def test_a_manifest_or_binary_index_that_is_a_fifo_is_one_line(tmp_path, name):
     from msa_dist.data.index_bin import load_index
-    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"hi", "cls": b"0"}])
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": small_jpeg(), "txt": b"hi", "cls": b"0"}])
     (root / name).unlink(missing_ok=True)
     os.mkfifo(root / name)
     with no_hang(), pytest.raises(MsaDistError, match="not a regular file"):
@@ -357,6 +263,6 @@ def test_a_manifest_or_binary_index_that_is_a_fifo_is_one_line(tmp_path, name):
 
 def test_shards_show_names_an_invalid_label_and_cuts_a_huge_text(tmp_path):
     from msa_dist.data.show import SHOWN_TEXT_BYTES, show_samples
-    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": _jpeg(), "txt": b"w" * 10 ** 6, "cls": b"7"}])
+    root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": small_jpeg(), "txt": b"w" * 10 ** 6, "cls": b"7"}])
     row, = show_samples(str(root), "train", 1)
     assert row["label"] == "invalid (b'7')" and len(row["text"]) == SHOWN_TEXT_BYTES
