@@ -113,6 +113,7 @@ def pack(out: Path, piece_mib: float, entries: list[tuple[str, Path]]) -> dict:
 
 
 def _sha256(path: Path) -> str:
+    """msa_dist.models.pretrained.sha256_file's loop, kept here: this script runs before msa_dist imports."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
