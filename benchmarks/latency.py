@@ -78,9 +78,9 @@ def webdataset_child(url: str, workers: int, seconds: float, overrides: list[str
     import webdataset as wds
 
     from msa_dist.bench.build import bench_tokenizer
-    from msa_dist.config import load_config
-    from msa_dist.data.batching import BatchMaker
-    from msa_dist.data.reader import ShardSet
+    from msa_dist.config.schema import load_config
+    from msa_dist.data.loading.batching import BatchMaker
+    from msa_dist.data.loading.reader import ShardSet
 
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     opened = time.perf_counter()

@@ -46,8 +46,8 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from msa_dist.bench.build import bench_model
-    from msa_dist.config import load_config
-    from msa_dist.engine import checkpoint as ckpt
+    from msa_dist.config.schema import load_config
+    from msa_dist.engine.checkpoint import files as ckpt
     from msa_dist.engine.backends import build_backend, leave_process_group
     from msa_dist.engine.runtime import read_env
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from msa_dist.cli import main
-from msa_dist.data.stream import TrainStream
+from msa_dist.data.loading.stream import TrainStream
 
 
 def logging_epoch(real_epoch, log_dir: Path, delay_s: float):

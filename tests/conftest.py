@@ -19,7 +19,7 @@ from typing import Callable, Mapping, Union
 import pytest
 from PIL import Image
 
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 
 CLASS_RGB = {"positive": (220, 60, 60), "neutral": (60, 200, 60), "negative": (60, 60, 220)}
 UTF8_TEXTS = {

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 
 from msa_dist.bench.soak import rank_pids  # noqa: F401 - re-exported for the tests
-from msa_dist.config import load_config, save_config
+from msa_dist.config.schema import load_config, save_config
 
 REPO = Path(__file__).resolve().parents[1]
 

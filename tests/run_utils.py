@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from msa_dist.config import Config, load_config
+from msa_dist.config.schema import Config, load_config
 
 TINY = ["data.image_size=32", "data.resize_size=36", "data.workers=0", "data.max_length=24",
         "model.text.name=tiny", "model.text.tiny_vocab_size=200", "model.text.tiny_hidden=16",
@@ -28,7 +28,7 @@ def finished_tiny_run(root: Path) -> tuple[Path, Path, Path]:
     """(shards, config YAML, run dir) of a finished 2-epoch tiny run under `root`: checkpoints step-3 and step-6."""
     import yaml
     from conftest import make_raw_dataset
-    from msa_dist.config import to_dict
+    from msa_dist.config.schema import to_dict
     from msa_dist.data.shards import build_shards
     from msa_dist.engine.trainer import train
     raw = make_raw_dataset(root / "raw")

@@ -1,7 +1,7 @@
 """Run-dir artifacts: the tiny model's WordPiece is shared per shard set, so runs repeat."""
 from __future__ import annotations
 
-from msa_dist.engine.artifacts import _shard_wordpiece
+from msa_dist.engine.run.artifacts import _shard_wordpiece
 
 
 def test_wordpiece_is_cached_per_shard_set_and_vocab_size(shard_dir):

@@ -21,13 +21,13 @@ from msa_dist.bench.flops import FlopModel, image_forward_flops
 from msa_dist.bench.replicate import replicate_shards
 from msa_dist.bench.seed_loader import seed_style_samples_per_s
 from msa_dist.cli import main
-from msa_dist.config import DataConfig, load_config
-from msa_dist.data.images import ImageCropper, center_crop_box, decode_rgb, jpeg_size, random_crop_box, stored_size
-from msa_dist.data.batching import IMAGENET_STD, Collate, SampleTransform
-from msa_dist.data.loader import StreamSpec, build_loader, iter_texts
-from msa_dist.data.manifest import shard_urls
+from msa_dist.config.schema import DataConfig, load_config
+from msa_dist.data.loading.images import ImageCropper, center_crop_box, decode_rgb, jpeg_size, random_crop_box, stored_size
+from msa_dist.data.loading.batching import IMAGENET_STD, Collate, SampleTransform
+from msa_dist.data.loading.loader import StreamSpec, build_loader, iter_texts
+from msa_dist.data.format.manifest import shard_urls
 from msa_dist.data.shards import verify_shards
-from msa_dist.data.tario import tar_samples
+from msa_dist.data.format.tario import tar_samples
 from msa_dist.engine.batch import model_inputs
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 from run_utils import BENCH_TINY as TINY
@@ -245,7 +245,7 @@ def test_bench_data_with_reference_and_workers(shard_dir, raw_dataset):
 
 
 def test_seed_style_reference_needs_a_data_root(tmp_path):
-    from msa_dist.errors import MsaDistError
+    from msa_dist.common.errors import MsaDistError
     with pytest.raises(MsaDistError, match="DATA_ROOT"):
         seed_style_samples_per_s(tmp_path, 0.1)
 

@@ -16,8 +16,8 @@ from msa_dist.bench import build, report
 from msa_dist.bench.steps import pad_text, percentile, step_distribution, unseen_length
 from msa_dist.bench.train import run_train_bench
 from msa_dist.cli import main
-from msa_dist.config import load_config
-from msa_dist.errors import MsaDistError
+from msa_dist.config.schema import load_config
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.pretrained import IMAGE_BACKBONES, TEXT_BACKBONES, resolve_text_dir
 from run_utils import BENCH_TINY as TINY
 

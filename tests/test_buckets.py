@@ -1,4 +1,4 @@
-"""Length-bucketed training batches (data.length_bucket_batches, msa_dist/data/buckets.py): the same
+"""Length-bucketed training batches (data.length_bucket_batches, msa_dist/data/loading/buckets.py): the same
 samples per rank and epoch, fewer pad tokens, independent of workers, exact resume, eval untouched."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from msa_dist.config import DataConfig, load_config
-from msa_dist.data.buckets import bucket_window
-from msa_dist.data.loader import StreamSpec, build_loader
+from msa_dist.config.schema import DataConfig, load_config
+from msa_dist.data.loading.buckets import bucket_window
+from msa_dist.data.loading.loader import StreamSpec, build_loader
 from msa_dist.data.shards import build_shards
-from msa_dist.data.stream import TrainStream
-from msa_dist.errors import MsaDistError
+from msa_dist.data.loading.stream import TrainStream
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 from conftest import make_raw_dataset
 

@@ -5,7 +5,7 @@ import argparse
 
 from msa_dist.cli import _parser, main
 from msa_dist.data.show import show_samples
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 
 
 def _undocumented(parser: argparse.ArgumentParser, path: str) -> list[str]:
@@ -25,7 +25,7 @@ def _undocumented(parser: argparse.ArgumentParser, path: str) -> list[str]:
     return missing
 
 
-# experiments/cv_command.py belongs to the cross-validation work (issue 15); its --config gets a
+# cli/cv.py belongs to the cross-validation work (issue 15); its --config gets a
 # sentence there. Drop the exemption once it has one.
 PENDING = {"msa-dist cv --config"}
 

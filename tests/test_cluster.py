@@ -22,11 +22,11 @@ import torch
 
 from dist_utils import (REPO, check, child_env, final_weights, finish, free_port, rank_pids, records, run,
                         torchrun_cmd, train_losses, wait_for, write_config)
-from msa_dist.data.serve import serving
+from msa_dist.data.stores.serve import serving
 from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.engine.inference import predict
-from msa_dist.engine.rundir import RunDirLock
+from msa_dist.inference.evaluate import predict
+from msa_dist.engine.run.rundir import RunDirLock
 
 ENTRY = str(Path(__file__).with_name("cluster_entry.py"))
 N_TEST = 10
@@ -284,7 +284,7 @@ def test_losing_a_node_mid_epoch_the_survivor_finishes_at_world_size_1(data, one
 
 def test_backend_timeout_s_is_the_process_group_timeout(monkeypatch):
     """backend.timeout_s (not a hard-coded 30 min) is how long a collective waits for a hung peer."""
-    from msa_dist.config import load_config
+    from msa_dist.config.schema import load_config
     from msa_dist.engine.backends import base, build_backend
     from msa_dist.engine.runtime import read_env
     seen = {}

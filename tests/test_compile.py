@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dist_utils import TINY
-from msa_dist.config import load_config
+from msa_dist.config.schema import load_config
 from msa_dist.engine.backends import build_backend
 from msa_dist.engine.runtime import DistEnv
 from msa_dist.models import build_model

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from msa_dist.config import Config, from_dict, load_config, save_config, to_dict
-from msa_dist.errors import MsaDistError
+from msa_dist.config.schema import Config, from_dict, load_config, save_config, to_dict
+from msa_dist.common.errors import MsaDistError
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 

@@ -1,4 +1,4 @@
-"""Every value check of the config (msa_dist/config_checks.py): each constrained key with a bad value
+"""Every value check of the config (msa_dist/config/checks.py): each constrained key with a bad value
 fails in one line naming the dotted key, when the config is loaded, before anything is built."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import torch.distributed
 import yaml
 
 from msa_dist.cli import main
-from msa_dist.config import Config, TextEncoderConfig, load_config, set_dotted, validate
-from msa_dist.config_checks import CHECKS, MIN_TINY_VOCAB
-from msa_dist.errors import MsaDistError
+from msa_dist.config.schema import Config, TextEncoderConfig, load_config, set_dotted, validate
+from msa_dist.config.checks import CHECKS, MIN_TINY_VOCAB
+from msa_dist.common.errors import MsaDistError
 
 # check id -> (overrides that break only that check, a piece of the message that says why)
 CASES = {

@@ -9,16 +9,16 @@ import pytest
 import torch
 
 from msa_dist.cli import main
-from msa_dist.config import load_config
-from msa_dist.data.loader import split_size
-from msa_dist.data.manifest import load_manifest
-from msa_dist.demo import DEMO_CONFIG
+from msa_dist.config.schema import load_config
+from msa_dist.data.loading.loader import split_size
+from msa_dist.data.format.manifest import load_manifest
+from msa_dist.experiments.demo import DEMO_CONFIG
 from msa_dist.engine.trainer import train
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from msa_dist.experiments.cv import ensemble_probs, model_log_probs, run_cv
 from msa_dist.experiments.folds import assign_folds, build_folds, fold_dir, read_records
 from msa_dist.experiments.sweep import parse_grid, run_sweep
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 
 
 def test_assign_folds_are_disjoint_stratified_and_fixed_by_the_seed():

@@ -18,16 +18,16 @@ import torch
 from dist_entry import nan_loss_builder
 from dist_utils import (check, final_weights, finish, rank_pids, records, run, start, torchrun_cmd,
                         train_losses, wait_for, write_config)
-from msa_dist.config import load_config
-from msa_dist.data.loader import StreamSpec, iter_texts
-from msa_dist.data.stream import TrainStream
+from msa_dist.config.schema import load_config
+from msa_dist.data.loading.loader import StreamSpec, iter_texts
+from msa_dist.data.loading.stream import TrainStream
 from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.engine import checkpoint as ckpt
+from msa_dist.engine.checkpoint import files as ckpt
 from msa_dist.engine import trainer
 from msa_dist.engine.backends.deepspeed import deepspeed_config
-from msa_dist.engine.inference import evaluate, predict
-from msa_dist.errors import MsaDistError
+from msa_dist.inference.evaluate import evaluate, predict
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 ENTRY = str(Path(__file__).with_name("dist_entry.py"))

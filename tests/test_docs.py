@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from msa_dist.config import describe_fields
+from msa_dist.config.schema import describe_fields
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

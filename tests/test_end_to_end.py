@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from msa_dist.cli import main
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvsa"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -77,7 +77,7 @@ def test_python_dash_m_entry_point():
 
 
 def test_demo_runs_end_to_end(tmp_path):
-    from msa_dist.demo import run_demo
+    from msa_dist.experiments.demo import run_demo
     result = run_demo(str(tmp_path / "demo"), ["train.epochs=2", "log.progress=false"])
     rows = result["predictions"].read_text().splitlines()
     assert rows[0] == "guid,tag" and len(rows) == 101

@@ -10,10 +10,10 @@ import os
 import pytest
 import torch
 
-from msa_dist.config import Config, DataConfig
-from msa_dist.data.loader import EvalLoader, StreamSpec, build_loader
+from msa_dist.config.schema import Config, DataConfig
+from msa_dist.data.loading.loader import EvalLoader, StreamSpec, build_loader
 from msa_dist.data.shards import build_shards
-from msa_dist.data.stream import TrainStream
+from msa_dist.data.loading.stream import TrainStream
 from msa_dist.engine.evaluation import split_outputs
 from msa_dist.engine.runtime import read_env
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer

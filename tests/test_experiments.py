@@ -8,14 +8,14 @@ import pytest
 from PIL import Image
 
 from msa_dist.cli import main
-from msa_dist.config import Config, load_config, save_config
-from msa_dist.demo import DEMO_CONFIG
-from msa_dist.errors import MsaDistError
+from msa_dist.config.schema import Config, load_config, save_config
+from msa_dist.experiments.demo import DEMO_CONFIG
+from msa_dist.common.errors import MsaDistError
 from msa_dist.experiments.ablate import run_ablation
 from msa_dist.experiments.plots import CONFUSION_SIZE, CURVES_SIZE, DPI
 from msa_dist.experiments.report import compare_runs, write_run_report
 from msa_dist.experiments.sweep import parse_grid, run_sweep
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 
 PER_CLASS = [f"{name}.{field}" for name in LABELS for field in ("precision", "recall", "f1")]
 

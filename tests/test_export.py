@@ -12,7 +12,7 @@ import yaml
 import msa_dist
 from msa_dist.cli import main
 from msa_dist.engine.trainer import train
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 from run_utils import tiny_config
 
 
@@ -86,7 +86,7 @@ def test_a_broken_exported_folder_or_run_config_is_one_line(shard_dir, raw_datas
     capsys.readouterr()
     for text, why in cases.items():
         (out / "config.yaml").write_bytes(text)
-        with pytest.raises(msa_dist.errors.MsaDistError, match=why):
+        with pytest.raises(msa_dist.common.errors.MsaDistError, match=why):
             msa_dist.load_model(out)
         assert main([*predict, "--run", str(out)]) == 2
         err = capsys.readouterr().err
@@ -94,7 +94,7 @@ def test_a_broken_exported_folder_or_run_config_is_one_line(shard_dir, raw_datas
     (out / "config.yaml").write_bytes(good)
     weights = (out / "model.safetensors").read_bytes()
     (out / "model.safetensors").write_bytes(weights[: len(weights) // 2])
-    with pytest.raises(msa_dist.errors.MsaDistError, match="does not load into the model"):
+    with pytest.raises(msa_dist.common.errors.MsaDistError, match="does not load into the model"):
         msa_dist.load_model(out)
     # a run dir's own config.yaml, broken
     (run / "config.yaml").write_bytes(b"optim: {lr: [unclosed\n")

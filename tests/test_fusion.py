@@ -10,13 +10,13 @@ import torch
 from transformers import (BertConfig, BertModel, CLIPConfig, CLIPModel, DebertaV2Config, DebertaV2Model,
                           RobertaConfig, RobertaModel)
 
-from msa_dist.config import (HeadConfig, ImageEncoderConfig, ModelConfig, OptimConfig, TextEncoderConfig,
+from msa_dist.config.schema import (HeadConfig, ImageEncoderConfig, ModelConfig, OptimConfig, TextEncoderConfig,
                              TrainConfig, load_config)
-from msa_dist.engine.calibration import adjusted_metrics, tune_offsets
+from msa_dist.inference.calibration import adjusted_metrics, tune_offsets
 from msa_dist.engine.losses import FocalLoss, build_loss
 from msa_dist.engine.optim import build_optimizer, optimizer_param_groups
-from msa_dist.errors import MsaDistError
-from msa_dist.labels import NUM_CLASSES
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import NUM_CLASSES
 from msa_dist.models import build_model
 from msa_dist.models.fusion import FUSIONS, supports
 from msa_dist.models.image import build_image_encoder

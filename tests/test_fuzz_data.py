@@ -25,14 +25,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from msa_dist.config import DataConfig
+from msa_dist.config.schema import DataConfig
 from msa_dist.data.indexer import index_shard_set
-from msa_dist.data.loader import StreamSpec, build_loader
-from msa_dist.data.manifest import write_manifest
+from msa_dist.data.loading.loader import StreamSpec, build_loader
+from msa_dist.data.format.manifest import write_manifest
 from msa_dist.data.shards import build_shards, verify_shards
 from msa_dist.data.show import show_samples
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
@@ -294,9 +294,9 @@ CELLS = st.one_of(st.text(max_size=40), st.sampled_from(["=HYPERLINK(\"http://x\
 @FUZZ
 def test_mutated_predict_inputs_end_in_one_line_or_a_skipped_row(tmp_path_factory, tokenizer, image, key, text,
                                                                  extra):
-    from msa_dist.engine.inference import write_predictions
-    from msa_dist.predict_raw import pairs_from_csv
-    from msa_dist.predictor import Predictor, Preprocessing
+    from msa_dist.inference.evaluate import write_predictions
+    from msa_dist.inference.predict_raw import pairs_from_csv
+    from msa_dist.inference.predictor import Predictor, Preprocessing
     root = tmp_path_factory.mktemp("inputs")
     kind, data = image
     (root / f"i.{kind}").write_bytes(data)

@@ -10,14 +10,14 @@ import json
 
 import pytest
 
-from msa_dist.config import load_config
+from msa_dist.config.schema import load_config
 from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.demo import DEMO_CONFIG
+from msa_dist.experiments.demo import DEMO_CONFIG
 from msa_dist.engine.trainer import train
 
 GOLDEN = {  # per-step train loss for each training crop; re-pinned when the epoch order became a keyed
-    # permutation computed on demand (data/order.py, ORDER_VERSION 2: chunks of 4 over the split's ids)
+    # permutation computed on demand (data/loading/order.py, ORDER_VERSION 2: chunks of 4 over the split's ids)
     "random": [1.0983132123947144, 1.0628212690353394, 0.9814974665641785, 0.9376468062400818,
                0.9878160357475281, 0.8444330096244812],
     "random_resized": [1.0971484184265137, 1.0639852285385132, 0.9810675382614136, 0.9360416531562805,

@@ -11,17 +11,17 @@ import pytest
 import torch
 import webdataset as wds
 
-from msa_dist.config import DataConfig
-from msa_dist.data import storage
-from msa_dist.data.batching import normalize_images
-from msa_dist.data.index import index_name, scan_tar
-from msa_dist.data.index_bin import binary_name
-from msa_dist.data.loader import StreamSpec, build_loader
-from msa_dist.data.manifest import load_manifest, write_manifest
-from msa_dist.data.order import EpochOrder
+from msa_dist.config.schema import DataConfig
+from msa_dist.data import stores as storage
+from msa_dist.data.loading.batching import normalize_images
+from msa_dist.data.format.index import index_name, scan_tar
+from msa_dist.data.format.index_bin import binary_name
+from msa_dist.data.loading.loader import StreamSpec, build_loader
+from msa_dist.data.format.manifest import load_manifest, write_manifest
+from msa_dist.data.loading.order import EpochOrder
 from msa_dist.data.shards import build_shards
-from msa_dist.data.stream import TrainStream
-from msa_dist.errors import MsaDistError
+from msa_dist.data.loading.stream import TrainStream
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 
@@ -282,9 +282,9 @@ def test_a_run_logs_how_many_samples_it_skipped(tmp_path):
     """A JPEG overwritten with garbage inside a train shard (the tar itself intact): the run goes on,
     its train records and summary count the sample."""
     from dist_utils import records, write_config
-    from msa_dist.config import load_config
-    from msa_dist.data.index import read_index
-    from msa_dist.data.storage import open_store
+    from msa_dist.config.schema import load_config
+    from msa_dist.data.format.index import read_index
+    from msa_dist.data.stores import open_store
     from msa_dist.data.synthetic import write_synthetic_dataset
     from msa_dist.engine import trainer
     raw = write_synthetic_dataset(tmp_path / "raw", n_labelled=60, n_test=0, image_px=32)

@@ -6,12 +6,12 @@ import math
 import pytest
 import torch
 
-from msa_dist.config import TextEncoderConfig, load_config
-from msa_dist.engine.artifacts import load_trained_model
-from msa_dist.engine.checkpoint import model_weights_path
+from msa_dist.config.schema import TextEncoderConfig, load_config
+from msa_dist.engine.run.artifacts import load_trained_model
+from msa_dist.engine.checkpoint.files import model_weights_path
 from msa_dist.models.bow import MAX_CHAR_NGRAMS, char_ngram_buckets
 from msa_dist.models.text import build_text_encoder
-from msa_dist.demo import DEMO_CONFIG
+from msa_dist.experiments.demo import DEMO_CONFIG
 
 
 def tiny_cfg(shard_dir, *extra):

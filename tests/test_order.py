@@ -1,11 +1,11 @@
-"""The on-demand epoch order (data/order.py): a permutation of the split at every size, seed and
+"""The on-demand epoch order (data/loading/order.py): a permutation of the split at every size, seed and
 epoch, computed from a few integers, and the same slices whatever the batch layout asks for."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from msa_dist.data.order import EpochOrder, KeyedPermutation, TrainPlan
+from msa_dist.data.loading.order import EpochOrder, KeyedPermutation, TrainPlan
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5, 17, 1000, 4096, 4097, 65_535, 999_983])

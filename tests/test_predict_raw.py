@@ -11,7 +11,7 @@ import pytest
 from msa_dist.cli import main
 from msa_dist.data.shards import build_shards
 from msa_dist.engine.trainer import train
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 from run_utils import tiny_config
 
 PROB_COLUMNS = [f"prob_{label}" for label in LABELS]

@@ -8,8 +8,8 @@ import dataclasses
 import pytest
 import torch
 
-from msa_dist.config import ImageEncoderConfig, TextEncoderConfig
-from msa_dist.errors import MsaDistError
+from msa_dist.config.schema import ImageEncoderConfig, TextEncoderConfig
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.efficientnet_lite import (EfficientNetLiteEncoder, build_efficientnet_lite,
                                                map_efficientnet_pytorch_keys)
 from msa_dist.models.image import build_image_encoder

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from dist_utils import final_weights, write_config
-from msa_dist.config import load_config
-from msa_dist.config_checks import FUSIONS_ON_TOKENS
+from msa_dist.config.schema import load_config
+from msa_dist.config.checks import FUSIONS_ON_TOKENS
 from msa_dist.engine import trainer
 from msa_dist.engine.ema import WeightAverage
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.fusion import FUSIONS
 
 
@@ -56,7 +56,7 @@ def test_a_run_with_ema_saves_the_average_and_keeps_the_trained_weights_for_resu
 
 
 def test_mixup_mixes_each_modality_vector_with_the_permuted_samples():
-    from msa_dist.config import ModelConfig
+    from msa_dist.config.schema import ModelConfig
     from msa_dist.models import build_model
     cfg = ModelConfig(modality="both")
     cfg.text.name, cfg.text.tiny_hidden, cfg.text.tiny_layers, cfg.text.tiny_heads = "tiny", 8, 1, 1

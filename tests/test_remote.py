@@ -1,4 +1,4 @@
-"""Shards at a URL: a real HTTP server on 127.0.0.1 that honours Range requests (data/serve.py),
+"""Shards at a URL: a real HTTP server on 127.0.0.1 that honours Range requests (data/stores/serve.py),
 training and predicting from it, what a run reads, `shards index` for sets built elsewhere."""
 from __future__ import annotations
 
@@ -13,18 +13,18 @@ import webdataset as wds
 from torch.utils.data._utils import ExceptionWrapper
 
 from dist_utils import train_losses, write_config
-from msa_dist.config import load_config
-from msa_dist.data.index import index_name
+from msa_dist.config.schema import load_config
+from msa_dist.data.format.index import index_name
 from msa_dist.data.indexer import index_shard_set
-from msa_dist.data.loader import StreamSpec, build_loader, iter_texts
-from msa_dist.data.manifest import load_manifest
-from msa_dist.data.reader import SampleReader, ShardSet
-from msa_dist.data.serve import RangeHandler, serving
+from msa_dist.data.loading.loader import StreamSpec, build_loader, iter_texts
+from msa_dist.data.format.manifest import load_manifest
+from msa_dist.data.loading.reader import SampleReader, ShardSet
+from msa_dist.data.stores.serve import RangeHandler, serving
 from msa_dist.data.shards import build_shards, verify_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
 from msa_dist.engine import trainer
-from msa_dist.engine.inference import predict
-from msa_dist.errors import MsaDistError, user_message
+from msa_dist.inference.evaluate import predict
+from msa_dist.common.errors import MsaDistError, user_message
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 SERVED: Counter = Counter()  # bytes sent per file name
@@ -160,7 +160,7 @@ def test_fsspec_and_file_urls_read_what_the_folder_holds(shards):
 
 
 def test_coalesce_merges_near_runs_of_one_shard_only():
-    from msa_dist.data.fetch import MAX_REQUEST_BYTES, Run, coalesce
+    from msa_dist.data.loading.readahead import MAX_REQUEST_BYTES, Run, coalesce
     runs = [Run(0, [], 0, 100), Run(0, [], 150, 200), Run(0, [], 1000, 1100), Run(1, [], 200, 300),
             Run(0, [], 180, 260), Run(0, [], 2000, 2000 + MAX_REQUEST_BYTES)]
     requests = coalesce(runs, gap_bytes=50)
@@ -174,7 +174,7 @@ def test_coalesce_merges_near_runs_of_one_shard_only():
 @pytest.mark.parametrize("threads,ahead,gap", [(1, 1, 0), (8, 3, 4096), (4, 16, 1 << 20)])
 def test_read_ahead_gives_what_fetch_gives_batch_by_batch(shards, url, threads, ahead, gap):
     """Across an epoch boundary, with any pool, window and gap: the same samples in the same slots."""
-    from msa_dist.data.loader import _Batches, _train_plan
+    from msa_dist.data.loading.loader import _Batches, _train_plan
     reader = SampleReader(ShardSet(url), "train")
     cfg, spec = load_config().data, StreamSpec("train", True, 8, seed=7)
     batches, orders = _Batches(cfg, reader, _train_plan(cfg, reader, spec, end_epoch=2), None, spec), {}

@@ -15,7 +15,7 @@ import yaml
 
 from run_utils import finished_tiny_run, tiny_config
 from msa_dist.cli import main
-from msa_dist.engine import rundir
+from msa_dist.engine.run import rundir
 from msa_dist.engine.trainer import MetricsLog, train
 from msa_dist.models.tokenizer import load_pretrained_tokenizer
 

@@ -1,4 +1,4 @@
-"""`s3://` shard sets (data/s3.py) against moto's S3 server, started here on 127.0.0.1, with credentials and
+"""`s3://` shard sets (data/stores/s3.py) against moto's S3 server, started here on 127.0.0.1, with credentials and
 endpoint from the AWS environment variables; a small proxy in front of it answers 403 or 503 SlowDown on
 demand. A missing bucket, a denied request and throttling each end in one line or a bounded retry."""
 from __future__ import annotations
@@ -11,13 +11,13 @@ import boto3  # the [s3] extra; boto3 and moto[server] are in the test extra: CI
 import moto.server as moto_server
 import pytest
 
-from msa_dist.config import load_config
+from msa_dist.config.schema import load_config
 from msa_dist.data.indexer import index_shard_set
-from msa_dist.data.loader import StreamSpec, build_loader, iter_texts
-from msa_dist.data.reader import ShardSet
+from msa_dist.data.loading.loader import StreamSpec, build_loader, iter_texts
+from msa_dist.data.loading.reader import ShardSet
 from msa_dist.data.shards import build_shards, verify_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 FAULTS = {"deny": False, "throttle": 0, "answered_503": 0}

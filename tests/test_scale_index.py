@@ -1,4 +1,4 @@
-"""The binary shard index (data/index_bin.py): the same facts as the JSON sidecar, memory-mapped or
+"""The binary shard index (data/format/index_bin.py): the same facts as the JSON sidecar, memory-mapped or
 read in one request, checked on load, held in a bounded cache; JSON-only sets still read."""
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import pickle
 import numpy as np
 import pytest
 
-from msa_dist.data.index import index_name, read_index
-from msa_dist.data.index_bin import (CompactIndex, IndexCache, binary_name, load_index, shards_to_preload,
+from msa_dist.data.format.index import index_name, read_index
+from msa_dist.data.format.index_bin import (CompactIndex, IndexCache, binary_name, load_index, shards_to_preload,
                                      to_binary)
-from msa_dist.data.loader import StreamSpec, build_loader
-from msa_dist.data.manifest import load_manifest
-from msa_dist.data.reader import ShardSet
+from msa_dist.data.loading.loader import StreamSpec, build_loader
+from msa_dist.data.format.manifest import load_manifest
+from msa_dist.data.loading.reader import ShardSet
 from msa_dist.data.shards import build_shards, verify_shards
-from msa_dist.data.storage import LocalStore
-from msa_dist.errors import MsaDistError
+from msa_dist.data.stores import LocalStore
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
-from msa_dist.config import DataConfig
+from msa_dist.config.schema import DataConfig
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_a_bad_or_stale_binary_index_is_one_clear_error(shards, tmp_path):
     (copy / binary_name(name)).write_bytes(b"garbage")
     with pytest.raises(MsaDistError, match="is not a valid shard index"):
         load_index(LocalStore(copy), name)
-    from msa_dist.data.index_bin import _HEADER, MAGIC
+    from msa_dist.data.format.index_bin import _HEADER, MAGIC
     for samples, fields, width in ((5, 2**31, 8), (5, 1, 2**31), (2**32 - 1, 1, 8)):  # crafted counts: no hang, no MemoryError
         crafted = _HEADER.pack(MAGIC, samples, fields, width, 5, 100) + b"s\njpg" + b"\0" * 3
         with pytest.raises(MsaDistError, match="is not a valid shard index"):
@@ -119,8 +119,8 @@ def test_a_batch_reads_the_indexes_it_lacks_side_by_side(shards, monkeypatch):
     """At scale most chunks land in shards whose index a worker does not hold: a batch's index reads
     go out together (a remote store's latency once, not once per shard)."""
     import threading
-    from msa_dist.data import reader as reader_module
-    from msa_dist.data.reader import SampleReader
+    from msa_dist.data.loading import reader as reader_module
+    from msa_dist.data.loading.reader import SampleReader
     sample_reader = SampleReader(ShardSet(str(shards)), "train")
     ids = np.array([sum(sample_reader.sizes[:k]) for k in range(4)])  # a sample of each of 4 shards
     together = threading.Barrier(4, timeout=30)  # broken (an error) unless 4 reads wait at once
@@ -137,7 +137,7 @@ def test_a_batch_reads_the_indexes_it_lacks_side_by_side(shards, monkeypatch):
 def test_a_remote_set_without_binary_sidecars_costs_one_request_per_index(shards):
     """A store that is not a local folder: the binary sidecar is asked for once; where the set has
     none (indexed before them), only the JSON sidecars after that."""
-    from msa_dist.data.storage import MissingFile
+    from msa_dist.data.stores import MissingFile
 
     class JsonOnlyRemote:
         location = "remote://json-only"

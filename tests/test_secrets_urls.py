@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from dist_utils import TINY
-from msa_dist.config import load_config, to_dict
-from msa_dist.data.reader import ShardSet
-from msa_dist.data.serve import RangeHandler, serving
+from msa_dist.config.schema import load_config, to_dict
+from msa_dist.data.loading.reader import ShardSet
+from msa_dist.data.stores.serve import RangeHandler, serving
 from msa_dist.data.shards import build_shards
-from msa_dist.data.storage import HttpStore, open_store
+from msa_dist.data.stores import HttpStore, open_store
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.data.urls import redact_text, redact_url
+from msa_dist.common.urls import redact_text, redact_url
 from msa_dist.engine import trainer
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 USER, PASSWORD, SIGNATURE = "reader", "Pw-s3cr3t-9431", "SIG-77c0ffee"
 SEEN: list[tuple[str, str, str]] = []  # (path with query, Authorization, Host) of every request

@@ -16,10 +16,10 @@ import torch
 
 from run_utils import finished_tiny_run
 from msa_dist.cli import main
-from msa_dist.engine import checkpoint as ckpt
-from msa_dist.engine.checkpointer import resume_point
-from msa_dist.engine.safe_load import UnreadableFile, UnsafeFile, load_tensors
-from msa_dist.errors import MsaDistError
+from msa_dist.engine.checkpoint import files as ckpt
+from msa_dist.engine.checkpoint.checkpointer import resume_point
+from msa_dist.engine.checkpoint.safe_load import UnreadableFile, UnsafeFile, load_tensors
+from msa_dist.common.errors import MsaDistError
 
 
 class Payload:

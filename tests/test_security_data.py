@@ -15,17 +15,17 @@ from pathlib import Path
 import pytest
 import webdataset as wds
 
-from msa_dist.config import DataConfig
-from msa_dist.data.index import index_name, read_index, scan_tar
+from msa_dist.config.schema import DataConfig
+from msa_dist.data.format.index import index_name, read_index, scan_tar
 from msa_dist.data.indexer import index_shard_set
-from msa_dist.data.limits import cut_text, text_char_limit
-from msa_dist.data.loader import StreamSpec, build_loader, iter_texts
-from msa_dist.data.manifest import MANIFEST_NAME, check_manifest, load_manifest, write_manifest
-from msa_dist.data.reader import ShardSet
+from msa_dist.common.limits import cut_text, text_char_limit
+from msa_dist.data.loading.loader import StreamSpec, build_loader, iter_texts
+from msa_dist.data.format.manifest import MANIFEST_NAME, check_manifest, load_manifest, write_manifest
+from msa_dist.data.loading.reader import ShardSet
 from msa_dist.data.shards import verify_shards
-from msa_dist.data.storage import open_store
+from msa_dist.data.stores import open_store
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 from security_utils import no_hang, small_jpeg
 
@@ -153,7 +153,7 @@ def test_shards_index_and_verify_of_a_crafted_tar_are_one_line(tmp_path):
 # -- items 4 and 5: raw inputs ------------------------------------------------------------------------
 
 def test_a_huge_text_member_is_cut_before_tokenizing(tmp_path, tokenizer):
-    from msa_dist.data.batching import SampleTransform
+    from msa_dist.data.loading.batching import SampleTransform
     cfg = DataConfig(image_size=16, resize_size=16, max_length=16)
     transform = SampleTransform(cfg, train=False, seed=0, epoch=0)
     text = ("word \u00e9\U0001F600 " * 400_000).encode()  # 4.4 MB of multi-byte text
@@ -250,7 +250,7 @@ def test_an_index_that_is_a_fifo_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("name", ["manifest.json", "train-000000.tar.idx.bin"])
 def test_a_manifest_or_binary_index_that_is_a_fifo_is_one_line(tmp_path, name):
-    from msa_dist.data.index_bin import load_index
+    from msa_dist.data.format.index_bin import load_index
     root = _one_shard_set(tmp_path / "s", [{"__key__": "k", "jpg": small_jpeg(), "txt": b"hi", "cls": b"0"}])
     (root / name).unlink(missing_ok=True)
     os.mkfifo(root / name)

@@ -8,9 +8,9 @@ import os
 import pytest
 from PIL import Image
 
-from msa_dist.data.limits import MAX_IMAGE_PIXELS, read_input
+from msa_dist.common.limits import MAX_IMAGE_PIXELS, read_input
 from msa_dist.data.raw import Record, check_record, image_error
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from security_utils import no_hang, small_jpeg
 
 
@@ -42,7 +42,7 @@ def test_raw_reads_are_capped(tmp_path):
 
 
 def test_predict_inputs_that_are_fifos_do_not_hang(tmp_path):
-    from msa_dist.predict_raw import pairs_from_csv
+    from msa_dist.inference.predict_raw import pairs_from_csv
     os.mkfifo(tmp_path / "pipe.jpg")
     (tmp_path / "in.csv").write_text("id,image,text\na,pipe.jpg,hello\nb,/dev/zero,hi\n")
     with no_hang():
@@ -61,8 +61,8 @@ def test_a_huge_png_is_refused_from_its_header():
 
 
 def test_a_csv_cell_over_128_kb_is_read_and_one_over_the_limit_is_one_line(tmp_path):
-    from msa_dist.data.limits import CSV_CELL_LIMIT
-    from msa_dist.predict_raw import pairs_from_csv
+    from msa_dist.common.limits import CSV_CELL_LIMIT
+    from msa_dist.inference.predict_raw import pairs_from_csv
     (tmp_path / "a.jpg").write_bytes(small_jpeg())
     (tmp_path / "in.csv").write_text(f"id,image,text\na,a.jpg,{'w ' * 100_000}\n")  # 200 KB
     pairs, bad = pairs_from_csv(tmp_path / "in.csv")
@@ -75,8 +75,8 @@ def test_a_csv_cell_over_128_kb_is_read_and_one_over_the_limit_is_one_line(tmp_p
 # -- item 11: formula injection ----------------------------------------------------------------------
 
 def test_prediction_csvs_escape_formula_cells(tmp_path):
-    from msa_dist.csv_cells import escape_row
-    from msa_dist.engine.inference import write_predictions
+    from msa_dist.common.csv_cells import escape_row
+    from msa_dist.inference.evaluate import write_predictions
     rows = [("=HYPERLINK(\"http://x\")", [0.1, 0.2, 0.7]), ("+1", [0.5, 0.3, 0.2]), ("@a", [0.2, 0.5, 0.3]),
             ("-2", [0.3, 0.3, 0.4]), ("\tx", [0.3, 0.3, 0.4]), ("123", [0.9, 0.05, 0.05])]
     for fmt in ("probs", "course"):

@@ -1,4 +1,4 @@
-"""`msa-dist shards serve` (data/serve.py) on 127.0.0.1: ranges streamed in chunks, idle sockets closed,
+"""`msa-dist shards serve` (data/stores/serve.py) on 127.0.0.1: ranges streamed in chunks, idle sockets closed,
 connections bounded, only regular files inside the folder, malformed ranges answered 416."""
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import urllib.parse
 
 import pytest
 
-from msa_dist.data.serve import CHUNK_BYTES, serving
-from msa_dist.errors import MsaDistError
+from msa_dist.data.stores.serve import CHUNK_BYTES, serving
+from msa_dist.common.errors import MsaDistError
 
 DATA = bytes(range(256)) * 64  # 16 KiB
 

@@ -9,12 +9,12 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
-from msa_dist.data.index import index_name
-from msa_dist.data.index_bin import binary_name
-from msa_dist.data.manifest import load_manifest, shard_urls
+from msa_dist.data.format.index import index_name
+from msa_dist.data.format.index_bin import binary_name
+from msa_dist.data.format.manifest import load_manifest, shard_urls
 from msa_dist.data.shards import build_shards, print_build_summary, verify_shards
-from msa_dist.errors import MsaDistError
-from msa_dist.labels import LABELS
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABELS
 
 
 def read_split(shard_dir: Path, split: str) -> list[dict]:

@@ -10,9 +10,9 @@ import torch
 from dist_utils import check, records, run, torchrun_cmd, write_config
 from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.engine.checkpointer import TrainState
+from msa_dist.engine.checkpoint.checkpointer import TrainState
 from msa_dist.engine.step import FIELDS, StepLedger, StepResult
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 ENTRY = str(Path(__file__).with_name("dist_entry.py"))
 
@@ -79,7 +79,7 @@ def test_a_step_whose_every_loss_is_nonfinite_changes_no_weight_but_batchnorm_st
     """Defect (d): the skipped micro batch contributes nothing to the weights or AdamW's moments
     (fused: decided on the device via `found_inf`; otherwise read back once per step), yet its
     forward pass, in train mode, has updated BatchNorm's running statistics."""
-    from msa_dist.config import BackendConfig, ImageEncoderConfig, ModelConfig, OptimConfig
+    from msa_dist.config.schema import BackendConfig, ImageEncoderConfig, ModelConfig, OptimConfig
     from msa_dist.engine.backends import build_backend
     from msa_dist.engine.runtime import read_env
     from msa_dist.engine.step import TrainStep

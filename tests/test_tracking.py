@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from msa_dist.engine.provenance import RUN_INFO, manifest_sha256
+from msa_dist.engine.run.provenance import RUN_INFO, manifest_sha256
 from msa_dist.engine.trainer import train
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from run_utils import tiny_config
 
 

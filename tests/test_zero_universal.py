@@ -18,12 +18,12 @@ import pytest
 import torch
 
 from dist_utils import check, records, run, torchrun_cmd, train_losses, write_config
-from msa_dist.config import load_config
+from msa_dist.config.schema import load_config
 from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
 from msa_dist.engine import trainer
 from msa_dist.engine.backends.universal import convert_to_universal
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 # 96 train samples, global batch 8: 12 steps, checkpoints at 4, 8, 12.
 OVERRIDES = ("model.modality=text", "train.batch_size=4", "train.global_batch_size=8", "train.epochs=1",

@@ -8,9 +8,9 @@ from typing import Optional
 import torch
 from transformers import AutoConfig, BertConfig
 
-from msa_dist.config import Config
-from msa_dist.data.loader import iter_texts
-from msa_dist.errors import MsaDistError
+from msa_dist.config.schema import Config
+from msa_dist.data.loading.loader import iter_texts
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models import build_model
 from msa_dist.models.pretrained import resolve_text_dir
 from msa_dist.models.tokenizer import load_pretrained_tokenizer, train_wordpiece_tokenizer

@@ -24,12 +24,12 @@ import torch
 
 from msa_dist.bench.build import bench_tokenizer
 from msa_dist.bench.seed_loader import seed_style_samples_per_s
-from msa_dist.config import Config
-from msa_dist.data.loader import StreamSpec
-from msa_dist.data.reader import ShardSet
-from msa_dist.data.stream import TrainStream
-from msa_dist.data.urls import redact_url
-from msa_dist.errors import MsaDistError
+from msa_dist.config.schema import Config
+from msa_dist.data.loading.loader import StreamSpec
+from msa_dist.data.loading.reader import ShardSet
+from msa_dist.data.loading.stream import TrainStream
+from msa_dist.common.urls import redact_url
+from msa_dist.common.errors import MsaDistError
 
 
 def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, workers: int = 1,

@@ -13,10 +13,10 @@ import time
 import torch
 
 from msa_dist.bench.build import bench_model
-from msa_dist.config import Config, to_dict
+from msa_dist.config.schema import Config, to_dict
 from msa_dist.engine.backends import build_backend
 from msa_dist.engine.runtime import read_env
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 
 def _fits(backend, batch: int, cfg: Config) -> tuple[bool, int]:

@@ -1,8 +1,8 @@
 """`msa-dist bench plan`: what a split of N samples costs each process and node, with no data.
 
 It builds the loader's real structures at that scale from synthetic sizes: the epoch order
-(data/order.py), the sample-id-to-shard table a reader holds (one int64 per shard), binary shard
-indexes (data/index_bin.py, served from memory by `SyntheticStore`) loaded into one process's
+(data/loading/order.py), the sample-id-to-shard table a reader holds (one int64 per shard), binary shard
+indexes (data/format/index_bin.py, served from memory by `SyntheticStore`) loaded into one process's
 bounded cache as a worker meets them, and optionally the manifest's shard list parsed as JSON.
 It measures their memory (resident set, before/after) and build time, then runs the order for one
 node over one minute of training to count what that node must fetch: requests (one per run of
@@ -19,10 +19,10 @@ import tracemalloc
 
 import numpy as np
 
-from msa_dist.data.index_bin import BINARY_SUFFIX, CompactIndex, IndexCache, load_index, to_binary
-from msa_dist.data.index import ShardIndex
-from msa_dist.data.order import EpochOrder, TrainPlan
-from msa_dist.errors import MsaDistError
+from msa_dist.data.format.index_bin import BINARY_SUFFIX, CompactIndex, IndexCache, load_index, to_binary
+from msa_dist.data.format.index import ShardIndex
+from msa_dist.data.loading.order import EpochOrder, TrainPlan
+from msa_dist.common.errors import MsaDistError
 
 FIELDS = ("cls", "jpg", "txt")
 

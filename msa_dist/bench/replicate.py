@@ -11,12 +11,12 @@ from pathlib import Path
 
 import webdataset as wds
 
-from msa_dist.data.index import index_name
-from msa_dist.data.index_bin import binary_name
-from msa_dist.data.manifest import load_manifest, shard_urls, write_manifest
+from msa_dist.data.format.index import index_name
+from msa_dist.data.format.index_bin import binary_name
+from msa_dist.data.format.manifest import load_manifest, shard_urls, write_manifest
 from msa_dist.data.shards import describe_shard
-from msa_dist.data.tario import tar_samples
-from msa_dist.errors import MsaDistError
+from msa_dist.data.format.tario import tar_samples
+from msa_dist.common.errors import MsaDistError
 
 
 def replicate_shards(src_dir: str | Path, out_dir: str | Path, copies: int, shard_size: int = 1000) -> dict:

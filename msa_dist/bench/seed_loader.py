@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 

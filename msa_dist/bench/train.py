@@ -24,15 +24,15 @@ import torch
 from msa_dist.bench.build import bench_model, bench_tokenizer
 from msa_dist.bench.flops import FlopModel, gpu_peak_tflops
 from msa_dist.bench.steps import SLOW_FACTOR, compact, run_step, step_distribution, unseen_length
-from msa_dist.config import Config, to_dict
-from msa_dist.data.loader import StreamSpec
-from msa_dist.data.stream import TrainStream
+from msa_dist.config.schema import Config, to_dict
+from msa_dist.data.loading.loader import StreamSpec
+from msa_dist.data.loading.stream import TrainStream
 from msa_dist.engine.backends import build_backend
 from msa_dist.engine.losses import build_loss
 from msa_dist.engine.runtime import read_env
 from msa_dist.engine.step import TrainStep
 from msa_dist.engine.trainer import class_weights, seed_everything
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 
 def run_train_bench(cfg: Config, steps: int = 20, warmup: int = 5, peak_tflops: float = 0.0,

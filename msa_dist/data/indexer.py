@@ -12,12 +12,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from msa_dist.data.index import index_name, scan_tar, shard_size
-from msa_dist.data.index_bin import binary_name, to_binary
-from msa_dist.data.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest, shard_name_problem
-from msa_dist.data.storage import FsspecStore, LocalStore, ShardStore, open_store
-from msa_dist.errors import MsaDistError
-from msa_dist.labels import LABELS
+from msa_dist.data.format.index import index_name, scan_tar, shard_size
+from msa_dist.data.format.index_bin import binary_name, to_binary
+from msa_dist.data.format.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest, shard_name_problem
+from msa_dist.data.stores import FsspecStore, LocalStore, ShardStore, open_store
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABELS
 
 
 def _list_tars(store: ShardStore) -> list[str]:

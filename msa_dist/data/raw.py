@@ -13,9 +13,9 @@ from typing import Optional, Union
 
 from PIL import Image, UnidentifiedImageError
 
-from msa_dist.data.limits import MAX_IMAGE_BYTES, MAX_LABELS_BYTES, MAX_TEXT_BYTES, check_pixels, read_input
-from msa_dist.errors import MsaDistError
-from msa_dist.labels import LABEL_TO_INDEX, LABELS
+from msa_dist.common.limits import MAX_IMAGE_BYTES, MAX_LABELS_BYTES, MAX_TEXT_BYTES, check_pixels, read_input
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABEL_TO_INDEX, LABELS
 
 TRAIN_FILE = "train.txt"
 TEST_FILE = "test_without_label.txt"

@@ -1,7 +1,7 @@
 """Packing the raw pairs into WebDataset shards (`msa-dist shards build`) and checking them (`verify`).
 
 A build checks every listed pair first, splits the usable ones, writes the tars (each with its
-sample index beside it, data/index.py) and the manifest into a temporary folder inside `out_dir`,
+sample index beside it, data/format/index.py) and the manifest into a temporary folder inside `out_dir`,
 then moves them into place with the manifest last, so a reader sees either the old complete set,
 no manifest, or the new complete set.
 """
@@ -23,16 +23,16 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from msa_dist.data.index import INDEX_SUFFIX, index_name, read_index, scan_tar
-from msa_dist.data.index_bin import BINARY_SUFFIX, binary_name, load_index, to_binary
-from msa_dist.data.limits import MAX_IMAGE_BYTES, read_input
-from msa_dist.data.manifest import DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
+from msa_dist.data.format.index import INDEX_SUFFIX, index_name, read_index, scan_tar
+from msa_dist.data.format.index_bin import BINARY_SUFFIX, binary_name, load_index, to_binary
+from msa_dist.common.limits import MAX_IMAGE_BYTES, read_input
+from msa_dist.data.format.manifest import DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
 from msa_dist.data.raw import (DATA_DIR, TEST_FILE, TRAINVAL, BadRecord, Sample, check_record,
                                list_records, reencode_image)
-from msa_dist.data.reader import ShardSet
-from msa_dist.data.storage import is_url
-from msa_dist.errors import MsaDistError
-from msa_dist.labels import LABELS
+from msa_dist.data.loading.reader import ShardSet
+from msa_dist.data.stores import is_url
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABELS
 
 SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
 SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
@@ -177,7 +177,7 @@ def _write_split(tmp: Path, name: str, samples: list[Sample], shard_size: int, r
 
 
 def describe_shard(tmp: Path, shard_name: str, samples: int) -> dict:
-    """Write a shard's index beside it (data/index.py); returns its manifest entry."""
+    """Write a shard's index beside it (data/format/index.py); returns its manifest entry."""
     data = (tmp / shard_name).read_bytes()
     index = scan_tar(data, shard_name)
     (tmp / index_name(shard_name)).write_bytes(index.to_json())

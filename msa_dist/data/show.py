@@ -5,9 +5,9 @@ from pathlib import Path
 
 import numpy as np
 
-from msa_dist.data.images import stored_size
-from msa_dist.data.reader import SampleReader, ShardSet
-from msa_dist.errors import MsaDistError
+from msa_dist.data.loading.images import stored_size
+from msa_dist.data.loading.reader import SampleReader, ShardSet
+from msa_dist.common.errors import MsaDistError
 
 SHOWN_TEXT_BYTES = 2000  # a table row, not a 50 MB text
 

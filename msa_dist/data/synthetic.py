@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 
 _WORDS = {
     "positive": ["love", "great", "happy", "amazing", "wonderful", "beautiful", "best", "fun", "😊", "“awesome”"],

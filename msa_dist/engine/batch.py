@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torchvision.io as tvio
 
-from msa_dist.data.images import resize_crop
-from msa_dist.data.batching import normalize_images
+from msa_dist.data.loading.images import resize_crop
+from msa_dist.data.loading.batching import normalize_images
 
 
 def model_inputs(batch: dict, device: torch.device, modality: str) -> dict:

@@ -13,7 +13,7 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 
 class WeightAverage:

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 
 import torch
 
-from msa_dist.config import Config
-from msa_dist.data.loader import EvalLoader, StreamSpec, build_loader
+from msa_dist.config.schema import Config
+from msa_dist.data.loading.loader import EvalLoader, StreamSpec, build_loader
 from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
-from msa_dist.labels import NUM_CLASSES
+from msa_dist.common.labels import NUM_CLASSES
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from msa_dist.config import TrainConfig
+from msa_dist.config.schema import TrainConfig
 
 
 class FocalLoss(torch.nn.Module):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from msa_dist.labels import LABELS, NUM_CLASSES
+from msa_dist.common.labels import LABELS, NUM_CLASSES
 
 
 def confusion_matrix(labels: torch.Tensor, preds: torch.Tensor, num_classes: int = NUM_CLASSES) -> torch.Tensor:

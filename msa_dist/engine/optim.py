@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from msa_dist.config import OptimConfig
+from msa_dist.config.schema import OptimConfig
 from msa_dist.models.layers import split_group_key
 
 

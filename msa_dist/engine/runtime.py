@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 
 from msa_dist.engine.batch import model_inputs
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 # The numbers one optimizer step leaves on the device, in this order.
 FIELDS = ("micro", "nonfinite", "trailing_nonfinite", "loss_sum", "finite", "stop", "corrupt", "grad_norm")

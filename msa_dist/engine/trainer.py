@@ -12,25 +12,25 @@ from typing import Optional
 
 import torch
 
-from msa_dist.config import Config, save_config, to_dict
-from msa_dist.data.loader import EvalLoader, StreamSpec
-from msa_dist.data.stream import TrainStream
-from msa_dist.data.manifest import load_manifest
-from msa_dist.engine import checkpoint as ckpt
-from msa_dist.engine.checkpointer import Checkpointer, TrainState, client_state, resume_point
-from msa_dist.engine.artifacts import build_run_model, prepare_tokenizer
+from msa_dist.config.schema import Config, save_config, to_dict
+from msa_dist.data.loading.loader import EvalLoader, StreamSpec
+from msa_dist.data.loading.stream import TrainStream
+from msa_dist.data.format.manifest import load_manifest
+from msa_dist.engine.checkpoint import files as ckpt
+from msa_dist.engine.checkpoint.checkpointer import Checkpointer, TrainState, client_state, resume_point
+from msa_dist.engine.run.artifacts import build_run_model, prepare_tokenizer
 from msa_dist.engine.backends import build_backend
 from msa_dist.engine.ema import WeightAverage
-from msa_dist.engine.display import console, print_metrics, progress_bar
+from msa_dist.common.display import console, print_metrics, progress_bar
 from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.losses import build_loss
-from msa_dist.engine.provenance import write_run_info
-from msa_dist.engine.rundir import RunDirLock, claim_run_dir, die_with_launcher
+from msa_dist.engine.run.provenance import write_run_info
+from msa_dist.engine.run.rundir import RunDirLock, claim_run_dir, die_with_launcher
 from msa_dist.engine.step import StepLedger, TrainStep
 from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env, resolve_global_batch
-from msa_dist.engine.tracking import DataWait, open_tracker
-from msa_dist.errors import MsaDistError
-from msa_dist.labels import LABELS
+from msa_dist.engine.run.tracking import DataWait, open_tracker
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABELS
 
 
 class MetricsLog:

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-from msa_dist.config import Config
-from msa_dist.engine.display import console
+from msa_dist.config.schema import Config
+from msa_dist.common.display import console
 from msa_dist.experiments.points import Point, is_main_process, result_row, run_points
 from msa_dist.experiments.tables import Column, markdown_table, metric_columns, rich_table, transpose
 from msa_dist.models.fusion import supports

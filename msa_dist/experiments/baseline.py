@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from msa_dist.engine.display import console
+from msa_dist.common.display import console
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
 from msa_dist.experiments.folds import fold_texts
 from msa_dist.experiments.tables import mean_std, scores

@@ -19,15 +19,15 @@ from typing import Callable, Optional
 
 import torch
 
-from msa_dist.config import Config
-from msa_dist.csv_cells import escape_row
-from msa_dist.data.manifest import load_manifest
-from msa_dist.engine.display import console
-from msa_dist.errors import MsaDistError
+from msa_dist.config.schema import Config
+from msa_dist.common.csv_cells import escape_row
+from msa_dist.data.format.manifest import load_manifest
+from msa_dist.common.display import console
+from msa_dist.common.errors import MsaDistError
 from msa_dist.experiments.folds import build_folds, fold_dir
 from msa_dist.experiments.points import Point, is_main_process, run_points
 from msa_dist.experiments.tables import SCORE_KEYS, Column, markdown_table, mean_std, rich_table, scores
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 
 OOF_FILE = "oof.json"
 WEIGHTS = "latest"  # the last epoch's model (see the module docstring)
@@ -94,9 +94,9 @@ def out_of_fold(point_dir: Path, fold_shards: str) -> dict:
 
 def model_log_probs(point_dir: str | Path, shard_dir: str, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(keys, log-probabilities, labels) of a finished run's last model on one split, in one process."""
-    from msa_dist.engine.artifacts import load_trained_model
-    from msa_dist.engine.calibration import collect_log_probs
-    from msa_dist.engine.checkpoint import model_weights_path
+    from msa_dist.engine.run.artifacts import load_trained_model
+    from msa_dist.inference.calibration import collect_log_probs
+    from msa_dist.engine.checkpoint.files import model_weights_path
     from msa_dist.engine.runtime import read_env
     device = read_env("auto").device
     cfg, tokenizer, model = load_trained_model(Path(point_dir), model_weights_path(Path(point_dir), WEIGHTS), device)
@@ -106,7 +106,7 @@ def model_log_probs(point_dir: str | Path, shard_dir: str, split: str) -> tuple[
 def summarize(runs: list[dict], complete: bool, k: int, fold_seed: int, source: str) -> dict:
     """Per-run scores, their mean ± std, the same with offsets tuned on the other folds' OOF, and the
     offsets tuned on all OOF predictions (for `--predict --adjust`)."""
-    from msa_dist.engine.calibration import adjusted_metrics, tune_offsets
+    from msa_dist.inference.calibration import adjusted_metrics, tune_offsets
     rows, adjusted = [], []
     for run in runs:
         zero = torch.zeros(len(LABELS))

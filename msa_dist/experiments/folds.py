@@ -19,12 +19,12 @@ from pathlib import Path
 
 import webdataset as wds
 
-from msa_dist.data.index import index_name
-from msa_dist.data.index_bin import binary_name
+from msa_dist.data.format.index import index_name
+from msa_dist.data.format.index_bin import binary_name
 from msa_dist.data.shards import describe_shard
-from msa_dist.data.manifest import MANIFEST_FORMAT, load_manifest, shard_urls, write_manifest
-from msa_dist.errors import MsaDistError
-from msa_dist.labels import LABELS
+from msa_dist.data.format.manifest import MANIFEST_FORMAT, load_manifest, shard_urls, write_manifest
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABELS
 
 FOLDS_FILE = "folds.json"
 LABELLED_SPLITS = ("train", "val")

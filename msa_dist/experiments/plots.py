@@ -7,7 +7,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 
 DPI = 100
 CONFUSION_SIZE = (5.0, 4.5)  # inches: 500 x 450 px

@@ -19,11 +19,11 @@ from typing import Callable, Optional
 import torch.distributed
 import yaml
 
-from msa_dist.config import Config, to_dict
+from msa_dist.config.schema import Config, to_dict
 from msa_dist.engine.backends.base import join_process_group
-from msa_dist.engine.display import console
+from msa_dist.common.display import console
 from msa_dist.engine.runtime import read_env
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from msa_dist.experiments.report import best_metrics, read_records, write_run_report
 from msa_dist.experiments.tables import flatten_metrics
 

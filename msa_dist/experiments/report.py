@@ -11,11 +11,11 @@ from typing import Optional
 
 import yaml
 
-from msa_dist.engine.display import console
-from msa_dist.errors import MsaDistError
+from msa_dist.common.display import console
+from msa_dist.common.errors import MsaDistError
 from msa_dist.experiments.plots import plot_confusion_matrix, plot_curves
 from msa_dist.experiments.tables import Column, flatten_metrics, markdown_table, metric_columns, rich_table
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 
 
 def read_records(run_dir: str | Path) -> tuple[list[dict], list[dict]]:

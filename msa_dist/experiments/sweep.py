@@ -10,9 +10,9 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from msa_dist.config import Config, save_config, set_dotted, validate
-from msa_dist.engine.display import console
-from msa_dist.errors import MsaDistError
+from msa_dist.config.schema import Config, save_config, set_dotted, validate
+from msa_dist.common.display import console
+from msa_dist.common.errors import MsaDistError
 from msa_dist.experiments.points import Point, is_main_process, result_row, run_points
 from msa_dist.experiments.tables import Column, markdown_table, metric_columns, rich_table
 

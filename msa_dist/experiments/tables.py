@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional
 
 from rich.table import Table
 
-from msa_dist.labels import LABELS
+from msa_dist.common.labels import LABELS
 
 SCORE_KEYS = ("accuracy", "macro_f1") + tuple(f"{name}.f1" for name in LABELS)  # what `cv` averages
 

@@ -15,7 +15,7 @@ import transformers
 from torch import nn
 from transformers import (AutoConfig, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel)
 
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.image_base import ImageEncoder
 
 TOWERS = {"text": (CLIPTextModel, CLIPTextConfig), "image": (CLIPVisionModel, CLIPVisionConfig)}

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.pretrained import IMAGE_BACKBONES, image_weight_file
 from msa_dist.models.timm_image import TimmImageEncoder
 

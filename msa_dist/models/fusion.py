@@ -13,9 +13,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from msa_dist.config import HeadConfig
-from msa_dist.config_checks import FUSION_MODALITIES
-from msa_dist.labels import NUM_CLASSES
+from msa_dist.config.schema import HeadConfig
+from msa_dist.config.checks import FUSION_MODALITIES
+from msa_dist.common.labels import NUM_CLASSES
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 

@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 
 class ImageEncoder(nn.Module):

@@ -10,7 +10,7 @@ import re
 
 from torch import nn
 
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 # The first `<container>.<index>.` (or ResNet's `layer<index>.`, torchvision ViT's `encoder_layer_<index>.`).
 _BLOCK = re.compile(r"(?:^|\.)(?:(?:layer|layers|blocks|stages|features|h)\.?|encoder_layer_)(\d+)(?:\.|$)")

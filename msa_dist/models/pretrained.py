@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.image_base import ImageEncoder
 
 

@@ -8,8 +8,8 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import WordPiece
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from msa_dist.data.limits import MAX_TEXT_BYTES
-from msa_dist.errors import MsaDistError
+from msa_dist.common.limits import MAX_TEXT_BYTES
+from msa_dist.common.errors import MsaDistError
 from msa_dist.models.pretrained import resolve_text_dir
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -26,7 +26,7 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrain
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##")
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS))
-    # a text member of any size costs at most MAX_TEXT_BYTES characters here (data/limits.py)
+    # a text member of any size costs at most MAX_TEXT_BYTES characters here (common/limits.py)
     backend.train_from_iterator((text[:MAX_TEXT_BYTES] for text in texts), trainer=trainer)
     cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
     backend.post_processor = processors.TemplateProcessing(

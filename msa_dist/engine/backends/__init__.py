@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import warnings
 
-from msa_dist.config import BackendConfig
+from msa_dist.config.schema import BackendConfig
 from msa_dist.engine.backends.base import Backend
 from msa_dist.engine.backends.ddp import DDPBackend
 from msa_dist.engine.backends.deepspeed import DeepSpeedBackend
 from msa_dist.engine.runtime import DistEnv
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 __all__ = ["Backend", "DDPBackend", "DeepSpeedBackend", "build_backend"]
 

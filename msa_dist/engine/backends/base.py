@@ -12,11 +12,11 @@ import torch
 import torch.distributed as dist
 from torch.distributed.rendezvous import rendezvous
 
-from msa_dist.config import BackendConfig, OptimConfig
+from msa_dist.config.schema import BackendConfig, OptimConfig
 from msa_dist.engine.optim import build_optimizer, build_scheduler
 from msa_dist.engine.runtime import DistEnv, elastic_restart_count
-from msa_dist.engine.safe_load import load_tensors
-from msa_dist.errors import MsaDistError
+from msa_dist.engine.checkpoint.safe_load import load_tensors
+from msa_dist.common.errors import MsaDistError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # long enough for rank 0's tokenizer / eval

@@ -7,7 +7,7 @@ import os
 import torch
 
 from msa_dist.engine.backends.base import ProcessGroupBackend, join_process_group
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 
 class DDPBackend(ProcessGroupBackend):

@@ -23,12 +23,12 @@ from typing import Optional
 
 import torch
 
-from msa_dist.config import BackendConfig, OptimConfig
+from msa_dist.config.schema import BackendConfig, OptimConfig
 from msa_dist.engine.backends.base import ProcessGroupBackend, join_process_group, skip_update
 from msa_dist.engine.backends.universal import convert_to_universal, repair_stage3_load
 from msa_dist.engine.optim import build_scheduler, optimizer_param_groups
 from msa_dist.engine.runtime import DistEnv
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 TAG = "deepspeed"  # the DeepSpeed checkpoint's sub-directory inside each step directory
 # Keys our loader and loop own: a user's deepspeed_config may not change them.

@@ -19,7 +19,7 @@ import os
 import shutil
 from pathlib import Path
 
-from msa_dist.errors import MsaDistError
+from msa_dist.common.errors import MsaDistError
 
 UNIVERSAL = "universal"  # the converted copy's sub-directory inside a step directory
 
@@ -92,6 +92,6 @@ def _universal_optimizer_state(path: Path) -> dict:
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler  # noqa: PLC0415
     from deepspeed.runtime.zero.config import ZeroStageEnum  # noqa: PLC0415
 
-    from msa_dist.engine.safe_load import load_tensors  # noqa: PLC0415
+    from msa_dist.engine.checkpoint.safe_load import load_tensors  # noqa: PLC0415
     with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
         return load_tensors(path)

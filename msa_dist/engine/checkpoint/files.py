@@ -1,0 +1,240 @@
+"""Checkpoint directories: atomic writes, `latest` / `best` pointers, pruning, RNG states.
+
+Layout under RUN_DIR/checkpoints/:
+  step-000120/   model.pt (plain weights, read by evaluate/predict without any backend),
+                 the backend's own state files, rng-rank{R}.pt, client.json
+  best/          model.pt + metrics.json of the best evaluation so far
+  latest         text file naming the newest complete step directory (a `step-N` name: nothing
+                 outside checkpoints/ is followed)
+A directory is written under a temporary name and renamed when complete (client.json, written
+last, marks it complete), and `latest` is replaced atomically after that: a kill during a save
+leaves the previous checkpoint usable, and so does a full disk (the half-written directory is
+removed). Reading never runs code: see `safe_load.py`.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from msa_dist.engine.checkpoint.safe_load import UnreadableFile, load_tensors
+from msa_dist.common.errors import MsaDistError
+
+log = logging.getLogger(__name__)
+STEP_DIR = re.compile(r"(\.old-)?step-(\d+)")  # complete step directories (.old-: a kill between two renames)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, keep_last: int) -> Path:
+    """Save on every rank (DeepSpeed needs all of them); rank 0 publishes and prunes."""
+    final = ckpt_root / f"step-{step:07d}"
+    tmp = ckpt_root / f".tmp-step-{step:07d}"
+    try:
+        _save_and_publish(backend, ckpt_root, tmp, final, client_state, keep_last)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # what was written of it: its space is needed
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
+            raise
+        raise MsaDistError(f"cannot save the checkpoint of step {step} in {ckpt_root}: {exc.strerror} "
+                           f"({exc.filename or tmp}); the previous checkpoint is untouched: make room and resume "
+                           "with --resume auto") from None
+    return final
+
+
+def _save_and_publish(backend, ckpt_root: Path, tmp: Path, final: Path, client_state: dict, keep_last: int) -> None:
+    if backend.env.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    backend.sync_buffers()  # ranks agree on BatchNorm statistics, so any rank's restore is rank 0's
+    backend.barrier()
+    backend.save_state(tmp, client_state)
+    torch.save(rng_state(), tmp / f"rng-rank{backend.env.rank}.pt")
+    backend.barrier()
+    if backend.env.is_main:
+        # client.json is written last: a directory that has it is complete.
+        # (without the config, and without the EMA's weights: tensors, kept in the backend's state)
+        (tmp / "client.json").write_text(json.dumps(
+            {k: v for k, v in client_state.items() if k not in ("config", "ema")}, indent=1, default=str))
+        old = ckpt_root / f".old-{final.name}"
+        if final.exists():  # the same step saved again (e.g. epoch end after a step save)
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _atomic_write_text(ckpt_root / "latest", final.name)
+        shutil.rmtree(old, ignore_errors=True)
+        _prune(ckpt_root, keep_last)
+    backend.barrier()
+
+
+def _prune(ckpt_root: Path, keep_last: int) -> None:
+    steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    for old in steps[:-max(keep_last, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_best(backend, ckpt_root: Path, step_dir: Path, metrics: dict) -> None:
+    """Copy the step's plain weights to best/ (rank 0), atomically."""
+    if backend.env.is_main:
+        tmp = ckpt_root / ".tmp-best"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        shutil.copy2(step_dir / "model.pt", tmp / "model.pt")
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        old = ckpt_root / ".old-best"
+        shutil.rmtree(old, ignore_errors=True)
+        if (ckpt_root / "best").exists():
+            os.replace(ckpt_root / "best", old)
+        os.replace(tmp, ckpt_root / "best")
+        shutil.rmtree(old, ignore_errors=True)
+    backend.barrier()
+
+
+def latest_checkpoint(ckpt_root: Path, check: Optional[Callable[[Path], None]] = None) -> Optional[Path]:
+    """The step directory `latest` names or, if it is gone, incomplete (a kill during a save) or
+    fails `check` with `UnreadableFile`, the newest complete one that passes, with a warning.
+    None if there is no checkpoint; MsaDistError if there are some and none is usable."""
+    ckpt_root = Path(ckpt_root)
+    named = _pointer(ckpt_root)
+    complete = sorted((p for p in ckpt_root.glob("*step-*") if _complete(ckpt_root, p)),
+                      key=lambda p: int(STEP_DIR.fullmatch(p.name).group(2)), reverse=True)
+    candidates = ([ckpt_root / named] if named else []) + [p for p in complete if p.name != named]
+    skipped = []
+    for path in candidates:
+        if not _complete(ckpt_root, path):
+            skipped.append(f"{ckpt_root / 'latest'} names {named}, which is gone or incomplete")
+            continue
+        if check is not None:
+            try:
+                check(path)
+            except UnreadableFile as exc:
+                skipped.append(str(exc))
+                continue
+        for reason in skipped:
+            log.warning("%s: using %s instead", reason, path.name)
+        return path
+    if skipped:
+        raise MsaDistError(f"no usable checkpoint in {ckpt_root} ({skipped[0]}; {len(candidates)} tried): "
+                           "start afresh with --overwrite, or --resume a step directory that loads")
+    return None
+
+
+def _pointer(ckpt_root: Path) -> Optional[str]:
+    """The name in `latest`, which must be a step directory directly inside checkpoints/."""
+    pointer = ckpt_root / "latest"
+    if not pointer.is_file():
+        return None
+    with pointer.open("rb") as handle:  # a step name is short: never read more of whatever this is
+        name = handle.read(256).decode("utf-8", "replace").strip()
+    if not re.fullmatch(r"step-\d+", name):
+        raise MsaDistError(f"{pointer} names {name!r}, not a step-NNNNNNN directory inside {ckpt_root}: "
+                           "not followed (a run dir from elsewhere, or edited?)")
+    return name
+
+
+def _complete(ckpt_root: Path, path: Path) -> bool:
+    """A step directory inside ckpt_root (no link out of it) with client.json, written last."""
+    if not STEP_DIR.fullmatch(path.name) or path.is_symlink():
+        return False
+    return path.resolve().parent == ckpt_root.resolve() and (path / "client.json").is_file()
+
+
+def check_readable(step_dir: Path) -> None:
+    """Our files of a step directory load as tensors and plain data (mapped, not read): else
+    `UnreadableFile` (truncated, torn) or `UnsafeFile` (a pickle payload). DeepSpeed's own files
+    are not ours to read: see docs/security.md."""
+    read_client(step_dir)
+    names = ["model.pt", *sorted(p.name for p in step_dir.glob("rng-rank*.pt"))]
+    if not (step_dir / "deepspeed").is_dir():
+        names.append("state.pt")
+    for name in names:
+        load_tensors(step_dir / name, mmap=True)
+
+
+def read_client(ckpt_dir: Path) -> dict:
+    """client.json of a step directory: train state, layout (world size, backend, ...)."""
+    path = Path(ckpt_dir) / "client.json"
+    if not path.is_file():
+        raise MsaDistError(f"{ckpt_dir} is not a complete checkpoint (no client.json)")
+    try:
+        client = json.loads(path.read_bytes())
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UnreadableFile(f"{path} is not readable JSON ({str(exc).splitlines()[0][:120]})") from None
+    if not isinstance(client, dict):
+        raise UnreadableFile(f"{path} holds {type(client).__name__}, not a JSON object")
+    return client
+
+
+def load_checkpoint(backend, ckpt_dir: Path) -> dict:
+    """Restore backend state and this rank's RNG; returns the client state."""
+    client = backend.load_state(ckpt_dir)
+    rng_file = ckpt_dir / f"rng-rank{backend.env.rank}.pt"
+    if rng_file.exists():
+        set_rng_state(load_tensors(rng_file))
+    return client
+
+
+def copy_source_tokenizer(weights: str, run_dir: Path) -> None:
+    """train.init_from: token ids must mean what they meant to the weights, so reuse that run's tokenizer."""
+    source = next((p / "tokenizer" for p in Path(weights).resolve().parents if (p / "tokenizer").is_dir()), None)
+    if source is not None and not (run_dir / "tokenizer").exists():
+        shutil.copytree(source, run_dir / "tokenizer")
+
+
+def load_init_weights(model: torch.nn.Module, path: str) -> None:
+    """train.init_from: start a new run from plain weights (e.g. a consolidated DeepSpeed model.pt)."""
+    if not Path(path).is_file():
+        raise MsaDistError(f"train.init_from: no such file: {path}")
+    try:
+        weights = load_tensors(path)
+    except MsaDistError as exc:
+        raise MsaDistError(f"train.init_from: {exc}") from None
+    if not isinstance(weights, dict):
+        raise MsaDistError(f"train.init_from={path} holds a {type(weights).__name__}, not a state_dict of weights")
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise MsaDistError(f"train.init_from={path} does not fit this model: {str(exc).splitlines()[0]}") from None
+
+
+def model_weights_path(run_dir: Path, which: str = "best") -> Path:
+    """The plain model.pt that evaluate / predict read: `best`, `latest`, or a step dir name."""
+    ckpt_root = Path(run_dir) / "checkpoints"
+    if not re.fullmatch(r"best|latest|step-\d+", which):
+        raise MsaDistError(f"--checkpoint {which!r}: use best, latest or a step-NNNNNNN directory name")
+    if which == "latest":
+        step = latest_checkpoint(ckpt_root)
+        path = step / "model.pt" if step else None
+    else:
+        path = ckpt_root / which / "model.pt"
+    if path is None or not path.is_file():
+        if which == "best" and latest_checkpoint(ckpt_root):
+            return model_weights_path(run_dir, "latest")
+        raise MsaDistError(f"no '{which}' checkpoint in {run_dir}: is it a finished `msa-dist train` run directory?")
+    return path

@@ -1,0 +1,113 @@
+"""What a run directory holds besides checkpoints, and how a model is rebuilt from it.
+
+RUN_DIR/config.yaml      the resolved config
+RUN_DIR/tokenizer/       the tokenizer (trained on the train texts for the tiny model)
+RUN_DIR/text_config/     the text backbone's architecture, so no hub access is needed later
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+import torch
+import yaml
+
+from msa_dist.config.schema import Config, from_dict
+from msa_dist.common.limits import text_char_limit
+from msa_dist.data.loading.loader import iter_texts
+from msa_dist.data.format.manifest import load_manifest
+from msa_dist.data.stores import is_url
+from msa_dist.engine.checkpoint.safe_load import load_tensors
+from msa_dist.common.errors import MsaDistError
+from msa_dist.models import build_model
+from msa_dist.models.text import save_text_architecture
+from msa_dist.models.tokenizer import load_pretrained_tokenizer, train_wordpiece_tokenizer
+
+
+def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
+    """Rank 0 trains (tiny) or loads (pretrained) the tokenizer into the run dir; all ranks load it."""
+    tok_dir = run_dir / "tokenizer"
+    if backend.env.is_main and not (tok_dir / "tokenizer_config.json").exists():
+        if cfg.model.text.name == "tiny":
+            tokenizer = _shard_wordpiece(cfg.data.shards, cfg.model.text.tiny_vocab_size)
+        else:
+            tokenizer = load_pretrained_tokenizer(cfg.model.text.name)
+        tokenizer.save_pretrained(str(tok_dir))
+    backend.barrier()
+    return load_pretrained_tokenizer(str(tok_dir))
+
+
+def _shard_wordpiece(shard_dir: str, vocab_size: int):
+    """The WordPiece trained on these shards' train texts, cached beside the shards (or, for shards
+    at a URL, in $MSA_DIST_CACHE, default ~/.cache/msa-dist; delete it at will).
+
+    `tokenizers` breaks frequency ties differently in every process, so two trainings on the same
+    texts give different vocabularies; sharing one per (train shards, vocab size) keeps runs with
+    the same seed repeatable. A read-only shard folder just means no cache.
+    """
+    shards = load_manifest(shard_dir)["splits"]["train"]["shards"]
+    digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:12]
+    root = (Path(os.environ.get("MSA_DIST_CACHE", Path.home() / ".cache" / "msa-dist")) if is_url(shard_dir)
+            else Path(shard_dir))
+    cache = root / "tokenizers" / f"wordpiece-{vocab_size}-{digest}"
+    if (cache / "tokenizer_config.json").exists():
+        return load_pretrained_tokenizer(str(cache))
+    tokenizer = train_wordpiece_tokenizer(iter_texts(shard_dir, "train"), vocab_size)
+    tmp = cache.with_name(f".tmp-{cache.name}-{os.getpid()}")
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tokenizer.save_pretrained(str(tmp))
+        os.replace(tmp, cache)
+    except OSError:  # another run won the race (use its copy), or the folder is read-only
+        shutil.rmtree(tmp, ignore_errors=True)
+        if (cache / "tokenizer_config.json").exists():
+            return load_pretrained_tokenizer(str(cache))
+    return tokenizer
+
+
+def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.Module:
+    """The model with pretrained weights where configured; saves the text architecture (rank 0)."""
+    model = build_model(cfg.model, vocab_size=len(tokenizer), pretrained=True)
+    text_backbone = getattr(model.text_encoder, "model", None)
+    if hasattr(text_backbone, "index_vocabulary"):  # the bag of n-grams hashes each token's characters
+        text_backbone.index_vocabulary(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+    if getattr(getattr(text_backbone, "config", None), "idf", False):  # TF-IDF weighting: counts of the train texts
+        texts = iter_texts(cfg.data.shards, "train", max_chars=text_char_limit(cfg.data.max_length))
+        enc = tokenizer(list(texts), padding="longest", truncation=True,
+                        max_length=cfg.data.max_length, return_tensors="pt")
+        text_backbone.fit_idf(enc["input_ids"], enc["attention_mask"])
+    if backend.env.is_main and model.text_encoder is not None:
+        save_text_architecture(model.text_encoder, run_dir / "text_config")
+    return model
+
+
+def load_run_config(run_dir: Path) -> Config:
+    """The resolved config saved by `msa-dist train`."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise MsaDistError(f"{run_dir} is not a run directory (no config.yaml): pass the --run-dir of a `msa-dist train`")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise MsaDistError(f"{path} is not readable YAML ({reason})") from None
+    if not isinstance(values, dict):
+        raise MsaDistError(f"{path} holds no config (a YAML mapping of sections)")
+    try:
+        return from_dict(values)
+    except MsaDistError as exc:
+        raise MsaDistError(f"{path}: {exc}") from None
+
+
+def load_trained_model(run_dir: Path, weights: Path, device: torch.device):
+    """Rebuild the architecture from the run dir (no hub access) and load plain weights."""
+    run_dir = Path(run_dir)
+    cfg = load_run_config(run_dir)
+    tokenizer = load_pretrained_tokenizer(str(run_dir / "tokenizer"))
+    arch_dir = run_dir / "text_config"
+    model = build_model(cfg.model, vocab_size=len(tokenizer), pretrained=False,
+                        arch_dir=str(arch_dir) if arch_dir.exists() else None)
+    model.load_state_dict(load_tensors(weights))
+    return cfg, tokenizer, model.to(device).eval()
