@@ -10,7 +10,7 @@ import torch
 
 from msa_dist.cli import main
 from msa_dist.config.schema import load_config
-from msa_dist.data.loading.loader import split_size
+from msa_dist.data.loading.loader import as_shard_set
 from msa_dist.data.format.manifest import load_manifest
 from msa_dist.experiments.demo import DEMO_CONFIG
 from msa_dist.engine.trainer import train
@@ -46,7 +46,7 @@ def test_fold_shard_sets_partition_the_labelled_pairs(tmp_path, shard_dir, raw_d
         train_guids, val_guids = set(splits["train"]["guids"]), set(splits["val"]["guids"])
         assert not train_guids & val_guids and train_guids | val_guids == labelled
         assert set(read_records(directory, ("val",))) == val_guids  # the tars hold what the manifest lists
-        assert split_size(str(directory), "train") == len(train_guids)  # an ordinary shard directory
+        assert as_shard_set(str(directory)).samples("train") == len(train_guids)  # an ordinary shard directory
         counts = Counter(raw_dataset.labels[g] for g in val_guids)
         assert [counts[name] for name in LABELS] == [splits["val"]["class_counts"][name] for name in LABELS] == [2, 2, 2]
         vals.append(val_guids)

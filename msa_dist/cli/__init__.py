@@ -1,13 +1,13 @@
 """The `msa-dist` command: parse, build, run. User mistakes print one line, no traceback.
 
-Each command's options and runner live beside its code (`*_command.py`, `cli/bench.py`); a
-parser names its runner as "module:function" (`handler`), imported only when the command runs,
-so `msa-dist --help` starts without torch.
+Every command is one module of this package (`cli/train.py`, `cli/shards.py`, ...) with its
+parser and its runner; a parser names its runner as "module:function" (`handler`), imported only
+when the command runs, so `msa-dist --help` starts without torch. A new command is a new module
+here, registered in `_parser`.
 """
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import logging
 import os
@@ -21,14 +21,12 @@ from msa_dist.cli.demo import add_demo_parser
 from msa_dist.cli.evaluate import add_evaluate_parser
 from msa_dist.engine.group import process_group_scope
 from msa_dist.cli.train import add_train_parser
-from msa_dist.common.errors import MsaDistError, user_message
+from msa_dist.common.errors import USER_OS_ERRORS, MsaDistError, user_message
 from msa_dist.cli.experiments import add_experiment_parsers, add_report_parser
 from msa_dist.cli.cv import add_cv_parser
 from msa_dist.cli.export import add_export_parser
 from msa_dist.cli.predict import add_predict_parser
 
-# Errors of the file system a user can fix (a full disk, a read-only run dir): one line, no traceback.
-USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,12 +39,10 @@ def _parser() -> argparse.ArgumentParser:
     add_config_parser(sub)
     add_experiment_parsers(sub)
     add_cv_parser(sub)
-    sub.choices["cv"].set_defaults(handler="msa_dist.cli.cv:run_cv_command")
     add_report_parser(sub)
     add_demo_parser(sub)
     add_export_parser(sub)
     add_bench_parser(sub)
-    sub.choices["bench"].set_defaults(handler="msa_dist.cli.bench:run_bench")
     return p
 
 

@@ -7,6 +7,7 @@ import argparse
 def add_bench_parser(sub) -> None:
     """Register `bench data`, `train`, `memory`, `plan`, `replicate` and `summary` on the CLI's subparsers."""
     bench = sub.add_parser("bench", help="measure loader and training throughput")
+    bench.set_defaults(handler="msa_dist.cli.bench:run_bench")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
 
     d = bsub.add_parser("data", help="samples/s per worker core that the training loader delivers")

@@ -10,6 +10,7 @@ def add_cv_parser(sub) -> None:
     """Register `msa-dist cv` (imports nothing heavy: the CLI builds every parser at start)."""
     cv = sub.add_parser("cv", help="stratified k-fold cross-validation over the labelled pairs (resumable), "
                         "with the bag-of-words reference on the same folds")
+    cv.set_defaults(handler="msa_dist.cli.cv:run_cv_command")
     cv.add_argument("--config", required=True, help="YAML config; its data.shards (train + val) are folded")
     cv.add_argument("--folds", type=int, default=5, help="K (default %(default)s)")
     cv.add_argument("--seeds", default=None, metavar="S1,S2,...",
@@ -25,12 +26,11 @@ def add_cv_parser(sub) -> None:
 
 def run_cv_command(args: argparse.Namespace) -> int:
     """Load the config and run the cross-validation."""
-    from pathlib import Path
-
+    from msa_dist.cli.runs import default_run_dir
     from msa_dist.config.schema import load_config
     from msa_dist.experiments.cv import run_cv
     cfg = load_config(args.config, args.overrides)
-    run_dir = args.run_dir or str(Path("runs") / f"{Path(args.config).stem}-cv")
+    run_dir = args.run_dir or default_run_dir(args.config, "cv")
     run_cv(cfg, run_dir, args.folds, _seeds(args.seeds), args.fold_seed, args.predict, args.adjust)
     return 0
 

@@ -1,5 +1,5 @@
 """The `msa-dist ablate`, `sweep` and `report` commands: their options here, the work in
-ablate.py, sweep.py and report.py (`cv` has cv_command.py)."""
+ablate.py, sweep.py and report.py (`cv` is cli/cv.py)."""
 from __future__ import annotations
 
 import argparse
@@ -33,11 +33,10 @@ def add_report_parser(sub) -> None:
 
 
 def _config_and_dir(args: argparse.Namespace):
-    from pathlib import Path
-
+    from msa_dist.cli.runs import default_run_dir
     from msa_dist.config.schema import load_config
     cfg = load_config(args.config, args.overrides)
-    return cfg, args.run_dir or str(Path("runs") / f"{Path(args.config).stem}-{args.command}")
+    return cfg, args.run_dir or default_run_dir(args.config, args.command)
 
 
 def run_ablate_command(args: argparse.Namespace) -> int:

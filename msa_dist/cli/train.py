@@ -25,13 +25,12 @@ def add_train_parser(sub) -> None:
 
 def run_train_command(args: argparse.Namespace) -> int:
     """Load the config, train, and write the run's report (rank 0, a finished run)."""
-    from pathlib import Path
-
+    from msa_dist.cli.runs import default_run_dir
     from msa_dist.config.schema import load_config
     from msa_dist.engine.runtime import read_env
     from msa_dist.engine.trainer import train
     cfg = load_config(args.config, args.overrides)
-    run_dir = args.run_dir or str(Path("runs") / Path(args.config).stem)
+    run_dir = args.run_dir or default_run_dir(args.config)
     summary = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite,
                     trust_checkpoint=args.trust_checkpoint)
     if read_env(cfg.backend.device).is_main and summary["status"] == "finished":

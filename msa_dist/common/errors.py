@@ -1,4 +1,9 @@
 """The project's error type for a user's mistake: the CLI prints it in one line, no traceback."""
+import errno
+
+# Errors of the file system a user can fix (a full disk, a read-only run dir, no permission, a
+# failing disk): one line, no traceback.
+USER_OS_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO)
 
 
 class MsaDistError(ValueError):

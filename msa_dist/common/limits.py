@@ -26,6 +26,11 @@ TEXT_CHARS_PER_TOKEN = 64
 CSV_CELL_LIMIT = MAX_TEXT_BYTES  # the longest allowed text fits in one CSV cell
 
 
+def is_count(value) -> bool:
+    """A non-negative int from parsed JSON: not a bool, a float or a string."""
+    return type(value) is int and value >= 0
+
+
 def read_input(path: str | Path, limit: int) -> bytes:
     """A raw input file's bytes. OSError (FileNotFoundError when absent) if it is not a regular file
     (a FIFO would block, /dev/zero never end) or is larger than `limit` bytes; the read is capped."""

@@ -95,13 +95,20 @@ def typed_values(cls, values: Any, prefix: str = "") -> dict:
     return typed
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    """`base` with `override`'s keys on top, nested dicts merged key by key (neither is changed)."""
+    out = dict(base)
+    for key, value in override.items():
+        old = out.get(key)
+        out[key] = deep_merge(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
 def merge(layers: list[dict]) -> dict:
     """Typed layers merged key by key, a later layer winning."""
     merged: dict = {}
     for layer in layers:
-        for name, value in layer.items():
-            old = merged.get(name)
-            merged[name] = merge([old, value]) if isinstance(old, dict) and isinstance(value, dict) else value
+        merged = deep_merge(merged, layer)
     return merged
 
 

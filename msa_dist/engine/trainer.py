@@ -17,7 +17,7 @@ from msa_dist.data.loading.loader import EvalLoader, StreamSpec
 from msa_dist.data.loading.stream import TrainStream
 from msa_dist.data.format.manifest import load_manifest
 from msa_dist.engine.checkpoint import files as ckpt
-from msa_dist.engine.checkpoint.checkpointer import Checkpointer, TrainState, client_state, resume_point
+from msa_dist.engine.checkpoint.checkpointer import Checkpointer, TrainState, resume_point
 from msa_dist.engine.run.artifacts import build_run_model, prepare_tokenizer
 from msa_dist.engine.backends import build_backend
 from msa_dist.engine.ema import WeightAverage
@@ -31,6 +31,7 @@ from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env, r
 from msa_dist.engine.run.tracking import DataWait, open_tracker
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
+from msa_dist.common import atomic
 
 
 class MetricsLog:
@@ -42,9 +43,7 @@ class MetricsLog:
             return
         if keep_lines is not None and path.exists():
             kept = path.read_text().splitlines(keepends=True)[:keep_lines]
-            tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text("".join(kept))
-            os.replace(tmp, path)
+            atomic.write_text(path, "".join(kept))
         self.lines = len(path.read_text().splitlines()) if path.exists() else 0
         self.handle = path.open("a")
 
@@ -128,12 +127,12 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
     tcfg = cfg.train
     tokenizer, stream, val_loader = _setup(cfg, run_dir, start, env, backend)
     state, accum = TrainState(), tcfg.grad_accum_steps
-    layout = _layout(cfg, env, backend)
     ema = WeightAverage(backend.module, tcfg.ema_decay)
-    checkpointer = Checkpointer(backend, run_dir / "checkpoints", cfg.checkpoint, tcfg.best_metric,
-                                lambda: client_state(state, stream, to_dict(cfg), layout), ema)
+    checkpointer = Checkpointer(backend, run_dir / "checkpoints", cfg.checkpoint, tcfg.best_metric, ema, state,
+                                states={"data": stream},
+                                static={"config": to_dict(cfg), "layout": _layout(cfg, env, backend)})
     if start is not None:
-        state = _restore(checkpointer, start, stream, env)
+        _restore(checkpointer, start, stream, env)
     # A resumed run cuts the log back to its checkpoint; a new run, or a restart before any
     # checkpoint, starts it afresh.
     log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else 0)
@@ -149,12 +148,12 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
     with progress, closing(log), closing(stream), closing(val_loader):
         while state.epoch < tcfg.epochs:
             task = progress.add_task(f"epoch {state.epoch + 1}/{tcfg.epochs}", total=stream.batches_per_epoch,
-                                     completed=stream.position[1], loss=float("nan"), speed=0.0)
-            ledger.start_epoch(state.loss_window if stream.position[1] else None)  # mid-epoch resume: same window
+                                     completed=stream.batches_done, loss=float("nan"), speed=0.0)
+            ledger.start_epoch(state.loss_window if stream.batches_done else None)  # mid-epoch resume: same window
             t0, seen = time.perf_counter(), 0
             backend.model.train()
             for batch in waits.timed(stream.epoch(state.epoch)):
-                result = train_step(batch, stream.position[1] % accum == 0, stop.requested, stream.corrupt_samples)
+                result = train_step(batch, stream.batches_done % accum == 0, stop.requested, stream.corrupt_samples)
                 if result is None:
                     continue  # an accumulation micro step
                 state.step, seen = state.step + 1, seen + result.samples * env.world_size
@@ -162,11 +161,11 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                 log_now = state.step % cfg.log.every_steps == 0
                 ledger.add(result, settle=log_now)  # the step before this one; this one too at a log step
                 speed = seen / max(time.perf_counter() - t0, 1e-9)
-                progress.update(task, completed=stream.position[1], speed=speed, loss=ledger.window_mean())
+                progress.update(task, completed=stream.batches_done, speed=speed, loss=ledger.window_mean())
                 if log_now:
                     log.write({"type": "train", "epoch": state.epoch, "step": state.step, "lr": backend.lr(),
                                "samples_per_s": speed, "data_wait": waits.take(), **ledger.take_record()})
-                if ledger.stop or checkpointer.due(state.step):
+                if checkpointer.should_save(stop=ledger.stop):
                     ledger.settle()
                     _save(checkpointer, state, log)
                 if ledger.stop:
@@ -194,20 +193,18 @@ def _layout(cfg: Config, env, backend) -> dict:
             "precision": cfg.backend.precision}
 
 
-def _restore(checkpointer: Checkpointer, start: Path, stream: TrainStream, env) -> TrainState:
-    client = checkpointer.load(start)
-    state = TrainState.from_client(client)
+def _restore(checkpointer: Checkpointer, start: Path, stream: TrainStream, env) -> None:
     # the stream decides whether its saved position carries over to this layout (and warns if not)
-    stream.load_state_dict(client.get("data") or {"epoch": state.epoch, "samples_done": 0})
+    checkpointer.restore(start)
+    state = checkpointer.train_state
     if env.is_main:
         console.print(f"resumed from {start} (epoch {state.epoch}, step {state.step}, "
-                      f"batch {stream.position[1]} of {stream.batches_per_epoch})")
-    return state
+                      f"batch {stream.batches_done} of {stream.batches_per_epoch})")
 
 
 def _save(checkpointer: Checkpointer, state: TrainState, log, metrics: Optional[dict] = None) -> None:
-    state.log_lines = log.lines
-    checkpointer.save(state, metrics)
+    state.log_lines = log.lines  # a resume cuts metrics.jsonl back to what this checkpoint had seen
+    checkpointer.save(metrics)
 
 
 def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> tuple:

@@ -28,6 +28,7 @@ from msa_dist.experiments.folds import build_folds, fold_dir
 from msa_dist.experiments.points import Point, is_main_process, run_points
 from msa_dist.experiments.tables import SCORE_KEYS, Column, markdown_table, mean_std, rich_table, scores
 from msa_dist.common.labels import LABELS
+from msa_dist.common import atomic
 
 OOF_FILE = "oof.json"
 WEIGHTS = "latest"  # the last epoch's model (see the module docstring)
@@ -84,9 +85,8 @@ def out_of_fold(point_dir: Path, fold_shards: str) -> dict:
     path = Path(point_dir) / OOF_FILE
     if not path.is_file():
         keys, log_probs, labels = model_log_probs(point_dir, fold_shards, "val")
-        tmp = path.with_name(OOF_FILE + ".tmp")
-        tmp.write_text(json.dumps({"keys": keys, "log_probs": log_probs.tolist(), "labels": labels.tolist()}))
-        os.replace(tmp, path)
+        atomic.write_text(path, json.dumps({"keys": keys, "log_probs": log_probs.tolist(),
+                                            "labels": labels.tolist()}))
     saved = json.loads(path.read_text())
     return {"keys": saved["keys"], "log_probs": torch.tensor(saved["log_probs"]),
             "labels": torch.tensor(saved["labels"])}

@@ -25,6 +25,7 @@ from msa_dist.data.shards import describe_shard
 from msa_dist.data.format.manifest import MANIFEST_FORMAT, load_manifest, shard_urls, write_manifest
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
+from msa_dist.common import atomic
 
 FOLDS_FILE = "folds.json"
 LABELLED_SPLITS = ("train", "val")
@@ -95,9 +96,7 @@ def build_folds(shard_dir: str | Path, folds_root: str | Path, k: int, seed: int
     for fold in range(k):
         _write_fold(folds_root, fold, entries, manifest, source, seed)
     info = {"source": source, "folds": k, "seed": seed, "parts": parts}
-    tmp = path.with_name(FOLDS_FILE + ".tmp")
-    tmp.write_text(json.dumps(info))
-    os.replace(tmp, path)  # written last: a half-built set is rebuilt by the next call
+    atomic.write_text(path, json.dumps(info))  # written last: a half-built set is rebuilt by the next call
     return info
 
 

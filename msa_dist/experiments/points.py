@@ -26,6 +26,7 @@ from msa_dist.engine.runtime import read_env
 from msa_dist.common.errors import MsaDistError
 from msa_dist.experiments.report import best_metrics, read_records, write_run_report
 from msa_dist.experiments.tables import flatten_metrics
+from msa_dist.common import atomic
 
 RESULT_FILE = "result.json"
 
@@ -84,9 +85,7 @@ def run_point(point: Point, run_dir: Path, train_fn: Callable) -> Optional[dict]
               "epochs_run": evals[-1]["epoch"] if evals else 0, "train_seconds": round(time.perf_counter() - start, 1),
               "best": metrics, "final": evals[-1] if evals else None}
     write_run_report(point_dir)
-    tmp = point_dir / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, point_dir / RESULT_FILE)  # the marker appears only once everything else is written
+    atomic.write_text(point_dir / RESULT_FILE, json.dumps(result, indent=1))  # the marker appears only once everything else is written
     return result
 
 

@@ -18,6 +18,7 @@ from msa_dist.engine.run.provenance import check_shards
 from msa_dist.engine.runtime import read_env
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
+from msa_dist.common.atomic import atomic_open
 
 
 FORMATS = ("probs", "course")
@@ -30,8 +31,7 @@ def write_predictions(out: str | Path, rows: Sequence[tuple[str, list[float]]], 
         raise MsaDistError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
+    with atomic_open(out_path, "w", newline="") as f:
         writer = csv.writer(f)
         if fmt == "course":
             writer.writerow(["guid", "tag"])
@@ -40,7 +40,6 @@ def write_predictions(out: str | Path, rows: Sequence[tuple[str, list[float]]], 
             writer.writerow(escape_row(["id", "tag", *(f"prob_{label}" for label in labels)]))
             writer.writerows(escape_row((key, labels[int(torch.tensor(p).argmax())], *(f"{x:.6f}" for x in p)))
                              for key, p in rows)
-    os.replace(tmp, out_path)
 
 
 def _load(run_dir: str, which: str, device: str = "auto"):

@@ -97,10 +97,6 @@ def verify_files(spec: PackagedBackbone, folder: Path, name: str) -> Path:
     return folder
 
 
-def is_packaged(name: str) -> bool:
-    """True for a short name of a packaged backbone (text or image)."""
-    return name in TEXT_BACKBONES or name in IMAGE_BACKBONES
-
 
 def resolve_text_dir(name: str, folder: Optional[Path] = None) -> str:
     """`minilm-l6` -> the verified model folder inside its package; any other name is returned as it is."""

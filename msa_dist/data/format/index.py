@@ -22,6 +22,7 @@ from typing import Iterator, Optional
 
 from msa_dist.data.format.tario import _META_RE, _split_name, scan_members
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.limits import is_count
 
 INDEX_FORMAT = 1
 INDEX_SUFFIX = ".idx.json"
@@ -71,14 +72,11 @@ class ShardIndex:
         return index
 
 
-def _is_count(value) -> bool:
-    return type(value) is int and value >= 0  # not a bool, a float or a string
-
 
 def check_index(index: ShardIndex) -> None:
     """ValueError unless every range lies inside the shard's `nbytes`: 0 <= start <= member offset,
     offset + size <= end <= nbytes for every sample, so no read goes before or past the file."""
-    if not isinstance(index.shard, str) or not _is_count(index.nbytes):
+    if not isinstance(index.shard, str) or not is_count(index.nbytes):
         raise ValueError("'shard' must be a name and 'bytes' a count")
     # printable: a key or field name holds no newline (the binary index's separator) and no surrogate
     if not isinstance(index.keys, list) or not all(isinstance(k, str) and k.isprintable() for k in index.keys):
@@ -91,13 +89,13 @@ def check_index(index: ShardIndex) -> None:
             or len(index.ends) != n or any(len(c) != n for c in index.fields.values()):
         raise ValueError("columns of different lengths")
     for i, (start, end) in enumerate(zip(index.starts, index.ends)):
-        if not (_is_count(start) and _is_count(end) and start < end <= index.nbytes):
+        if not (is_count(start) and is_count(end) and start < end <= index.nbytes):
             raise ValueError(f"sample {i} spans [{start!r}, {end!r}), outside the shard's {index.nbytes} bytes")
     for name, column in index.fields.items():
         for i, where in enumerate(column):
             if where is None:
                 continue
-            if not (isinstance(where, list) and len(where) == 2 and _is_count(where[0]) and _is_count(where[1])
+            if not (isinstance(where, list) and len(where) == 2 and is_count(where[0]) and is_count(where[1])
                     and index.starts[i] <= where[0] and where[0] + where[1] <= index.ends[i]):
                 raise ValueError(f"member {name} of sample {i} at {where!r} lies outside its sample")
 

@@ -19,6 +19,8 @@ from typing import Optional
 
 from msa_dist.data.stores import is_url, open_store
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.limits import is_count
+from msa_dist.common import atomic
 
 MANIFEST_NAME = "manifest.json"
 # `shards build` re-encodes images to the training resolution (the configs' data.resize_size), so
@@ -75,9 +77,6 @@ def check_manifest(raw: bytes, where: str) -> dict:
     return manifest
 
 
-def _is_count(value) -> bool:
-    return type(value) is int and value >= 0
-
 
 def shard_name_problem(name) -> Optional[str]:
     """Why `name` cannot name a shard file inside its folder (a path, `..`, a hidden file); None if it can."""
@@ -96,7 +95,7 @@ def _split_problem(info) -> Optional[str]:
     if "samples" not in info or "shards" not in info:
         return "lacks 'samples' or 'shards'"
     for key in ("samples", "labelled"):
-        if key in info and not _is_count(info[key]):
+        if key in info and not is_count(info[key]):
             return f"has {key} {info[key]!r}, not a count"
     shards = info["shards"]
     if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
@@ -105,14 +104,14 @@ def _split_problem(info) -> Optional[str]:
         problem = shard_name_problem(shard.get("name"))
         if problem:
             return f"lists a shard whose name {problem}"
-        if not _is_count(shard.get("samples")) or not _is_count(shard.get("bytes", 0)) \
+        if not is_count(shard.get("samples")) or not is_count(shard.get("bytes", 0)) \
                 or not isinstance(shard.get("sha256", ""), str):
             return f"has a bad entry for shard {shard['name']} (samples, bytes: counts; sha256: text)"
     guids = info.get("guids", [])
     if not isinstance(guids, list) or not all(isinstance(g, str) for g in guids):
         return "has 'guids' that is not a list of strings"
     counts = info.get("class_counts", {})
-    if not isinstance(counts, dict) or not all(_is_count(n) for n in counts.values()):
+    if not isinstance(counts, dict) or not all(is_count(n) for n in counts.values()):
         return "has 'class_counts' that is not a mapping of counts"
     return None
 
@@ -132,10 +131,7 @@ def split_shards(manifest: dict, split: str, location: str) -> list[dict]:
 def write_manifest(directory: str | Path, manifest: dict) -> Path:
     """Write `manifest.json` atomically (temp file + os.replace) so readers never see half of it."""
     path = Path(directory) / MANIFEST_NAME
-    tmp = path.with_name(f".{MANIFEST_NAME}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 
 
 def shard_urls(shard_dir: str | Path, split: str, manifest: Optional[dict] = None) -> list[str]:

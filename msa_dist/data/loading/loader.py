@@ -2,11 +2,10 @@
 
 How the data is divided is order.py's rule (with `data.length_bucket_batches`, each rank's
 training batches regrouped by text length: buckets.py); reading a sample is reader.py's; making a
-batch is batching.py's. This module runs them: `TrainStream` (the training batches of one rank,
-epoch after epoch, from one DataLoader whose workers never restart; it owns its position:
-`state_dict()` / `load_state_dict()`), `EvalLoader` (a split's evaluation batches, pass after
-pass, from workers forked once), `build_loader` (one pass), `iter_texts` (the tokenizer's pass
-over the texts alone).
+batch is batching.py's. This module runs them: `EvalLoader` (a split's evaluation batches, pass
+after pass, from workers forked once), `build_loader` (one pass), `iter_texts` (the tokenizer's
+pass over the texts alone). The training batches of one rank, epoch after epoch, with their
+position, are stream.py's `TrainStream`.
 """
 from __future__ import annotations
 
@@ -64,10 +63,6 @@ class CorruptCounter:
 def as_shard_set(shards: str | ShardSet) -> ShardSet:
     return shards if isinstance(shards, ShardSet) else ShardSet(str(shards))
 
-
-def split_size(shards: str | ShardSet, split: str) -> int:
-    """Samples in a split, from the manifest."""
-    return as_shard_set(shards).samples(split)
 
 
 def _worker_info() -> tuple[int, int]:

@@ -70,6 +70,11 @@ class TrainStream:
         return self.plan.batches_per_epoch
 
     @property
+    def batches_done(self) -> int:
+        """Micro batches of the current epoch this rank has handed out."""
+        return self._done
+
+    @property
     def position(self) -> tuple[int, int]:
         """(epoch, micro batches of it this rank has handed out)."""
         return self._epoch, self._done

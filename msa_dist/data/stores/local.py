@@ -8,6 +8,7 @@ from pathlib import Path
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import read_input
 from msa_dist.data.stores.base import MissingFile, ShardStore
+from msa_dist.common import atomic
 
 _MAX_WHOLE_FILE_BYTES = 1 << 32  # a manifest or an index: far above any real one
 _OPEN_LOCK = threading.Lock()
@@ -53,10 +54,7 @@ class LocalStore(ShardStore):
         return self._path(name).is_file()
 
     def write(self, name: str, data: bytes) -> None:
-        path = self._path(name)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        atomic.write_bytes(self._path(name), data)
 
     def __del__(self):
         for fd in self.__dict__.get("_local", {}).values():

@@ -7,12 +7,13 @@ calls the same methods whatever runs underneath:
     with backend.accumulate(is_boundary):      # DDP: no gradient all-reduce on accumulation steps
         with backend.autocast():               # bf16 / fp16 autocast, or nothing
             logits = backend.model(...)
-        backend.backward(loss, skip=nonfinite) # scaled for accumulation (and fp16)
+        backend.backward(loss, drop=nonfinite) # scaled for accumulation (and fp16)
     backend.step(is_boundary)                  # clip, step, schedule at a boundary
 """
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 from msa_dist.config.schema import BackendConfig
 from msa_dist.engine.backends.base import Backend
@@ -51,3 +52,9 @@ def build_backend(cfg: BackendConfig, env: DistEnv, join: bool = True) -> Backen
     if join:
         backend.init_process_group()
     return backend
+
+
+def saved_format(step_dir: Path) -> str:
+    """The checkpoint format of a saved step directory, as the backend that writes it recognises it:
+    'deepspeed' (DeepSpeed's own files, which it unpickles) or 'torch' (tensors and plain data)."""
+    return DeepSpeedBackend.checkpoint_format if DeepSpeedBackend.wrote(step_dir) else Backend.checkpoint_format

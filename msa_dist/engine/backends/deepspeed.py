@@ -28,6 +28,7 @@ from msa_dist.engine.backends.base import ProcessGroupBackend, join_process_grou
 from msa_dist.engine.backends.universal import convert_to_universal, repair_stage3_load
 from msa_dist.engine.optim import build_scheduler, optimizer_param_groups
 from msa_dist.engine.runtime import DistEnv
+from msa_dist.config.values import deep_merge
 from msa_dist.common.errors import MsaDistError
 
 TAG = "deepspeed"  # the DeepSpeed checkpoint's sub-directory inside each step directory
@@ -57,13 +58,6 @@ def _single_process_defaults() -> None:
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
                        ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
         os.environ.setdefault(key, value)
-
-
-def _merge(base: dict, override: dict) -> dict:
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def deepspeed_config(cfg: BackendConfig, optim: OptimConfig, micro_batch_size: int, grad_accum_steps: int,
@@ -99,7 +93,7 @@ def deepspeed_config(cfg: BackendConfig, optim: OptimConfig, micro_batch_size: i
     for key, ours in OWNED_KEYS.items():
         if key in user and user[key] != generated[key]:
             raise MsaDistError(f"backend.deepspeed_config sets {key}={user[key]}; set {ours} in our config instead")
-    return _merge(generated, user)
+    return deep_merge(generated, user)
 
 
 def _contiguous(model: torch.nn.Module) -> torch.nn.Module:
@@ -120,6 +114,11 @@ class DeepSpeedBackend(ProcessGroupBackend):
 
     name = "deepspeed"
     checkpoint_format = "deepspeed"
+
+    @staticmethod
+    def wrote(step_dir: Path) -> bool:
+        """Whether `step_dir` holds a checkpoint of this backend's format (DeepSpeed's own files)."""
+        return (Path(step_dir) / TAG).is_dir()
 
     def __init__(self, cfg: BackendConfig, env: DistEnv):
         super().__init__(cfg, env)

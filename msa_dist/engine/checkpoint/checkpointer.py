@@ -1,9 +1,10 @@
 """When and what the trainer saves, and where it resumes from.
 
-`Checkpointer` saves every `checkpoint.every_steps` optimizer steps, at each epoch end (then
-also `best/` by `train.best_metric`) and on a stop request; keeps the last `checkpoint.keep_last`
-step directories. Each save holds the backend's state, every rank's RNG, the `TrainState` below
-and the data stream's position (`TrainStream.state_dict()`); `checkpoint.py` writes it
+`Checkpointer` decides when a save is due: every `checkpoint.every_steps` optimizer steps, at
+each epoch end (then also `best/` by `train.best_metric`) and on a stop request; it keeps the last
+`checkpoint.keep_last` step directories. Each save holds the backend's state, every rank's RNG,
+the `TrainState` below and the state of each stateful object it was given (the data stream's
+position: `TrainStream.state_dict()`); `files.py` writes it
 atomically, so a kill during a save leaves the previous one usable. With an EMA of the weights
 (`engine/ema.py`), `model.pt` holds the average and the client state the trained weights.
 """
@@ -11,12 +12,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional, Protocol
 
 from msa_dist.config.schema import CheckpointConfig
 from msa_dist.engine.checkpoint import files as ckpt
 from msa_dist.engine.ema import WeightAverage
 from msa_dist.common.errors import MsaDistError
+from msa_dist.engine.backends import saved_format
 
 
 @dataclass
@@ -30,41 +32,60 @@ class TrainState:
     log_lines: Optional[int] = None  # lines of metrics.jsonl when saved: a resume cuts the file back to them
     loss_window: Optional[list] = None  # [sum, count] of losses since the last train record: a resume logs the same
 
-    @classmethod
-    def from_client(cls, client: dict) -> "TrainState":
-        saved = client["train_state"]
-        return cls(**{k: v for k, v in saved.items() if k in cls.__dataclass_fields__})
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, saved: dict) -> None:
+        """Take the saved values in place (keys this version does not know are ignored)."""
+        for key, value in saved.items():
+            if key in self.__dataclass_fields__:
+                setattr(self, key, value)
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class Checkpointer:
-    """Saves `client()` (train state, data position, config, layout) with the backend's state."""
+    """Decides when the run saves (`should_save`) and saves what it was given: the train state,
+    the stateful objects (`states`, e.g. {"data": stream}: their `state_dict()` at save time) and
+    fixed facts (`static`: config, layout), with the backend's state and the EMA."""
 
-    def __init__(self, backend, root: Path, cfg: CheckpointConfig, best_metric: str, client: Callable[[], dict],
-                 ema: WeightAverage):
-        self.backend, self.root, self.cfg = backend, Path(root), cfg
-        self.best_metric, self.client, self.ema = best_metric, client, ema
+    def __init__(self, backend, root: Path, cfg: CheckpointConfig, best_metric: str, ema: WeightAverage,
+                 train_state: TrainState, states: dict[str, Stateful], static: dict):
+        self.backend, self.root, self.cfg, self.best_metric, self.ema = backend, Path(root), cfg, best_metric, ema
+        self.train_state, self.states, self.static = train_state, states, static
 
-    def due(self, step: int) -> bool:
-        """A periodic save after this optimizer step."""
-        return bool(self.cfg.every_steps) and step % self.cfg.every_steps == 0
+    def should_save(self, stop: bool = False) -> bool:
+        """A save after this optimizer step: a stop was requested, or `checkpoint.every_steps` is due."""
+        step = self.train_state.step
+        return stop or (bool(self.cfg.every_steps) and step % self.cfg.every_steps == 0)
 
-    def save(self, state: TrainState, metrics: Optional[dict] = None) -> Path:
-        """Save at `state.step`; with `metrics` (an epoch end), also `best/` if they beat the best so far."""
+    def save(self, metrics: Optional[dict] = None) -> Path:
+        """Save at the current step; with `metrics` (an epoch end), also `best/` if they beat the best so far."""
+        state = self.train_state
         better = metrics is not None and (state.best_value is None or metrics[self.best_metric] > state.best_value)
         if better:
             state.best_value = metrics[self.best_metric]
         with self.ema.averaged():  # model.pt: the weights evaluated; the client state: the trained ones
-            client = {**self.client(), "ema": self.ema.state_dict()}
+            client = {"train_state": state.state_dict(), **{k: v.state_dict() for k, v in self.states.items()},
+                      **self.static, "ema": self.ema.state_dict()}
             step_dir = ckpt.save_checkpoint(self.backend, self.root, state.step, client, self.cfg.keep_last)
         if better:
             ckpt.save_best(self.backend, self.root, step_dir, metrics)
         return step_dir
 
-    def load(self, start: Path) -> dict:
-        """Restore the backend's state, the EMA and this rank's RNG from `start`; returns the client state."""
+    def restore(self, start: Path) -> None:
+        """Restore the backend's state, the EMA, this rank's RNG, the train state and every stateful
+        object from `start`, in place."""
         client = ckpt.load_checkpoint(self.backend, start)
         self.ema.restore(client.get("ema") or {}, str(start))
-        return client
+        self.train_state.load_state_dict(client["train_state"])
+        for name, obj in self.states.items():
+            # a checkpoint older than the stream's own state holds only the epoch: its start
+            obj.load_state_dict(client.get(name) or {"epoch": self.train_state.epoch, "samples_done": 0})
 
 
 def resume_point(ckpt_root: Path, resume: Optional[str], trust: bool = False) -> Optional[Path]:
@@ -81,13 +102,8 @@ def resume_point(ckpt_root: Path, resume: Optional[str], trust: bool = False) ->
         raise MsaDistError(f"--resume {resume}: no such checkpoint directory (use 'auto' or a step-NNNNNNN dir)")
     ckpt.check_readable(path)  # one line if it is torn, truncated or carries a payload
     inside = path.resolve().parent == Path(ckpt_root).resolve()
-    if (path / "deepspeed").is_dir() and not inside and not trust:
+    if saved_format(path) == "deepspeed" and not inside and not trust:
         raise MsaDistError(f"--resume {resume} is a DeepSpeed checkpoint from outside {ckpt_root}, and DeepSpeed "
                            "unpickles its files (which can run code): pass --trust-checkpoint if you made it "
                            "or trust who did")
     return path
-
-
-def client_state(state: TrainState, stream, cfg_dict: dict, layout: dict) -> dict:
-    """What a checkpoint stores besides the backend's state."""
-    return {"train_state": asdict(state), "data": stream.state_dict(), "config": cfg_dict, "layout": layout}

@@ -26,7 +26,9 @@ from typing import Callable, Optional
 import torch
 
 from msa_dist.engine.checkpoint.safe_load import UnreadableFile, load_tensors
-from msa_dist.common.errors import MsaDistError
+from msa_dist.common.errors import USER_OS_ERRORS, MsaDistError
+from msa_dist.common import atomic
+from msa_dist.engine.backends import saved_format
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"(\.old-)?step-(\d+)")  # complete step directories (.old-: a kill between two renames)
@@ -46,12 +48,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, keep_last: int) -> Path:
     """Save on every rank (DeepSpeed needs all of them); rank 0 publishes and prunes."""
     final = ckpt_root / f"step-{step:07d}"
@@ -60,7 +56,7 @@ def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, kee
         _save_and_publish(backend, ckpt_root, tmp, final, client_state, keep_last)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)  # what was written of it: its space is needed
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
+        if exc.errno not in USER_OS_ERRORS:
             raise
         raise MsaDistError(f"cannot save the checkpoint of step {step} in {ckpt_root}: {exc.strerror} "
                            f"({exc.filename or tmp}); the previous checkpoint is untouched: make room and resume "
@@ -70,8 +66,7 @@ def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, kee
 
 def _save_and_publish(backend, ckpt_root: Path, tmp: Path, final: Path, client_state: dict, keep_last: int) -> None:
     if backend.env.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        atomic.fresh_dir(tmp)
     backend.sync_buffers()  # ranks agree on BatchNorm statistics, so any rank's restore is rank 0's
     backend.barrier()
     backend.save_state(tmp, client_state)
@@ -82,13 +77,8 @@ def _save_and_publish(backend, ckpt_root: Path, tmp: Path, final: Path, client_s
         # (without the config, and without the EMA's weights: tensors, kept in the backend's state)
         (tmp / "client.json").write_text(json.dumps(
             {k: v for k, v in client_state.items() if k not in ("config", "ema")}, indent=1, default=str))
-        old = ckpt_root / f".old-{final.name}"
-        if final.exists():  # the same step saved again (e.g. epoch end after a step save)
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        _atomic_write_text(ckpt_root / "latest", final.name)
-        shutil.rmtree(old, ignore_errors=True)
+        atomic.swap_dir(tmp, final)  # `final` exists when the same step is saved again (epoch end after a step)
+        atomic.write_text(ckpt_root / "latest", final.name)
         _prune(ckpt_root, keep_last)
     backend.barrier()
 
@@ -102,17 +92,10 @@ def _prune(ckpt_root: Path, keep_last: int) -> None:
 def save_best(backend, ckpt_root: Path, step_dir: Path, metrics: dict) -> None:
     """Copy the step's plain weights to best/ (rank 0), atomically."""
     if backend.env.is_main:
-        tmp = ckpt_root / ".tmp-best"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = atomic.fresh_dir(ckpt_root / ".tmp-best")
         shutil.copy2(step_dir / "model.pt", tmp / "model.pt")
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        old = ckpt_root / ".old-best"
-        shutil.rmtree(old, ignore_errors=True)
-        if (ckpt_root / "best").exists():
-            os.replace(ckpt_root / "best", old)
-        os.replace(tmp, ckpt_root / "best")
-        shutil.rmtree(old, ignore_errors=True)
+        atomic.swap_dir(tmp, ckpt_root / "best")
     backend.barrier()
 
 
@@ -171,7 +154,7 @@ def check_readable(step_dir: Path) -> None:
     are not ours to read: see docs/security.md."""
     read_client(step_dir)
     names = ["model.pt", *sorted(p.name for p in step_dir.glob("rng-rank*.pt"))]
-    if not (step_dir / "deepspeed").is_dir():
+    if saved_format(step_dir) == "torch":
         names.append("state.pt")
     for name in names:
         load_tensors(step_dir / name, mmap=True)

@@ -24,6 +24,7 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.models import build_model
 from msa_dist.models.text import save_text_architecture
 from msa_dist.models.tokenizer import load_pretrained_tokenizer, train_wordpiece_tokenizer
+from msa_dist.common.atomic import temp_path
 
 
 def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
@@ -55,7 +56,7 @@ def _shard_wordpiece(shard_dir: str, vocab_size: int):
     if (cache / "tokenizer_config.json").exists():
         return load_pretrained_tokenizer(str(cache))
     tokenizer = train_wordpiece_tokenizer(iter_texts(shard_dir, "train"), vocab_size)
-    tmp = cache.with_name(f".tmp-{cache.name}-{os.getpid()}")
+    tmp = temp_path(cache)
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         tokenizer.save_pretrained(str(tmp))

@@ -21,6 +21,7 @@ from typing import Optional
 from msa_dist.data.format.manifest import MANIFEST_NAME
 from msa_dist.common.urls import redact_text, redact_url
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common import atomic
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,7 @@ def write_run_info(cfg, run_dir: str | Path, env, backend_name: str) -> None:
         first = json.loads(path.read_text())
         first.setdefault("resumed", []).append(info)
         info = first
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(info, indent=1) + "\n")
 
 
 def read_run_info(run_dir: str | Path) -> Optional[dict]:
