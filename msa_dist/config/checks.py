@@ -1,6 +1,6 @@
 """What a good config value is: each set of allowed values and each range, defined once.
 
-Every section's `__post_init__` (config.py) runs the checks of its own keys, so a bad value fails
+Every section's `__post_init__` (schema.py) runs the checks of its own keys, so a bad value fails
 with one line naming its dotted key when the config is loaded, before any process group, tokenizer
 or model is built. Builders import the allowed sets from here and do not check again.
 """

@@ -1,6 +1,6 @@
 """The config schema: a tree of dataclasses, loaded as defaults < YAML file < dotted CLI overrides.
 
-Unknown keys, values of the wrong type (config_values.py) and bad values (config_checks.py, run by
+Unknown keys, values of the wrong type (values.py) and bad values (checks.py, run by
 each section's `__post_init__`) raise `MsaDistError` naming the dotted key.
 """
 from __future__ import annotations

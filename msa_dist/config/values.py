@@ -1,5 +1,5 @@
 """Config values from YAML and the command line: typed into the schema's fields, or one-line errors
-naming the dotted key (config.py's loader uses these; config_checks.py checks the values)."""
+naming the dotted key (schema.py's loader uses these; checks.py checks the values)."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,7 +1,7 @@
 """Fusion heads: text and image features -> class logits. `FUSIONS` maps model.head.fusion to a class.
 
 Each head is built as `cls(cfg, text_dim, image_dim)` (None for an absent modality); the modalities
-each works with are `config_checks.FUSION_MODALITIES`, checked when the config is made. Most take
+each works with are `config.checks.FUSION_MODALITIES`, checked when the config is made. Most take
 pooled features, `head(text_emb, image_emb)` with [B, dim] tensors; a head with `uses_tokens = True`
 takes every token instead, `head(text_tokens, text_mask, image_tokens)`: [B, T, text_dim], [B, T]
 (1 = real token), [B, R, image_dim].
@@ -155,7 +155,7 @@ FUSIONS: dict[str, type[nn.Module]] = {
     "cross_attention": CrossAttentionFusionHead,
     "late": LateFusionHead,
 }
-assert set(FUSIONS) == set(FUSION_MODALITIES), "register a new fusion in config_checks.FUSION_MODALITIES"
+assert set(FUSIONS) == set(FUSION_MODALITIES), "register a new fusion in config.checks.FUSION_MODALITIES"
 
 
 def supports(fusion: str, modality: str) -> bool:

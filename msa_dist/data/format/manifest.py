@@ -8,7 +8,7 @@ Layout (format 1):
      "decodings": {"utf-8": n, "gb18030": n},
      "skipped": [{"guid": ..., "split": ..., "source": ..., "line": n, "reason": ..., "detail": ...}]}
 Each shard has a sample index beside it (`NAME.tar.idx.json`, see index.py); the folder may be a
-URL (storage.py).
+URL (stores/).
 """
 from __future__ import annotations
 

@@ -105,7 +105,7 @@ class _Batches(torch.utils.data.IterableDataset):
         orders: dict = {}
         items = itertools.takewhile(lambda item: item is not None,
                                     (self._ids(t, orders) for t in itertools.count(worker, workers)))
-        # the next batches' reads stay in flight while this one is made (fetch.py)
+        # the next batches' reads stay in flight while this one is made (readahead.py)
         for (epoch, index, _), samples in self.reader.read_ahead(items, self.cfg.read_threads,
                                                                  self.cfg.read_ahead_batches, self.cfg.read_gap_bytes):
             batch = maker.make(samples, epoch)

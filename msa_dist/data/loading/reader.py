@@ -3,7 +3,7 @@
 `ShardSet` is a shard location (folder or URL) with its manifest; `SampleReader` maps a split's
 sample ids (0..N-1 in shard order) to shards through their indexes, groups the ids of one shard
 into runs of consecutive samples and fetches each run in one request (`fetch`), or keeps the
-requests of the next batches in flight (`read_ahead`, fetch.py).
+requests of the next batches in flight (`read_ahead`, readahead.py).
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""The shard store's interface, shared by every kind of store (`storage.py`'s and `s3.py`'s).
+"""The shard store's interface, shared by every kind of store (local, HTTP, fsspec, S3).
 
-Apart from `storage.py` so that `s3.py` can subclass it without importing `storage.py`, which
-picks the store for a URL (and imports `s3.py` for `s3://`).
+Apart from `__init__.py`, which picks the store for a URL (and imports `s3.py` for `s3://` only
+then), so that each store module subclasses it without importing the others.
 """
 from __future__ import annotations
 
