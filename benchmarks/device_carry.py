@@ -20,6 +20,7 @@ and whole, then extracts with tarfile's `data` filter (no links out, no absolute
 or damaged piece is one line and exit status 3, and the pretrained part is skipped. Stdlib only:
 it runs on the device before any wheel is installed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,7 +53,8 @@ class PieceWriter:
     def _roll(self) -> None:
         self._close_piece()
         name = f"piece-{len(self.pieces):02d}"
-        self._file, self._digest, self._size = open(self.out / name, "wb"), hashlib.sha256(), 0
+        # a piece stays open across write() calls and is closed by _close_piece
+        self._file, self._digest, self._size = open(self.out / name, "wb"), hashlib.sha256(), 0  # noqa: SIM115
         self.pieces.append({"name": name})
 
     def _close_piece(self) -> None:
@@ -66,12 +68,12 @@ class PieceWriter:
         while view:
             if self._file is None or self._size == self.piece_bytes:
                 self._roll()
-            part = view[:self.piece_bytes - self._size]
+            part = view[: self.piece_bytes - self._size]
             self._file.write(part)
             self._digest.update(part)
             self.total.update(part)
             self._size += len(part)
-            view = view[len(part):]
+            view = view[len(part) :]
         return len(data)
 
     def close(self) -> None:
@@ -99,15 +101,19 @@ def pack(out: Path, piece_mib: float, entries: list[tuple[str, Path]]) -> dict:
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    writer = PieceWriter(out, int(piece_mib * 2 ** 20))
+    writer = PieceWriter(out, int(piece_mib * 2**20))
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for arcname, source in entries:
             if not source.exists():
                 raise CarryError(f"pack: {source} does not exist")
             _add_tree(tar, arcname, source)
     writer.close()
-    manifest = {"pieces": writer.pieces, "bytes": sum(p["bytes"] for p in writer.pieces),
-                "sha256": writer.total.hexdigest(), "contents": [name for name, _ in entries]}
+    manifest = {
+        "pieces": writer.pieces,
+        "bytes": sum(p["bytes"] for p in writer.pieces),
+        "sha256": writer.total.hexdigest(),
+        "contents": [name for name, _ in entries],
+    }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
@@ -155,7 +161,7 @@ class _Joined:
     def read(self, size: int = -1) -> bytes:
         while self._paths or self._file:
             if self._file is None:
-                self._file = open(self._paths.pop(0), "rb")
+                self._file = open(self._paths.pop(0), "rb")  # noqa: SIM115 - open across read() calls
             data = self._file.read(size)
             if data:
                 return data
@@ -169,8 +175,10 @@ def unpack(staged: Path, dest: Path) -> dict:
     manifest = _read_manifest(staged)
     missing = [p["name"] for p in manifest["pieces"] if not _whole(staged / p["name"], p)]
     if missing:
-        raise CarryError(f"pack incomplete in {staged}: {', '.join(missing)} missing or damaged "
-                         f"(carry each in a call to this warm machine: launch/device_check.sh stage)")
+        raise CarryError(
+            f"pack incomplete in {staged}: {', '.join(missing)} missing or damaged "
+            f"(carry each in a call to this warm machine: launch/device_check.sh stage)"
+        )
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -200,14 +208,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "pack":
             entries = [(name, Path(path)) for name, _, path in (e.partition("=") for e in args.entries)]
             manifest = pack(args.out, args.piece_mib, entries)
-            sizes = ", ".join(f"{p['name']} {p['bytes'] / 2 ** 20:.1f} MiB" for p in manifest["pieces"])
-            print(f"packed {manifest['bytes'] / 2 ** 20:.1f} MiB into {args.out}: {sizes}")
+            sizes = ", ".join(f"{p['name']} {p['bytes'] / 2**20:.1f} MiB" for p in manifest["pieces"])
+            print(f"packed {manifest['bytes'] / 2**20:.1f} MiB into {args.out}: {sizes}")
         elif args.verb == "stage":
             missing = stage(args.carried, args.to)
             print(f"staged in {args.to}; " + (f"still missing: {', '.join(missing)}" if missing else "pack complete"))
         else:
             manifest = unpack(args.staged, args.to)
-            print(f"unpacked {manifest['bytes'] / 2 ** 20:.1f} MiB ({', '.join(manifest['contents'])}) into {args.to}")
+            print(f"unpacked {manifest['bytes'] / 2**20:.1f} MiB ({', '.join(manifest['contents'])}) into {args.to}")
     except CarryError as exc:
         print(f"device_carry: {exc}", file=sys.stderr)
         return MISSING

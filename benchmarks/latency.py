@@ -18,6 +18,7 @@ summary with the ratios, each measured in the same run (the machine may be share
 `--latencies local,0,50` adds msa-dist reading the folder itself: the most a node-local cache of the
 shards could give.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,22 @@ def _free_port() -> int:
 
 def _serve(shards: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "msa_dist", "shards", "serve", shards, "--port", str(port),
-                               "--latency-ms", str(latency_ms)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "msa_dist",
+            "shards",
+            "serve",
+            shards,
+            "--port",
+            str(port),
+            "--latency-ms",
+            str(latency_ms),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(300):  # up to 30 s for the server to listen
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -56,19 +71,56 @@ def _serve(shards: str, latency_ms: float) -> tuple[subprocess.Popen, str]:
 def _msa_dist(url: str, workers: int, seconds: float, overrides: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "data.json"
-        subprocess.run([sys.executable, "-m", "msa_dist", "bench", "data", "--shards", url, "--workers", str(workers),
-                        "--seconds", str(seconds), "--json", str(out), *overrides],
-                       check=True, stdout=subprocess.DEVNULL, cwd=REPO)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "msa_dist",
+                "bench",
+                "data",
+                "--shards",
+                url,
+                "--workers",
+                str(workers),
+                "--seconds",
+                str(seconds),
+                "--json",
+                str(out),
+                *overrides,
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            cwd=REPO,
+        )
         r = json.loads(out.read_text())
-    return {"samples_per_s": r["samples_per_s"], "bytes_per_sample": r["bytes_read_per_sample"],
-            "bytes_per_sample_read": r["bytes_per_sample_read"],
-            "mean_sample_bytes": r["mean_sample_bytes"], "requests_per_sample": r["requests_per_sample"],
-            "time_to_first_batch_s": r["time_to_first_batch_s"]}
+    return {
+        "samples_per_s": r["samples_per_s"],
+        "bytes_per_sample": r["bytes_read_per_sample"],
+        "bytes_per_sample_read": r["bytes_per_sample_read"],
+        "mean_sample_bytes": r["mean_sample_bytes"],
+        "requests_per_sample": r["requests_per_sample"],
+        "time_to_first_batch_s": r["time_to_first_batch_s"],
+    }
 
 
 def _webdataset(url: str, workers: int, seconds: float, overrides: list[str]) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--webdataset-child", url, "--workers", str(workers),
-                          "--seconds", str(seconds), *overrides], check=True, capture_output=True, text=True, cwd=REPO)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--webdataset-child",
+            url,
+            "--workers",
+            str(workers),
+            "--seconds",
+            str(seconds),
+            *overrides,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -96,8 +148,14 @@ def webdataset_child(url: str, workers: int, seconds: float, overrides: list[str
             for epoch in range(10**6):
                 urls = [f"{url}/{s['name']}" for s in entries]
                 # one streaming GET per shard; shards split over the DataLoader's workers
-                samples = wds.WebDataset(urls, shardshuffle=len(urls), seed=epoch, nodesplitter=None,
-                                         workersplitter=wds.split_by_worker, empty_check=False).shuffle(500)
+                samples = wds.WebDataset(
+                    urls,
+                    shardshuffle=len(urls),
+                    seed=epoch,
+                    nodesplitter=None,
+                    workersplitter=wds.split_by_worker,
+                    empty_check=False,
+                ).shuffle(500)
                 raws: list = []
                 for sample in samples:
                     raws.append(sample)
@@ -107,13 +165,13 @@ def webdataset_child(url: str, workers: int, seconds: float, overrides: list[str
                         yield made
                         raws = []
 
-    loader = torch.utils.data.DataLoader(Batches(), batch_size=None, num_workers=workers,
-                                         prefetch_factor=4 if workers else None)
+    loader = torch.utils.data.DataLoader(
+        Batches(), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None
+    )
     first = timed_from = None
     samples = batches = 0
-    for got in loader:
+    for batches, got in enumerate(loader, start=1):
         now = time.perf_counter()
-        batches += 1
         first = first if first is not None else now - opened
         if batches == 2:
             timed_from = now
@@ -124,8 +182,12 @@ def webdataset_child(url: str, workers: int, seconds: float, overrides: list[str
     rate = samples / (now - timed_from)
     tar_bytes = sum(s["bytes"] for s in entries)
     total = sum(int(s["samples"]) for s in entries)
-    return {"samples_per_s": rate, "bytes_per_sample": tar_bytes / total, "requests_per_sample": len(entries) / total,
-            "time_to_first_batch_s": first}
+    return {
+        "samples_per_s": rate,
+        "bytes_per_sample": tar_bytes / total,
+        "requests_per_sample": len(entries) / total,
+        "time_to_first_batch_s": first,
+    }
 
 
 def _mean(results: list[dict]) -> dict:
@@ -137,12 +199,19 @@ def _mean(results: list[dict]) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("shards", help="a shard folder (served here over HTTP), or the URL in --webdataset-child mode")
-    p.add_argument("--latencies", default="0,10,50,100",
-                   help="per-request latencies in ms; `local`: the folder itself, no server (default %(default)s)")
+    p.add_argument(
+        "--latencies",
+        default="0,10,50,100",
+        help="per-request latencies in ms; `local`: the folder itself, no server (default %(default)s)",
+    )
     p.add_argument("--seconds", type=float, default=20.0, help="timed seconds per loader and latency")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers, both loaders (default %(default)s)")
-    p.add_argument("--repeats", type=int, default=1, help="runs of each loader per latency, in A B B A order; "
-                   "the table gives their mean (default %(default)s)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of each loader per latency, in A B B A order; the table gives their mean (default %(default)s)",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--webdataset-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("overrides", nargs="*", help="dotted config overrides for both, e.g. data.chunk_samples=16")
@@ -153,15 +222,16 @@ def main() -> None:
     rows = []
     for latency in args.latencies.split(","):
         if latency == "local":  # the folder itself, no server: what a node-local cache could reach at best
-            rows.append({"latency_ms": "local", "msa_dist": _msa_dist(args.shards, args.workers, args.seconds,
-                                                                      args.overrides)})
+            rows.append(
+                {"latency_ms": "local", "msa_dist": _msa_dist(args.shards, args.workers, args.seconds, args.overrides)}
+            )
             print(json.dumps(rows[-1]), flush=True)
             continue
         server, url = _serve(args.shards, float(latency))
         runs: dict = {"msa_dist": [], "webdataset": []}
         try:
             for k in range(args.repeats):  # A B B A ...: drift on a shared machine hits both alike
-                for name in (("msa_dist", "webdataset") if k % 2 == 0 else ("webdataset", "msa_dist")):
+                for name in ("msa_dist", "webdataset") if k % 2 == 0 else ("webdataset", "msa_dist"):
                     bench = _msa_dist if name == "msa_dist" else _webdataset
                     runs[name].append(bench(url, args.workers, args.seconds, args.overrides))
         finally:
@@ -174,8 +244,13 @@ def main() -> None:
     base = next((r for r in rows if r["latency_ms"] == 0.0), rows[0])["msa_dist"]["samples_per_s"]
     for row in rows:
         row["msa_dist_vs_0ms"] = row["msa_dist"]["samples_per_s"] / base
-    summary = {"workers": args.workers, "seconds": args.seconds, "overrides": args.overrides, "cpu_count": os.cpu_count(),
-               "rows": rows}
+    summary = {
+        "workers": args.workers,
+        "seconds": args.seconds,
+        "overrides": args.overrides,
+        "cpu_count": os.cpu_count(),
+        "rows": rows,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary), flush=True)

@@ -10,6 +10,7 @@ one training step fills the AdamW moments; then `checkpoint.save_checkpoint` run
   python benchmarks/save_time.py --dir /fast/disk backend.name=deepspeed backend.zero_stage=2
   torchrun --nproc_per_node 2 benchmarks/save_time.py backend.name=deepspeed backend.zero_stage=2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,14 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-BASE_OVERRIDES = ["model.text.name=bert-base-random", "model.image.weights=none", "backend.precision=fp32",
-                  "backend.device=cpu", "data.max_length=128", "train.batch_size=2"]
+BASE_OVERRIDES = [
+    "model.text.name=bert-base-random",
+    "model.image.weights=none",
+    "backend.precision=fp32",
+    "backend.device=cpu",
+    "data.max_length=128",
+    "train.batch_size=2",
+]
 
 
 class _VocabSize:
@@ -47,8 +54,8 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from msa_dist.bench.build import bench_model
     from msa_dist.config.schema import load_config
-    from msa_dist.engine.checkpoint import files as ckpt
     from msa_dist.engine.backends import build_backend, leave_process_group
+    from msa_dist.engine.checkpoint import files as ckpt
     from msa_dist.engine.runtime import read_env
 
     cfg = load_config(str(REPO / "configs" / "bert_resnet50.yaml"), [*BASE_OVERRIDES, *args.overrides])
@@ -59,9 +66,11 @@ def main() -> None:
     backend.prepare(model, cfg.optim, total_steps=100, grad_accum_steps=1, micro_batch_size=cfg.train.batch_size)
 
     batch, size, dev = cfg.train.batch_size, cfg.data.image_size, env.device
-    logits = backend.model(input_ids=torch.randint(0, 30522, (batch, cfg.data.max_length), device=dev),
-                           attention_mask=torch.ones(batch, cfg.data.max_length, dtype=torch.long, device=dev),
-                           images=torch.randn(batch, 3, size, size, device=dev))
+    logits = backend.model(
+        input_ids=torch.randint(0, 30522, (batch, cfg.data.max_length), device=dev),
+        attention_mask=torch.ones(batch, cfg.data.max_length, dtype=torch.long, device=dev),
+        images=torch.randn(batch, 3, size, size, device=dev),
+    )
     labels = torch.zeros(batch, dtype=torch.long, device=dev)
     backend.backward(torch.nn.functional.cross_entropy(logits.float(), labels))
     backend.step(True)  # AdamW's exp_avg / exp_avg_sq now exist, as in any checkpoint after step 1
@@ -77,9 +86,20 @@ def main() -> None:
         step_dir = ckpt.save_checkpoint(backend, root, i + 1, client, keep_last=1)
         seconds = time.perf_counter() - t0
         if env.is_main:
-            print(json.dumps({"backend": cfg.backend.name, "zero_stage": cfg.backend.zero_stage,
-                              "world_size": env.world_size, "params": params, "save_s": round(seconds, 2),
-                              "checkpoint_bytes": _size_bytes(step_dir), "dir": str(root)}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "backend": cfg.backend.name,
+                        "zero_stage": cfg.backend.zero_stage,
+                        "world_size": env.world_size,
+                        "params": params,
+                        "save_s": round(seconds, 2),
+                        "checkpoint_bytes": _size_bytes(step_dir),
+                        "dir": str(root),
+                    }
+                ),
+                flush=True,
+            )
     backend.barrier()
     if env.is_main:
         shutil.rmtree(root, ignore_errors=True)

@@ -12,28 +12,34 @@ costs once read, whatever the run's length.
 `time_to_first_batch_s` is from opening the shard set (manifest, indexes, a tokenizer trained on the
 shard texts) to the first batch; `first_batch_s` is its last part, from the stream's start.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import time
 from contextlib import closing
-from typing import Optional
 
 import torch
 
 from msa_dist.bench.build import bench_tokenizer
 from msa_dist.bench.seed_loader import seed_style_samples_per_s
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.urls import redact_url
 from msa_dist.config.schema import Config
 from msa_dist.data.loading.loader import StreamSpec
 from msa_dist.data.loading.reader import ShardSet
 from msa_dist.data.loading.stream import TrainStream
-from msa_dist.common.urls import redact_url
-from msa_dist.common.errors import MsaDistError
 
 
-def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, workers: int = 1,
-                   warmup_batches: int = 2, reference: Optional[str] = None) -> dict:
+def run_data_bench(
+    cfg: Config,
+    split: str = "train",
+    seconds: float = 20.0,
+    workers: int = 1,
+    warmup_batches: int = 2,
+    reference: str | None = None,
+) -> dict:
     """Time the training loader of `cfg.data` on `split`; optionally the seed-style reference too."""
     if seconds <= 0 or workers < 0:
         raise MsaDistError("bench data: --seconds must be > 0 and --workers >= 0")
@@ -56,15 +62,24 @@ def run_data_bench(cfg: Config, split: str = "train", seconds: float = 20.0, wor
     if workers == 0:
         torch.set_num_threads(1)
     try:
-        timing = _time_loader(data_cfg, shard_set, split, cfg.train.batch_size, cfg.train.seed, tokenizer,
-                              seconds, warmup_batches)
+        timing = _time_loader(
+            data_cfg, shard_set, split, cfg.train.batch_size, cfg.train.seed, tokenizer, seconds, warmup_batches
+        )
     finally:
         torch.set_num_threads(threads)
     result = {
-        "bench": "data", "split": split, "workers": workers, "batch_size": cfg.train.batch_size,
-        "image_size": cfg.data.image_size, "shard_image_size": manifest.get("options", {}).get("image_size", 0),
-        "decode_on_device": cfg.data.decode_on_device, "pad_to_max_length": cfg.data.pad_to_max_length,
-        "shards": redact_url(shard_dir), "cpu_count": os.cpu_count(), **timing, "startup_s": startup_s,
+        "bench": "data",
+        "split": split,
+        "workers": workers,
+        "batch_size": cfg.train.batch_size,
+        "image_size": cfg.data.image_size,
+        "shard_image_size": manifest.get("options", {}).get("image_size", 0),
+        "decode_on_device": cfg.data.decode_on_device,
+        "pad_to_max_length": cfg.data.pad_to_max_length,
+        "shards": redact_url(shard_dir),
+        "cpu_count": os.cpu_count(),
+        **timing,
+        "startup_s": startup_s,
         "time_to_first_batch_s": startup_s + timing["first_batch_s"],
         "mean_sample_bytes": _mean_sample_bytes(shard_set, split),
         "samples_per_s_per_worker": timing["samples_per_s"] / max(workers, 1),
@@ -79,18 +94,27 @@ def _mean_sample_bytes(shard_set: ShardSet, split: str) -> float:
     """A sample's bytes in its shard (tar headers, members, padding), from the indexes of at most
     ~32 shards spread over the split (all of a small split; a bounded read of a large one)."""
     shards = shard_set.shards(split)
-    indexes = [shard_set.index(shard) for shard in shards[::max(1, len(shards) // 16)]]
+    indexes = [shard_set.index(shard) for shard in shards[:: max(1, len(shards) // 16)]]
     return sum(int((i.records["end"] - i.records["start"]).sum()) for i in indexes) / sum(map(len, indexes))
 
 
-def _time_loader(data_cfg, shard_set: ShardSet, split: str, batch_size: int, seed: int, tokenizer,
-                 seconds: float, warmup_batches: int) -> dict:
+def _time_loader(
+    data_cfg,
+    shard_set: ShardSet,
+    split: str,
+    batch_size: int,
+    seed: int,
+    tokenizer,
+    seconds: float,
+    warmup_batches: int,
+) -> dict:
     pin = torch.cuda.is_available()  # as the trainer: pinned batches only when a GPU will take them
     start = time.perf_counter()
     first_batch_s = timed_from = None
     samples = batches = delivered = 0
-    with closing(TrainStream(data_cfg, shard_set, StreamSpec(split, True, batch_size, seed=seed), tokenizer,
-                             pin_memory=pin)) as stream:
+    with closing(
+        TrainStream(data_cfg, shard_set, StreamSpec(split, True, batch_size, seed=seed), tokenizer, pin_memory=pin)
+    ) as stream:
         bytes_before = shard_set.store.bytes_read  # after the manifest and the indexes
         requests_before, read_before = shard_set.store.requests, stream.reader.samples_read
         for batch in stream.batches():
@@ -107,10 +131,15 @@ def _time_loader(data_cfg, shard_set: ShardSet, split: str, batch_size: int, see
             samples += len(batch["keys"])
             if now - timed_from >= seconds:
                 elapsed = now - timed_from
-                return {"samples": samples, "seconds": elapsed, "samples_per_s": samples / elapsed,
-                        "first_batch_s": first_batch_s, "epochs": batches / stream.batches_per_epoch,
-                        "bytes_read_per_sample": (shard_set.store.bytes_read - bytes_before) / delivered,
-                        "requests_per_sample": (shard_set.store.requests - requests_before) / delivered,
-                        "bytes_per_sample_read": (shard_set.store.bytes_read - bytes_before)
-                        / max(1, stream.reader.samples_read - read_before)}
+                return {
+                    "samples": samples,
+                    "seconds": elapsed,
+                    "samples_per_s": samples / elapsed,
+                    "first_batch_s": first_batch_s,
+                    "epochs": batches / stream.batches_per_epoch,
+                    "bytes_read_per_sample": (shard_set.store.bytes_read - bytes_before) / delivered,
+                    "requests_per_sample": (shard_set.store.requests - requests_before) / delivered,
+                    "bytes_per_sample_read": (shard_set.store.bytes_read - bytes_before)
+                    / max(1, stream.reader.samples_read - read_before),
+                }
     raise AssertionError("an endless stream ended")

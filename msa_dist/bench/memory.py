@@ -6,6 +6,7 @@ doubles from `--start` until a step runs out of memory, then a bisection narrows
 `--resolution` samples. Each try is forward + backward + optimizer step, with the allocator's
 peak read after it.
 """
+
 from __future__ import annotations
 
 import time
@@ -13,10 +14,10 @@ import time
 import torch
 
 from msa_dist.bench.build import bench_model
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import Config, to_dict
 from msa_dist.engine.backends import build_backend
 from msa_dist.engine.runtime import read_env
-from msa_dist.common.errors import MsaDistError
 
 
 def _fits(backend, batch: int, cfg: Config) -> tuple[bool, int]:
@@ -42,7 +43,7 @@ def _fits(backend, batch: int, cfg: Config) -> tuple[bool, int]:
         return False, 0
     finally:
         backend.optimizer.zero_grad(set_to_none=True)
-        inputs = logits = loss = None  # noqa: F841 (free before the next try)
+        inputs = logits = loss = None
 
 
 def run_memory_bench(cfg: Config, tokenizer, start: int = 64, limit: int = 65536, resolution: int = 32) -> dict:
@@ -64,9 +65,14 @@ def run_memory_bench(cfg: Config, tokenizer, start: int = 64, limit: int = 65536
             high = batch
         batch = batch * 2 if high is None else (low + high) // 2
     best = max((t for t in tries if t["fits"]), key=lambda t: t["batch"], default=None)
-    return {"bench": "memory", "device": torch.cuda.get_device_name(env.device),
-            "total_memory_bytes": torch.cuda.get_device_properties(env.device).total_memory,
-            "largest_batch": best["batch"] if best else 0,
-            "peak_memory_bytes": best["peak_memory_bytes"] if best else 0,
-            "first_failing_batch": high, "tries": tries, "seconds": round(time.perf_counter() - t0, 1),
-            "config": to_dict(cfg)}
+    return {
+        "bench": "memory",
+        "device": torch.cuda.get_device_name(env.device),
+        "total_memory_bytes": torch.cuda.get_device_properties(env.device).total_memory,
+        "largest_batch": best["batch"] if best else 0,
+        "peak_memory_bytes": best["peak_memory_bytes"] if best else 0,
+        "first_failing_batch": high,
+        "tries": tries,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "config": to_dict(cfg),
+    }

@@ -8,6 +8,7 @@ It measures their memory (resident set, before/after) and build time, then runs 
 node over one minute of training to count what that node must fetch: requests (one per run of
 back-to-back samples, one per index not in the worker's cache), bytes, and distinct shards.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,10 +20,10 @@ import tracemalloc
 
 import numpy as np
 
-from msa_dist.data.format.index_bin import BINARY_SUFFIX, CompactIndex, IndexCache, load_index, to_binary
-from msa_dist.data.format.index import ShardIndex
-from msa_dist.data.loading.order import EpochOrder, TrainPlan
 from msa_dist.common.errors import MsaDistError
+from msa_dist.data.format.index import ShardIndex
+from msa_dist.data.format.index_bin import BINARY_SUFFIX, CompactIndex, IndexCache, load_index, to_binary
+from msa_dist.data.loading.order import EpochOrder, TrainPlan
 
 FIELDS = ("cls", "jpg", "txt")
 
@@ -52,13 +53,22 @@ class SyntheticStore:
         n = shard_samples
         starts = [i * sample_bytes for i in range(n)]
         txt = min(200, sample_bytes // 4)
-        fields = {"cls": [[s + 512, 1] for s in starts], "txt": [[s + 1536, txt] for s in starts],
-                  "jpg": [[s + 2048 + txt + (-txt % 512), sample_bytes - 2560 - txt - (-txt % 512)] for s in starts]}
-        template = ShardIndex(shard_name(0), n * sample_bytes + 1024, [f"{i:012d}" for i in range(n)], starts,
-                              [s + sample_bytes for s in starts], fields)
+        fields = {
+            "cls": [[s + 512, 1] for s in starts],
+            "txt": [[s + 1536, txt] for s in starts],
+            "jpg": [[s + 2048 + txt + (-txt % 512), sample_bytes - 2560 - txt - (-txt % 512)] for s in starts],
+        }
+        template = ShardIndex(
+            shard_name(0),
+            n * sample_bytes + 1024,
+            [f"{i:012d}" for i in range(n)],
+            starts,
+            [s + sample_bytes for s in starts],
+            fields,
+        )
         data = to_binary(template)
         self._records = CompactIndex.parse(data, "template").records
-        self._head = data[:len(data) - self._records.nbytes]
+        self._head = data[: len(data) - self._records.nbytes]
 
     def shard_sizes(self) -> np.ndarray:
         shards = -(-self.samples // self.shard_samples)
@@ -81,8 +91,14 @@ class SyntheticStore:
         return self.location + name
 
 
-def process_structures(samples: int, shard_samples: int, chunk_samples: int = 4, sample_bytes: int = 16384,
-                       cache_bytes: int | None = None, seed: int = 0) -> dict:
+def process_structures(
+    samples: int,
+    shard_samples: int,
+    chunk_samples: int = 4,
+    sample_bytes: int = 16384,
+    cache_bytes: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Build one loader process's order, shard table and (filled) index cache at this scale;
     their resident memory and build times. Run it in a fresh process for a clean measurement."""
     store = SyntheticStore(samples, shard_samples, sample_bytes)
@@ -101,32 +117,61 @@ def process_structures(samples: int, shard_samples: int, chunk_samples: int = 4,
                 cache[shard_name(shard)] = load_index(store, shard_name(shard))
         position += 4096
     t_cache = time.perf_counter() - t1
-    return {"samples": samples, "shards": len(first_id) - 1, "order_s": t_order, "shard_table_s": t_table,
-            "index_cache_fill_s": t_cache, "index_loads": store.requests, "index_bytes": store.bytes_read,
-            "cached_indexes": len(cache), "cache_bytes": cache.held_bytes, "cache_limit_bytes": cache.max_bytes,
-            "index_record_bytes": int(store._records.dtype.itemsize), "shard_table_bytes": int(first_id.nbytes),
-            "rss_bytes": rss_bytes() - rss0,
-            "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak0}
+    return {
+        "samples": samples,
+        "shards": len(first_id) - 1,
+        "order_s": t_order,
+        "shard_table_s": t_table,
+        "index_cache_fill_s": t_cache,
+        "index_loads": store.requests,
+        "index_bytes": store.bytes_read,
+        "cached_indexes": len(cache),
+        "cache_bytes": cache.held_bytes,
+        "cache_limit_bytes": cache.max_bytes,
+        "index_record_bytes": int(store._records.dtype.itemsize),
+        "shard_table_bytes": int(first_id.nbytes),
+        "rss_bytes": rss_bytes() - rss0,
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - peak0,
+    }
 
 
 def manifest_cost(shards: int, samples_per_shard: int) -> dict:
     """Parse a manifest listing `shards` shards (no guids): the start-up step every process repeats."""
     entry = {"name": "", "samples": samples_per_shard, "bytes": 0, "sha256": "0" * 64}
-    text = json.dumps({"format": 1, "splits": {"train": {"samples": shards * samples_per_shard, "shards": [
-        {**entry, "name": shard_name(i), "bytes": samples_per_shard * 16384} for i in range(shards)]}}})
+    text = json.dumps(
+        {
+            "format": 1,
+            "splits": {
+                "train": {
+                    "samples": shards * samples_per_shard,
+                    "shards": [
+                        {**entry, "name": shard_name(i), "bytes": samples_per_shard * 16384} for i in range(shards)
+                    ],
+                }
+            },
+        }
+    )
     t0 = time.perf_counter()
-    manifest = json.loads(text)
+    json.loads(text)
     seconds = time.perf_counter() - t0
-    del manifest
     tracemalloc.start()  # Python objects alone: exact, where a resident-set difference is blurred by frees
-    manifest = json.loads(text)
+    manifest = json.loads(text)  # held while measured
     held = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
+    del manifest
     return {"manifest_json_bytes": len(text), "manifest_parse_s": seconds, "manifest_python_bytes": held}
 
 
-def node_minute(samples: int, shard_samples: int, chunk_samples: int, gpus: int, nodes: int, batch_size: int,
-                samples_per_s_per_gpu: float, seed: int = 0) -> dict:
+def node_minute(
+    samples: int,
+    shard_samples: int,
+    chunk_samples: int,
+    gpus: int,
+    nodes: int,
+    batch_size: int,
+    samples_per_s_per_gpu: float,
+    seed: int = 0,
+) -> dict:
     """Node 0's reads over one minute of training: ids of its ranks' micro batches from the real
     order (ranks 0..gpus-1 hold one contiguous slice of each micro round); requests = runs of
     back-to-back samples of one shard per micro batch (what a worker asks for, before coalescing)."""
@@ -136,18 +181,22 @@ def node_minute(samples: int, shard_samples: int, chunk_samples: int, gpus: int,
     if batches == 0:
         raise MsaDistError(f"bench plan: {samples} samples hold no global batch of {batch_size} x {nodes * gpus} ranks")
     order = plan.order(0)
-    ids = np.concatenate([order.ids(b * plan.round_samples, b * plan.round_samples + gpus * batch_size)
-                          for b in range(batches)]).reshape(-1, batch_size)
+    ids = np.concatenate(
+        [order.ids(b * plan.round_samples, b * plan.round_samples + gpus * batch_size) for b in range(batches)]
+    ).reshape(-1, batch_size)
     ids_sorted = np.sort(ids, axis=1)
     shards_sorted = ids_sorted // shard_samples  # shards of equal size: the table's lookup as a division
     new_shard = np.diff(shards_sorted, axis=1) != 0
     runs = int(len(ids) + ((np.diff(ids_sorted, axis=1) != 1) | new_shard).sum())
     scale = per_minute / batches  # an epoch shorter than a minute: rates from what it holds
-    return {"batches_per_rank_per_minute": per_minute, "samples_per_minute": int(ids.size * scale),
-            "requests_per_sample": runs / ids.size,
-            "shard_visits_per_sample": float(len(ids) + new_shard.sum()) / ids.size,
-            "shards_per_minute": _shards_per_minute(len(np.unique(shards_sorted)), -(-samples // shard_samples), scale),
-            "shards": -(-samples // shard_samples)}
+    return {
+        "batches_per_rank_per_minute": per_minute,
+        "samples_per_minute": int(ids.size * scale),
+        "requests_per_sample": runs / ids.size,
+        "shard_visits_per_sample": float(len(ids) + new_shard.sum()) / ids.size,
+        "shards_per_minute": _shards_per_minute(len(np.unique(shards_sorted)), -(-samples // shard_samples), scale),
+        "shards": -(-samples // shard_samples),
+    }
 
 
 def _shards_per_minute(touched: int, shards: int, epochs: float) -> int:
@@ -158,9 +207,20 @@ def _shards_per_minute(touched: int, shards: int, epochs: float) -> int:
     return round(shards * (1 - (1 - touched / shards) ** epochs))
 
 
-def run_plan_bench(samples: int, shard_samples: int, nodes: int, gpus: int, workers: int, latency_ms: float,
-                   samples_per_s_per_gpu: float, chunk_samples: int = 4, batch_size: int = 32,
-                   sample_bytes: int = 16384, read_threads: int = 16, manifest: bool = True) -> dict:
+def run_plan_bench(
+    samples: int,
+    shard_samples: int,
+    nodes: int,
+    gpus: int,
+    workers: int,
+    latency_ms: float,
+    samples_per_s_per_gpu: float,
+    chunk_samples: int = 4,
+    batch_size: int = 32,
+    sample_bytes: int = 16384,
+    read_threads: int = 16,
+    manifest: bool = True,
+) -> dict:
     """The whole plan: per-process memory and start-up, and what each node must sustain."""
     if min(samples, shard_samples, nodes, gpus, chunk_samples, batch_size, sample_bytes) < 1 or workers < 0:
         raise MsaDistError("bench plan: sizes and counts must be positive (--workers >= 0)")
@@ -170,9 +230,19 @@ def run_plan_bench(samples: int, shard_samples: int, nodes: int, gpus: int, work
     # indexes all fit is read once at start-up)
     miss = 0.0 if proc["cached_indexes"] >= proc["shards"] else 1 - proc["cached_indexes"] / proc["shards"]
     node["index_loads_per_sample"] = node["shard_visits_per_sample"] * miss
-    result = {"bench": "plan", "nodes": nodes, "gpus_per_node": gpus, "workers_per_gpu": workers,
-              "latency_ms": latency_ms, "samples_per_s_per_gpu": samples_per_s_per_gpu,
-              "chunk_samples": chunk_samples, "batch_size": batch_size, "sample_bytes": sample_bytes, **proc, **node}
+    result = {
+        "bench": "plan",
+        "nodes": nodes,
+        "gpus_per_node": gpus,
+        "workers_per_gpu": workers,
+        "latency_ms": latency_ms,
+        "samples_per_s_per_gpu": samples_per_s_per_gpu,
+        "chunk_samples": chunk_samples,
+        "batch_size": batch_size,
+        "sample_bytes": sample_bytes,
+        **proc,
+        **node,
+    }
     if manifest:
         result.update(manifest_cost(proc["shards"], shard_samples))
     node_rate = gpus * samples_per_s_per_gpu
@@ -189,9 +259,13 @@ def run_plan_bench(samples: int, shard_samples: int, nodes: int, gpus: int, work
     per_sample = node["requests_per_sample"] + node["shard_visits_per_sample"] * (preload == 1)
     first_batch = math.ceil(batch_size * per_sample)
     result["startup_request_rounds"] = 1 + math.ceil(preload / read_threads) + math.ceil(first_batch / read_threads)
-    result["startup_s"] = (proc["order_s"] + proc["shard_table_s"] + result.get("manifest_parse_s", 0.0)
-                           + preload * proc["index_cache_fill_s"] / max(1, proc["index_loads"])
-                           + result["startup_request_rounds"] * latency_ms / 1000)
+    result["startup_s"] = (
+        proc["order_s"]
+        + proc["shard_table_s"]
+        + result.get("manifest_parse_s", 0.0)
+        + preload * proc["index_cache_fill_s"] / max(1, proc["index_loads"])
+        + result["startup_request_rounds"] * latency_ms / 1000
+    )
     return result
 
 
@@ -209,10 +283,12 @@ def print_plan(result: dict, console) -> None:
         f"(peak +{result['peak_rss_bytes'] / mib:.0f} MiB)",
     ]
     if "manifest_parse_s" in result:
-        lines.append(f"manifest shard list: {result['manifest_json_bytes'] / mib:.0f} MiB of JSON, parsed in "
-                     f"{result['manifest_parse_s']:.2f} s into {result['manifest_python_bytes'] / mib:.0f} MiB "
-                     "of Python objects "
-                     "(every process; not part of the order or index)")
+        lines.append(
+            f"manifest shard list: {result['manifest_json_bytes'] / mib:.0f} MiB of JSON, parsed in "
+            f"{result['manifest_parse_s']:.2f} s into {result['manifest_python_bytes'] / mib:.0f} MiB "
+            "of Python objects "
+            "(every process; not part of the order or index)"
+        )
     lines += [
         f"start-up to the first batch: ~{result['startup_s']:.2f} s (builds and parses measured here, plus "
         f"{result['startup_request_rounds']} rounds of requests at {result['latency_ms']:g} ms, 16 in flight)",

@@ -4,6 +4,7 @@ A GPU benchmark needs epochs long enough that worker start-up is not what it mea
 small slice of real pairs travels to the GPU machine. Copies get new keys (`<key>_r<n>`), so their
 augmentation differs; bytes are copied as they are (no re-encoding), so building is fast.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -11,12 +12,12 @@ from pathlib import Path
 
 import webdataset as wds
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.data.format.index import index_name
 from msa_dist.data.format.index_bin import binary_name
 from msa_dist.data.format.manifest import load_manifest, shard_urls, write_manifest
-from msa_dist.data.shards import describe_shard
 from msa_dist.data.format.tario import tar_samples
-from msa_dist.common.errors import MsaDistError
+from msa_dist.data.shards import describe_shard
 
 
 def replicate_shards(src_dir: str | Path, out_dir: str | Path, copies: int, shard_size: int = 1000) -> dict:
@@ -34,8 +35,12 @@ def replicate_shards(src_dir: str | Path, out_dir: str | Path, copies: int, shar
             continue
         samples = list(tar_samples(handler=lambda exc: False)([{"url": u} for u in shard_urls(src_dir, split)]))
         splits[split] = _write_copies(out, split, samples, copies, shard_size, info)
-    new = {**manifest, "splits": splits, "skipped": [],
-           "options": {**manifest["options"], "replicated_from": str(Path(src_dir).resolve()), "copies": copies}}
+    new = {
+        **manifest,
+        "splits": splits,
+        "skipped": [],
+        "options": {**manifest["options"], "replicated_from": str(Path(src_dir).resolve()), "copies": copies},
+    }
     write_manifest(out, new)
     return new
 
@@ -44,8 +49,14 @@ def _write_copies(out: Path, split: str, samples: list[dict], copies: int, shard
     counts: dict[str, int] = {}
     guids = []
     with tempfile.TemporaryDirectory(dir=out) as tmp:
-        with wds.ShardWriter(str(Path(tmp) / f"{split}-%06d.tar"), maxcount=shard_size, maxsize=float("inf"),
-                             verbose=0, encoder=False, mtime=0) as writer:
+        with wds.ShardWriter(
+            str(Path(tmp) / f"{split}-%06d.tar"),
+            maxcount=shard_size,
+            maxsize=float("inf"),
+            verbose=0,
+            encoder=False,
+            mtime=0,
+        ) as writer:
             for n in range(copies):
                 for sample in samples:
                     record = {k: v for k, v in sample.items() if not k.startswith("__")}
@@ -63,4 +74,3 @@ def _write_copies(out: Path, split: str, samples: list[dict], copies: int, shard
     if "class_counts" in info:
         entry["class_counts"] = {label: n * copies for label, n in info["class_counts"].items()}
     return entry
-

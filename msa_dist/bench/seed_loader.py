@@ -4,6 +4,7 @@ One loose .jpg/.txt pair per sample read from DATA_ROOT/data, GB18030 text, a Wo
 padded to 128 tokens, and PIL Resize(224) / CenterCrop(224) / ToTensor / Normalize per sample, on
 one core, as /shared/bench/seed_style_loader.py does (the seed report's pipeline).
 """
+
 from __future__ import annotations
 
 import csv
@@ -31,14 +32,24 @@ def seed_style_samples_per_s(data_root: str | Path, seconds: float) -> float:
     try:
         texts = [_read_text(data_dir, g) for g in guids[:2000]]
         tokenizer = train_wordpiece_tokenizer(texts, 8000)
-        image_tf = transforms.Compose([
-            transforms.Resize(224), transforms.CenterCrop(224), transforms.ToTensor(),
-            transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+        image_tf = transforms.Compose(
+            [
+                transforms.Resize(224),
+                transforms.CenterCrop(224),
+                transforms.ToTensor(),
+                transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+            ]
+        )
         n, start = 0, time.perf_counter()
         while time.perf_counter() - start < seconds:
             for guid in guids:
-                tokenizer(_read_text(data_dir, guid), max_length=128, padding="max_length", truncation=True,
-                          return_tensors="pt")
+                tokenizer(
+                    _read_text(data_dir, guid),
+                    max_length=128,
+                    padding="max_length",
+                    truncation=True,
+                    return_tensors="pt",
+                )
                 image_tf(Image.open(data_dir / f"{guid}.jpg").convert("RGB"))
                 n += 1
                 if time.perf_counter() - start >= seconds:

@@ -7,6 +7,7 @@ is left half-written.
     python -m msa_dist.bench.soak --config C --workdir DIR --kills 3 [--seed 0] [overrides...]
     (launch/soak.sh is the same)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -35,12 +35,37 @@ def _free_port() -> int:
 
 
 def _torchrun(config: str, run_dir: Path, overrides: list[str], max_restarts: int, log: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--rdzv-backend", "c10d",
-           "--rdzv-endpoint", f"127.0.0.1:{_free_port()}", "--rdzv-id", "soak", "--max-restarts", str(max_restarts),
-           "--monitor-interval", "0.2", "-m", "msa_dist", "train", "--config", config, "--run-dir", str(run_dir),
-           "backend.name=ddp", *overrides]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR",
-                                                             "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{_free_port()}",
+        "--rdzv-id",
+        "soak",
+        "--max-restarts",
+        str(max_restarts),
+        "--monitor-interval",
+        "0.2",
+        "-m",
+        "msa_dist",
+        "train",
+        "--config",
+        config,
+        "--run-dir",
+        str(run_dir),
+        "backend.name=ddp",
+        *overrides,
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RESTART_COUNT")
+    }
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, env=env, stdout=log.open("a"), stderr=subprocess.STDOUT, start_new_session=True)
 
@@ -114,7 +139,7 @@ def _train_records(run_dir: Path) -> int:
         return 0
 
 
-def _kill_once(proc: subprocess.Popen, run_dir: Path, during_save: bool, rng: random.Random) -> Optional[str]:
+def _kill_once(proc: subprocess.Popen, run_dir: Path, during_save: bool, rng: random.Random) -> str | None:
     """SIGKILL a random rank, after a few more steps or while a checkpoint is being written."""
     if not _wait(lambda: len(rank_pids(proc.pid)) == 2 and _train_records(run_dir) > 0, proc, 300):
         return None
@@ -132,8 +157,11 @@ def _kill_once(proc: subprocess.Popen, run_dir: Path, during_save: bool, rng: ra
     rank = rng.choice(sorted(pids))
     os.kill(pids[rank], signal.SIGKILL)
     # the next kill waits for the restarted group: new worker pids
-    _wait(lambda: (lambda now: len(now) == 2 and not set(now.values()) & set(pids.values()))(rank_pids(proc.pid)),
-          proc, 300)
+    _wait(
+        lambda: (lambda now: len(now) == 2 and not set(now.values()) & set(pids.values()))(rank_pids(proc.pid)),
+        proc,
+        300,
+    )
     return f"rank {rank} {moment}"
 
 
@@ -180,16 +208,27 @@ def _compare(ref: Path, run: Path, rc: int, events: list[str], kills: int, watch
     differing = [i for i, (x, y) in enumerate(zip(ref_lines, run_lines)) if x != y]
     lines_equal = len(ref_lines) == len(run_lines) and not differing
     resumes = sum(1 for line in (run / "metrics.jsonl").read_text().splitlines() if '"type": "resume"' in line)
-    ok = (rc == 0 and len(events) == kills and weights_equal and lines_equal and not watch.bad and not leftovers)
-    return {"ok": ok, "kills": events, "kills_asked": kills, "rc": rc, "resumes_logged": resumes,
-            "weights_bit_equal": weights_equal, "metrics_lines": [len(ref_lines), len(run_lines)],
-            "metrics_lines_differing": differing, "latest_checks": watch.checks,
-            "latest_incomplete": watch.bad, "half_written": leftovers}
+    ok = rc == 0 and len(events) == kills and weights_equal and lines_equal and not watch.bad and not leftovers
+    return {
+        "ok": ok,
+        "kills": events,
+        "kills_asked": kills,
+        "rc": rc,
+        "resumes_logged": resumes,
+        "weights_bit_equal": weights_equal,
+        "metrics_lines": [len(ref_lines), len(run_lines)],
+        "metrics_lines_differing": differing,
+        "latest_checks": watch.checks,
+        "latest_incomplete": watch.bad,
+        "half_written": leftovers,
+    }
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="msa_dist.bench.soak", description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", required=True, help="the config to train (2 ranks, DDP); set checkpoint.every_steps small")
+    p.add_argument(
+        "--config", required=True, help="the config to train (2 ranks, DDP); set checkpoint.every_steps small"
+    )
     p.add_argument("--workdir", required=True, help="where the reference and soak run dirs and logs go")
     p.add_argument("--kills", type=int, default=3, help="SIGKILLs of a random rank (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seeds the kill schedule (default %(default)s)")

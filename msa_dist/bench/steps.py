@@ -5,11 +5,12 @@ length (a cuDNN attention plan, a torch.compile recompile)? Texts are padded per
 padded length changes from step to step; each step records its length and whether that length
 (any micro batch's) was new to this process, counting warm-up steps.
 """
+
 from __future__ import annotations
 
 import statistics
 import time
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 
@@ -17,8 +18,9 @@ SLOW_FACTOR = 2.0  # a step slower than this times the median is "slow"
 RECORD_KEYS = ("step_s", "data_wait_s", "sync_s", "padded_len", "first_seen_len")
 
 
-def run_step(train_step, batches: Iterator[dict], accum: int, seen_lens: set, pending=None,
-             pad_to: int = 0, pad_id: int = 0) -> tuple[dict, object]:
+def run_step(
+    train_step, batches: Iterator[dict], accum: int, seen_lens: set, pending=None, pad_to: int = 0, pad_id: int = 0
+) -> tuple[dict, object]:
     """One optimizer step (`accum` micro batches), then the previous step's numbers read back.
 
     `sync_s` is the wait in that read: time the host spent waiting on the device's queue. The
@@ -44,9 +46,16 @@ def run_step(train_step, batches: Iterator[dict], accum: int, seen_lens: set, pe
     if pending is not None:
         pending.read()  # one step late, as the trainer's ledger reads it
     end = time.perf_counter()
-    return {"step_s": end - start, "data_wait_s": wait, "sync_s": end - queued, "padded_len": padded_len,
-            "first_seen_len": first_seen, "samples": result.samples, "real_tokens": real_tokens,
-            "padded_tokens": padded_tokens}, result
+    return {
+        "step_s": end - start,
+        "data_wait_s": wait,
+        "sync_s": end - queued,
+        "padded_len": padded_len,
+        "first_seen_len": first_seen,
+        "samples": result.samples,
+        "real_tokens": real_tokens,
+        "padded_tokens": padded_tokens,
+    }, result
 
 
 def pad_text(batch: dict, length: int, pad_id: int) -> dict:
@@ -55,8 +64,11 @@ def pad_text(batch: dict, length: int, pad_id: int) -> dict:
     extra = length - ids.shape[1]
     if extra <= 0:
         return batch
-    return {**batch, "input_ids": torch.cat([ids, ids.new_full((ids.shape[0], extra), pad_id)], dim=1),
-            "attention_mask": torch.cat([mask, mask.new_zeros((mask.shape[0], extra))], dim=1)}
+    return {
+        **batch,
+        "input_ids": torch.cat([ids, ids.new_full((ids.shape[0], extra), pad_id)], dim=1),
+        "attention_mask": torch.cat([mask, mask.new_zeros((mask.shape[0], extra))], dim=1),
+    }
 
 
 def unseen_length(seen_lens: set, max_length: int, multiple: int, fixed: bool) -> int:
@@ -68,8 +80,7 @@ def unseen_length(seen_lens: set, max_length: int, multiple: int, fixed: bool) -
 
 def compact(records: list[dict]) -> list[dict]:
     """The per-step records as they go into the result JSON (times rounded to microseconds)."""
-    return [{key: round(r[key], 6) if isinstance(r[key], float) else r[key] for key in RECORD_KEYS}
-            for r in records]
+    return [{key: round(r[key], 6) if isinstance(r[key], float) else r[key] for key in RECORD_KEYS} for r in records]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -81,7 +92,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def _mean(values: list[float]) -> Optional[float]:
+def _mean(values: list[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
@@ -94,12 +105,17 @@ def step_distribution(records: list[dict]) -> dict:
     repeated = [r["step_s"] for r in records if not r["first_seen_len"]]
     slow_first = sum(r["first_seen_len"] for r in slow)
     return {
-        "step_s_p50": percentile(times, 50), "step_s_p95": percentile(times, 95),
-        "step_s_p99": percentile(times, 99), "step_s_max": max(times),
-        "slow_step_threshold_s": threshold, "slow_steps": len(slow), "slow_steps_first_seen_len": slow_first,
+        "step_s_p50": percentile(times, 50),
+        "step_s_p95": percentile(times, 95),
+        "step_s_p99": percentile(times, 99),
+        "step_s_max": max(times),
+        "slow_step_threshold_s": threshold,
+        "slow_steps": len(slow),
+        "slow_steps_first_seen_len": slow_first,
         "slow_first_seen_share": slow_first / len(slow) if slow else None,
         "slow_steps_sync_s_mean": _mean([r["sync_s"] for r in slow]),
-        "first_seen_len_steps": len(first), "first_seen_len_step_s_mean": _mean(first),
+        "first_seen_len_steps": len(first),
+        "first_seen_len_step_s_mean": _mean(first),
         "repeated_len_step_s_mean": _mean(repeated),
         "distinct_padded_lens": len({r["padded_len"] for r in records}),
     }

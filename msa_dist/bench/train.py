@@ -10,20 +10,22 @@ the median of the latter is the step time. Each step also records its padded tex
 whether that length was new to the process (bench/steps.py: the evidence for or against work
 done once per shape); the warm-up's wall time and the first step's are reported apart.
 """
+
 from __future__ import annotations
 
 import resource
 import statistics
 import time
-from pathlib import Path
+from collections.abc import Iterator
 from contextlib import closing
-from typing import Iterator
+from pathlib import Path
 
 import torch
 
 from msa_dist.bench.build import bench_model, bench_tokenizer
 from msa_dist.bench.flops import FlopModel, gpu_peak_tflops
 from msa_dist.bench.steps import SLOW_FACTOR, compact, run_step, step_distribution, unseen_length
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import Config, to_dict
 from msa_dist.data.loading.loader import StreamSpec
 from msa_dist.data.loading.stream import TrainStream
@@ -32,11 +34,16 @@ from msa_dist.engine.losses import build_loss
 from msa_dist.engine.runtime import read_env
 from msa_dist.engine.step import TrainStep
 from msa_dist.engine.trainer import class_weights, seed_everything
-from msa_dist.common.errors import MsaDistError
 
 
-def run_train_bench(cfg: Config, steps: int = 20, warmup: int = 5, peak_tflops: float = 0.0,
-                    cudnn_benchmark: bool = False, profile: str = "") -> dict:
+def run_train_bench(
+    cfg: Config,
+    steps: int = 20,
+    warmup: int = 5,
+    peak_tflops: float = 0.0,
+    cudnn_benchmark: bool = False,
+    profile: str = "",
+) -> dict:
     """Warm up, time `steps` optimizer steps; returns the measurements (see `summarise`)."""
     if steps < 1 or warmup < 0:
         raise MsaDistError("bench train: --steps must be >= 1 and --warmup >= 0")
@@ -54,38 +61,68 @@ def run_train_bench(cfg: Config, steps: int = 20, warmup: int = 5, peak_tflops: 
     seen_lens: set[int] = set()  # padded text lengths this process has trained on, warm-up included
     timing = _timed_steps(cfg, env, backend, loss_fn, batches, steps, warmup, seen_lens)
     records = timing.pop("records")
-    peak_memory = (torch.cuda.max_memory_allocated(env.device) if env.device.type == "cuda"
-                   else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak_memory = (
+        torch.cuda.max_memory_allocated(env.device)
+        if env.device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     device_peak, device_name = gpu_peak_tflops(env.device)
     result = summarise(records, flop_model, peak_tflops or device_peak, env.world_size, timing["drain_s"])
     result.update(step_distribution(records))
     if profile:
-        result["profile_single_steps"] = _profile_steps(cfg, env, backend, loss_fn, batches, profile, seen_lens,
-                                                        tokenizer.pad_token_id or 0, result["step_s_median"])
-    result.update(bench="train", device=device_name, world_size=env.world_size, steps=steps, warmup=warmup,
-                  cudnn_benchmark=cudnn_benchmark,
-                  optimizer_steps_skipped=getattr(getattr(backend, "engine", None), "skipped_steps", None),
-                  peak_memory_bytes=int(peak_memory),
-                  peak_memory_kind="torch.cuda.max_memory_allocated" if env.device.type == "cuda"
-                  else "process peak RSS", flops=flop_model.describe(),
-                  warmup_s=timing["warmup_s"], first_step_s=timing["first_step_s"],
-                  first_step_data_wait_s=timing["first_step_data_wait_s"], drain_s=timing["drain_s"],
-                  step_records=compact(records), warmup_records=compact(timing["warmup_records"]),
-                  config=to_dict(cfg))
+        result["profile_single_steps"] = _profile_steps(
+            cfg,
+            env,
+            backend,
+            loss_fn,
+            batches,
+            profile,
+            seen_lens,
+            tokenizer.pad_token_id or 0,
+            result["step_s_median"],
+        )
+    result.update(
+        bench="train",
+        device=device_name,
+        world_size=env.world_size,
+        steps=steps,
+        warmup=warmup,
+        cudnn_benchmark=cudnn_benchmark,
+        optimizer_steps_skipped=getattr(getattr(backend, "engine", None), "skipped_steps", None),
+        peak_memory_bytes=int(peak_memory),
+        peak_memory_kind="torch.cuda.max_memory_allocated" if env.device.type == "cuda" else "process peak RSS",
+        flops=flop_model.describe(),
+        warmup_s=timing["warmup_s"],
+        first_step_s=timing["first_step_s"],
+        first_step_data_wait_s=timing["first_step_data_wait_s"],
+        drain_s=timing["drain_s"],
+        step_records=compact(records),
+        warmup_records=compact(timing["warmup_records"]),
+        config=to_dict(cfg),
+    )
     return result
 
 
 def _batches(cfg: Config, env, tokenizer) -> Iterator[dict]:
     """Training batches without end, from the trainer's stream."""
-    first = StreamSpec("train", True, cfg.train.batch_size, env.rank, env.world_size, cfg.train.seed,
-                       grad_accum_steps=cfg.train.grad_accum_steps)
-    with closing(TrainStream(cfg.data, cfg.data.shards, first, tokenizer,
-                             pin_memory=env.device.type == "cuda")) as stream:
+    first = StreamSpec(
+        "train",
+        True,
+        cfg.train.batch_size,
+        env.rank,
+        env.world_size,
+        cfg.train.seed,
+        grad_accum_steps=cfg.train.grad_accum_steps,
+    )
+    with closing(
+        TrainStream(cfg.data, cfg.data.shards, first, tokenizer, pin_memory=env.device.type == "cuda")
+    ) as stream:
         yield from stream.batches()
 
 
-def _timed_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], steps: int, warmup: int,
-                 seen_lens: set) -> dict:
+def _timed_steps(
+    cfg: Config, env, backend, loss_fn, batches: Iterator[dict], steps: int, warmup: int, seen_lens: set
+) -> dict:
     """`warmup` then `steps` steps: the records of both, the warm-up's wall time, the first step's
     time, and the drain (the wait for the device's queue after the last step, kept out of its record)."""
     cuda = env.device.type == "cuda"
@@ -115,11 +152,23 @@ def _timed_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], st
     return out
 
 
-def _profile_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], path: str, seen_lens: set,
-                   pad_id: int, median_s: float, steps: int = 3, single_steps: int = 4) -> list[dict]:
+def _profile_steps(
+    cfg: Config,
+    env,
+    backend,
+    loss_fn,
+    batches: Iterator[dict],
+    path: str,
+    seen_lens: set,
+    pad_id: int,
+    median_s: float,
+    steps: int = 3,
+    single_steps: int = 4,
+) -> list[dict]:
     """torch.profiler: the top operators of `steps` more steps, then of the slowest of `single_steps`
     steps profiled one by one, every second padded to a text length not seen yet. Returns those steps."""
     from torch.profiler import ProfilerActivity, profile
+
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if env.device.type == "cuda" else [])
     sort = "self_cuda_time_total" if env.device.type == "cuda" else "self_cpu_time_total"
     with profile(activities=activities) as prof:
@@ -128,8 +177,11 @@ def _profile_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], 
     train_step = TrainStep(backend, loss_fn, cfg.model.modality)
     singles, slowest_table = [], ""
     for i in range(single_steps):
-        pad_to = unseen_length(seen_lens, cfg.data.max_length, cfg.data.pad_to_multiple_of,
-                               cfg.data.pad_to_max_length) if i % 2 else 0
+        pad_to = (
+            unseen_length(seen_lens, cfg.data.max_length, cfg.data.pad_to_multiple_of, cfg.data.pad_to_max_length)
+            if i % 2
+            else 0
+        )
         with profile(activities=activities) as prof:
             start = time.perf_counter()
             record, result = run_step(train_step, batches, cfg.train.grad_accum_steps, seen_lens, None, pad_to, pad_id)
@@ -137,8 +189,12 @@ def _profile_steps(cfg: Config, env, backend, loss_fn, batches: Iterator[dict], 
             if env.device.type == "cuda":
                 torch.cuda.synchronize(env.device)  # the step's own device work inside its profile
             record["step_s"] = time.perf_counter() - start
-        single = {"step_s": round(record["step_s"], 6), "padded_len": record["padded_len"],
-                  "first_seen_len": record["first_seen_len"], "padded_to_unseen": pad_to}
+        single = {
+            "step_s": round(record["step_s"], 6),
+            "padded_len": record["padded_len"],
+            "first_seen_len": record["first_seen_len"],
+            "padded_to_unseen": pad_to,
+        }
         if not singles or single["step_s"] > max(s["step_s"] for s in singles):
             slowest_table = _top_ops(prof, sort)
         singles.append(single)
@@ -152,20 +208,23 @@ def _top_ops(prof, sort: str) -> str:
 
 
 def _single_steps_header(singles: list[dict], median_s: float, sort: str) -> str:
-    lines = [f"Single steps, each profiled alone and synchronised (profiler overhead included); the timed "
-             f"steps' median {1e3 * median_s:.1f} ms, slow > {SLOW_FACTOR:g}x that:"]
+    lines = [
+        f"Single steps, each profiled alone and synchronised (profiler overhead included); the timed "
+        f"steps' median {1e3 * median_s:.1f} ms, slow > {SLOW_FACTOR:g}x that:"
+    ]
     for i, s in enumerate(singles):
         how = f"padded to {s['padded_to_unseen']}, unseen before" if s["padded_to_unseen"] else "as loaded"
-        lines.append(f"  step {i}: {1e3 * s['step_s']:.1f} ms, text length {s['padded_len']} "
-                     f"({'first seen' if s['first_seen_len'] else 'seen before'}; {how})")
+        lines.append(
+            f"  step {i}: {1e3 * s['step_s']:.1f} ms, text length {s['padded_len']} "
+            f"({'first seen' if s['first_seen_len'] else 'seen before'}; {how})"
+        )
     slowest = max(range(len(singles)), key=lambda i: singles[i]["step_s"])
     verdict = "slow" if singles[slowest]["step_s"] > SLOW_FACTOR * median_s else "not slow"
     lines.append(f"The slowest, step {slowest} ({verdict}), alone, sorted by {sort}:")
     return "\n".join(lines) + "\n"
 
 
-def summarise(records: list[dict], flop_model: FlopModel, peak_tflops, world_size: int,
-              drain_s: float = 0.0) -> dict:
+def summarise(records: list[dict], flop_model: FlopModel, peak_tflops, world_size: int, drain_s: float = 0.0) -> dict:
     """Rates over the timed steps (per rank, and the job's samples/s = per rank x world size);
     `drain_s`, the wait for the device after the last step, counts in the rates."""
     total_s = sum(r["step_s"] for r in records) + drain_s

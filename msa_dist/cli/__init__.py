@@ -5,6 +5,7 @@ parser and its runner; a parser names its runner as "module:function" (`handler`
 when the command runs, so `msa-dist --help` starts without torch. A new command is a new module
 here, registered in `_parser`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,21 +13,19 @@ import importlib
 import logging
 import os
 import sys
-from typing import Optional
 
 from msa_dist.cli.bench import add_bench_parser
 from msa_dist.cli.config import add_config_parser
-from msa_dist.cli.shards import add_shards_parser
+from msa_dist.cli.cv import add_cv_parser
 from msa_dist.cli.demo import add_demo_parser
 from msa_dist.cli.evaluate import add_evaluate_parser
-from msa_dist.engine.group import process_group_scope
-from msa_dist.cli.train import add_train_parser
-from msa_dist.common.errors import USER_OS_ERRORS, MsaDistError, user_message
 from msa_dist.cli.experiments import add_experiment_parsers, add_report_parser
-from msa_dist.cli.cv import add_cv_parser
 from msa_dist.cli.export import add_export_parser
 from msa_dist.cli.predict import add_predict_parser
-
+from msa_dist.cli.shards import add_shards_parser
+from msa_dist.cli.train import add_train_parser
+from msa_dist.common.errors import USER_OS_ERRORS, MsaDistError, user_message
+from msa_dist.engine.group import process_group_scope
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -52,7 +51,7 @@ def _run(args: argparse.Namespace) -> int:
     return getattr(importlib.import_module(module), function)(args)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Entry point of `msa-dist` and `python -m msa_dist`."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     parser = _parser()

@@ -1,4 +1,5 @@
 """The `msa-dist bench` subcommands: argument parsing here, the work in data.py / train.py."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,17 @@ def add_bench_parser(sub) -> None:
     d.add_argument("--split", default="train", help="the split to read (default %(default)s)")
     d.add_argument("--seconds", type=float, default=20.0, help="timed seconds after warm-up")
     d.add_argument("--workers", type=int, default=1, help="loader worker processes (0: this process)")
-    d.add_argument("--config", default=None,
-                   help="take the data and batch settings from this config (default: the schema's defaults)")
-    d.add_argument("--reference", default=None, metavar="DATA_ROOT",
-                   help="also time the seed-style loader on this raw DATA_ROOT and print the ratio")
+    d.add_argument(
+        "--config",
+        default=None,
+        help="take the data and batch settings from this config (default: the schema's defaults)",
+    )
+    d.add_argument(
+        "--reference",
+        default=None,
+        metavar="DATA_ROOT",
+        help="also time the seed-style loader on this raw DATA_ROOT and print the ratio",
+    )
     d.add_argument("--json", default=None, help="write the result to this JSON file")
     d.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.image_size=96")
 
@@ -26,13 +34,24 @@ def add_bench_parser(sub) -> None:
     t.add_argument("--config", required=True, help="the YAML config to time (its data.shards must exist)")
     t.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
     t.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    t.add_argument("--peak-tflops", type=float, default=0.0,
-                   help="the GPU's dense bf16 peak for MFU when it is not in msa_dist.bench.flops")
-    t.add_argument("--cudnn-benchmark", action="store_true",
-                   help="let cuDNN time its convolution algorithms (the trainer does not set this yet)")
-    t.add_argument("--profile", default="", metavar="FILE",
-                   help="also profile 3 more steps (torch.profiler) and write the top operators to FILE, then "
-                        "4 steps one by one (every second padded to a new text length): the slowest one's")
+    t.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=0.0,
+        help="the GPU's dense bf16 peak for MFU when it is not in msa_dist.bench.flops",
+    )
+    t.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN time its convolution algorithms (the trainer does not set this yet)",
+    )
+    t.add_argument(
+        "--profile",
+        default="",
+        metavar="FILE",
+        help="also profile 3 more steps (torch.profiler) and write the top operators to FILE, then "
+        "4 steps one by one (every second padded to a new text length): the slowest one's",
+    )
     t.add_argument("--json", default=None, help="write the result to this JSON file")
     t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.shards=DIR backend.precision=bf16")
 
@@ -49,8 +68,9 @@ def add_bench_parser(sub) -> None:
     r.add_argument("--out", required=True, help="the new shard directory")
     r.add_argument("--copies", type=int, default=10, help="copies of every split (default %(default)s)")
 
-    p = bsub.add_parser("plan", help="per-process memory and start-up, per-node request and byte rates "
-                                     "at a scale (no data)")
+    p = bsub.add_parser(
+        "plan", help="per-process memory and start-up, per-node request and byte rates at a scale (no data)"
+    )
     p.add_argument("--samples", type=float, required=True, help="samples in the split, e.g. 1e9")
     p.add_argument("--shard-samples", type=int, default=1000, help="samples per shard (default %(default)s)")
     p.add_argument("--nodes", type=int, default=1, help="nodes")
@@ -72,20 +92,23 @@ def add_bench_parser(sub) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     """Run one `msa-dist bench` subcommand."""
     import os
+
     # Benchmarks build random-weight models and never need the hub: don't wait on network retries.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from msa_dist.bench import report
-    from msa_dist.config.schema import load_config
     from msa_dist.common.display import console
+    from msa_dist.config.schema import load_config
 
     if args.bench_command == "data":
         from msa_dist.bench.data import run_data_bench
+
         cfg = load_config(args.config, [*args.overrides, f"data.shards={args.shards}"])
         result = run_data_bench(cfg, args.split, args.seconds, args.workers, reference=args.reference)
         report.write_json(result, args.json)
         report.print_data_result(result, console)
     elif args.bench_command == "train":
         from msa_dist.bench.train import run_train_bench
+
         cfg = load_config(args.config, args.overrides)
         result = run_train_bench(cfg, args.steps, args.warmup, args.peak_tflops, args.cudnn_benchmark, args.profile)
         report.write_json(result, args.json)
@@ -93,20 +116,36 @@ def run_bench(args: argparse.Namespace) -> int:
     elif args.bench_command == "memory":
         from msa_dist.bench.build import bench_tokenizer
         from msa_dist.bench.memory import run_memory_bench
+
         cfg = load_config(args.config, args.overrides)
         result = run_memory_bench(cfg, bench_tokenizer(cfg, cfg.data.shards), args.start, args.limit, args.resolution)
         report.write_json(result, args.json)
-        console.print(f"largest batch {result['largest_batch']} ({result['peak_memory_bytes'] / 2**30:.1f} GiB peak); "
-                      f"first failing {result['first_failing_batch']}; {len(result['tries'])} tries", highlight=False)
+        console.print(
+            f"largest batch {result['largest_batch']} ({result['peak_memory_bytes'] / 2**30:.1f} GiB peak); "
+            f"first failing {result['first_failing_batch']}; {len(result['tries'])} tries",
+            highlight=False,
+        )
     elif args.bench_command == "plan":
         from msa_dist.bench.plan import print_plan, run_plan_bench
-        result = run_plan_bench(int(args.samples), args.shard_samples, args.nodes, args.gpus, args.workers,
-                                args.latency_ms, args.samples_per_s_per_gpu, args.chunk_samples, args.batch_size,
-                                args.sample_bytes, manifest=not args.no_manifest)
+
+        result = run_plan_bench(
+            int(args.samples),
+            args.shard_samples,
+            args.nodes,
+            args.gpus,
+            args.workers,
+            args.latency_ms,
+            args.samples_per_s_per_gpu,
+            args.chunk_samples,
+            args.batch_size,
+            args.sample_bytes,
+            manifest=not args.no_manifest,
+        )
         report.write_json(result, args.json)
         print_plan(result, console)
     elif args.bench_command == "replicate":
         from msa_dist.bench.replicate import replicate_shards
+
         manifest = replicate_shards(args.src, args.out, args.copies)
         sizes = ", ".join(f"{split} {info['samples']}" for split, info in manifest["splits"].items())
         console.print(f"wrote {args.copies} copies of {args.src} into {args.out}: {sizes}", highlight=False)

@@ -1,4 +1,5 @@
 """The `msa-dist config` command: print the resolved config, or the reference of every key."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,11 @@ def add_config_parser(sub) -> None:
     """Register `msa-dist config show|reference`."""
     c = sub.add_parser("config", help="print the resolved config, or the reference of every key")
     c.set_defaults(handler="msa_dist.cli.config:run_config_command")
-    c.add_argument("action", choices=["show", "reference"],
-                   help="show: the config after the file and overrides; reference: every key as a markdown table")
+    c.add_argument(
+        "action",
+        choices=["show", "reference"],
+        help="show: the config after the file and overrides; reference: every key as a markdown table",
+    )
     c.add_argument("--config", default=None, help="a YAML config (default: the built-in defaults)")
     c.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=3e-4")
 
@@ -19,6 +23,7 @@ def run_config_command(args: argparse.Namespace) -> int:
     import yaml
 
     from msa_dist.config.schema import describe_fields, load_config, to_dict
+
     if args.action == "show":
         print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")
     else:

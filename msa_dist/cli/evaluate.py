@@ -1,4 +1,5 @@
 """The `msa-dist evaluate` command: its options here, the work in inference.py."""
+
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,7 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     """Evaluate and print the metrics table."""
     from msa_dist.common.display import print_metrics
     from msa_dist.inference.evaluate import evaluate, run_shards
+
     metrics = evaluate(args.run, run_shards(args.run, args.shards), args.split, args.checkpoint, adjust=args.adjust)
     adjusted = ", logit offsets tuned on val" if args.adjust else ""
     print_metrics(metrics, f"{args.split} metrics ({args.checkpoint} checkpoint of {args.run}{adjusted})")

@@ -1,4 +1,5 @@
 """Where a command writes when `--run-dir` is not given: one rule for every command."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -5,13 +5,15 @@ is created with O_EXCL and O_NOFOLLOW after removing whatever had its name, so a
 at the temp path in a run dir from elsewhere is never followed out of it; `os.replace` itself
 replaces a link at the final path rather than writing through it.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator, Optional
+from typing import IO
 
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
@@ -30,8 +32,9 @@ def _remove(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", encoding: Optional[str] = "utf-8",
-                newline: Optional[str] = None) -> Iterator[IO]:
+def atomic_open(
+    path: str | Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None
+) -> Iterator[IO]:
     """A file object on the temp path; `path` is replaced by it when the block ends without error."""
     path, tmp = Path(path), temp_path(path)
     with contextlib.suppress(FileNotFoundError):

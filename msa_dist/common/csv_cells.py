@@ -4,9 +4,10 @@ carriage return) is read as a formula by Excel, LibreOffice and Google Sheets, s
 leading `'` (OWASP's advice), which spreadsheets show as text; every CSV msa-dist writes goes
 through `escape_row`.
 """
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 

@@ -1,4 +1,5 @@
 """The project's error type for a user's mistake: the CLI prints it in one line, no traceback."""
+
 import errno
 
 # Errors of the file system a user can fix (a full disk, a read-only run dir, no permission, a

@@ -5,6 +5,7 @@ Why each value: tweets are under 1 KB of text and images of a few MB; the bounds
 far larger inputs while keeping one sample's cost (memory, decode time) small. docs/security.md
 lists them.
 """
+
 from __future__ import annotations
 
 import errno
@@ -67,13 +68,13 @@ def cut_text(data: bytes, max_length: int) -> str:
     chars = text_char_limit(max_length)
     if len(data) <= chars:
         return data.decode("utf-8")
-    head = data[:4 * chars]  # a character is at most 4 bytes
+    head = data[: 4 * chars]  # a character is at most 4 bytes
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
         if exc.start < len(head) - 3 or exc.reason != "unexpected end of data":
             raise
-        text = head[:exc.start].decode("utf-8")  # the cut split the last character
+        text = head[: exc.start].decode("utf-8")  # the cut split the last character
     return text[:chars]
 
 

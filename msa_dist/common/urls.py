@@ -5,6 +5,7 @@ A shard URL may carry a password (`https://user:PASSWORD@host/shards`) or a toke
 everything that writes a URL down (config.yaml, run_info.json, tracking, checkpoints) or prints
 it (messages) goes through `redact_url` / `redact_text` first.
 """
+
 from __future__ import annotations
 
 import re

@@ -4,10 +4,12 @@ Every section's `__post_init__` (schema.py) runs the checks of its own keys, so 
 with one line naming its dotted key when the config is loaded, before any process group, tokenizer
 or model is built. Builders import the allowed sets from here and do not check again.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Union
+from typing import Any
 
 from msa_dist.common.errors import MsaDistError
 
@@ -36,10 +38,11 @@ class Check:
     """One rule for one dotted key. `says` completes "KEY=VALUE: ..." (str.format'ed with the section's
     fields, or a function of (value, section)); `where` is the section the rule runs in when it reads
     a field of another section (e.g. model.head.fusion against model.modality)."""
+
     key: str
     ok: Callable[[Any, Any], bool]  # (value, section) -> good?
-    says: Union[str, Callable[[Any, Any], str]]
-    where: Optional[str] = None  # "" for a rule across sections (it runs on the whole config)
+    says: str | Callable[[Any, Any], str]
+    where: str | None = None  # "" for a rule across sections (it runs on the whole config)
     name: str = ""  # tells apart two rules of one key
 
     @property
@@ -61,8 +64,10 @@ def at_least(key: str, low: int) -> Check:
 
 def fraction(key: str, low_open: bool = False, high_open: bool = True) -> Check:
     """A value in [0, 1) by default; (0, 1] with low_open=True, high_open=False."""
+
     def ok(v, _):
-        return (0 < v if low_open else 0 <= v) and (v < 1 if high_open else v <= 1)
+        return (v > 0 if low_open else v >= 0) and (v < 1 if high_open else v <= 1)
+
     return Check(key, ok, f"must be in {'(' if low_open else '['}0, 1{')' if high_open else ']'}")
 
 
@@ -76,74 +81,151 @@ def _unknown_tracker(value, _) -> str:
 
 
 CHECKS: tuple[Check, ...] = (
-    at_least("data.image_size", 1), at_least("data.resize_size", 1), at_least("data.max_length", 1),
+    at_least("data.image_size", 1),
+    at_least("data.resize_size", 1),
+    at_least("data.max_length", 1),
     at_least("data.pad_to_multiple_of", 1),
-    Check("data.pad_to_multiple_of", lambda v, d: v < 1 or d.max_length % v == 0,
-          "must divide data.max_length={max_length} (a batch is never longer)", name="divides"),
-    at_least("data.workers", 0), at_least("data.chunk_samples", 1), one_of("data.train_crop", TRAIN_CROPS),
-    at_least("data.read_threads", 1), at_least("data.read_ahead_batches", 1), at_least("data.read_gap_bytes", 0),
+    Check(
+        "data.pad_to_multiple_of",
+        lambda v, d: v < 1 or d.max_length % v == 0,
+        "must divide data.max_length={max_length} (a batch is never longer)",
+        name="divides",
+    ),
+    at_least("data.workers", 0),
+    at_least("data.chunk_samples", 1),
+    one_of("data.train_crop", TRAIN_CROPS),
+    at_least("data.read_threads", 1),
+    at_least("data.read_ahead_batches", 1),
+    at_least("data.read_gap_bytes", 0),
     at_least("data.length_bucket_batches", 0),
-    Check("data.length_bucket_batches", lambda v, d: v <= 1 or not d.pad_to_max_length,
-          "has no effect with data.pad_to_max_length=true (every batch is padded to max_length): set it to 0",
-          name="padding"),
+    Check(
+        "data.length_bucket_batches",
+        lambda v, d: v <= 1 or not d.pad_to_max_length,
+        "has no effect with data.pad_to_max_length=true (every batch is padded to max_length): set it to 0",
+        name="padding",
+    ),
     one_of("model.modality", MODALITIES),
-    Check("model.head.fusion", lambda v, model: model.modality in FUSION_MODALITIES[v],
-          "combines two modalities and does not work with model.modality={modality}: use fusion=concat or "
-          "late for one modality", where="model", name="modality"),
+    Check(
+        "model.head.fusion",
+        lambda v, model: model.modality in FUSION_MODALITIES[v],
+        "combines two modalities and does not work with model.modality={modality}: use fusion=concat or "
+        "late for one modality",
+        where="model",
+        name="modality",
+    ),
     one_of("model.text.pooling", POOLINGS),
-    Check("model.text.pooling", lambda v, text: v == "mean" or not _is_tiny("bow")(text),
-          "model.text.tiny_arch=bow needs model.text.pooling=mean (its states are not contextual)", name="bow"),
+    Check(
+        "model.text.pooling",
+        lambda v, text: v == "mean" or not _is_tiny("bow")(text),
+        "model.text.tiny_arch=bow needs model.text.pooling=mean (its states are not contextual)",
+        name="bow",
+    ),
     one_of("model.text.tiny_arch", TINY_ARCHS),
-    at_least("model.text.tiny_hidden", 1), at_least("model.text.tiny_layers", 1),
+    at_least("model.text.tiny_hidden", 1),
+    at_least("model.text.tiny_layers", 1),
     at_least("model.text.tiny_heads", 1),
-    Check("model.text.tiny_heads", lambda v, text: text.tiny_hidden % v == 0 or not _is_tiny("bert")(text),
-          "must divide model.text.tiny_hidden={tiny_hidden}", name="divides"),
+    Check(
+        "model.text.tiny_heads",
+        lambda v, text: text.tiny_hidden % v == 0 or not _is_tiny("bert")(text),
+        "must divide model.text.tiny_hidden={tiny_hidden}",
+        name="divides",
+    ),
     at_least("model.text.tiny_vocab_size", MIN_TINY_VOCAB),
-    at_least("model.text.tiny_bigram_buckets", 0), at_least("model.text.tiny_char_buckets", 0),
-    fraction("model.text.tiny_token_dropout"), fraction("model.text.tiny_dropout"),
+    at_least("model.text.tiny_bigram_buckets", 0),
+    at_least("model.text.tiny_char_buckets", 0),
+    fraction("model.text.tiny_token_dropout"),
+    fraction("model.text.tiny_dropout"),
     Check("model.text.tiny_init_std", lambda v, _: v > 0, "must be > 0"),
-    Check("model.text.tiny_idf", lambda v, text: not v or _is_tiny("bow")(text),
-          "needs model.text.name=tiny and model.text.tiny_arch=bow"),
+    Check(
+        "model.text.tiny_idf",
+        lambda v, text: not v or _is_tiny("bow")(text),
+        "needs model.text.name=tiny and model.text.tiny_arch=bow",
+    ),
     at_least("model.text.unfreeze_last_n_layers", -1),
     fraction("model.text.layer_decay", low_open=True, high_open=False),
-    at_least("model.image.tiny_width", 1), at_least("model.image.unfreeze_last_n_layers", -1),
+    at_least("model.image.tiny_width", 1),
+    at_least("model.image.unfreeze_last_n_layers", -1),
     fraction("model.image.layer_decay", low_open=True, high_open=False),
     one_of("model.head.fusion", tuple(FUSION_MODALITIES)),
-    at_least("model.head.proj_dim", 1), at_least("model.head.hidden", 1), at_least("model.head.layers", 0),
-    fraction("model.head.dropout"), fraction("model.head.modality_dropout"),
-    at_least("model.head.attn_layers", 1), at_least("model.head.attn_heads", 1),
-    Check("model.head.attn_heads", lambda v, head: head.fusion != "cross_attention" or head.proj_dim % v == 0,
-          "must divide model.head.proj_dim={proj_dim}", name="divides"),
-    Check("model.head.late_text_linear", lambda v, head: not v or head.fusion == "late",
-          "needs model.head.fusion=late (the text head it replaces is late fusion's)"),
-    at_least("optim.lr", 0), at_least("optim.text_lr", 0), at_least("optim.image_lr", 0),
+    at_least("model.head.proj_dim", 1),
+    at_least("model.head.hidden", 1),
+    at_least("model.head.layers", 0),
+    fraction("model.head.dropout"),
+    fraction("model.head.modality_dropout"),
+    at_least("model.head.attn_layers", 1),
+    at_least("model.head.attn_heads", 1),
+    Check(
+        "model.head.attn_heads",
+        lambda v, head: head.fusion != "cross_attention" or head.proj_dim % v == 0,
+        "must divide model.head.proj_dim={proj_dim}",
+        name="divides",
+    ),
+    Check(
+        "model.head.late_text_linear",
+        lambda v, head: not v or head.fusion == "late",
+        "needs model.head.fusion=late (the text head it replaces is late fusion's)",
+    ),
+    at_least("optim.lr", 0),
+    at_least("optim.text_lr", 0),
+    at_least("optim.image_lr", 0),
     at_least("optim.weight_decay", 0),
     Check("optim.betas", lambda v, _: len(v) == 2 and all(0 <= b < 1 for b in v), "must be two numbers in [0, 1)"),
-    at_least("optim.warmup_steps", 0), one_of("optim.schedule", SCHEDULES),
-    fraction("optim.min_lr_ratio", high_open=False), at_least("optim.grad_clip", 0),
-    at_least("train.epochs", 1), at_least("train.batch_size", 1), at_least("train.grad_accum_steps", 1),
+    at_least("optim.warmup_steps", 0),
+    one_of("optim.schedule", SCHEDULES),
+    fraction("optim.min_lr_ratio", high_open=False),
+    at_least("optim.grad_clip", 0),
+    at_least("train.epochs", 1),
+    at_least("train.batch_size", 1),
+    at_least("train.grad_accum_steps", 1),
     Check("train.seed", lambda v, _: 0 <= v < 2**63, "must be in [0, 2**63): torch and numpy take seeds of 64 bits"),
     at_least("train.global_batch_size", 0),
-    Check("train.global_batch_size", lambda v, train: v % train.batch_size == 0,
-          "must be 0 or a multiple of train.batch_size={batch_size}", name="multiple"),
-    at_least("train.class_weight_power", 0), fraction("train.label_smoothing"), one_of("train.loss", LOSSES),
-    at_least("train.focal_gamma", 0), at_least("train.eval_every_epochs", 1),
-    at_least("train.max_steps_per_epoch", 0), one_of("train.best_metric", BEST_METRICS),
+    Check(
+        "train.global_batch_size",
+        lambda v, train: v % train.batch_size == 0,
+        "must be 0 or a multiple of train.batch_size={batch_size}",
+        name="multiple",
+    ),
+    at_least("train.class_weight_power", 0),
+    fraction("train.label_smoothing"),
+    one_of("train.loss", LOSSES),
+    at_least("train.focal_gamma", 0),
+    at_least("train.eval_every_epochs", 1),
+    at_least("train.max_steps_per_epoch", 0),
+    one_of("train.best_metric", BEST_METRICS),
     at_least("train.max_nonfinite_steps", 1),
-    fraction("train.ema_decay"), at_least("train.mixup_alpha", 0),
-    Check("train.ema_decay", lambda v, cfg: not (v and cfg.backend.name == "deepspeed"),
-          "is not supported with backend.name=deepspeed (its weights may be partitioned): use backend.name=ddp",
-          where="", name="deepspeed"),
-    Check("train.mixup_alpha", lambda v, cfg: not v or cfg.model.head.fusion not in FUSIONS_ON_TOKENS,
-          lambda v, cfg: f"mixes pooled vectors: not with model.head.fusion={cfg.model.head.fusion} (use concat, gated or late)",
-          where="", name="fusion"),
-    one_of("backend.name", BACKENDS), one_of("backend.precision", PRECISIONS),
-    one_of("backend.zero_stage", ZERO_STAGES), one_of("backend.device", DEVICES),
-    at_least("backend.ddp_bucket_mb", 1), at_least("backend.timeout_s", 1),
-    Check("backend.compile", lambda v, backend: not (v and backend.name == "deepspeed"),
-          "is not supported with backend.name=deepspeed: set backend.compile=false or use backend.name=ddp"),
-    one_of("backend.compile_scope", COMPILE_SCOPES), one_of("backend.compile_mode", COMPILE_MODES),
-    at_least("checkpoint.keep_last", 1), at_least("checkpoint.every_steps", 0),
+    fraction("train.ema_decay"),
+    at_least("train.mixup_alpha", 0),
+    Check(
+        "train.ema_decay",
+        lambda v, cfg: not (v and cfg.backend.name == "deepspeed"),
+        "is not supported with backend.name=deepspeed (its weights may be partitioned): use backend.name=ddp",
+        where="",
+        name="deepspeed",
+    ),
+    Check(
+        "train.mixup_alpha",
+        lambda v, cfg: not v or cfg.model.head.fusion not in FUSIONS_ON_TOKENS,
+        lambda v, cfg: (
+            f"mixes pooled vectors: not with model.head.fusion={cfg.model.head.fusion} (use concat, gated or late)"
+        ),
+        where="",
+        name="fusion",
+    ),
+    one_of("backend.name", BACKENDS),
+    one_of("backend.precision", PRECISIONS),
+    one_of("backend.zero_stage", ZERO_STAGES),
+    one_of("backend.device", DEVICES),
+    at_least("backend.ddp_bucket_mb", 1),
+    at_least("backend.timeout_s", 1),
+    Check(
+        "backend.compile",
+        lambda v, backend: not (v and backend.name == "deepspeed"),
+        "is not supported with backend.name=deepspeed: set backend.compile=false or use backend.name=ddp",
+    ),
+    one_of("backend.compile_scope", COMPILE_SCOPES),
+    one_of("backend.compile_mode", COMPILE_MODES),
+    at_least("checkpoint.keep_last", 1),
+    at_least("checkpoint.every_steps", 0),
     at_least("log.every_steps", 1),
     Check("log.report_to", lambda v, _: all(name in REPORT_TO for name in v), _unknown_tracker),
 )

@@ -3,39 +3,55 @@
 Unknown keys, values of the wrong type (values.py) and bad values (checks.py, run by
 each section's `__post_init__`) raise `MsaDistError` naming the dotted key.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.checks import check_section
 from msa_dist.config.values import apply_values, build, field_types, merge, nest, parse_override, typed_values
-from msa_dist.common.errors import MsaDistError
 
 
 @dataclass
 class DataConfig:
-    shards: str = "shards"  # shard set written by `msa-dist shards build` (holds manifest.json): a folder, file://, http(s):// or fsspec URL
+    # shard set written by `msa-dist shards build` (holds manifest.json): a folder, file://, http(s):// or fsspec URL
+    shards: str = "shards"
     image_size: int = 224  # side of the square crop fed to the image encoder, in pixels
     resize_size: int = 224  # eval: shorter side is resized to this before the center crop (the seed: 224)
     max_length: int = 128  # text tokens per sample at most; batches pad to their longest sample
     workers: int = 2  # DataLoader worker processes per rank
-    chunk_samples: int = 4  # train order: runs of this many consecutive samples of the split stay together (one request; two where a run crosses a shard boundary); the runs are shuffled per epoch by a keyed permutation computed on demand. Larger: fewer requests, less mixing
+    # train order: runs of this many consecutive samples of the split stay together (one request; two where a run
+    # crosses a shard boundary); the runs are shuffled per epoch by a keyed permutation computed on demand. Larger:
+    # fewer requests, less mixing
+    chunk_samples: int = 4
     resampled: bool = False  # draw the runs with replacement instead of reading each once per epoch
-    read_threads: int = 32  # ranged reads each loader worker keeps in flight (threads, each with its own connection): hides a remote store's per-request latency
-    read_ahead_batches: int = 4  # batches a loader worker plans (and coalesces) together; up to twice this many are being read ahead
-    read_gap_bytes: int = 4096  # read-ahead merges runs of one shard into one request when at most this many bytes lie between them
+    # ranged reads each loader worker keeps in flight (threads, each with its own connection): hides a remote store's
+    # per-request latency
+    read_threads: int = 32
+    # batches a loader worker plans (and coalesces) together; up to twice this many are being read ahead
+    read_ahead_batches: int = 4
+    # read-ahead merges runs of one shard into one request when at most this many bytes lie between them
+    read_gap_bytes: int = 4096
     pin_memory: bool = True  # page-locked host batches for faster copies to a GPU
     image_draft: bool = True  # decode JPEGs at a reduced DCT scale (1/2, 1/4, 1/8) when they are much larger
-    train_crop: str = "random"  # random (image_size crop at resize_size scale: no resize on shards stored at resize_size, the default) | random_resized (area 50-100%, then resized: the loader resizes every image) | center (no augmentation); each with a random flip except center
-    pad_to_max_length: bool = False  # pad every batch to max_length (the seed's fixed shapes) instead of its longest text
-    pad_to_multiple_of: int = 1  # round each batch's text length up to a multiple of this (fewer shapes for compile / cuDNN plans); 1 = off
+    # random (image_size crop at resize_size scale: no resize on shards stored at resize_size, the default) |
+    # random_resized (area 50-100%, then resized: the loader resizes every image) | center (no augmentation); each
+    # with a random flip except center
+    train_crop: str = "random"
+    # pad every batch to max_length (the seed's fixed shapes) instead of its longest text
+    pad_to_max_length: bool = False
+    # round each batch's text length up to a multiple of this (fewer shapes for compile / cuDNN plans); 1 = off
+    pad_to_multiple_of: int = 1
     decode_on_device: bool = False  # ship JPEG bytes + crop boxes; decode and crop on the GPU (nvJPEG)
-    length_bucket_batches: int = 0  # training: regroup each rank's batches, this many at a time, by text length (less padding, less random batches; data/loading/buckets.py); 0 or 1 = off
+    # training: regroup each rank's batches, this many at a time, by text length (less padding, less random batches;
+    # data/loading/buckets.py); 0 or 1 = off
+    length_bucket_batches: int = 0
 
     def __post_init__(self):
         check_section(self, "data")
@@ -43,8 +59,12 @@ class DataConfig:
 
 @dataclass
 class TextEncoderConfig:
-    name: str = "bert-base-uncased"  # a packaged backbone ("minilm-l6", sha256-checked), Hugging Face hub name, local directory, or "tiny" (from scratch)
-    pooling: str = "cls"  # cls | mean | last: how token states become one text vector (last: the last real token, for a causal model such as CLIP's text tower)
+    # a packaged backbone ("minilm-l6", sha256-checked), Hugging Face hub name, local directory, or "tiny" (from
+    # scratch)
+    name: str = "bert-base-uncased"
+    # cls | mean | last: how token states become one text vector (last: the last real token, for a causal model such
+    # as CLIP's text tower)
+    pooling: str = "cls"
     freeze: bool = False  # keep the text backbone's weights fixed
     tiny_hidden: int = 128  # tiny model only: hidden size
     tiny_layers: int = 2  # tiny model only: transformer layers
@@ -54,12 +74,16 @@ class TextEncoderConfig:
     tiny_bigram_buckets: int = 0  # tiny bow only: hashed token-bigram embeddings (0 = tokens only)
     tiny_char_buckets: int = 0  # tiny bow only: hashed character 2-5-gram embeddings of each token (0 = none)
     tiny_token_dropout: float = 0.0  # tiny bow only, training: fraction of tokens dropped from each text
-    tiny_idf: bool = False  # tiny bow only: weight n-grams by inverse document frequency in the train texts, L2-normalised per text (TF-IDF's weighting)
-    tiny_init_std: float = 0.1  # tiny bow only: std of the embeddings' random init (small: the text side starts near a linear model)
+    # tiny bow only: weight n-grams by inverse document frequency in the train texts, L2-normalised per text (TF-IDF's
+    # weighting)
+    tiny_idf: bool = False
+    # tiny bow only: std of the embeddings' random init (small: the text side starts near a linear model)
+    tiny_init_std: float = 0.1
     tiny_dropout: float = 0.1  # tiny model only: BERT's hidden and attention dropout
     unfreeze_last_n_layers: int = -1  # train only the top N transformer layers (and what follows them); -1 = all
     layer_decay: float = 1.0  # layer-wise lr decay: each layer below the top gets this factor more; 1 = off
-    gradient_checkpointing: bool = False  # recompute each layer's activations in backward: less memory, ~1/3 more compute
+    # recompute each layer's activations in backward: less memory, ~1/3 more compute
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         check_section(self, "model.text")
@@ -67,7 +91,9 @@ class TextEncoderConfig:
 
 @dataclass
 class ImageEncoderConfig:
-    name: str = "resnet50"  # a packaged backbone ("efficientnet-lite0/1/2", sha256-checked), torchvision model name (resnet18/34/50/101...) or "tiny" (small CNN)
+    # a packaged backbone ("efficientnet-lite0/1/2", sha256-checked), torchvision model name (resnet18/34/50/101...)
+    # or "tiny" (small CNN)
+    name: str = "resnet50"
     weights: str = "imagenet"  # imagenet | none | path to a local state_dict file (.pth)
     freeze: bool = False  # keep the image backbone's weights fixed
     tiny_width: int = 32  # tiny CNN only: channels of the first stage
@@ -82,7 +108,9 @@ class ImageEncoderConfig:
 
 @dataclass
 class HeadConfig:
-    fusion: str = "concat"  # concat | gated | cross_attention | late: how the two modalities are combined (gated and cross_attention need model.modality=both)
+    # concat | gated | cross_attention | late: how the two modalities are combined (gated and cross_attention need
+    # model.modality=both)
+    fusion: str = "concat"
     proj_dim: int = 256  # each modality's feature is projected to this width before fusion
     hidden: int = 512  # width of the MLP's hidden layers
     layers: int = 1  # hidden layers in the MLP
@@ -90,7 +118,9 @@ class HeadConfig:
     modality_dropout: float = 0.0  # training only: fraction of samples that lose one modality (chosen at random)
     attn_layers: int = 1  # cross_attention only: bidirectional text<->image attention blocks
     attn_heads: int = 4  # cross_attention only: attention heads (must divide proj_dim)
-    late_text_linear: bool = False  # late only: the text head is one linear layer to logits (with model.text.tiny_idf: a linear model of TF-IDF features)
+    # late only: the text head is one linear layer to logits (with model.text.tiny_idf: a linear model of TF-IDF
+    # features)
+    late_text_linear: bool = False
 
     def __post_init__(self):
         check_section(self, "model.head")
@@ -140,11 +170,14 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # cap optimizer steps per epoch (0 = the whole split); for smoke runs
     best_metric: str = "macro_f1"  # accuracy | macro_f1 | weighted_f1: the val metric that picks the best checkpoint
     max_nonfinite_steps: int = 10  # consecutive non-finite losses before the run stops
-    ema_decay: float = 0.0  # > 0: validate and save an exponential moving average of the weights (e.g. 0.99); not with DeepSpeed
-    mixup_alpha: float = 0.0  # > 0: mix pairs of samples' text and image vectors before the head, lambda ~ Beta(alpha, alpha)
+    # > 0: validate and save an exponential moving average of the weights (e.g. 0.99); not with DeepSpeed
+    ema_decay: float = 0.0
+    # > 0: mix pairs of samples' text and image vectors before the head, lambda ~ Beta(alpha, alpha)
+    mixup_alpha: float = 0.0
     deterministic: bool = False  # torch deterministic algorithms (debug mode)
     detect_anomaly: bool = False  # autograd anomaly detection (debug mode; slow)
-    init_from: str = ""  # plain model.pt to start a new run from (weights only; e.g. a consolidated DeepSpeed checkpoint)
+    # plain model.pt to start a new run from (weights only; e.g. a consolidated DeepSpeed checkpoint)
+    init_from: str = ""
 
     def __post_init__(self):
         check_section(self, "train")
@@ -160,9 +193,12 @@ class BackendConfig:
     ddp_bucket_mb: int = 25  # DDP gradient bucket size
     ddp_static_graph: bool = False  # DDP static graph optimisation
     compile: bool = False  # torch.compile the model
-    compile_scope: str = "model"  # with compile: model (the whole model) | encoders (text and image encoders, head eager)
-    compile_mode: str = "default"  # with compile: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
-    cudnn_sdpa: bool = True  # GPUs: let scaled-dot-product attention use cuDNN's kernel (it builds a plan per new shape)
+    # with compile: model (the whole model) | encoders (text and image encoders, head eager)
+    compile_scope: str = "model"
+    # with compile: default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
+    # GPUs: let scaled-dot-product attention use cuDNN's kernel (it builds a plan per new shape)
+    cudnn_sdpa: bool = True
     timeout_s: int = 1800  # process-group timeout: a rank waiting longer for a peer in a collective fails the run
 
     def __post_init__(self):
@@ -182,7 +218,9 @@ class CheckpointConfig:
 class LogConfig:
     progress: bool = True  # rich progress bar (off for non-interactive runs, e.g. tests)
     every_steps: int = 10  # write a train record to metrics.jsonl every N optimizer steps
-    report_to: list[str] = field(default_factory=lambda: ["jsonl"])  # trackers on rank 0: jsonl (metrics.jsonl, always on) | tensorboard (RUN_DIR/tensorboard) | wandb (pip install 'msa-dist[wandb]')
+    # trackers on rank 0: jsonl (metrics.jsonl, always on) | tensorboard (RUN_DIR/tensorboard) | wandb (pip install
+    # 'msa-dist[wandb]')
+    report_to: list[str] = field(default_factory=lambda: ["jsonl"])
 
     def __post_init__(self):
         check_section(self, "log")
@@ -217,8 +255,7 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]] = None,
-                base: Optional[dict] = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None) -> Config:
     """Build a Config: defaults < `base` dict < YAML file < dotted overrides.
 
     The layers are typed and merged first and the tree is built once, so the value checks see the
@@ -231,8 +268,9 @@ def load_config(path: Optional[str | Path] = None, overrides: Optional[list[str]
         try:
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError as exc:
-            raise MsaDistError(f"config file {path} is not UTF-8 text (byte {exc.start} is "
-                               f"{exc.object[exc.start:exc.start + 1]!r})") from None
+            raise MsaDistError(
+                f"config file {path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start : exc.start + 1]!r})"
+            ) from None
         except yaml.YAMLError as exc:
             raise MsaDistError(f"config file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         layers.append(typed_values(Config, data))
@@ -252,6 +290,7 @@ def to_dict(cfg: Any) -> dict:
         if isinstance(v, dict):
             return {k: conv(x) for k, x in v.items()}
         return v
+
     return redact_values(conv(dataclasses.asdict(cfg)))
 
 
@@ -282,10 +321,21 @@ def _field_docs(cls) -> dict[str, str]:
     """The trailing `# comment` of each field in the class source."""
     import ast
     import inspect
+
     lines, _ = inspect.getsourcelines(cls)
     docs = {}
     for node in ast.parse("".join(lines)).body[0].body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             text = lines[node.lineno - 1]
-            docs[node.target.id] = text.split("#", 1)[1].strip() if "#" in text else ""
+            docs[node.target.id] = text.split("#", 1)[1].strip() if "#" in text else _comment_above(lines, node.lineno)
     return docs
+
+
+def _comment_above(lines: list[str], lineno: int) -> str:
+    """The `# ...` lines right above line `lineno` (1-based), joined: a field's comment too long to trail it."""
+    above = []
+    for text in reversed(lines[: lineno - 1]):
+        if not text.strip().startswith("#"):
+            break
+        above.insert(0, text.strip()[1:].strip())
+    return " ".join(above)

@@ -1,5 +1,6 @@
 """Config values from YAML and the command line: typed into the schema's fields, or one-line errors
 naming the dotted key (schema.py's loader uses these; checks.py checks the values)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -115,8 +116,12 @@ def merge(layers: list[dict]) -> dict:
 def build(cls, typed: dict) -> Any:
     """The dataclass tree from typed values, built once: each section's `__post_init__` sees final values."""
     types_ = field_types(cls)
-    return cls(**{name: build(types_[name], value) if dataclasses.is_dataclass(types_[name]) else value
-                  for name, value in typed.items()})
+    return cls(
+        **{
+            name: build(types_[name], value) if dataclasses.is_dataclass(types_[name]) else value
+            for name, value in typed.items()
+        }
+    )
 
 
 def apply_values(obj: Any, values: dict, prefix: str = "") -> None:

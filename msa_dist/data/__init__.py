@@ -5,6 +5,7 @@ evaluation loaders in `loading/`.
 The public names below are imported on first use (PEP 562), so that importing one small module of
 this package (a store, the manifest) costs neither torch nor the image stack.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -5,6 +5,7 @@ before indexes existed. Each shard is read once, whole; its index is written bes
 manifest, the splits are named by the shard names (`train-000000.tar` -> split `train`; a name
 without `-` goes to `train`), and class counts come from integer `cls` members.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -12,12 +13,12 @@ import json
 from collections import Counter
 from pathlib import Path
 
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABELS
 from msa_dist.data.format.index import index_name, scan_tar, shard_size
 from msa_dist.data.format.index_bin import binary_name, to_binary
 from msa_dist.data.format.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest, shard_name_problem
 from msa_dist.data.stores import FsspecStore, LocalStore, ShardStore, open_store
-from msa_dist.common.errors import MsaDistError
-from msa_dist.common.labels import LABELS
 
 
 def _list_tars(store: ShardStore) -> list[str]:
@@ -29,8 +30,10 @@ def _list_tars(store: ShardStore) -> list[str]:
         return sorted(Path(p).name for p in store._fs_handle().glob(store.url("*.tar")))
     if hasattr(store, "list_names"):  # S3Store
         return sorted(name for name in store.list_names() if name.endswith(".tar"))
-    raise MsaDistError(f"cannot list the files at {store.location}: give a manifest.json there (an HTTP server "
-                       "lists nothing), or index a local copy")
+    raise MsaDistError(
+        f"cannot list the files at {store.location}: give a manifest.json there (an HTTP server "
+        "lists nothing), or index a local copy"
+    )
 
 
 def _class_counts(data: bytes, index) -> dict | None:
@@ -43,10 +46,12 @@ def _class_counts(data: bytes, index) -> dict | None:
     for key, where in zip(index.keys, column):
         if where is None:
             continue
-        value = data[where[0]:where[0] + where[1]].strip()
+        value = data[where[0] : where[0] + where[1]].strip()
         if not (value.isdigit() and len(value) <= 3 and int(value) < len(LABELS)):
-            raise MsaDistError(f"shard {index.shard}: sample {key} has an invalid label cls={value[:20]!r} "
-                               f"(expected 0..{len(LABELS) - 1}); fix or drop it, then index again")
+            raise MsaDistError(
+                f"shard {index.shard}: sample {key} has an invalid label cls={value[:20]!r} "
+                f"(expected 0..{len(LABELS) - 1}); fix or drop it, then index again"
+            )
         values[int(value)] += 1
     if any(where is None for where in column):
         return None
@@ -56,8 +61,9 @@ def _class_counts(data: bytes, index) -> dict | None:
 def index_shard_set(location: str) -> dict:
     """Write every shard's index (and the manifest, if absent); returns {split: samples}."""
     store = open_store(location)
-    manifest = check_manifest(store.read(MANIFEST_NAME), store.url(MANIFEST_NAME)) if store.exists(MANIFEST_NAME) \
-        else None
+    manifest = (
+        check_manifest(store.read(MANIFEST_NAME), store.url(MANIFEST_NAME)) if store.exists(MANIFEST_NAME) else None
+    )
     if manifest is not None:
         names = {split: [s["name"] for s in info.get("shards", [])] for split, info in manifest["splits"].items()}
     else:
@@ -76,8 +82,9 @@ def index_shard_set(location: str) -> dict:
             index = scan_tar(data, name)
             store.write(index_name(name), index.to_json())
             store.write(binary_name(name), to_binary(index))  # the compact form (index_bin.py)
-            entry["shards"].append({"name": name, "samples": len(index), "bytes": len(data),
-                                    "sha256": hashlib.sha256(data).hexdigest()})
+            entry["shards"].append(
+                {"name": name, "samples": len(index), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+            )
             entry["samples"] += len(index)
             entry["guids"] += index.keys
             by_class = _class_counts(data, index)
@@ -87,7 +94,13 @@ def index_shard_set(location: str) -> dict:
             entry["class_counts"] = {label: counts.get(label, 0) for label in LABELS}
         splits[split] = entry
     if manifest is None:
-        manifest = {"format": MANIFEST_FORMAT, "labels": list(LABELS), "options": {"indexed_from": location},
-                    "splits": splits, "decodings": {}, "skipped": []}
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "labels": list(LABELS),
+            "options": {"indexed_from": location},
+            "splits": splits,
+            "decodings": {},
+            "skipped": [],
+        }
         store.write(MANIFEST_NAME, (json.dumps(manifest, indent=1, ensure_ascii=False) + "\n").encode())
     return {split: info["samples"] for split, info in splits.items()}

@@ -3,19 +3,19 @@
 Every listed pair becomes either a `Sample` (checked: text decoded, image decodes) or a
 `BadRecord` saying why it cannot be used; nothing is dropped without a record.
 """
+
 from __future__ import annotations
 
 import io
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Union
 
 from PIL import Image, UnidentifiedImageError
 
-from msa_dist.common.limits import MAX_IMAGE_BYTES, MAX_LABELS_BYTES, MAX_TEXT_BYTES, check_pixels, read_input
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABEL_TO_INDEX, LABELS
+from msa_dist.common.limits import MAX_IMAGE_BYTES, MAX_LABELS_BYTES, MAX_TEXT_BYTES, check_pixels, read_input
 
 TRAIN_FILE = "train.txt"
 TEST_FILE = "test_without_label.txt"
@@ -28,8 +28,9 @@ TRAINVAL = "train/val"
 @dataclass(frozen=True)
 class Record:
     """One line of a labels file: a guid, its label index (None = unlabelled) and where it goes."""
+
     guid: str
-    label: Optional[int]
+    label: int | None
     split: str
     source: str
     line: int
@@ -38,6 +39,7 @@ class Record:
 @dataclass(frozen=True)
 class BadRecord:
     """A listed pair that cannot be used, with a short `reason` (for counting) and a `detail`."""
+
     guid: str
     split: str
     source: str
@@ -55,13 +57,14 @@ class BadRecord:
 @dataclass(frozen=True)
 class Sample:
     """A checked pair: decoded text and the path of an image known to decode."""
+
     record: Record
     text: str
     encoding: str
     image_path: Path
 
 
-Entry = Union[Record, BadRecord]
+Entry = Record | BadRecord
 
 
 def decode_text(raw: bytes) -> tuple[str, str]:
@@ -90,8 +93,7 @@ def _read_lines(path: Path) -> list[str]:
     if not lines:
         raise MsaDistError(f"labels file {path} is empty (expected the header 'guid,tag')")
     if lines[0].replace(" ", "").strip().lower() != "guid,tag":
-        raise MsaDistError(f"labels file {path} must start with the header 'guid,tag'; "
-                           f"first line is {lines[0][:60]!r}")
+        raise MsaDistError(f"labels file {path} must start with the header 'guid,tag'; first line is {lines[0][:60]!r}")
     return lines
 
 
@@ -109,7 +111,7 @@ def read_labels_file(path: Path, split: str, tags: str, seen: dict[str, tuple[st
         fields = [f.strip() for f in line.split(",")]
         guid = fields[0] if fields else ""
 
-        def bad(reason: str, detail: str) -> BadRecord:
+        def bad(reason: str, detail: str, guid: str = guid, line_no: int = line_no) -> BadRecord:
             return BadRecord(guid, split, source, line_no, reason, detail)
 
         if len(fields) != 2 or not guid:
@@ -139,8 +141,9 @@ def _tag_allowed(tag: str, tags: str) -> bool:
     return tag in LABEL_TO_INDEX and tags in ("label", "any")
 
 
-def list_records(data_root: str | Path, labels_file: Optional[str | Path] = None,
-                 split_name: Optional[str] = None) -> list[Entry]:
+def list_records(
+    data_root: str | Path, labels_file: str | Path | None = None, split_name: str | None = None
+) -> list[Entry]:
     """All listed pairs of a course-layout DATA_ROOT, in file order (train.txt, then the test file).
 
     With `labels_file`, only that file's records, all destined for `split_name`.
@@ -161,7 +164,7 @@ def list_records(data_root: str | Path, labels_file: Optional[str | Path] = None
     return entries
 
 
-def image_error(data: bytes) -> Optional[str]:
+def image_error(data: bytes) -> str | None:
     """None when the bytes decode as an image, else the decoder's one-line complaint."""
     try:
         with warnings.catch_warnings():
@@ -179,8 +182,9 @@ def image_error(data: bytes) -> Optional[str]:
     return None
 
 
-def check_record(record: Record, data_dir: Path) -> Union[Sample, BadRecord]:
+def check_record(record: Record, data_dir: Path) -> Sample | BadRecord:
     """Read and check one pair's files: the text decodes and is non-empty, the image decodes."""
+
     def bad(reason: str, detail: str) -> BadRecord:
         return BadRecord(record.guid, record.split, record.source, record.line, reason, detail)
 

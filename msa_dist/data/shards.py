@@ -5,6 +5,7 @@ sample index beside it, data/format/index.py) and the manifest into a temporary 
 then moves them into place with the manifest last, so a reader sees either the old complete set,
 no manifest, or the new complete set.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,7 +16,6 @@ import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import Optional
 
 import webdataset as wds
 from rich.console import Console
@@ -23,27 +23,43 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from msa_dist.data.format.index import INDEX_SUFFIX, index_name, read_index, scan_tar
-from msa_dist.data.format.index_bin import BINARY_SUFFIX, binary_name, load_index, to_binary
-from msa_dist.common.limits import MAX_IMAGE_BYTES, read_input
-from msa_dist.data.format.manifest import DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
-from msa_dist.data.raw import (DATA_DIR, TEST_FILE, TRAINVAL, BadRecord, Sample, check_record,
-                               list_records, reencode_image)
-from msa_dist.data.loading.reader import ShardSet
-from msa_dist.data.stores import is_url
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
+from msa_dist.common.limits import MAX_IMAGE_BYTES, read_input
+from msa_dist.data.format.index import INDEX_SUFFIX, index_name, read_index, scan_tar
+from msa_dist.data.format.index_bin import BINARY_SUFFIX, binary_name, load_index, to_binary
+from msa_dist.data.format.manifest import DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
+from msa_dist.data.loading.reader import ShardSet
+from msa_dist.data.raw import (
+    DATA_DIR,
+    TEST_FILE,
+    TRAINVAL,
+    BadRecord,
+    Sample,
+    check_record,
+    list_records,
+    reencode_image,
+)
+from msa_dist.data.stores import is_url
 
 SHARD_NAME_RE = re.compile(r"^[A-Za-z0-9_]+-\d{6}\.tar$")
 SPLIT_NAME_RE = re.compile(r"^[A-Za-z0-9_]+$")
 SKIPPED_SHOWN = 5
 
 
-def build_shards(data_root: str | Path, out_dir: str | Path = "shards", val_fraction: float = 0.1,
-                 seed: int = 0, shard_size: int = 1000, strict: bool = False,
-                 labels_file: Optional[str | Path] = None, split_name: Optional[str] = None,
-                 image_size: int = 0, jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-                 console: Optional[Console] = None) -> dict:
+def build_shards(
+    data_root: str | Path,
+    out_dir: str | Path = "shards",
+    val_fraction: float = 0.1,
+    seed: int = 0,
+    shard_size: int = 1000,
+    strict: bool = False,
+    labels_file: str | Path | None = None,
+    split_name: str | None = None,
+    image_size: int = 0,
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY,
+    console: Console | None = None,
+) -> dict:
     """Check, split and pack DATA_ROOT's pairs into `out_dir`; returns the manifest written there."""
     _check_options(val_fraction, shard_size, labels_file, split_name, image_size, jpeg_quality)
     out = Path(out_dir)
@@ -61,13 +77,26 @@ def build_shards(data_root: str | Path, out_dir: str | Path = "shards", val_frac
             splits = _split_train_val(samples, val_fraction, seed)
             if (root / TEST_FILE).is_file():
                 splits["test"] = [s for s in samples if s.record.split == "test"]
-        options = {"data_root": str(root.resolve()), "out_dir": str(out.resolve()),
-                   "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
-                   "strict": strict, "labels_file": None if labels_file is None else str(Path(labels_file).resolve()),
-                   "split_name": split_name, "image_size": image_size,
-                   "jpeg_quality": jpeg_quality if image_size > 0 else None}
-        manifest = {"format": MANIFEST_FORMAT, "labels": list(LABELS), "options": options, "splits": {},
-                    "decodings": {"utf-8": 0, "gb18030": 0}, "skipped": [b.to_dict() for b in skipped]}
+        options = {
+            "data_root": str(root.resolve()),
+            "out_dir": str(out.resolve()),
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "shard_size": shard_size,
+            "strict": strict,
+            "labels_file": None if labels_file is None else str(Path(labels_file).resolve()),
+            "split_name": split_name,
+            "image_size": image_size,
+            "jpeg_quality": jpeg_quality if image_size > 0 else None,
+        }
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "labels": list(LABELS),
+            "options": options,
+            "splits": {},
+            "decodings": {"utf-8": 0, "gb18030": 0},
+            "skipped": [b.to_dict() for b in skipped],
+        }
         for sample in samples:
             manifest["decodings"][sample.encoding] += 1
         try:
@@ -79,9 +108,15 @@ def build_shards(data_root: str | Path, out_dir: str | Path = "shards", val_frac
             task = progress.add_task("writing shards", total=len(samples))
             for name, split_samples in splits.items():
                 labelled_split = labels_file is None and name != "test"
-                manifest["splits"][name] = _write_split(tmp, name, split_samples, shard_size,
-                                                        (image_size, jpeg_quality), labelled_split,
-                                                        lambda: progress.advance(task))
+                manifest["splits"][name] = _write_split(
+                    tmp,
+                    name,
+                    split_samples,
+                    shard_size,
+                    (image_size, jpeg_quality),
+                    labelled_split,
+                    lambda: progress.advance(task),
+                )
             _publish(tmp, out, manifest)
         except OSError as exc:
             raise MsaDistError(f"writing shards into {out} failed: {exc.strerror or exc}") from None
@@ -90,8 +125,9 @@ def build_shards(data_root: str | Path, out_dir: str | Path = "shards", val_frac
     return manifest
 
 
-def _check_options(val_fraction: float, shard_size: int, labels_file, split_name, image_size: int,
-                   jpeg_quality: int) -> None:
+def _check_options(
+    val_fraction: float, shard_size: int, labels_file, split_name, image_size: int, jpeg_quality: int
+) -> None:
     if not 0 <= val_fraction < 1:
         raise MsaDistError(f"--val-fraction must be in [0, 1); got {val_fraction}")
     if shard_size < 1:
@@ -103,8 +139,9 @@ def _check_options(val_fraction: float, shard_size: int, labels_file, split_name
     if (labels_file is None) != (split_name is None):
         raise MsaDistError("--labels FILE and --split NAME go together: give both or neither")
     if split_name is not None and not SPLIT_NAME_RE.match(split_name):
-        raise MsaDistError(f"--split name must be letters, digits or '_' (it names the shard files); "
-                           f"got {split_name!r}")
+        raise MsaDistError(
+            f"--split name must be letters, digits or '_' (it names the shard files); got {split_name!r}"
+        )
 
 
 def _check_out_dir(out: Path) -> None:
@@ -118,8 +155,9 @@ def _check_out_dir(out: Path) -> None:
         raise MsaDistError(f"cannot write to --out {out}: {existing} is not a writable directory")
 
 
-def _check_entries(entries: list, data_dir: Path, strict: bool,
-                   progress: Progress) -> tuple[list[Sample], list[BadRecord]]:
+def _check_entries(
+    entries: list, data_dir: Path, strict: bool, progress: Progress
+) -> tuple[list[Sample], list[BadRecord]]:
     """Check every listed pair in file order; strict mode stops at the first bad one."""
     samples: list[Sample] = []
     skipped: list[BadRecord] = []
@@ -153,15 +191,23 @@ def _split_train_val(samples: list[Sample], val_fraction: float, seed: int) -> d
     return {"train": train, "val": val}
 
 
-def _write_split(tmp: Path, name: str, samples: list[Sample], shard_size: int, reencode: tuple[int, int],
-                 labelled_split: bool, advance) -> dict:
+def _write_split(
+    tmp: Path,
+    name: str,
+    samples: list[Sample],
+    shard_size: int,
+    reencode: tuple[int, int],
+    labelled_split: bool,
+    advance,
+) -> dict:
     """Write one split's tars into `tmp`; returns its manifest entry."""
     counts: dict[str, int] = {}
     if samples:
         # maxsize is unbounded so shard boundaries depend only on shard_size; mtime=0 makes the
         # tars (and their sha256) reproducible.
-        with wds.ShardWriter(str(tmp / f"{name}-%06d.tar"), maxcount=shard_size, maxsize=float("inf"),
-                             verbose=0, encoder=False, mtime=0) as writer:
+        with wds.ShardWriter(
+            str(tmp / f"{name}-%06d.tar"), maxcount=shard_size, maxsize=float("inf"), verbose=0, encoder=False, mtime=0
+        ) as writer:
             for sample in samples:
                 writer.write(_to_webdataset(sample, *reencode))
                 shard_name = Path(writer.fname).name
@@ -228,13 +274,16 @@ def verify_shards(shard_dir: str) -> dict:
             raise MsaDistError(f"split {split}: its shards hold {len(keys)} samples, manifest says {info['samples']}")
         if "guids" in info and keys != info["guids"]:
             index = next(i for i, (a, b) in enumerate(zip(keys, info["guids"])) if a != b)
-            raise MsaDistError(f"split {split}: sample {index} is guid {keys[index]} in the shards but "
-                               f"{info['guids'][index]} in the manifest")
+            raise MsaDistError(
+                f"split {split}: sample {index} is guid {keys[index]} in the shards but "
+                f"{info['guids'][index]} in the manifest"
+            )
         summary["splits"][split] = len(keys)
         summary["samples"] += len(keys)
     if not is_url(str(shard_dir)):
-        summary["unlisted"] = sorted(p.name for p in Path(shard_dir).iterdir()
-                                     if SHARD_NAME_RE.match(p.name) and p.name not in listed)
+        summary["unlisted"] = sorted(
+            p.name for p in Path(shard_dir).iterdir() if SHARD_NAME_RE.match(p.name) and p.name not in listed
+        )
     return summary
 
 
@@ -246,16 +295,20 @@ def _verify_shard(shard_set: ShardSet, split: str, shard: dict) -> list[str]:
     data = store.read(name)
     digest = hashlib.sha256(data).hexdigest()
     if digest != shard["sha256"]:
-        raise MsaDistError(f"shard {store.url(name)}: sha256 {digest[:16]}... differs from the manifest's "
-                           f"{shard['sha256'][:16]}... (file changed or corrupt)")
+        raise MsaDistError(
+            f"shard {store.url(name)}: sha256 {digest[:16]}... differs from the manifest's "
+            f"{shard['sha256'][:16]}... (file changed or corrupt)"
+        )
     actual = scan_tar(data, name)
     if len(actual) != shard["samples"]:
         raise MsaDistError(f"shard {store.url(name)}: holds {len(actual)} samples, manifest says {shard['samples']}")
     stored = read_index(store, name)
     binary = load_index(store, name).to_shard_index() if store.exists(binary_name(name)) else actual
     if stored != actual or binary != actual:  # what the index says, not its bytes: the order of `fields` is free
-        raise MsaDistError(f"the index of {store.url(name)} does not match the shard: run "
-                           f"`msa-dist shards index {shard_set.location}` again")
+        raise MsaDistError(
+            f"the index of {store.url(name)} does not match the shard: run "
+            f"`msa-dist shards index {shard_set.location}` again"
+        )
     for i, key in enumerate(actual.keys):
         fields = {f for f, _, _ in actual.members(i)}
         if not {"jpg", "txt"} <= fields:
@@ -286,18 +339,22 @@ def print_build_summary(manifest: dict, console: Console) -> None:
     by_reason = ", ".join(f"{escape(reason)} {n}" for reason, n in reasons.most_common())
     console.print(f"[yellow]skipped {len(skipped)} records[/]: {by_reason}", highlight=False)
     for s in skipped[:SKIPPED_SHOWN]:
-        console.print(escape(f"  guid {s['guid']} ({s['split']}, {s['source']} line {s['line']}): "
-                             f"{s['reason']} ({s['detail']})"), highlight=False)
+        console.print(
+            escape(f"  guid {s['guid']} ({s['split']}, {s['source']} line {s['line']}): {s['reason']} ({s['detail']})"),
+            highlight=False,
+        )
     if len(skipped) > SKIPPED_SHOWN:
-        console.print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more, all listed in {MANIFEST_NAME}",
-                      highlight=False)
+        console.print(f"  ... and {len(skipped) - SKIPPED_SHOWN} more, all listed in {MANIFEST_NAME}", highlight=False)
 
 
 def print_verify_summary(summary: dict, console: Console) -> None:
     """Print what `verify_shards` checked, and any shard files on disk that no manifest lists."""
     per_split = ", ".join(f"{escape(split)} {n}" for split, n in summary["splits"].items())
-    console.print(f"[green]ok[/]: {summary['shards']} shards, {summary['samples']} samples ({per_split})",
-                  highlight=False)
+    console.print(
+        f"[green]ok[/]: {summary['shards']} shards, {summary['samples']} samples ({per_split})", highlight=False
+    )
     if summary["unlisted"]:
-        console.print(escape(f"note: shard files not in the manifest (ignored): {', '.join(summary['unlisted'])}"),
-                      highlight=False)
+        console.print(
+            escape(f"note: shard files not in the manifest (ignored): {', '.join(summary['unlisted'])}"),
+            highlight=False,
+        )

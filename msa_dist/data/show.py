@@ -1,13 +1,14 @@
 """`msa-dist shards show DIR_OR_URL`: the first few samples of a split, to see what was packed."""
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.data.loading.images import stored_size
 from msa_dist.data.loading.reader import SampleReader, ShardSet
-from msa_dist.common.errors import MsaDistError
 
 SHOWN_TEXT_BYTES = 2000  # a table row, not a 50 MB text
 
@@ -21,17 +22,26 @@ def show_samples(shard_dir: str | Path, split: str = "train", n: int = 5) -> lis
     rows: list[dict] = []
     for sample in reader.fetch(np.arange(min(n, sum(reader.sizes)))):
         if isinstance(sample, Exception):
-            raise MsaDistError(f"cannot read split {split} of {shard_dir}: {sample}; "
-                               f"run `msa-dist shards verify {shard_dir}`")
+            raise MsaDistError(
+                f"cannot read split {split} of {shard_dir}: {sample}; run `msa-dist shards verify {shard_dir}`"
+            )
         try:
             width, height = stored_size(sample["jpg"]) if "jpg" in sample else (0, 0)
-        except Exception as exc:  # noqa: BLE001 - PIL raises many types; shown, not fatal
-            raise MsaDistError(f"cannot read the image of sample {sample['__key__']} in split {split} of "
-                               f"{shard_dir}: {str(exc)[:120]}; run `msa-dist shards verify {shard_dir}`") from None
-        rows.append({"key": sample["__key__"], "shard": sample["__url__"].rsplit("/", 1)[-1],
-                     "label": _label_name(sample.get("cls"), labels),
-                     "text": sample.get("txt", b"")[:SHOWN_TEXT_BYTES].decode("utf-8", errors="replace"),
-                     "image": f"{width}x{height}", "image_bytes": len(sample.get("jpg", b""))})
+        except Exception as exc:
+            raise MsaDistError(
+                f"cannot read the image of sample {sample['__key__']} in split {split} of "
+                f"{shard_dir}: {str(exc)[:120]}; run `msa-dist shards verify {shard_dir}`"
+            ) from None
+        rows.append(
+            {
+                "key": sample["__key__"],
+                "shard": sample["__url__"].rsplit("/", 1)[-1],
+                "label": _label_name(sample.get("cls"), labels),
+                "text": sample.get("txt", b"")[:SHOWN_TEXT_BYTES].decode("utf-8", errors="replace"),
+                "image": f"{width}x{height}",
+                "image_bytes": len(sample.get("jpg", b"")),
+            }
+        )
     return rows
 
 
@@ -48,6 +58,7 @@ def _label_name(cls, labels: list) -> str | None:
 def print_samples(rows: list[dict], split: str, console) -> None:
     """A table of `show_samples` rows."""
     from rich.table import Table
+
     table = Table(title=f"{split}: first {len(rows)} samples")
     table.add_column("key", no_wrap=True)
     table.add_column("label", no_wrap=True)

@@ -3,6 +3,7 @@
 Each class has its own image look (hue and a shape) and its own words, so sentiment can be
 learnt from either modality; some pairs carry the signal in one modality only.
 """
+
 from __future__ import annotations
 
 import random
@@ -48,8 +49,9 @@ def _image(label: str, rng: random.Random, informative: bool, size: int) -> Imag
     return img
 
 
-def write_synthetic_dataset(root: str | Path, n_labelled: int = 600, n_test: int = 100, seed: int = 0,
-                            image_px: int = 96) -> Path:
+def write_synthetic_dataset(
+    root: str | Path, n_labelled: int = 600, n_test: int = 100, seed: int = 0, image_px: int = 96
+) -> Path:
     """Write data/<guid>.jpg|txt, train.txt and test_without_label.txt under `root`."""
     root = Path(root)
     (root / "data").mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,12 @@
 """Moving a loader batch to the device: non-blocking copies, images decoded (optionally) and normalised there."""
+
 from __future__ import annotations
 
 import torch
 import torchvision.io as tvio
 
-from msa_dist.data.loading.images import resize_crop
 from msa_dist.data.loading.batching import normalize_images
+from msa_dist.data.loading.images import resize_crop
 
 
 def model_inputs(batch: dict, device: torch.device, modality: str) -> dict:
@@ -28,8 +29,9 @@ def model_inputs(batch: dict, device: torch.device, modality: str) -> dict:
     return inputs
 
 
-def decode_on_device(jpegs: list[torch.Tensor], crop_boxes: torch.Tensor, image_size: int,
-                     device: torch.device) -> torch.Tensor:
+def decode_on_device(
+    jpegs: list[torch.Tensor], crop_boxes: torch.Tensor, image_size: int, device: torch.device
+) -> torch.Tensor:
     """JPEG bytes + the loader's crop boxes -> uint8 [B, 3, S, S] on `device` (nvJPEG on a GPU).
 
     Each box is (top, left, height, width, flip) in stored pixels, chosen by the loader exactly as
@@ -38,6 +40,6 @@ def decode_on_device(jpegs: list[torch.Tensor], crop_boxes: torch.Tensor, image_
     decoded = tvio.decode_jpeg(jpegs, mode=tvio.ImageReadMode.RGB, device=device)
     out = torch.empty(len(decoded), 3, image_size, image_size, dtype=torch.uint8, device=device)
     for i, (image, (top, left, height, width, flip)) in enumerate(zip(decoded, crop_boxes.tolist())):
-        crop = resize_crop(image[None, :, top:top + height, left:left + width], image_size)
+        crop = resize_crop(image[None, :, top : top + height, left : left + width], image_size)
         out[i] = crop[0].flip(-1) if flip else crop[0]
     return out

@@ -7,6 +7,7 @@ not cling to the random initial weights. Validation and every checkpoint's `mode
 `evaluate`, `predict`, `best/` and `cv` use) hold the averaged weights; the trained weights travel
 in the checkpoint's client state, so a resume continues both exactly.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager, nullcontext
@@ -70,8 +71,10 @@ class WeightAverage:
         weights it saved back into the module and the average into the shadow."""
         if bool(saved) != self.enabled:
             held = "averaged" if saved else "trained"
-            raise MsaDistError(f"{where} was saved with train.ema_decay {'> 0' if saved else '= 0'}: resume it with "
-                               f"the same setting (its model.pt holds {held} weights)")
+            raise MsaDistError(
+                f"{where} was saved with train.ema_decay {'> 0' if saved else '= 0'}: resume it with "
+                f"the same setting (its model.pt holds {held} weights)"
+            )
         if not self.enabled:
             return
         with torch.no_grad():

@@ -1,4 +1,5 @@
 """Evaluation and prediction over a split: one loop, the split dealt across ranks, metrics reduced to one result."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,24 +8,34 @@ from dataclasses import dataclass
 
 import torch
 
+from msa_dist.common.labels import NUM_CLASSES
 from msa_dist.config.schema import Config
 from msa_dist.data.loading.loader import EvalLoader, StreamSpec, build_loader
 from msa_dist.engine.batch import model_inputs
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
-from msa_dist.common.labels import NUM_CLASSES
 
 
 @dataclass
 class SplitOutputs:
     """A split's samples through the model, as far as this rank read them."""
+
     keys: list[str]
     logits: torch.Tensor  # [N, C] float32, on the CPU
     labels: torch.Tensor  # [N]; -1 where unlabelled
 
 
 @torch.no_grad()
-def split_outputs(cfg: Config, model, tokenizer, env, split: str, batch_size: int, shard_dir: str | None = None,
-                  autocast=None, loader: EvalLoader | None = None) -> SplitOutputs:
+def split_outputs(
+    cfg: Config,
+    model,
+    tokenizer,
+    env,
+    split: str,
+    batch_size: int,
+    shard_dir: str | None = None,
+    autocast=None,
+    loader: EvalLoader | None = None,
+) -> SplitOutputs:
     """The one evaluation loop (validation, evaluate, predict, calibration): this rank's share of a split.
 
     Every rank runs the same number of forward passes (padding with repeats of its last batch)
@@ -33,8 +44,9 @@ def split_outputs(cfg: Config, model, tokenizer, env, split: str, batch_size: in
     built (its workers forked now) for this one pass.
     """
     shard_dir = shard_dir or cfg.data.shards
-    spec = StreamSpec(split=split, train=False, batch_size=batch_size, rank=env.rank,
-                      world_size=env.world_size, seed=cfg.train.seed)
+    spec = StreamSpec(
+        split=split, train=False, batch_size=batch_size, rank=env.rank, world_size=env.world_size, seed=cfg.train.seed
+    )
     if loader is None:
         loader = build_loader(cfg.data, shard_dir, spec, tokenizer)
     else:
@@ -68,8 +80,18 @@ def split_outputs(cfg: Config, model, tokenizer, env, split: str, batch_size: in
     return SplitOutputs(keys, torch.cat(logits), torch.cat(labels))
 
 
-def run_split(cfg: Config, model, tokenizer, env, backend, split: str, batch_size: int, shard_dir: str | None = None,
-              autocast=None, loader: EvalLoader | None = None) -> tuple[dict | None, list]:
+def run_split(
+    cfg: Config,
+    model,
+    tokenizer,
+    env,
+    backend,
+    split: str,
+    batch_size: int,
+    shard_dir: str | None = None,
+    autocast=None,
+    loader: EvalLoader | None = None,
+) -> tuple[dict | None, list]:
     """Metrics (of the labelled samples; reduced across ranks) and this rank's (key, probs) predictions."""
     out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir, autocast, loader)
     labelled = out.labels >= 0

@@ -9,11 +9,12 @@ whole `backend.timeout_s`.
 
 This module imports no torch, so commands that never train start fast.
 """
+
 from __future__ import annotations
 
 import contextlib
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 
 @contextlib.contextmanager
@@ -24,5 +25,6 @@ def process_group_scope() -> Iterator[None]:
     finally:
         if "torch.distributed" in sys.modules:  # only a command that trained can hold a group
             import torch.distributed as dist
+
             if dist.is_available() and dist.is_initialized():
                 dist.destroy_process_group()

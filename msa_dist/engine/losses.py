@@ -1,7 +1,6 @@
 """The training loss, chosen by config: cross-entropy or focal loss, either class-weighted and label-smoothed."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +13,7 @@ class FocalLoss(torch.nn.Module):
     already gets right count less. Class weights and label smoothing act as in `CrossEntropyLoss`
     (the weighted mean divides by the summed weights of the batch's targets)."""
 
-    def __init__(self, gamma: float = 2.0, weight: Optional[torch.Tensor] = None, label_smoothing: float = 0.0):
+    def __init__(self, gamma: float = 2.0, weight: torch.Tensor | None = None, label_smoothing: float = 0.0):
         super().__init__()
         self.gamma, self.label_smoothing = gamma, label_smoothing
         self.register_buffer("weight", weight)
@@ -28,7 +27,7 @@ class FocalLoss(torch.nn.Module):
         return loss.sum() / self.weight[target].sum()
 
 
-def build_loss(cfg: TrainConfig, class_weights: Optional[torch.Tensor]) -> torch.nn.Module:
+def build_loss(cfg: TrainConfig, class_weights: torch.Tensor | None) -> torch.nn.Module:
     """Cross-entropy or focal loss (`train.loss`), optionally class-weighted and label-smoothed.
 
     `class_weights` are inverse class frequencies (mean-normalised); `train.class_weight_power` tempers them.

@@ -1,4 +1,5 @@
 """Classification metrics from a confusion matrix (summable across ranks before computing)."""
+
 from __future__ import annotations
 
 import torch
@@ -29,8 +30,12 @@ def metrics_from_confusion(cm: torch.Tensor) -> dict:
         "weighted_f1": float((f1 * support).sum() / total),
         "samples": int(cm.sum()),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                   "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(LABELS)
         },
         "confusion_matrix": cm.long().tolist(),

@@ -1,4 +1,5 @@
 """AdamW with one learning rate per part (text, image, head) and a warmup-then-decay schedule."""
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,14 @@ def optimizer_param_groups(cfg: OptimConfig, groups: dict[str, list[torch.nn.Par
         decay, no_decay = _split_decay(params)
         for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
             if ps:
-                out.append({"params": ps, "lr": lrs[part] * scale, "weight_decay": wd,
-                            "name": f"{key}{'' if wd else '_no_decay'}"})
+                out.append(
+                    {
+                        "params": ps,
+                        "lr": lrs[part] * scale,
+                        "weight_decay": wd,
+                        "name": f"{key}{'' if wd else '_no_decay'}",
+                    }
+                )
     return out
 
 

@@ -1,4 +1,5 @@
 """Rank, world and device, read once from the environment into a small frozen object; SIGTERM."""
+
 from __future__ import annotations
 
 import os
@@ -13,6 +14,7 @@ from msa_dist.common.errors import MsaDistError
 @dataclass(frozen=True)
 class DistEnv:
     """Where this process sits in the job. Never written back into the config."""
+
     rank: int
     local_rank: int
     world_size: int
@@ -29,7 +31,9 @@ class DistEnv:
 
     def describe(self) -> str:
         """The world layout in words, e.g. '4 ranks = 2 nodes x 2 per node, cuda'."""
-        return f"{self.world_size} rank(s) = {self.nodes} node(s) x {self.local_world_size} per node, {self.device.type}"
+        return (
+            f"{self.world_size} rank(s) = {self.nodes} node(s) x {self.local_world_size} per node, {self.device.type}"
+        )
 
 
 def read_env(device: str = "auto") -> DistEnv:
@@ -43,8 +47,9 @@ def read_env(device: str = "auto") -> DistEnv:
     if use_cuda and not torch.cuda.is_available():
         raise MsaDistError("backend.device=cuda but no CUDA GPU is visible; use backend.device=cpu")
     dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
-    return DistEnv(rank=rank, local_rank=local_rank, world_size=world_size, device=dev,
-                   local_world_size=local_world_size)
+    return DistEnv(
+        rank=rank, local_rank=local_rank, world_size=world_size, device=dev, local_world_size=local_world_size
+    )
 
 
 def resolve_global_batch(cfg, world_size: int):
@@ -54,8 +59,10 @@ def resolve_global_batch(cfg, world_size: int):
         return cfg
     accum, rest = divmod(tcfg.global_batch_size, tcfg.batch_size * world_size)
     if rest or not accum:
-        raise MsaDistError(f"train.global_batch_size={tcfg.global_batch_size} is not a multiple of train.batch_size="
-                           f"{tcfg.batch_size} x {world_size} rank(s): pick a global batch the micro batches divide")
+        raise MsaDistError(
+            f"train.global_batch_size={tcfg.global_batch_size} is not a multiple of train.batch_size="
+            f"{tcfg.batch_size} x {world_size} rank(s): pick a global batch the micro batches divide"
+        )
     return replace(cfg, train=replace(tcfg, grad_accum_steps=accum))
 
 
@@ -75,7 +82,7 @@ class StopFlag:
         self.requested = False
         self._previous = None
 
-    def __enter__(self) -> "StopFlag":
+    def __enter__(self) -> StopFlag:
         self._previous = signal.signal(signal.SIGTERM, self._handler)
         return self
 

@@ -14,15 +14,16 @@ accumulation boundary, the optimizer step. Nothing is read back to the host on t
   without waiting. `StepLedger` reads them one optimizer step later, when the GPU has long
   filled them, or at once at log, save and epoch-end points, where every rank reads together.
 """
+
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
-from msa_dist.engine.batch import model_inputs
 from msa_dist.common.errors import MsaDistError
+from msa_dist.engine.batch import model_inputs
 
 # The numbers one optimizer step leaves on the device, in this order.
 FIELDS = ("micro", "nonfinite", "trailing_nonfinite", "loss_sum", "finite", "stop", "corrupt", "grad_norm")
@@ -37,7 +38,7 @@ class StepResult:
         if stats.is_cuda:
             self._host = torch.empty(stats.shape, dtype=stats.dtype, pin_memory=True)
             self._host.copy_(stats, non_blocking=True)
-            self._ready: Optional[torch.cuda.Event] = torch.cuda.Event()
+            self._ready: torch.cuda.Event | None = torch.cuda.Event()
             self._ready.record()
         else:
             self._host, self._ready = stats.clone(), None
@@ -61,7 +62,7 @@ class TrainStep:
         self.window = torch.zeros(len(FIELDS), dtype=torch.float64, device=device)
         self.samples = 0
 
-    def __call__(self, batch: dict, is_boundary: bool, stop: bool = False, corrupt: int = 0) -> Optional[StepResult]:
+    def __call__(self, batch: dict, is_boundary: bool, stop: bool = False, corrupt: int = 0) -> StepResult | None:
         backend, device = self.backend, self.backend.env.device
         with backend.accumulate(is_boundary):
             loss = self._loss(batch, device)
@@ -127,7 +128,7 @@ class StepLedger:
         self.stop = False
         self.last: dict = {}
 
-    def start_epoch(self, window: Optional[list]) -> None:
+    def start_epoch(self, window: list | None) -> None:
         """A new loss window, or the saved one when resuming mid-epoch."""
         self.state.loss_window = list(window) if window else [0.0, 0]
 
@@ -146,8 +147,10 @@ class StepLedger:
         state.nonfinite_total += bad
         state.nonfinite_streak = state.nonfinite_streak + bad if bad == micro else int(v["trailing_nonfinite"])
         if state.nonfinite_streak >= self.max_nonfinite:
-            raise MsaDistError(f"{state.nonfinite_streak} non-finite losses in a row at step {state.step}: "
-                               "lower optim.lr, use backend.precision=bf16 or fp32, or check the data")
+            raise MsaDistError(
+                f"{state.nonfinite_streak} non-finite losses in a row at step {state.step}: "
+                "lower optim.lr, use backend.precision=bf16 or fp32, or check the data"
+            )
         state.loss_window = [state.loss_window[0] + v["loss_sum"], state.loss_window[1] + int(v["finite"])]
         self.stop = self.stop or v["stop"] > 0
         self.last = v
@@ -161,8 +164,11 @@ class StepLedger:
         """The train record's loss (mean over the window's finite micro batches), grad norm and counts; a new window."""
         total, count = self.state.loss_window
         grad_norm = self.last.get("grad_norm") if self.last.get("finite") else None  # None: a skipped step
-        record = {"loss": total / count if count else None,
-                  "grad_norm": None if grad_norm is None or grad_norm != grad_norm else grad_norm,
-                  "nonfinite_total": self.state.nonfinite_total, "corrupt_samples": int(self.last.get("corrupt", 0))}
+        record = {
+            "loss": total / count if count else None,
+            "grad_norm": None if grad_norm is None or grad_norm != grad_norm else grad_norm,
+            "nonfinite_total": self.state.nonfinite_total,
+            "corrupt_samples": int(self.last.get("corrupt", 0)),
+        }
         self.state.loss_window = [0.0, 0]
         return record

@@ -1,43 +1,42 @@
 """The training loop. It reads top to bottom and never branches on backend or precision."""
+
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Optional
 
 import torch
 
-from msa_dist.config.schema import Config, save_config, to_dict
-from msa_dist.data.loading.loader import EvalLoader, StreamSpec
-from msa_dist.data.loading.stream import TrainStream
-from msa_dist.data.format.manifest import load_manifest
-from msa_dist.engine.checkpoint import files as ckpt
-from msa_dist.engine.checkpoint.checkpointer import Checkpointer, TrainState, resume_point
-from msa_dist.engine.run.artifacts import build_run_model, prepare_tokenizer
-from msa_dist.engine.backends import build_backend
-from msa_dist.engine.ema import WeightAverage
+from msa_dist.common import atomic
 from msa_dist.common.display import console, print_metrics, progress_bar
-from msa_dist.engine.evaluation import run_split
-from msa_dist.engine.losses import build_loss
-from msa_dist.engine.run.provenance import write_run_info
-from msa_dist.engine.run.rundir import RunDirLock, claim_run_dir, die_with_launcher
-from msa_dist.engine.step import StepLedger, TrainStep
-from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env, resolve_global_batch
-from msa_dist.engine.run.tracking import DataWait, open_tracker
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
-from msa_dist.common import atomic
+from msa_dist.config.schema import Config, save_config, to_dict
+from msa_dist.data.format.manifest import load_manifest
+from msa_dist.data.loading.loader import EvalLoader, StreamSpec
+from msa_dist.data.loading.stream import TrainStream
+from msa_dist.engine.backends import build_backend
+from msa_dist.engine.checkpoint import files as ckpt
+from msa_dist.engine.checkpoint.checkpointer import Checkpointer, TrainState, resume_point
+from msa_dist.engine.ema import WeightAverage
+from msa_dist.engine.evaluation import run_split
+from msa_dist.engine.losses import build_loss
+from msa_dist.engine.run.artifacts import build_run_model, prepare_tokenizer
+from msa_dist.engine.run.provenance import write_run_info
+from msa_dist.engine.run.rundir import RunDirLock, claim_run_dir, die_with_launcher
+from msa_dist.engine.run.tracking import DataWait, open_tracker
+from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env, resolve_global_batch
+from msa_dist.engine.step import StepLedger, TrainStep
 
 
 class MetricsLog:
     """RUN_DIR/metrics.jsonl, written by rank 0; `keep_lines` first cuts it back (a resumed run)."""
 
-    def __init__(self, path: Path, enabled: bool, keep_lines: Optional[int]):
+    def __init__(self, path: Path, enabled: bool, keep_lines: int | None):
         self.lines, self.handle = 0, None
         if not enabled:
             return
@@ -79,16 +78,19 @@ def class_weights(shard_dir: str) -> torch.Tensor:
     train = load_manifest(shard_dir)["splits"].get("train", {})
     unlabelled = train.get("samples", 0) - train.get("labelled", 0)
     if unlabelled or "class_counts" not in train:
-        raise MsaDistError(f"the train split of {shard_dir} has {unlabelled} of {train.get('samples', 0)} samples "
-                           "without a label (tag null): training needs a label for each; pack unlabelled pairs "
-                           "into another split (`shards build --labels FILE --split NAME`)")
+        raise MsaDistError(
+            f"the train split of {shard_dir} has {unlabelled} of {train.get('samples', 0)} samples "
+            "without a label (tag null): training needs a label for each; pack unlabelled pairs "
+            "into another split (`shards build --labels FILE --split NAME`)"
+        )
     counts = train["class_counts"]
     n = torch.tensor([max(counts.get(name, 0), 1) for name in LABELS], dtype=torch.float)
     return n.sum() / (len(LABELS) * n)
 
 
-def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None, overwrite: bool = False,
-          trust_checkpoint: bool = False) -> dict:
+def train(
+    cfg: Config, run_dir: str | Path, resume: str | None = None, overwrite: bool = False, trust_checkpoint: bool = False
+) -> dict:
     """Train, evaluate every epoch, keep `latest` and `best`; returns a summary.
 
     A new run (no `resume`) refuses a run dir holding checkpoints unless `overwrite`;
@@ -118,8 +120,7 @@ def train(cfg: Config, run_dir: str | Path, resume: Optional[str] = None, overwr
             return _train(cfg, run_dir, resume, start, env, backend, stop)
 
 
-def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Path], env, backend,
-           stop: StopFlag) -> dict:
+def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, env, backend, stop: StopFlag) -> dict:
     """Epochs of `train_step`; the ledger reads its numbers a step late; log, save, validate.
 
     Every rank folds the same steps at the same points (`StepLedger`), so all stop together.
@@ -128,9 +129,16 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
     tokenizer, stream, val_loader = _setup(cfg, run_dir, start, env, backend)
     state, accum = TrainState(), tcfg.grad_accum_steps
     ema = WeightAverage(backend.module, tcfg.ema_decay)
-    checkpointer = Checkpointer(backend, run_dir / "checkpoints", cfg.checkpoint, tcfg.best_metric, ema, state,
-                                states={"data": stream},
-                                static={"config": to_dict(cfg), "layout": _layout(cfg, env, backend)})
+    checkpointer = Checkpointer(
+        backend,
+        run_dir / "checkpoints",
+        cfg.checkpoint,
+        tcfg.best_metric,
+        ema,
+        state,
+        states={"data": stream},
+        static={"config": to_dict(cfg), "layout": _layout(cfg, env, backend)},
+    )
     if start is not None:
         _restore(checkpointer, start, stream, env)
     # A resumed run cuts the log back to its checkpoint; a new run, or a restart before any
@@ -138,17 +146,34 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
     log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else 0)
     log = open_tracker(cfg, run_dir, log, env.is_main, state.step if start else (0 if resume else None))
     if start is not None:
-        log.write({"type": "resume", "epoch": state.epoch, "step": state.step, "from": start.name,
-                   "world_size": env.world_size})
-    train_step = TrainStep(backend, build_loss(tcfg, class_weights(cfg.data.shards).to(env.device)), cfg.model.modality,
-                           tcfg.mixup_alpha)
+        log.write(
+            {
+                "type": "resume",
+                "epoch": state.epoch,
+                "step": state.step,
+                "from": start.name,
+                "world_size": env.world_size,
+            }
+        )
+    train_step = TrainStep(
+        backend, build_loss(tcfg, class_weights(cfg.data.shards).to(env.device)), cfg.model.modality, tcfg.mixup_alpha
+    )
     ledger = StepLedger(state, tcfg.max_nonfinite_steps)
-    summary = {"run_dir": str(run_dir), "status": "finished", "global_batch_size": tcfg.batch_size * accum * env.world_size}
+    summary = {
+        "run_dir": str(run_dir),
+        "status": "finished",
+        "global_batch_size": tcfg.batch_size * accum * env.world_size,
+    }
     progress, waits = progress_bar(cfg.log.progress and env.is_main), DataWait()
     with progress, closing(log), closing(stream), closing(val_loader):
         while state.epoch < tcfg.epochs:
-            task = progress.add_task(f"epoch {state.epoch + 1}/{tcfg.epochs}", total=stream.batches_per_epoch,
-                                     completed=stream.batches_done, loss=float("nan"), speed=0.0)
+            task = progress.add_task(
+                f"epoch {state.epoch + 1}/{tcfg.epochs}",
+                total=stream.batches_per_epoch,
+                completed=stream.batches_done,
+                loss=float("nan"),
+                speed=0.0,
+            )
             ledger.start_epoch(state.loss_window if stream.batches_done else None)  # mid-epoch resume: same window
             t0, seen = time.perf_counter(), 0
             backend.model.train()
@@ -163,8 +188,17 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
                 speed = seen / max(time.perf_counter() - t0, 1e-9)
                 progress.update(task, completed=stream.batches_done, speed=speed, loss=ledger.window_mean())
                 if log_now:
-                    log.write({"type": "train", "epoch": state.epoch, "step": state.step, "lr": backend.lr(),
-                               "samples_per_s": speed, "data_wait": waits.take(), **ledger.take_record()})
+                    log.write(
+                        {
+                            "type": "train",
+                            "epoch": state.epoch,
+                            "step": state.step,
+                            "lr": backend.lr(),
+                            "samples_per_s": speed,
+                            "data_wait": waits.take(),
+                            **ledger.take_record(),
+                        }
+                    )
                 if checkpointer.should_save(stop=ledger.stop):
                     ledger.settle()
                     _save(checkpointer, state, log)
@@ -187,10 +221,16 @@ def _train(cfg: Config, run_dir: Path, resume: Optional[str], start: Optional[Pa
 
 def _layout(cfg: Config, env, backend) -> dict:
     """What a resume checks the saved run against (world size, backend, batch, ...)."""
-    return {"backend": backend.name, "checkpoint_format": backend.checkpoint_format, "world_size": env.world_size,
-            "workers": cfg.data.workers, "batch_size": cfg.train.batch_size,
-            "grad_accum_steps": cfg.train.grad_accum_steps, "zero_stage": cfg.backend.zero_stage,
-            "precision": cfg.backend.precision}
+    return {
+        "backend": backend.name,
+        "checkpoint_format": backend.checkpoint_format,
+        "world_size": env.world_size,
+        "workers": cfg.data.workers,
+        "batch_size": cfg.train.batch_size,
+        "grad_accum_steps": cfg.train.grad_accum_steps,
+        "zero_stage": cfg.backend.zero_stage,
+        "precision": cfg.backend.precision,
+    }
 
 
 def _restore(checkpointer: Checkpointer, start: Path, stream: TrainStream, env) -> None:
@@ -198,16 +238,18 @@ def _restore(checkpointer: Checkpointer, start: Path, stream: TrainStream, env) 
     checkpointer.restore(start)
     state = checkpointer.train_state
     if env.is_main:
-        console.print(f"resumed from {start} (epoch {state.epoch}, step {state.step}, "
-                      f"batch {stream.batches_done} of {stream.batches_per_epoch})")
+        console.print(
+            f"resumed from {start} (epoch {state.epoch}, step {state.step}, "
+            f"batch {stream.batches_done} of {stream.batches_per_epoch})"
+        )
 
 
-def _save(checkpointer: Checkpointer, state: TrainState, log, metrics: Optional[dict] = None) -> None:
+def _save(checkpointer: Checkpointer, state: TrainState, log, metrics: dict | None = None) -> None:
     state.log_lines = log.lines  # a resume cuts metrics.jsonl back to what this checkpoint had seen
     checkpointer.save(metrics)
 
 
-def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> tuple:
+def _setup(cfg: Config, run_dir: Path, start: Path | None, env, backend) -> tuple:
     """Run dir, tokenizer, model (from `train.init_from` for a new run), backend; the training stream."""
     tcfg = cfg.train
     seed_everything(tcfg.seed)
@@ -223,34 +265,59 @@ def _setup(cfg: Config, run_dir: Path, start: Optional[Path], env, backend) -> t
     if tcfg.init_from and start is None:
         ckpt.load_init_weights(model, tcfg.init_from)
 
-    spec = StreamSpec("train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed,
-                      grad_accum_steps=tcfg.grad_accum_steps)
+    spec = StreamSpec(
+        "train", True, tcfg.batch_size, env.rank, env.world_size, tcfg.seed, grad_accum_steps=tcfg.grad_accum_steps
+    )
     cap = tcfg.max_steps_per_epoch * tcfg.grad_accum_steps if tcfg.max_steps_per_epoch else None
     # The val loader's workers are forked now, before the training stream's threads exist, and serve
     # every epoch's validation: a worker forked among those threads can deadlock at start.
-    val_loader = EvalLoader(cfg.data, cfg.data.shards, StreamSpec("val", False, tcfg.batch_size, env.rank,
-                                                                  env.world_size, tcfg.seed), tokenizer)
-    stream = TrainStream(cfg.data, cfg.data.shards, spec, tokenizer, pin_memory=env.device.type == "cuda",
-                         epochs=tcfg.epochs, batches_per_epoch=cap)
+    val_loader = EvalLoader(
+        cfg.data,
+        cfg.data.shards,
+        StreamSpec("val", False, tcfg.batch_size, env.rank, env.world_size, tcfg.seed),
+        tokenizer,
+    )
+    stream = TrainStream(
+        cfg.data,
+        cfg.data.shards,
+        spec,
+        tokenizer,
+        pin_memory=env.device.type == "cuda",
+        epochs=tcfg.epochs,
+        batches_per_epoch=cap,
+    )
     steps_per_epoch = stream.batches_per_epoch // tcfg.grad_accum_steps
     backend.prepare(model, cfg.optim, steps_per_epoch * tcfg.epochs, tcfg.grad_accum_steps, tcfg.batch_size)
     if env.is_main:
-        console.print(f"[bold]msa-dist train[/] backend={backend.name} precision={cfg.backend.precision} "
-                      f"world: {env.describe()} | global batch {tcfg.batch_size * tcfg.grad_accum_steps * env.world_size}"
-                      f" = {tcfg.batch_size} micro x {tcfg.grad_accum_steps} accum x {env.world_size} ranks | "
-                      f"{steps_per_epoch} steps/epoch x {tcfg.epochs} epochs | run dir {run_dir}")
+        console.print(
+            f"[bold]msa-dist train[/] backend={backend.name} precision={cfg.backend.precision} "
+            f"world: {env.describe()} | global batch {tcfg.batch_size * tcfg.grad_accum_steps * env.world_size}"
+            f" = {tcfg.batch_size} micro x {tcfg.grad_accum_steps} accum x {env.world_size} ranks | "
+            f"{steps_per_epoch} steps/epoch x {tcfg.epochs} epochs | run dir {run_dir}"
+        )
     return tokenizer, stream, val_loader
 
 
-def _validate(cfg: Config, backend, tokenizer, env, state: TrainState, log, val_loader: EvalLoader) -> Optional[dict]:
+def _validate(cfg: Config, backend, tokenizer, env, state: TrainState, log, val_loader: EvalLoader) -> dict | None:
     """Val metrics when this epoch is due (the split dealt across ranks, confusion matrices summed), logged."""
     if state.epoch % cfg.train.eval_every_epochs and state.epoch != cfg.train.epochs:
         return None
     backend.sync_buffers()  # every rank evaluates the model that is saved next
-    metrics, _ = run_split(cfg, backend.model, tokenizer, env, backend, "val", cfg.train.batch_size,
-                           autocast=backend.autocast(), loader=val_loader)
+    metrics, _ = run_split(
+        cfg,
+        backend.model,
+        tokenizer,
+        env,
+        backend,
+        "val",
+        cfg.train.batch_size,
+        autocast=backend.autocast(),
+        loader=val_loader,
+    )
     if metrics:
         log.write({"type": "eval", "epoch": state.epoch, "step": state.step, "split": "val", **metrics})
         if env.is_main:
-            console.print(f"epoch {state.epoch}: val accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}")
+            console.print(
+                f"epoch {state.epoch}: val accuracy {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}"
+            )
     return metrics

@@ -1,12 +1,12 @@
 """The bag-of-words reference on the same folds as `cv`: TF-IDF (word 1-2 grams, sublinear term
 frequencies) + class-balanced logistic regression (C=10), the settings of ../shared/bench/tfidf_baseline.py.
 Text only; needs scikit-learn (`pip install scikit-learn`, or the `baseline` extra)."""
+
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -35,7 +35,7 @@ def bow_fold_scores(folds_root: str | Path, k: int) -> list[dict]:
     return rows
 
 
-def baseline_summary(folds_root: Optional[str | Path], k: int) -> Optional[dict]:
+def baseline_summary(folds_root: str | Path | None, k: int) -> dict | None:
     """{'runs', 'mean' (with .std), 'seconds'} of the reference, or None without scikit-learn or folds."""
     if folds_root is None or not Path(folds_root).is_dir():
         return None

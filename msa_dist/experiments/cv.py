@@ -8,27 +8,27 @@ predictions are saved per fold (oof.json) and give mean ± std of accuracy, macr
 F1; per-class logit offsets tuned on the other folds' OOF predictions give a second, honest row.
 `--predict` averages the fold models' probabilities on the test split (an ensemble).
 """
+
 from __future__ import annotations
 
 import copy
 import csv
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
-from msa_dist.config.schema import Config
+from msa_dist.common import atomic
 from msa_dist.common.csv_cells import escape_row
-from msa_dist.data.format.manifest import load_manifest
 from msa_dist.common.display import console
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABELS
+from msa_dist.config.schema import Config
+from msa_dist.data.format.manifest import load_manifest
 from msa_dist.experiments.folds import build_folds, fold_dir
 from msa_dist.experiments.points import Point, is_main_process, run_points
 from msa_dist.experiments.tables import SCORE_KEYS, Column, markdown_table, mean_std, rich_table, scores
-from msa_dist.common.labels import LABELS
-from msa_dist.common import atomic
 
 OOF_FILE = "oof.json"
 WEIGHTS = "latest"  # the last epoch's model (see the module docstring)
@@ -46,9 +46,18 @@ def cv_points(cfg: Config, folds_root: Path, k: int, seeds: list[int]) -> list[P
     return points
 
 
-def run_cv(cfg: Config, run_dir: str | Path, k: int, seeds: Optional[list[int]] = None, fold_seed: int = 0,
-           predict_out: Optional[str] = None, adjust: bool = False, folds_root: Optional[Path] = None,
-           train_fn: Optional[Callable] = None, show: bool = True) -> Optional[dict]:
+def run_cv(
+    cfg: Config,
+    run_dir: str | Path,
+    k: int,
+    seeds: list[int] | None = None,
+    fold_seed: int = 0,
+    predict_out: str | None = None,
+    adjust: bool = False,
+    folds_root: Path | None = None,
+    train_fn: Callable | None = None,
+    show: bool = True,
+) -> dict | None:
     """Train the unfinished folds, then write cv.md / cv.json (and the ensemble's predictions) on rank 0."""
     if train_fn is None:
         from msa_dist.engine.trainer import train as train_fn
@@ -68,14 +77,21 @@ def run_cv(cfg: Config, run_dir: str | Path, k: int, seeds: Optional[list[int]] 
     results, complete = run_points(points, run_dir, train_fn)
     if not is_main_process():
         return None
-    runs = [dict(r["values"], dir=str(p.directory(run_dir)), train_seconds=r.get("train_seconds"),
-                 **out_of_fold(p.directory(run_dir), p.cfg.data.shards))
-            for p, r in zip(points, results)]
+    runs = [
+        dict(
+            r["values"],
+            dir=str(p.directory(run_dir)),
+            train_seconds=r.get("train_seconds"),
+            **out_of_fold(p.directory(run_dir), p.cfg.data.shards),
+        )
+        for p, r in zip(points, results)
+    ]
     summary = summarize(runs, complete, k, fold_seed, source)
     summary["folds_root"] = str(folds_root)
     if complete and predict_out:
-        summary["predict"] = predict_ensemble([r["dir"] for r in runs], source, predict_out,
-                                              summary["offsets"] if adjust else None)
+        summary["predict"] = predict_ensemble(
+            [r["dir"] for r in runs], source, predict_out, summary["offsets"] if adjust else None
+        )
     write_cv_report(summary, run_dir, show)
     return summary
 
@@ -85,19 +101,22 @@ def out_of_fold(point_dir: Path, fold_shards: str) -> dict:
     path = Path(point_dir) / OOF_FILE
     if not path.is_file():
         keys, log_probs, labels = model_log_probs(point_dir, fold_shards, "val")
-        atomic.write_text(path, json.dumps({"keys": keys, "log_probs": log_probs.tolist(),
-                                            "labels": labels.tolist()}))
+        atomic.write_text(path, json.dumps({"keys": keys, "log_probs": log_probs.tolist(), "labels": labels.tolist()}))
     saved = json.loads(path.read_text())
-    return {"keys": saved["keys"], "log_probs": torch.tensor(saved["log_probs"]),
-            "labels": torch.tensor(saved["labels"])}
+    return {
+        "keys": saved["keys"],
+        "log_probs": torch.tensor(saved["log_probs"]),
+        "labels": torch.tensor(saved["labels"]),
+    }
 
 
 def model_log_probs(point_dir: str | Path, shard_dir: str, split: str) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(keys, log-probabilities, labels) of a finished run's last model on one split, in one process."""
-    from msa_dist.engine.run.artifacts import load_trained_model
-    from msa_dist.inference.calibration import collect_log_probs
     from msa_dist.engine.checkpoint.files import model_weights_path
+    from msa_dist.engine.run.artifacts import load_trained_model
     from msa_dist.engine.runtime import read_env
+    from msa_dist.inference.calibration import collect_log_probs
+
     device = read_env("auto").device
     cfg, tokenizer, model = load_trained_model(Path(point_dir), model_weights_path(Path(point_dir), WEIGHTS), device)
     return collect_log_probs(cfg, model, tokenizer, device, shard_dir, split)
@@ -107,27 +126,48 @@ def summarize(runs: list[dict], complete: bool, k: int, fold_seed: int, source: 
     """Per-run scores, their mean ± std, the same with offsets tuned on the other folds' OOF, and the
     offsets tuned on all OOF predictions (for `--predict --adjust`)."""
     from msa_dist.inference.calibration import adjusted_metrics, tune_offsets
+
     rows, adjusted = [], []
     for run in runs:
         zero = torch.zeros(len(LABELS))
-        rows.append({"fold": run["fold"], "seed": run["seed"], "train_seconds": run["train_seconds"],
-                     **scores(adjusted_metrics(run["log_probs"], run["labels"], zero))})
+        rows.append(
+            {
+                "fold": run["fold"],
+                "seed": run["seed"],
+                "train_seconds": run["train_seconds"],
+                **scores(adjusted_metrics(run["log_probs"], run["labels"], zero)),
+            }
+        )
         others = [r for r in runs if r["seed"] == run["seed"] and r["fold"] != run["fold"]]
         if others:
-            offsets = tune_offsets(torch.cat([r["log_probs"] for r in others]), torch.cat([r["labels"] for r in others]))
+            offsets = tune_offsets(
+                torch.cat([r["log_probs"] for r in others]), torch.cat([r["labels"] for r in others])
+            )
             adjusted.append(scores(adjusted_metrics(run["log_probs"], run["labels"], offsets)))
-    offsets = (tune_offsets(torch.cat([r["log_probs"] for r in runs]), torch.cat([r["labels"] for r in runs]))
-               if runs else torch.zeros(len(LABELS)))
+    offsets = (
+        tune_offsets(torch.cat([r["log_probs"] for r in runs]), torch.cat([r["labels"] for r in runs]))
+        if runs
+        else torch.zeros(len(LABELS))
+    )
     seed_ensembles = _seed_ensembles(runs)
-    return {"complete": complete, "folds": k, "fold_seed": fold_seed, "source": str(source), "runs": rows,
-            "mean": mean_std(rows) if rows else None, "adjusted_mean": mean_std(adjusted) if adjusted else None,
-            "seed_ensemble_mean": mean_std(seed_ensembles) if seed_ensembles else None,
-            "offsets": offsets.tolist(), "train_seconds": sum(r["train_seconds"] or 0.0 for r in rows)}
+    return {
+        "complete": complete,
+        "folds": k,
+        "fold_seed": fold_seed,
+        "source": str(source),
+        "runs": rows,
+        "mean": mean_std(rows) if rows else None,
+        "adjusted_mean": mean_std(adjusted) if adjusted else None,
+        "seed_ensemble_mean": mean_std(seed_ensembles) if seed_ensembles else None,
+        "offsets": offsets.tolist(),
+        "train_seconds": sum(r["train_seconds"] or 0.0 for r in rows),
+    }
 
 
 def _seed_ensembles(runs: list[dict]) -> list[dict]:
     """Per fold trained with several seeds: the scores of the seeds' averaged probabilities."""
     from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
+
     rows = []
     for fold in sorted({r["fold"] for r in runs}):
         members = [r for r in runs if r["fold"] == fold]
@@ -152,8 +192,9 @@ def ensemble_probs(members: list[tuple[list[str], torch.Tensor]]) -> tuple[list[
     return keys, (total / len(members)).float()
 
 
-def predict_ensemble(run_dirs: list[str], shard_dir: str, out: str, offsets: Optional[list[float]] = None,
-                     split: str = "test") -> dict:
+def predict_ensemble(
+    run_dirs: list[str], shard_dir: str, out: str, offsets: list[float] | None = None, split: str = "test"
+) -> dict:
     """Write `guid,tag` (argmax of the fold models' mean probabilities, plus `offsets` on their log) for `split`."""
     members = []
     for run_dir in run_dirs:
@@ -170,8 +211,16 @@ def predict_ensemble(run_dirs: list[str], shard_dir: str, out: str, offsets: Opt
         writer.writerow(["guid", "tag"])
         writer.writerows(escape_row((key, tags[key])) for key in order)
     probs_path = out_path.with_suffix(".probs.json")
-    probs_path.write_text(json.dumps({"labels": list(LABELS), "members": run_dirs, "offsets": shift.tolist(),
-                                      "probs": {k: [round(v, 6) for v in p] for k, p in zip(keys, probs.tolist())}}))
+    probs_path.write_text(
+        json.dumps(
+            {
+                "labels": list(LABELS),
+                "members": run_dirs,
+                "offsets": shift.tolist(),
+                "probs": {k: [round(v, 6) for v in p] for k, p in zip(keys, probs.tolist())},
+            }
+        )
+    )
     console.print(f"wrote {len(order)} ensemble predictions ({len(members)} models) to {out} and {probs_path}")
     return {"out": str(out), "samples": len(order), "members": len(members), "offsets": shift.tolist()}
 
@@ -183,31 +232,57 @@ def _fmt(row: dict, key: str) -> str:
 
 def cv_table_rows(summary: dict) -> list[dict]:
     """Rows of the report: each run, the mean ± std, the offsets row and the bag-of-words reference."""
-    rows = [{"run": f"fold {r['fold']} seed {r['seed']}", **{k: f"{r[k]:.4f}" for k in SCORE_KEYS},
-             "seconds": f"{r['train_seconds'] or 0:.0f}"} for r in summary["runs"]]
+    rows = [
+        {
+            "run": f"fold {r['fold']} seed {r['seed']}",
+            **{k: f"{r[k]:.4f}" for k in SCORE_KEYS},
+            "seconds": f"{r['train_seconds'] or 0:.0f}",
+        }
+        for r in summary["runs"]
+    ]
     if summary["mean"]:
-        rows.append({"run": "mean ± std", **{k: _fmt(summary["mean"], k) for k in SCORE_KEYS},
-                     "seconds": f"{summary['train_seconds']:.0f}"})
+        rows.append(
+            {
+                "run": "mean ± std",
+                **{k: _fmt(summary["mean"], k) for k in SCORE_KEYS},
+                "seconds": f"{summary['train_seconds']:.0f}",
+            }
+        )
     if summary.get("seed_ensemble_mean"):
-        rows.append({"run": "seed ensemble per fold", **{k: _fmt(summary["seed_ensemble_mean"], k) for k in SCORE_KEYS}})
+        rows.append(
+            {"run": "seed ensemble per fold", **{k: _fmt(summary["seed_ensemble_mean"], k) for k in SCORE_KEYS}}
+        )
     if summary["adjusted_mean"]:
-        rows.append({"run": "+ offsets (other folds' OOF)", **{k: _fmt(summary["adjusted_mean"], k) for k in SCORE_KEYS}})
+        rows.append(
+            {"run": "+ offsets (other folds' OOF)", **{k: _fmt(summary["adjusted_mean"], k) for k in SCORE_KEYS}}
+        )
     if summary.get("baseline"):
-        rows.append({"run": "bag-of-words reference", **{k: _fmt(summary["baseline"]["mean"], k) for k in SCORE_KEYS},
-                     "seconds": f"{summary['baseline']['seconds']:.0f}"})
+        rows.append(
+            {
+                "run": "bag-of-words reference",
+                **{k: _fmt(summary["baseline"]["mean"], k) for k in SCORE_KEYS},
+                "seconds": f"{summary['baseline']['seconds']:.0f}",
+            }
+        )
     return rows
 
 
-CV_COLUMNS = [Column("run", "run")] + [Column(k, k.replace(".f1", " F1").replace("macro_f1", "macro-F1"), str, True)
-                                        for k in SCORE_KEYS] + [Column("seconds", "train s", str, True)]
+CV_COLUMNS = (
+    [Column("run", "run")]
+    + [Column(k, k.replace(".f1", " F1").replace("macro_f1", "macro-F1"), str, True) for k in SCORE_KEYS]
+    + [Column("seconds", "train s", str, True)]
+)
 
 
 def write_cv_report(summary: dict, run_dir: Path, show: bool = True) -> None:
     """cv.md and cv.json in the run dir (with the bag-of-words reference on the same folds when available)."""
     from msa_dist.experiments.baseline import baseline_summary
+
     summary["baseline"] = baseline_summary(summary["folds_root"], summary["folds"])
-    title = (f"{summary['folds']}-fold CV (fold seed {summary['fold_seed']}): last-epoch model of each fold on its "
-             f"held-out part")
+    title = (
+        f"{summary['folds']}-fold CV (fold seed {summary['fold_seed']}): last-epoch model of each fold on its "
+        f"held-out part"
+    )
     rows = cv_table_rows(summary)
     if show:
         console.print(rich_table(title, CV_COLUMNS, rows))

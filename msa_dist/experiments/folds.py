@@ -8,6 +8,7 @@ directory is therefore an ordinary shard directory: `train` needs nothing from t
 `data.shards`. `folds.json` records the source, K, the seed and every part's guids; a later call
 with the same options reuses it, with other options it is an error.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,13 +20,13 @@ from pathlib import Path
 
 import webdataset as wds
 
-from msa_dist.data.format.index import index_name
-from msa_dist.data.format.index_bin import binary_name
-from msa_dist.data.shards import describe_shard
-from msa_dist.data.format.manifest import MANIFEST_FORMAT, load_manifest, shard_urls, write_manifest
+from msa_dist.common import atomic
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
-from msa_dist.common import atomic
+from msa_dist.data.format.index import index_name
+from msa_dist.data.format.index_bin import binary_name
+from msa_dist.data.format.manifest import MANIFEST_FORMAT, load_manifest, shard_urls, write_manifest
+from msa_dist.data.shards import describe_shard
 
 FOLDS_FILE = "folds.json"
 LABELLED_SPLITS = ("train", "val")
@@ -81,8 +82,10 @@ def build_folds(shard_dir: str | Path, folds_root: str | Path, k: int, seed: int
     if path.is_file():
         info = json.loads(path.read_text())
         if (info["source"], info["folds"], info["seed"]) != (source, k, seed):
-            raise MsaDistError(f"{path} holds {info['folds']} folds (seed {info['seed']}) of {info['source']}: "
-                               "use another --run-dir, or the same --folds, --fold-seed and shards")
+            raise MsaDistError(
+                f"{path} holds {info['folds']} folds (seed {info['seed']}) of {info['source']}: "
+                "use another --run-dir, or the same --folds, --fold-seed and shards"
+            )
         return info
     manifest = load_manifest(shard_dir)
     records = read_records(shard_dir)
@@ -91,8 +94,9 @@ def build_folds(shard_dir: str | Path, folds_root: str | Path, k: int, seed: int
         raise MsaDistError(f"{shard_dir} has no labelled pairs in its train and val splits")
     parts = assign_folds(labels, k, seed)
     shard_size = int(manifest.get("options", {}).get("shard_size") or 1000)
-    entries = [_write_part(folds_root / "parts", f"part{i}", part, records, labels, shard_size)
-               for i, part in enumerate(parts)]
+    entries = [
+        _write_part(folds_root / "parts", f"part{i}", part, records, labels, shard_size) for i, part in enumerate(parts)
+    ]
     for fold in range(k):
         _write_fold(folds_root, fold, entries, manifest, source, seed)
     info = {"source": source, "folds": k, "seed": seed, "parts": parts}
@@ -100,35 +104,48 @@ def build_folds(shard_dir: str | Path, folds_root: str | Path, k: int, seed: int
     return info
 
 
-def _write_part(parts_dir: Path, name: str, guids: list[str], records: dict, labels: dict,
-                shard_size: int) -> dict:
+def _write_part(parts_dir: Path, name: str, guids: list[str], records: dict, labels: dict, shard_size: int) -> dict:
     """One part's tars; returns its manifest split entry (names relative to parts_dir)."""
     parts_dir.mkdir(parents=True, exist_ok=True)
     for old in parts_dir.glob(f"{name}-*.tar*"):  # the tars and their indexes
         old.unlink()
     counts: dict[str, int] = {}
     # mtime=0 and unbounded maxsize: the same folds give the same bytes (and sha256)
-    with wds.ShardWriter(str(parts_dir / f"{name}-%06d.tar"), maxcount=shard_size, maxsize=float("inf"),
-                         verbose=0, encoder=False, mtime=0) as writer:
+    with wds.ShardWriter(
+        str(parts_dir / f"{name}-%06d.tar"),
+        maxcount=shard_size,
+        maxsize=float("inf"),
+        verbose=0,
+        encoder=False,
+        mtime=0,
+    ) as writer:
         for guid in guids:
             writer.write({"__key__": guid, **records[guid]})
             shard = Path(writer.fname).name
             counts[shard] = counts.get(shard, 0) + 1
     part_labels = [labels[g] for g in guids]
-    return {"samples": len(guids), "labelled": len(guids),
-            "class_counts": {label: part_labels.count(i) for i, label in enumerate(LABELS)},
-            "shards": [describe_shard(parts_dir, n, c) for n, c in counts.items()],  # writes each index too
-            "guids": list(guids)}
+    return {
+        "samples": len(guids),
+        "labelled": len(guids),
+        "class_counts": {label: part_labels.count(i) for i, label in enumerate(LABELS)},
+        "shards": [describe_shard(parts_dir, n, c) for n, c in counts.items()],  # writes each index too
+        "guids": list(guids),
+    }
 
 
 def _merge(entries: list[dict]) -> dict:
-    return {"samples": sum(e["samples"] for e in entries), "labelled": sum(e["labelled"] for e in entries),
-            "class_counts": {label: sum(e["class_counts"][label] for e in entries) for label in LABELS},
-            "shards": [s for e in entries for s in e["shards"]], "guids": [g for e in entries for g in e["guids"]]}
+    return {
+        "samples": sum(e["samples"] for e in entries),
+        "labelled": sum(e["labelled"] for e in entries),
+        "class_counts": {label: sum(e["class_counts"][label] for e in entries) for label in LABELS},
+        "shards": [s for e in entries for s in e["shards"]],
+        "guids": [g for e in entries for g in e["guids"]],
+    }
 
 
-def _write_fold(folds_root: Path, fold: int, entries: list[dict], source_manifest: dict, source: str,
-                seed: int) -> None:
+def _write_fold(
+    folds_root: Path, fold: int, entries: list[dict], source_manifest: dict, source: str, seed: int
+) -> None:
     directory = fold_dir(folds_root, fold)
     if directory.exists():
         shutil.rmtree(directory)  # a fold set left half-built by a killed run
@@ -137,12 +154,18 @@ def _write_fold(folds_root: Path, fold: int, entries: list[dict], source_manifes
         for shard in entry["shards"]:
             for name in (shard["name"], index_name(shard["name"]), binary_name(shard["name"])):
                 os.symlink(Path("..") / "parts" / name, directory / name)
-    options = {**source_manifest.get("options", {}),
-               "cv": {"source": source, "fold": fold, "folds": len(entries), "seed": seed}}
-    manifest = {"format": MANIFEST_FORMAT, "labels": list(LABELS), "options": options,
-                "splits": {"train": _merge([e for i, e in enumerate(entries) if i != fold]),
-                           "val": _merge([entries[fold]])},
-                "decodings": source_manifest.get("decodings", {}), "skipped": []}
+    options = {
+        **source_manifest.get("options", {}),
+        "cv": {"source": source, "fold": fold, "folds": len(entries), "seed": seed},
+    }
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "labels": list(LABELS),
+        "options": options,
+        "splits": {"train": _merge([e for i, e in enumerate(entries) if i != fold]), "val": _merge([entries[fold]])},
+        "decodings": source_manifest.get("decodings", {}),
+        "skipped": [],
+    }
     write_manifest(directory, manifest)
 
 

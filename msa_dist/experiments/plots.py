@@ -1,4 +1,5 @@
 """Run plots with matplotlib's Agg canvas (no display, no pyplot state): confusion matrix and curves."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,8 +36,15 @@ def plot_confusion_matrix(matrix: list[list[int]], path: str | Path, title: str 
     ax.set_ylabel("true")
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            ax.text(j, i, f"{count}\n{shares[i][j]:.0%}", ha="center", va="center",
-                    color="white" if shares[i][j] > 0.5 else "black", fontsize=10)
+            ax.text(
+                j,
+                i,
+                f"{count}\n{shares[i][j]:.0%}",
+                ha="center",
+                va="center",
+                color="white" if shares[i][j] > 0.5 else "black",
+                fontsize=10,
+            )
     ax.set_title(title or "confusion matrix", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -6,27 +6,27 @@ scratch. A point whose saved config differs from the requested one is an error, 
 Under torchrun every rank runs the same points (each `train` call is collective); only rank 0
 deletes, writes result.json and reports.
 """
+
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch.distributed
 import yaml
 
+from msa_dist.common import atomic
+from msa_dist.common.display import console
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import Config, to_dict
 from msa_dist.engine.backends.base import join_process_group
-from msa_dist.common.display import console
 from msa_dist.engine.runtime import read_env
-from msa_dist.common.errors import MsaDistError
 from msa_dist.experiments.report import best_metrics, read_records, write_run_report
 from msa_dist.experiments.tables import flatten_metrics
-from msa_dist.common import atomic
 
 RESULT_FILE = "result.json"
 
@@ -34,6 +34,7 @@ RESULT_FILE = "result.json"
 @dataclass
 class Point:
     """A named config to train in `run_dir / name`."""
+
     name: str
     cfg: Config
     values: dict = field(default_factory=dict)  # what distinguishes this point (shown in tables)
@@ -47,13 +48,13 @@ def is_main_process() -> bool:
     return read_env("cpu").is_main
 
 
-def load_result(point_dir: Path) -> Optional[dict]:
+def load_result(point_dir: Path) -> dict | None:
     """The point's result.json, or None if it has not finished."""
     path = Path(point_dir) / RESULT_FILE
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def plan(points: list[Point], run_dir: Path) -> list[tuple[Point, Optional[dict]]]:
+def plan(points: list[Point], run_dir: Path) -> list[tuple[Point, dict | None]]:
     """Each point with its finished result (skip) or None (train); decided before any training starts."""
     planned = []
     for point in points:
@@ -62,13 +63,15 @@ def plan(points: list[Point], run_dir: Path) -> list[tuple[Point, Optional[dict]
         if result is not None:
             saved = yaml.safe_load((point_dir / "config.yaml").read_text())
             if saved != to_dict(point.cfg):
-                raise MsaDistError(f"{point_dir} holds a finished run of a different config: use another "
-                                   "--run-dir, or delete that directory to train the point again")
+                raise MsaDistError(
+                    f"{point_dir} holds a finished run of a different config: use another "
+                    "--run-dir, or delete that directory to train the point again"
+                )
         planned.append((point, result))
     return planned
 
 
-def run_point(point: Point, run_dir: Path, train_fn: Callable) -> Optional[dict]:
+def run_point(point: Point, run_dir: Path, train_fn: Callable) -> dict | None:
     """Train one point from scratch; returns its result (rank 0), {} on other ranks, None if preempted."""
     point_dir = point.directory(run_dir)
     main = is_main_process()
@@ -81,11 +84,20 @@ def run_point(point: Point, run_dir: Path, train_fn: Callable) -> Optional[dict]
         return {}
     evals = read_records(point_dir)[1]
     metrics, epoch = best_metrics(point_dir, evals)
-    result = {"name": point.name, "values": point.values, "status": "finished", "best_epoch": epoch,
-              "epochs_run": evals[-1]["epoch"] if evals else 0, "train_seconds": round(time.perf_counter() - start, 1),
-              "best": metrics, "final": evals[-1] if evals else None}
+    result = {
+        "name": point.name,
+        "values": point.values,
+        "status": "finished",
+        "best_epoch": epoch,
+        "epochs_run": evals[-1]["epoch"] if evals else 0,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "best": metrics,
+        "final": evals[-1] if evals else None,
+    }
     write_run_report(point_dir)
-    atomic.write_text(point_dir / RESULT_FILE, json.dumps(result, indent=1))  # the marker appears only once everything else is written
+    atomic.write_text(
+        point_dir / RESULT_FILE, json.dumps(result, indent=1)
+    )  # the marker appears only once everything else is written
     return result
 
 
@@ -125,5 +137,10 @@ def run_points(points: list[Point], run_dir: Path, train_fn: Callable) -> tuple[
 
 def result_row(result: dict) -> dict:
     """A table row: the point's values and its best val metrics."""
-    return {"point": result["name"], **result.get("values", {}), "best_epoch": result.get("best_epoch"),
-            "train_seconds": result.get("train_seconds"), **flatten_metrics(result.get("best"))}
+    return {
+        "point": result["name"],
+        **result.get("values", {}),
+        "best_epoch": result.get("best_epoch"),
+        "train_seconds": result.get("train_seconds"),
+        **flatten_metrics(result.get("best")),
+    }

@@ -1,18 +1,20 @@
 """`msa-dist sweep`: every combination of `--grid key=v1,v2,...` values, resumable, ranked by a val metric."""
+
 from __future__ import annotations
 
 import copy
 import itertools
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import yaml
 
-from msa_dist.config.schema import Config, save_config, set_dotted, validate
 from msa_dist.common.display import console
 from msa_dist.common.errors import MsaDistError
+from msa_dist.config.schema import Config, save_config, set_dotted, validate
 from msa_dist.experiments.points import Point, is_main_process, result_row, run_points
 from msa_dist.experiments.tables import Column, markdown_table, metric_columns, rich_table
 
@@ -61,25 +63,34 @@ def sweep_points(cfg: Config, grid: list[tuple[str, list[Any]]]) -> list[Point]:
     return points
 
 
-def _cv_rows(points: list[Point], run_dir: Path, k: int, train_fn: Optional[Callable]) -> tuple[list[dict], bool]:
+def _cv_rows(points: list[Point], run_dir: Path, k: int, train_fn: Callable | None) -> tuple[list[dict], bool]:
     """Each point's k-fold CV (in its own directory, on folds shared by all points): its mean scores."""
     from msa_dist.experiments.cv import run_cv
+
     rows = []
     for i, point in enumerate(points):
         if is_main_process():
             console.print(f"[bold]point {i + 1}/{len(points)} {point.name}: {k}-fold CV[/]")
-        summary = run_cv(point.cfg, point.directory(run_dir), k, folds_root=run_dir / "folds",
-                         train_fn=train_fn, show=False)
+        summary = run_cv(
+            point.cfg, point.directory(run_dir), k, folds_root=run_dir / "folds", train_fn=train_fn, show=False
+        )
         if summary is not None and summary["mean"]:
-            rows.append({"point": point.name, **point.values, **summary["mean"],
-                         "train_seconds": summary["train_seconds"]})
+            rows.append(
+                {"point": point.name, **point.values, **summary["mean"], "train_seconds": summary["train_seconds"]}
+            )
         if summary is not None and not summary["complete"]:
             return rows, False
     return rows, True
 
 
-def run_sweep(cfg: Config, grid: list[tuple[str, list[Any]]], run_dir: str | Path, metric: Optional[str] = None,
-              train_fn: Optional[Callable] = None, cv_folds: int = 0) -> list[dict]:
+def run_sweep(
+    cfg: Config,
+    grid: list[tuple[str, list[Any]]],
+    run_dir: str | Path,
+    metric: str | None = None,
+    train_fn: Callable | None = None,
+    cv_folds: int = 0,
+) -> list[dict]:
     """Train the unfinished points, then write sweep.md, sweep.json and best_config.yaml (rank 0).
 
     With `cv_folds` every point is a k-fold CV and the points are ranked by its mean.
@@ -104,19 +115,24 @@ def run_sweep(cfg: Config, grid: list[tuple[str, list[Any]]], run_dir: str | Pat
         return []
     rows = sorted(rows, key=lambda row: -(row.get(metric) or 0.0))
     std = [Column(f"{metric}.std", f"{metric} std", lambda v: f"{v:.4f}", True)] if cv_folds else []
-    columns = ([Column("rank", "#", str, True)] + [Column(k, _short(k, grid)) for k, _ in grid]
-               + metric_columns(per_class=False) + std
-               + [Column("neutral.f1", "neutral F1", lambda v: f"{v:.3f}", True),
-                  Column("best_epoch", "best epoch", str, True),
-                  Column("train_seconds", "seconds", lambda v: f"{v:.0f}", True)])
+    columns = (
+        [Column("rank", "#", str, True)]
+        + [Column(k, _short(k, grid)) for k, _ in grid]
+        + metric_columns(per_class=False)
+        + std
+        + [
+            Column("neutral.f1", "neutral F1", lambda v: f"{v:.3f}", True),
+            Column("best_epoch", "best epoch", str, True),
+            Column("train_seconds", "seconds", lambda v: f"{v:.0f}", True),
+        ]
+    )
     for i, row in enumerate(rows):
         row["rank"] = i + 1
     scored = f"{cv_folds}-fold CV mean" if cv_folds else "val"
     title = f"sweep: {len(rows)}/{len(points)} points finished, sorted by {scored} {metric}"
     console.print(rich_table(title, [c for c in columns if c.key not in ("weighted_f1", "train_seconds")], rows))
     scope = "the last epoch of each fold run" if cv_folds else "each point's best checkpoint"
-    lines = [f"# Sweep\n\n{title} ({scope}).\n",
-             markdown_table(columns, rows)]
+    lines = [f"# Sweep\n\n{title} ({scope}).\n", markdown_table(columns, rows)]
     if rows:
         best = next(p for p in points if p.name == rows[0]["point"])
         save_config(best.cfg, run_dir / "best_config.yaml")
@@ -125,6 +141,7 @@ def run_sweep(cfg: Config, grid: list[tuple[str, list[Any]]], run_dir: str | Pat
     if not complete:
         lines.append("**Incomplete**: a point was preempted; run the same command again.\n")
     (run_dir / "sweep.md").write_text("\n".join(lines))
-    (run_dir / "sweep.json").write_text(json.dumps({"metric": metric, "grid": dict(grid), "complete": complete,
-                                                    "rows": rows}, indent=1, default=str))
+    (run_dir / "sweep.json").write_text(
+        json.dumps({"metric": metric, "grid": dict(grid), "complete": complete, "rows": rows}, indent=1, default=str)
+    )
     return rows

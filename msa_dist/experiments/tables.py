@@ -1,9 +1,11 @@
 """Result tables: one column spec, rendered as markdown (files) or rich (terminal)."""
+
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 from rich.table import Table
 
@@ -15,6 +17,7 @@ SCORE_KEYS = ("accuracy", "macro_f1") + tuple(f"{name}.f1" for name in LABELS)  
 @dataclass(frozen=True)
 class Column:
     """A table column: where its value sits in a row dict, its header, and how to print it."""
+
     key: str
     header: str
     fmt: Callable[[Any], str] = str
@@ -27,8 +30,11 @@ def _num(digits: int) -> Callable[[Any], str]:
 
 def metric_columns(per_class: bool = True) -> list[Column]:
     """Accuracy, macro-F1, weighted-F1 and (optionally) precision / recall / F1 of each class."""
-    cols = [Column("accuracy", "accuracy", _num(4), True), Column("macro_f1", "macro-F1", _num(4), True),
-            Column("weighted_f1", "weighted-F1", _num(4), True)]
+    cols = [
+        Column("accuracy", "accuracy", _num(4), True),
+        Column("macro_f1", "macro-F1", _num(4), True),
+        Column("weighted_f1", "weighted-F1", _num(4), True),
+    ]
     if per_class:
         for name in LABELS:
             for short, field in (("P", "precision"), ("R", "recall"), ("F1", "f1")):
@@ -36,7 +42,7 @@ def metric_columns(per_class: bool = True) -> list[Column]:
     return cols
 
 
-def flatten_metrics(metrics: Optional[dict]) -> dict:
+def flatten_metrics(metrics: dict | None) -> dict:
     """accuracy / macro_f1 / weighted_f1 and `<class>.<precision|recall|f1>` from a metrics dict."""
     if not metrics:
         return {}
@@ -81,8 +87,11 @@ def transpose(columns: list[Column], rows: list[dict], name_key: str = "point") 
 
 def scores(metrics: dict) -> dict:
     """accuracy, macro_f1 and `<class>.f1` of a metrics dict."""
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
-            **{f"{name}.f1": metrics["per_class"][name]["f1"] for name in LABELS}}
+    return {
+        "accuracy": metrics["accuracy"],
+        "macro_f1": metrics["macro_f1"],
+        **{f"{name}.f1": metrics["per_class"][name]["f1"] for name in LABELS},
+    }
 
 
 def mean_std(rows: list[dict]) -> dict:

@@ -5,6 +5,7 @@ The minority class (neutral, ~10%) is rarely the argmax of a model trained on th
 shifting its log-probability trades some accuracy for recall on it. Offsets tuned on val and
 measured on val are optimistic: report the tuned numbers on another split.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,18 +13,19 @@ from pathlib import Path
 
 import torch
 
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABELS, NUM_CLASSES
 from msa_dist.engine.evaluation import split_outputs
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
 from msa_dist.engine.runtime import DistEnv
-from msa_dist.common.errors import MsaDistError
-from msa_dist.common.labels import LABELS, NUM_CLASSES
 
 OFFSETS_FILE = "logit_offsets.json"
 GRID = torch.arange(-3.0, 3.0001, 0.05)  # candidate offsets, in nats
 
 
-def collect_log_probs(cfg, model, tokenizer, device: torch.device, shard_dir: str, split: str,
-                      batch_size: int = 64) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+def collect_log_probs(
+    cfg, model, tokenizer, device: torch.device, shard_dir: str, split: str, batch_size: int = 64
+) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(keys, log-probabilities [N, C], labels [N]; -1 where unlabelled) of one split, in one process."""
     env = DistEnv(rank=0, local_rank=0, world_size=1, device=device)
     out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir)
@@ -56,7 +58,9 @@ def tune_offsets(log_probs: torch.Tensor, labels: torch.Tensor, rounds: int = 3)
             candidates[:, c] = GRID
             scores = _macro_f1((log_probs[None] + candidates[:, None, :]).argmax(-1), labels)
             # prefer the higher score, then the offset closest to the current one
-            order = sorted(range(len(GRID)), key=lambda k: (-round(float(scores[k]), 9), abs(float(GRID[k] - offsets[c]))))
+            order = sorted(
+                range(len(GRID)), key=lambda k: (-round(float(scores[k]), 9), abs(float(GRID[k] - offsets[c])))
+            )
             if scores[order[0]] > best:
                 best, offsets = scores[order[0]], candidates[order[0]].clone()
     return offsets
@@ -69,8 +73,9 @@ def adjusted_metrics(log_probs: torch.Tensor, labels: torch.Tensor, offsets: tor
 
 def save_offsets(run_dir: str | Path, offsets: torch.Tensor, info: dict) -> Path:
     path = Path(run_dir) / OFFSETS_FILE
-    path.write_text(json.dumps({"offsets": {k: round(v, 4) for k, v in zip(LABELS, offsets.tolist())}, **info},
-                               indent=1))
+    path.write_text(
+        json.dumps({"offsets": {k: round(v, 4) for k, v in zip(LABELS, offsets.tolist())}, **info}, indent=1)
+    )
     return path
 
 

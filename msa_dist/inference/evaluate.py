@@ -1,31 +1,31 @@
 """`evaluate` and `predict` from a finished run directory, in one process, without any backend."""
+
 from __future__ import annotations
 
 import csv
-import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
+from msa_dist.common.atomic import atomic_open
 from msa_dist.common.csv_cells import escape_row
-from msa_dist.data.format.manifest import load_manifest
-from msa_dist.engine.run.artifacts import load_run_config, load_trained_model
-from msa_dist.inference.calibration import adjusted_metrics, collect_log_probs, load_offsets, save_offsets, tune_offsets
-from msa_dist.engine.checkpoint.files import model_weights_path
-from msa_dist.engine.evaluation import run_split
-from msa_dist.engine.run.provenance import check_shards
-from msa_dist.engine.runtime import read_env
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
-from msa_dist.common.atomic import atomic_open
-
+from msa_dist.data.format.manifest import load_manifest
+from msa_dist.engine.checkpoint.files import model_weights_path
+from msa_dist.engine.evaluation import run_split
+from msa_dist.engine.run.artifacts import load_run_config, load_trained_model
+from msa_dist.engine.run.provenance import check_shards
+from msa_dist.engine.runtime import read_env
+from msa_dist.inference.calibration import adjusted_metrics, collect_log_probs, load_offsets, save_offsets, tune_offsets
 
 FORMATS = ("probs", "course")
 
 
-def write_predictions(out: str | Path, rows: Sequence[tuple[str, list[float]]], labels: Sequence[str],
-                      fmt: str = "probs") -> None:
+def write_predictions(
+    out: str | Path, rows: Sequence[tuple[str, list[float]]], labels: Sequence[str], fmt: str = "probs"
+) -> None:
     """CSV of id, tag and one `prob_<label>` column per class (`course`: guid,tag only), written atomically."""
     if fmt not in FORMATS:
         raise MsaDistError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -38,8 +38,9 @@ def write_predictions(out: str | Path, rows: Sequence[tuple[str, list[float]]], 
             writer.writerows(escape_row((key, labels[int(torch.tensor(p).argmax())])) for key, p in rows)
         else:
             writer.writerow(escape_row(["id", "tag", *(f"prob_{label}" for label in labels)]))
-            writer.writerows(escape_row((key, labels[int(torch.tensor(p).argmax())], *(f"{x:.6f}" for x in p)))
-                             for key, p in rows)
+            writer.writerows(
+                escape_row((key, labels[int(torch.tensor(p).argmax())], *(f"{x:.6f}" for x in p))) for key, p in rows
+            )
 
 
 def _load(run_dir: str, which: str, device: str = "auto"):
@@ -62,9 +63,13 @@ def calibrate(run_dir: str, shard_dir: str, split: str = "val", which: str = "be
     offsets = tune_offsets(log_probs, labels)
     before = adjusted_metrics(log_probs, labels, torch.zeros_like(offsets))
     after = adjusted_metrics(log_probs, labels, offsets)
-    info = {"tuned_on": split, "checkpoint": which, "shards": str(shard_dir),
-            "before": {k: before[k] for k in ("accuracy", "macro_f1")},
-            "after": {k: after[k] for k in ("accuracy", "macro_f1")}}
+    info = {
+        "tuned_on": split,
+        "checkpoint": which,
+        "shards": str(shard_dir),
+        "before": {k: before[k] for k in ("accuracy", "macro_f1")},
+        "after": {k: after[k] for k in ("accuracy", "macro_f1")},
+    }
     save_offsets(run_dir, offsets, info)
     return {"offsets": {k: round(v, 4) for k, v in zip(LABELS, offsets.tolist())}, **info}
 
@@ -77,8 +82,9 @@ def _offsets(run_dir: str, shard_dir: str, which: str, batch_size: int) -> torch
     return offsets
 
 
-def evaluate(run_dir: str, shard_dir: str, split: str = "val", which: str = "best", batch_size: int = 64,
-             adjust: bool = False) -> dict:
+def evaluate(
+    run_dir: str, shard_dir: str, split: str = "val", which: str = "best", batch_size: int = 64, adjust: bool = False
+) -> dict:
     """Metrics of the run's `which` checkpoint on a labelled split (`adjust`: with the tuned logit offsets)."""
     check_shards(run_dir, shard_dir, split)  # one warning line when val is not the data the run was validated on
     if adjust:
@@ -95,8 +101,16 @@ def evaluate(run_dir: str, shard_dir: str, split: str = "val", which: str = "bes
     return metrics
 
 
-def predict(run_dir: str, shard_dir: str, out: str, split: str = "test", which: str = "best",
-            batch_size: int = 64, adjust: bool = False, fmt: str = "course") -> int:
+def predict(
+    run_dir: str,
+    shard_dir: str,
+    out: str,
+    split: str = "test",
+    which: str = "best",
+    batch_size: int = 64,
+    adjust: bool = False,
+    fmt: str = "course",
+) -> int:
     """Write `guid,tag` for every sample of `split`, in the order the shards were built from
     (`fmt="probs"`: id, tag and one probability column per class).
 
@@ -108,12 +122,16 @@ def predict(run_dir: str, shard_dir: str, out: str, split: str = "test", which: 
     env, cfg, tokenizer, model = _load(run_dir, which)
     _, predictions = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir)
     # log(probs) + offsets: the same argmax as log_softmax(logits) + offsets
-    by_key = {key: torch.softmax(torch.tensor(probs).clamp(min=1e-12).log() + offsets, -1).tolist()
-              for key, probs in predictions}
+    by_key = {
+        key: torch.softmax(torch.tensor(probs).clamp(min=1e-12).log() + offsets, -1).tolist()
+        for key, probs in predictions
+    }
     missing = [g for g in order if g not in by_key] if order else []
     if missing:
-        raise MsaDistError(f"{len(missing)} samples of split '{split}' could not be read (first: {missing[0]}); "
-                           f"run `msa-dist shards verify {shard_dir}`")
+        raise MsaDistError(
+            f"{len(missing)} samples of split '{split}' could not be read (first: {missing[0]}); "
+            f"run `msa-dist shards verify {shard_dir}`"
+        )
     keys = order or sorted(by_key)
     write_predictions(out, [(k, by_key[k]) for k in keys], LABELS, fmt)
     return len(keys)

@@ -6,48 +6,67 @@ OUT/tokenizer/          the run's tokenizer
 OUT/text_config/        the text backbone's architecture (no hub access when loading)
 OUT/README.md           a model card with the val metrics and three lines of Python to predict
 """
+
 from __future__ import annotations
 
 import json
 import shutil
 from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
 
 import yaml
 
-from msa_dist.config.schema import to_dict
-from msa_dist.engine.run.artifacts import load_run_config
-from msa_dist.engine.checkpoint.files import model_weights_path
-from msa_dist.engine.run.provenance import read_run_info
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
+from msa_dist.config.schema import to_dict
+from msa_dist.engine.checkpoint.files import model_weights_path
+from msa_dist.engine.run.artifacts import load_run_config
+from msa_dist.engine.run.provenance import read_run_info
 
 
-def _val_metrics(run_dir: Path, weights: Path) -> Optional[dict]:
+def _val_metrics(run_dir: Path, weights: Path) -> dict | None:
     """The checkpoint's val metrics (saved beside `best`), else the run's last eval record."""
     saved = weights.parent / "metrics.json"
     if saved.is_file():
         return json.loads(saved.read_text())
     log = run_dir / "metrics.jsonl"
-    evals = [r for r in map(json.loads, log.read_text().splitlines()) if r.get("type") == "eval"] if log.is_file() else []
+    evals = (
+        [r for r in map(json.loads, log.read_text().splitlines()) if r.get("type") == "eval"] if log.is_file() else []
+    )
     return evals[-1] if evals else None
 
 
-def _card(run_dir: Path, which: str, metrics: Optional[dict], card: dict) -> str:
-    lines = [f"# msa-dist model: {run_dir.name}", "",
-             f"Image-text sentiment classifier ({', '.join(card['labels'])}) exported from the `{which}` checkpoint "
-             f"of run `{run_dir.name}` (modality {card['model']['modality']}, text {card['model']['text']['name']}, "
-             f"image {card['model']['image']['name']}, fusion {card['model']['head']['fusion']}).", ""]
+def _card(run_dir: Path, which: str, metrics: dict | None, card: dict) -> str:
+    lines = [
+        f"# msa-dist model: {run_dir.name}",
+        "",
+        f"Image-text sentiment classifier ({', '.join(card['labels'])}) exported from the `{which}` checkpoint "
+        f"of run `{run_dir.name}` (modality {card['model']['modality']}, text {card['model']['text']['name']}, "
+        f"image {card['model']['image']['name']}, fusion {card['model']['head']['fusion']}).",
+        "",
+    ]
     if metrics:
         lines += ["## Validation metrics", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {metrics[k]:.4f} |" for k in ("accuracy", "macro_f1", "weighted_f1") if k in metrics]
         lines += [f"| samples | {metrics.get('samples', '?')} |", ""]
-    lines += ["## Use", "", "```python", "import msa_dist",
-              "model = msa_dist.load_model(\"THIS_FOLDER\")",
-              "print(model.predict(\"photo.jpg\", \"What a day!\"))  # {label: probability}", "```", "",
-              "or `msa-dist predict --run THIS_FOLDER --inputs pairs.csv --out predictions.csv`.", "",
-              "## Provenance", "", "```json", json.dumps(card.get("source", {}), indent=1), "```", ""]
+    lines += [
+        "## Use",
+        "",
+        "```python",
+        "import msa_dist",
+        'model = msa_dist.load_model("THIS_FOLDER")',
+        'print(model.predict("photo.jpg", "What a day!"))  # {label: probability}',
+        "```",
+        "",
+        "or `msa-dist predict --run THIS_FOLDER --inputs pairs.csv --out predictions.csv`.",
+        "",
+        "## Provenance",
+        "",
+        "```json",
+        json.dumps(card.get("source", {}), indent=1),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -56,6 +75,7 @@ def export_run(run_dir: str | Path, out: str | Path, which: str = "best") -> Pat
     from safetensors.torch import save_model
 
     from msa_dist.inference.predictor import load_model
+
     run_dir, out = Path(run_dir), Path(out)
     if out.exists() and any(out.iterdir()):
         raise MsaDistError(f"--out {out} exists and is not empty: choose a new folder")
@@ -64,13 +84,23 @@ def export_run(run_dir: str | Path, out: str | Path, which: str = "best") -> Pat
     predictor = load_model(run_dir, device="cpu", checkpoint=which)
     info = read_run_info(run_dir) or {}
     from msa_dist.inference.calibration import load_offsets
+
     offsets = load_offsets(run_dir)
-    card = {"format": 1, "labels": list(LABELS), "model": to_dict(cfg)["model"],
-            "preprocessing": asdict(predictor.preprocessing),
-            "logit_offsets": offsets.tolist() if offsets is not None else None,  # used by load_model(adjust=True)
-            "source": {"run": str(run_dir.resolve()), "checkpoint": which, "weights": weights.name,
-                       "git_commit": info.get("git", {}).get("commit"), "git_dirty": info.get("git", {}).get("dirty"),
-                       "manifest_sha256": info.get("data", {}).get("manifest_sha256")}}
+    card = {
+        "format": 1,
+        "labels": list(LABELS),
+        "model": to_dict(cfg)["model"],
+        "preprocessing": asdict(predictor.preprocessing),
+        "logit_offsets": offsets.tolist() if offsets is not None else None,  # used by load_model(adjust=True)
+        "source": {
+            "run": str(run_dir.resolve()),
+            "checkpoint": which,
+            "weights": weights.name,
+            "git_commit": info.get("git", {}).get("commit"),
+            "git_dirty": info.get("git", {}).get("dirty"),
+            "manifest_sha256": info.get("data", {}).get("manifest_sha256"),
+        },
+    }
     out.mkdir(parents=True, exist_ok=True)
     save_model(predictor.model, str(out / "model.safetensors"))
     (out / "config.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
@@ -92,13 +122,16 @@ def push_to_hub(folder: str | Path, repo_id: str) -> str:
         api.create_repo(repo_id, exist_ok=True)
         api.upload_folder(folder_path=str(folder), repo_id=repo_id)
     except Exception as exc:  # network, auth and hub errors come in many types
-        raise MsaDistError(f"--push-to-hub {repo_id} failed: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        raise MsaDistError(
+            f"--push-to-hub {repo_id} failed: {str(exc).splitlines()[0] if str(exc) else exc!r}"
+        ) from None
     return f"https://huggingface.co/{repo_id}"
 
 
 def run_export_command(args) -> int:
     """`msa-dist export`: write the folder, then push it when --push-to-hub is given."""
     from msa_dist.common.display import console
+
     out = export_run(args.run, args.out, args.checkpoint)
     console.print(f"exported the {args.checkpoint} checkpoint of {args.run} to {out}")
     if args.push_to_hub:

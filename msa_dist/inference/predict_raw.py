@@ -4,18 +4,19 @@ Every pair is checked first (the image file exists and decodes, the text decodes
 empty); bad rows are reported in one line each and skipped, with a count. The rest is predicted
 in batches by a `Predictor`, whose preprocessing is the shard loader's eval path.
 """
+
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
 
-from msa_dist.data.raw import DATA_DIR, TEST_FILE, BadRecord, check_record, decode_text, image_error, read_labels_file
-from msa_dist.common.limits import CSV_CELL_LIMIT, MAX_CSV_BYTES, MAX_IMAGE_BYTES, read_input, text_char_limit
-from msa_dist.inference.evaluate import calibrate, predict, run_shards, write_predictions
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.limits import CSV_CELL_LIMIT, MAX_CSV_BYTES, MAX_IMAGE_BYTES, read_input, text_char_limit
+from msa_dist.data.raw import DATA_DIR, TEST_FILE, BadRecord, check_record, decode_text, image_error, read_labels_file
+from msa_dist.inference.evaluate import calibrate, predict, run_shards, write_predictions
 
 ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS = ("id", "guid"), ("image", "image_path", "path"), ("text",)
 
@@ -23,6 +24,7 @@ ID_COLUMNS, IMAGE_COLUMNS, TEXT_COLUMNS = ("id", "guid"), ("image", "image_path"
 @dataclass(frozen=True)
 class Pair:
     """One checked input: its id, the image file's bytes and the decoded text."""
+
     key: str
     image: bytes
     text: str
@@ -31,6 +33,7 @@ class Pair:
 @dataclass(frozen=True)
 class BadRow:
     """An input that cannot be predicted: where it is and why."""
+
     key: str
     where: str
     reason: str
@@ -59,8 +62,9 @@ def _column(header: list[str], names: tuple[str, ...], path: Path) -> int:
     for name in names:
         if name in lowered:
             return lowered.index(name)
-    raise MsaDistError(f"{path}: the header {','.join(header)!r} has no {names[0]!r} column "
-                       f"(expected columns id,image,text)")
+    raise MsaDistError(
+        f"{path}: the header {','.join(header)!r} has no {names[0]!r} column (expected columns id,image,text)"
+    )
 
 
 def pairs_from_csv(path: str | Path) -> tuple[list[Pair], list[BadRow]]:
@@ -100,8 +104,9 @@ def _csv_rows(content: str, path: Path) -> list[list[str]]:
     try:
         return list(reader)
     except csv.Error as exc:
-        raise MsaDistError(f"--inputs {path} line {reader.line_num}: {exc} (a cell holds at most "
-                           f"{CSV_CELL_LIMIT} characters)") from None
+        raise MsaDistError(
+            f"--inputs {path} line {reader.line_num}: {exc} (a cell holds at most {CSV_CELL_LIMIT} characters)"
+        ) from None
     finally:
         csv.field_size_limit(previous)
 
@@ -131,16 +136,26 @@ def predict_pairs(predictor, pairs: Sequence[Pair], batch_size: int = 64) -> lis
     max_length = getattr(getattr(predictor, "preprocessing", None), "max_length", None)
     chars = text_char_limit(max_length) if max_length else None  # as the loader cuts them (common/limits.py)
     for i in range(0, len(pairs), batch_size):
-        chunk = pairs[i:i + batch_size]
+        chunk = pairs[i : i + batch_size]
         probs = predictor.predict_proba([p.image for p in chunk], [p.text[:chars] for p in chunk])
         out.extend(zip([p.key for p in chunk], probs.tolist()))
     return out
 
 
-def predict_raw(run_dir: str, out: str, inputs: Optional[str] = None, image: Optional[str] = None,
-                text: Optional[str] = None, data_root: Optional[str] = None, fmt: str = "probs",
-                which: str = "best", adjust: bool = False, shard_dir: Optional[str] = None,
-                batch_size: int = 64, device: str = "auto") -> tuple[int, list[BadRow]]:
+def predict_raw(
+    run_dir: str,
+    out: str,
+    inputs: str | None = None,
+    image: str | None = None,
+    text: str | None = None,
+    data_root: str | None = None,
+    fmt: str = "probs",
+    which: str = "best",
+    adjust: bool = False,
+    shard_dir: str | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
+) -> tuple[int, list[BadRow]]:
     """Predict raw pairs with a run's model; returns (pairs written, bad rows skipped)."""
     if sum(x is not None for x in (inputs, image, data_root)) != 1 or (image is None) != (text is None):
         raise MsaDistError("give one input: --inputs CSV, --image FILE with --text TEXT, or --data DATA_ROOT")
@@ -152,8 +167,10 @@ def predict_raw(run_dir: str, out: str, inputs: Optional[str] = None, image: Opt
         pairs, bad = pairs_from_data_root(data_root)
     from msa_dist.engine.runtime import read_env
     from msa_dist.inference.predictor import load_model
+
     if adjust and not (Path(run_dir) / "model.safetensors").is_file():
         from msa_dist.inference.calibration import load_offsets
+
         if load_offsets(run_dir) is None:  # tune them on the run's val split first, as `predict --adjust` does
             calibrate(run_dir, shard_dir, "val", which, batch_size)
     predictor = load_model(run_dir, device=str(read_env(device).device), checkpoint=which, adjust=adjust)
@@ -167,18 +184,40 @@ def run_predict_command(args) -> int:
     import sys
 
     from msa_dist.common.display import console
+
     exported = (Path(args.run) / "model.safetensors").is_file()
     if all(x is None for x in (args.inputs, args.image, args.text, args.data)):
         if exported:
-            raise MsaDistError(f"{args.run} is an exported model: it predicts raw pairs "
-                               "(--inputs CSV, --image FILE --text TEXT, or --data DATA_ROOT), not shards")
-        n = predict(args.run, run_shards(args.run, args.shards), args.out, args.split, args.checkpoint,
-                    batch_size=args.batch_size, adjust=args.adjust, fmt=args.format or "course")
+            raise MsaDistError(
+                f"{args.run} is an exported model: it predicts raw pairs "
+                "(--inputs CSV, --image FILE --text TEXT, or --data DATA_ROOT), not shards"
+            )
+        n = predict(
+            args.run,
+            run_shards(args.run, args.shards),
+            args.out,
+            args.split,
+            args.checkpoint,
+            batch_size=args.batch_size,
+            adjust=args.adjust,
+            fmt=args.format or "course",
+        )
         console.print(f"wrote {n} predictions to {args.out}")
         return 0
     shard_dir = None if exported or not args.adjust else run_shards(args.run, args.shards)
-    n, bad = predict_raw(args.run, args.out, args.inputs, args.image, args.text, args.data, fmt=args.format or "probs",
-                         which=args.checkpoint, adjust=args.adjust, shard_dir=shard_dir, batch_size=args.batch_size)
+    n, bad = predict_raw(
+        args.run,
+        args.out,
+        args.inputs,
+        args.image,
+        args.text,
+        args.data,
+        fmt=args.format or "probs",
+        which=args.checkpoint,
+        adjust=args.adjust,
+        shard_dir=shard_dir,
+        batch_size=args.batch_size,
+    )
     for row in bad[:20]:
         print(f"msa-dist: skipped {row.message()}", file=sys.stderr)
     if len(bad) > 20:

@@ -11,54 +11,64 @@ stored them (re-encoded to the shorter side and JPEG quality the run's shards us
 resized and center-cropped by the same `ImageCropper`; texts are tokenized with the run's tokenizer
 and `data.max_length`. So a pair gives the same probabilities here as from shards.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import torch
 import yaml
 
-from msa_dist.config.schema import Config, DataConfig, from_dict
-from msa_dist.data.loading.images import ImageCropper, stored_size
-from msa_dist.common.limits import MAX_IMAGE_BYTES, read_input
-from msa_dist.data.raw import reencode_image
-from msa_dist.engine.batch import model_inputs
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
+from msa_dist.common.limits import MAX_IMAGE_BYTES, read_input
+from msa_dist.config.schema import Config, DataConfig, from_dict
+from msa_dist.data.loading.images import ImageCropper, stored_size
+from msa_dist.data.raw import reencode_image
+from msa_dist.engine.batch import model_inputs
 
-ImageInput = Union[str, Path, bytes]
+ImageInput = str | Path | bytes
 
 
 @dataclass
 class Preprocessing:
     """How raw pairs become model inputs: the data settings the model was trained with."""
+
     image_size: int = 224  # crop side fed to the image encoder
     resize_size: int = 224  # shorter side before the center crop
     max_length: int = 128  # text tokens at most
     pad_to_max_length: bool = False
     image_draft: bool = True  # reduced-scale JPEG decoding, as the loader does
     stored_image_size: int = 0  # `shards build --image-size` of the training shards (0: original bytes)
-    stored_jpeg_quality: Optional[int] = None  # `shards build --jpeg-quality` of the training shards
+    stored_jpeg_quality: int | None = None  # `shards build --jpeg-quality` of the training shards
 
     @classmethod
-    def from_run(cls, data: DataConfig, shard_options: dict) -> "Preprocessing":
+    def from_run(cls, data: DataConfig, shard_options: dict) -> Preprocessing:
         """The run's data config plus how its shards stored images (the manifest's build options)."""
-        return cls(data.image_size, data.resize_size, data.max_length, data.pad_to_max_length, data.image_draft,
-                   int(shard_options.get("image_size") or 0), shard_options.get("jpeg_quality"))
+        return cls(
+            data.image_size,
+            data.resize_size,
+            data.max_length,
+            data.pad_to_max_length,
+            data.image_draft,
+            int(shard_options.get("image_size") or 0),
+            shard_options.get("jpeg_quality"),
+        )
 
 
 @dataclass
 class Predictor:
     """A model, its tokenizer and preprocessing; `predict` / `predict_proba` take raw images and texts."""
+
     model: torch.nn.Module
     tokenizer: object
     modality: str
     preprocessing: Preprocessing
     labels: list[str] = field(default_factory=lambda: list(LABELS))
     device: torch.device = torch.device("cpu")
-    offsets: Optional[torch.Tensor] = None  # per-class log-prob offsets (`--adjust`), None = none
+    offsets: torch.Tensor | None = None  # per-class log-prob offsets (`--adjust`), None = none
 
     def __post_init__(self):
         p = self.preprocessing
@@ -67,8 +77,9 @@ class Predictor:
     def stored_image(self, data: bytes) -> bytes:
         """The image bytes as `shards build` would have stored them."""
         p = self.preprocessing
-        return reencode_image(data, p.stored_image_size, p.stored_jpeg_quality or 85) if p.stored_image_size > 0 \
-            else data
+        return (
+            reencode_image(data, p.stored_image_size, p.stored_jpeg_quality or 85) if p.stored_image_size > 0 else data
+        )
 
     def preprocess(self, images: Sequence[bytes], texts: Sequence[str]) -> dict:
         """A batch (uint8 images, token ids, mask) in the loader's layout, from image bytes and texts."""
@@ -78,8 +89,13 @@ class Predictor:
             width, height = stored_size(data)
             crops.append(self._cropper(data, self._cropper.box(None, width, height), width, height))
         p = self.preprocessing
-        enc = self.tokenizer([t.strip() for t in texts], padding="max_length" if p.pad_to_max_length else "longest",
-                             truncation=True, max_length=p.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            [t.strip() for t in texts],
+            padding="max_length" if p.pad_to_max_length else "longest",
+            truncation=True,
+            max_length=p.max_length,
+            return_tensors="pt",
+        )
         return {"images": torch.stack(crops), "input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     @torch.no_grad()
@@ -117,27 +133,39 @@ def load_model(path: str | Path, device: str = "cpu", checkpoint: str = "best", 
     path = Path(path)
     if (path / "model.safetensors").is_file():
         return _load_exported(path, torch.device(device), adjust)
-    from msa_dist.engine.run.artifacts import load_trained_model
     from msa_dist.engine.checkpoint.files import model_weights_path
+    from msa_dist.engine.run.artifacts import load_trained_model
+
     dev = torch.device(device)
     cfg, tokenizer, model = load_trained_model(path, model_weights_path(path, checkpoint), dev)
     from msa_dist.inference.calibration import load_offsets
-    return Predictor(model, tokenizer, cfg.model.modality, Preprocessing.from_run(cfg.data, run_shard_options(path, cfg)),
-                     device=dev, offsets=load_offsets(path) if adjust else None)
+
+    return Predictor(
+        model,
+        tokenizer,
+        cfg.model.modality,
+        Preprocessing.from_run(cfg.data, run_shard_options(path, cfg)),
+        device=dev,
+        offsets=load_offsets(path) if adjust else None,
+    )
 
 
 def run_shard_options(run_dir: Path, cfg: Config) -> dict:
     """How the run's training shards stored images: from run_info.json, else the shards' manifest."""
     from msa_dist.engine.run.provenance import read_run_info
+
     info = read_run_info(run_dir) or {}
     if info.get("data", {}).get("shard_options"):
         return info["data"]["shard_options"]
     from msa_dist.data.format.manifest import load_manifest
+
     try:
         return load_manifest(cfg.data.shards).get("options", {})
     except MsaDistError:
-        raise MsaDistError(f"{run_dir} has no run_info.json and its shards {cfg.data.shards} are gone: "
-                           "cannot tell how its images were stored") from None
+        raise MsaDistError(
+            f"{run_dir} has no run_info.json and its shards {cfg.data.shards} are gone: "
+            "cannot tell how its images were stored"
+        ) from None
 
 
 def _load_exported(path: Path, device: torch.device, adjust: bool) -> Predictor:
@@ -146,20 +174,30 @@ def _load_exported(path: Path, device: torch.device, adjust: bool) -> Predictor:
 
     from msa_dist.models import build_model
     from msa_dist.models.tokenizer import load_pretrained_tokenizer
+
     card, cfg, preprocessing = read_card(path)
     tokenizer = load_pretrained_tokenizer(str(path / "tokenizer"))
     arch_dir = path / "text_config"
-    model = build_model(cfg.model, vocab_size=len(tokenizer), pretrained=False,
-                        arch_dir=str(arch_dir) if arch_dir.is_dir() else None)
+    model = build_model(
+        cfg.model, vocab_size=len(tokenizer), pretrained=False, arch_dir=str(arch_dir) if arch_dir.is_dir() else None
+    )
     try:
         load_safetensors(model, str(path / "model.safetensors"), device="cpu")
     except (SafetensorError, RuntimeError, OSError, ValueError) as exc:  # truncated, foreign, or another model's
         reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else repr(exc)
-        raise MsaDistError(f"{path / 'model.safetensors'} does not load into the model its config.yaml "
-                           f"describes: {reason}") from None
+        raise MsaDistError(
+            f"{path / 'model.safetensors'} does not load into the model its config.yaml describes: {reason}"
+        ) from None
     offsets = torch.tensor(card["logit_offsets"]) if adjust and card.get("logit_offsets") else None
-    return Predictor(model.to(device).eval(), tokenizer, cfg.model.modality, preprocessing,
-                     card.get("labels", list(LABELS)), device, offsets)
+    return Predictor(
+        model.to(device).eval(),
+        tokenizer,
+        cfg.model.modality,
+        preprocessing,
+        card.get("labels", list(LABELS)),
+        device,
+        offsets,
+    )
 
 
 def read_card(path: Path) -> tuple[dict, Config, Preprocessing]:
@@ -169,10 +207,14 @@ def read_card(path: Path) -> tuple[dict, Config, Preprocessing]:
         card = yaml.safe_load(where.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise MsaDistError(f"{where} is not readable YAML ({reason}): is {path} a folder written by "
-                           "`msa-dist export`?") from None
-    if not isinstance(card, dict) or not isinstance(card.get("model"), dict) \
-            or not isinstance(card.get("preprocessing"), dict):
+        raise MsaDistError(
+            f"{where} is not readable YAML ({reason}): is {path} a folder written by `msa-dist export`?"
+        ) from None
+    if (
+        not isinstance(card, dict)
+        or not isinstance(card.get("model"), dict)
+        or not isinstance(card.get("preprocessing"), dict)
+    ):
         raise MsaDistError(f"{where} lacks the model and preprocessing sections of `msa-dist export`")
     try:
         cfg = from_dict({"model": card["model"]})
@@ -182,13 +224,17 @@ def read_card(path: Path) -> tuple[dict, Config, Preprocessing]:
     except MsaDistError as exc:
         raise MsaDistError(f"{where}: {exc}") from None
     sizes = (preprocessing.image_size, preprocessing.resize_size, preprocessing.max_length)
-    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sizes) \
-            or not isinstance(preprocessing.stored_image_size, int) or preprocessing.stored_image_size < 0:
+    if (
+        not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 1 << 16 for v in sizes)
+        or not isinstance(preprocessing.stored_image_size, int)
+        or preprocessing.stored_image_size < 0
+    ):
         raise MsaDistError(f"{where}: preprocessing sizes must be positive integers, got {vars(preprocessing)}")
     labels, offsets = card.get("labels", list(LABELS)), card.get("logit_offsets")
     if not (isinstance(labels, list) and len(labels) == len(LABELS) and all(isinstance(x, str) for x in labels)):
         raise MsaDistError(f"{where}: labels must be a list of {len(LABELS)} class names, got {str(labels)[:80]}")
-    if offsets is not None and not (isinstance(offsets, list) and len(offsets) == len(LABELS)
-                                    and all(isinstance(x, (int, float)) for x in offsets)):
+    if offsets is not None and not (
+        isinstance(offsets, list) and len(offsets) == len(LABELS) and all(isinstance(x, (int, float)) for x in offsets)
+    ):
         raise MsaDistError(f"{where}: logit_offsets must be {len(LABELS)} numbers, got {str(offsets)[:80]}")
     return card, cfg, preprocessing

@@ -9,6 +9,7 @@ n-gram L2-normalised over the text). On a few thousand tweets this learns faster
 than a small transformer. It mimics a Hugging Face model's call signature
 (`model(input_ids=..., attention_mask=...).last_hidden_state`), so `TextEncoder` wraps it unchanged.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,11 +27,20 @@ MAX_CHAR_NGRAMS = 32  # character n-grams kept per token (a token's longest ones
 
 class BagOfNgramsConfig(PretrainedConfig):
     """Sizes of a `BagOfNgrams` (saved with the run like any text backbone's config)."""
+
     model_type = "msa_dist_bag_of_ngrams"
 
-    def __init__(self, vocab_size: int = 8000, hidden_size: int = 128, bigram_buckets: int = 0,
-                 char_buckets: int = 0, token_dropout: float = 0.0, idf: bool = False, init_std: float = 0.1,
-                 **kwargs):
+    def __init__(
+        self,
+        vocab_size: int = 8000,
+        hidden_size: int = 128,
+        bigram_buckets: int = 0,
+        char_buckets: int = 0,
+        token_dropout: float = 0.0,
+        idf: bool = False,
+        init_std: float = 0.1,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.vocab_size, self.hidden_size, self.bigram_buckets = vocab_size, hidden_size, bigram_buckets
         self.char_buckets, self.token_dropout, self.idf, self.init_std = char_buckets, token_dropout, idf, init_std
@@ -40,7 +50,7 @@ def char_ngram_buckets(token: str, buckets: int) -> list[int]:
     """The hashed character n-grams of one vocabulary token, in `<token>` form (fastText's word boundaries)."""
     word = token[2:] if token.startswith("##") else f"<{token}"  # a continuation piece has no start boundary
     word += ">"
-    grams = [word[i:i + n] for n in CHAR_NGRAMS for i in range(len(word) - n + 1)]
+    grams = [word[i : i + n] for n in CHAR_NGRAMS for i in range(len(word) - n + 1)]
     return [zlib.crc32(g.encode("utf-8")) % buckets for g in grams[:MAX_CHAR_NGRAMS]]
 
 
@@ -78,9 +88,9 @@ class BagOfNgrams(nn.Module):
         if self.chars is None:
             return
         table = torch.full_like(self.char_table, self.config.char_buckets)
-        for i, token in enumerate(tokens[:len(table)]):
+        for i, token in enumerate(tokens[: len(table)]):
             ids = char_ngram_buckets(token, self.config.char_buckets)
-            table[i, :len(ids)] = torch.tensor(ids, dtype=table.dtype)
+            table[i, : len(ids)] = torch.tensor(ids, dtype=table.dtype)
         self.char_table.copy_(table)
 
     def _bigrams(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -98,13 +108,18 @@ class BagOfNgrams(nn.Module):
         if self.bigrams is not None:
             kinds.append(("idf_bigrams", self.config.bigram_buckets, self._bigrams))
         if self.chars is not None:
-            kinds.append(("idf_chars", self.config.char_buckets, lambda ids, mask: (
-                self.char_table[ids].flatten(1), mask.repeat_interleave(MAX_CHAR_NGRAMS, 1))))
+            kinds.append(
+                (
+                    "idf_chars",
+                    self.config.char_buckets,
+                    lambda ids, mask: (self.char_table[ids].flatten(1), mask.repeat_interleave(MAX_CHAR_NGRAMS, 1)),
+                )
+            )
         n = len(input_ids)
         for name, size, features in kinds:
             df = torch.zeros(size + 1)
             for start in range(0, n, chunk):
-                ids, valid = features(input_ids[start:start + chunk], attention_mask[start:start + chunk])
+                ids, valid = features(input_ids[start : start + chunk], attention_mask[start : start + chunk])
                 present = torch.zeros(len(ids), size + 1, dtype=torch.bool)
                 present.scatter_(1, torch.where(valid.bool(), ids, size), True)  # column `size`: no feature
                 df += present.sum(0)
@@ -132,8 +147,9 @@ class BagOfNgrams(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
         if self.config.idf:
-            return SimpleNamespace(last_hidden_state=self._drop_tokens(self._tfidf_states(input_ids, attention_mask),
-                                                                       input_ids))
+            return SimpleNamespace(
+                last_hidden_state=self._drop_tokens(self._tfidf_states(input_ids, attention_mask), input_ids)
+            )
         states = self.tokens(input_ids)
         if self.bigrams is not None:
             buckets, valid = self._bigrams(input_ids, attention_mask)

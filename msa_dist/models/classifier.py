@@ -1,7 +1,6 @@
 """The full model: text and/or image encoder plus a fusion head, selected by model.modality."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 from torch import nn
@@ -17,9 +16,15 @@ from msa_dist.models.text import TextEncoder, build_text_encoder
 class MultimodalSentimentClassifier(nn.Module):
     """(input_ids, attention_mask, images) -> logits [B, NUM_CLASSES]; only the encoders in use exist."""
 
-    def __init__(self, text_encoder: Optional[TextEncoder], image_encoder: Optional[ImageEncoder],
-                 head: nn.Module, modality: str, modality_dropout: float = 0.0,
-                 layer_decay: tuple[float, float] = (1.0, 1.0)):
+    def __init__(
+        self,
+        text_encoder: TextEncoder | None,
+        image_encoder: ImageEncoder | None,
+        head: nn.Module,
+        modality: str,
+        modality_dropout: float = 0.0,
+        layer_decay: tuple[float, float] = (1.0, 1.0),
+    ):
         super().__init__()
         assert (text_encoder is not None) == (modality in ("both", "text"))
         assert (image_encoder is not None) == (modality in ("both", "image"))
@@ -30,9 +35,13 @@ class MultimodalSentimentClassifier(nn.Module):
         self.modality_dropout = modality_dropout
         self.layer_decay = layer_decay  # (text, image) layer-wise lr decay factors
 
-    def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
-                images: Optional[torch.Tensor] = None,
-                mix: Optional[tuple[torch.Tensor, float]] = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        mix: tuple[torch.Tensor, float] | None = None,
+    ) -> torch.Tensor:
         """`mix` = (permutation, lambda), training with mixup: each sample's text and image vectors
         become lambda * its own + (1 - lambda) * those of sample permutation[i] (pooled heads only)."""
         if self.text_encoder is not None:
@@ -53,12 +62,14 @@ class MultimodalSentimentClassifier(nn.Module):
         text_emb, image_emb = self._drop_modality(text_emb, image_emb)
         if mix is not None:
             perm, lam = mix
-            text_emb, image_emb = (None if emb is None else lam * emb + (1.0 - lam) * emb[perm]
-                                   for emb in (text_emb, image_emb))
+            text_emb, image_emb = (
+                None if emb is None else lam * emb + (1.0 - lam) * emb[perm] for emb in (text_emb, image_emb)
+            )
         return self.head(text_emb=text_emb, image_emb=image_emb)
 
-    def _drop_modality(self, text: Optional[torch.Tensor],
-                       image: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    def _drop_modality(
+        self, text: torch.Tensor | None, image: torch.Tensor | None
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Training only: zero one modality (text or image, at random) of a `modality_dropout` share of samples."""
         if not self.training or self.modality_dropout <= 0 or text is None or image is None:
             return text, image
@@ -79,16 +90,19 @@ class MultimodalSentimentClassifier(nn.Module):
         `image*<multiplier>` keys instead, one per depth (see `msa_dist.models.layers`); "head" is last.
         """
         groups: dict[str, list[nn.Parameter]] = {"text": [], "image": []}
-        for part, module, decay in (("text", self.text_encoder, self.layer_decay[0]),
-                                    ("image", self.image_encoder, self.layer_decay[1])):
+        for part, module, decay in (
+            ("text", self.text_encoder, self.layer_decay[0]),
+            ("image", self.image_encoder, self.layer_decay[1]),
+        ):
             if module is not None:
                 groups.update(lr_scale_groups(module, part, decay))
         groups["head"] = [p for p in self.head.parameters() if p.requires_grad]  # last: the lr a backend logs
         return groups
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, pretrained: bool = True,
-                arch_dir: Optional[str] = None) -> MultimodalSentimentClassifier:
+def build_model(
+    cfg: ModelConfig, vocab_size: int, pretrained: bool = True, arch_dir: str | None = None
+) -> MultimodalSentimentClassifier:
     """Build the encoders `cfg.modality` needs and the fusion head (`cfg` was checked when it was made).
 
     `pretrained=False` builds the architectures without loading weights, for restoring a checkpoint;
@@ -102,5 +116,11 @@ def build_model(cfg: ModelConfig, vocab_size: int, pretrained: bool = True,
     uses_tokens = getattr(FUSIONS[cfg.head.fusion], "uses_tokens", False)
     image_dim = None if image_encoder is None else image_encoder.token_dim if uses_tokens else image_encoder.out_dim
     head = build_head(cfg.head, text_encoder.out_dim if text_encoder else None, image_dim)
-    return MultimodalSentimentClassifier(text_encoder, image_encoder, head, cfg.modality,
-                                         cfg.head.modality_dropout, (cfg.text.layer_decay, cfg.image.layer_decay))
+    return MultimodalSentimentClassifier(
+        text_encoder,
+        image_encoder,
+        head,
+        cfg.modality,
+        cfg.head.modality_dropout,
+        (cfg.text.layer_decay, cfg.image.layer_decay),
+    )

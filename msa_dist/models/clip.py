@@ -4,6 +4,7 @@
 (a hub name or a local directory after the prefix) load the two towers; the projections into the
 joint embedding space are not used, the fusion head learns its own.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 import transformers
 from torch import nn
-from transformers import (AutoConfig, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel)
+from transformers import AutoConfig, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.models.image_base import ImageEncoder
@@ -47,7 +48,8 @@ def load_clip_tower(tower: str, source: str, pretrained: bool = True) -> nn.Modu
         raise MsaDistError(
             f"{key}=clip:{source}: could not read a CLIP checkpoint from {where} '{source}' (no network access or "
             f"not in the Hugging Face cache?). Download it where there is internet (`huggingface-cli download "
-            f"{source} --local-dir DIR`), copy DIR here and set {key}=clip:DIR") from None
+            f"{source} --local-dir DIR`), copy DIR here and set {key}=clip:DIR"
+        ) from None
     if model_type not in CLIP_MODEL_TYPES:
         raise MsaDistError(f"{key}=clip:{source}: that checkpoint is a '{model_type}' model, not CLIP")
     with _quiet_transformers():

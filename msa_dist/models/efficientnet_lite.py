@@ -4,10 +4,10 @@ The packages hold EfficientNet-PyTorch state_dicts (`_blocks.<i>._expand_conv`, 
 same tensors by stage and block (`blocks.<stage>.<j>.conv_pw`, ...). `map_efficientnet_pytorch_keys`
 spells the renaming out, block by block, and the load is strict: every key and shape must match.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
@@ -21,8 +21,14 @@ TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head"
 # The first block has no expansion conv (timm: DepthwiseSeparableConv)
 DEPTHWISE_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 # Every other block is an inverted residual (timm: InvertedResidual)
-INVERTED_RESIDUAL = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                     "_project_conv": "conv_pwl", "_bn2": "bn3"}
+INVERTED_RESIDUAL = {
+    "_expand_conv": "conv_pw",
+    "_bn0": "bn1",
+    "_depthwise_conv": "conv_dw",
+    "_bn1": "bn2",
+    "_project_conv": "conv_pwl",
+    "_bn2": "bn3",
+}
 # The loader normalises with ImageNet's mean and std; the Lite models were trained on (x - 0.5) / 0.5
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -36,8 +42,9 @@ def map_efficientnet_pytorch_keys(state: dict, stage_depths: list[int]) -> dict:
         if parts[0] == "_blocks":
             index = int(parts[1])
             if index >= len(flat_to_stage):
-                raise MsaDistError(f"EfficientNet-Lite weights: block {index} beyond the architecture's "
-                                   f"{len(flat_to_stage)} blocks")
+                raise MsaDistError(
+                    f"EfficientNet-Lite weights: block {index} beyond the architecture's {len(flat_to_stage)} blocks"
+                )
             expands = f"_blocks.{index}._expand_conv.weight" in state
             table = INVERTED_RESIDUAL if expands else DEPTHWISE_BLOCK
             if parts[2] not in table:
@@ -51,8 +58,9 @@ def map_efficientnet_pytorch_keys(state: dict, stage_depths: list[int]) -> dict:
     return mapped
 
 
-def build_efficientnet_lite(name: str, pretrained: bool = True, num_classes: int = 0,
-                            folder: Optional[Path] = None) -> nn.Module:
+def build_efficientnet_lite(
+    name: str, pretrained: bool = True, num_classes: int = 0, folder: Path | None = None
+) -> nn.Module:
     """timm's tf_efficientnet_lite* with the package's ImageNet weights (strict); num_classes=0 drops the classifier."""
     import timm
 
@@ -65,8 +73,9 @@ def build_efficientnet_lite(name: str, pretrained: bool = True, num_classes: int
         try:
             model.load_state_dict(mapped, strict=True)
         except RuntimeError as exc:
-            raise MsaDistError(f"{name}: weights in {path} do not match {spec.timm_name}: "
-                               f"{str(exc).strip().splitlines()[0]}") from None
+            raise MsaDistError(
+                f"{name}: weights in {path} do not match {spec.timm_name}: {str(exc).strip().splitlines()[0]}"
+            ) from None
     if num_classes != 1000:
         model.reset_classifier(num_classes)
     return model

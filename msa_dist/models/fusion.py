@@ -6,16 +6,15 @@ pooled features, `head(text_emb, image_emb)` with [B, dim] tensors; a head with 
 takes every token instead, `head(text_tokens, text_mask, image_tokens)`: [B, T, text_dim], [B, T]
 (1 = real token), [B, R, image_dim].
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 from torch import nn
 
-from msa_dist.config.schema import HeadConfig
-from msa_dist.config.checks import FUSION_MODALITIES
 from msa_dist.common.labels import NUM_CLASSES
+from msa_dist.config.checks import FUSION_MODALITIES
+from msa_dist.config.schema import HeadConfig
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -33,8 +32,7 @@ def classifier_mlp(cfg: HeadConfig, width: int, act: type[nn.Module] = nn.GELU) 
 class ConcatFusionHead(nn.Module):
     """Project each present modality to `proj_dim`, concatenate, then an MLP to NUM_CLASSES logits."""
 
-    def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int],
-                 activation: str = "gelu"):
+    def __init__(self, cfg: HeadConfig, text_dim: int | None, image_dim: int | None, activation: str = "gelu"):
         super().__init__()
         if text_dim is None and image_dim is None:
             raise ValueError("a fusion head needs at least one modality")
@@ -44,8 +42,7 @@ class ConcatFusionHead(nn.Module):
         width = cfg.proj_dim * ((text_dim is not None) + (image_dim is not None))
         self.mlp = classifier_mlp(cfg, width, act)
 
-    def forward(self, text_emb: Optional[torch.Tensor] = None,
-                image_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, text_emb: torch.Tensor | None = None, image_emb: torch.Tensor | None = None) -> torch.Tensor:
         parts = []
         if self.text_proj is not None:
             parts.append(self.text_proj(text_emb))
@@ -58,7 +55,7 @@ class GatedFusionHead(nn.Module):
     """A gated multimodal unit (Arevalo et al., 2017): a learned gate z in (0, 1) per sample and unit mixes
     tanh(W_t text) and tanh(W_i image) as z * text + (1 - z) * image; then the MLP."""
 
-    def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]):
+    def __init__(self, cfg: HeadConfig, text_dim: int | None, image_dim: int | None):
         super().__init__()
         self.text_proj = nn.Linear(text_dim, cfg.proj_dim)
         self.image_proj = nn.Linear(image_dim, cfg.proj_dim)
@@ -76,16 +73,16 @@ class LateFusionHead(nn.Module):
     With `late_text_linear` the text head is one linear layer: over a bag of n-grams weighted by IDF,
     a linear model of TF-IDF features, which on a few thousand texts overfits less than an MLP."""
 
-    def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]):
+    def __init__(self, cfg: HeadConfig, text_dim: int | None, image_dim: int | None):
         super().__init__()
         self.text_head = None
         if text_dim is not None:
-            self.text_head = (nn.Linear(text_dim, NUM_CLASSES) if cfg.late_text_linear
-                              else ConcatFusionHead(cfg, text_dim, None))
+            self.text_head = (
+                nn.Linear(text_dim, NUM_CLASSES) if cfg.late_text_linear else ConcatFusionHead(cfg, text_dim, None)
+            )
         self.image_head = ConcatFusionHead(cfg, None, image_dim) if image_dim is not None else None
 
-    def forward(self, text_emb: Optional[torch.Tensor] = None,
-                image_emb: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, text_emb: torch.Tensor | None = None, image_emb: torch.Tensor | None = None) -> torch.Tensor:
         logits = []
         if self.text_head is not None:
             logits.append(self.text_head(text_emb))  # a linear layer, or a head whose first argument is text_emb
@@ -107,16 +104,19 @@ class CrossAttentionBlock(nn.Module):
 
     @staticmethod
     def _ffn(dim: int, dropout: float) -> nn.Sequential:
-        return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout),
-                             nn.Linear(2 * dim, dim))
+        return nn.Sequential(
+            nn.LayerNorm(dim), nn.Linear(dim, 2 * dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(2 * dim, dim)
+        )
 
-    def forward(self, text: torch.Tensor, image: torch.Tensor,
-                text_padding: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, text: torch.Tensor, image: torch.Tensor, text_padding: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         text_n, image_n = self.norm_text(text), self.norm_image(image)
         # both directions read the block's input states, so neither modality sees the other twice
         text = text + self.text_to_image(text_n, image_n, image_n, need_weights=False)[0]
-        image = image + self.image_to_text(image_n, text_n, text_n, key_padding_mask=text_padding,
-                                           need_weights=False)[0]
+        image = (
+            image + self.image_to_text(image_n, text_n, text_n, key_padding_mask=text_padding, need_weights=False)[0]
+        )
         return text + self.ffn_text(text), image + self.ffn_image(image)
 
 
@@ -126,19 +126,19 @@ class CrossAttentionFusionHead(nn.Module):
 
     uses_tokens = True
 
-    def __init__(self, cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]):
+    def __init__(self, cfg: HeadConfig, text_dim: int | None, image_dim: int | None):
         super().__init__()
         dim = cfg.proj_dim
         self.text_in = nn.Linear(text_dim, dim)
         self.image_in = nn.Linear(image_dim, dim)
         self.modality_emb = nn.Parameter(torch.zeros(2, dim))  # tells the attention which side a token is from
-        self.blocks = nn.ModuleList(CrossAttentionBlock(dim, cfg.attn_heads, cfg.dropout)
-                                    for _ in range(cfg.attn_layers))
+        self.blocks = nn.ModuleList(
+            CrossAttentionBlock(dim, cfg.attn_heads, cfg.dropout) for _ in range(cfg.attn_layers)
+        )
         self.norm = nn.LayerNorm(2 * dim)
         self.mlp = classifier_mlp(cfg, 2 * dim)
 
-    def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor,
-                image_tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, text_tokens: torch.Tensor, text_mask: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
         text = self.text_in(text_tokens) + self.modality_emb[0]
         image = self.image_in(image_tokens) + self.modality_emb[1]
         text_padding = text_mask == 0
@@ -163,7 +163,7 @@ def supports(fusion: str, modality: str) -> bool:
     return modality in FUSION_MODALITIES[fusion]
 
 
-def build_head(cfg: HeadConfig, text_dim: Optional[int], image_dim: Optional[int]) -> nn.Module:
+def build_head(cfg: HeadConfig, text_dim: int | None, image_dim: int | None) -> nn.Module:
     """Build the fusion head for the modalities present (None for an absent one)."""
     modality = "both" if text_dim is not None and image_dim is not None else "text" if text_dim is not None else "image"
     assert supports(cfg.fusion, modality), (cfg.fusion, modality)  # ModelConfig checked the pair

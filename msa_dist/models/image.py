@@ -1,19 +1,18 @@
 """The image encoder: a torchvision classification backbone (or a tiny CNN) without its classifier."""
+
 from __future__ import annotations
 
 import functools
-
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.utils.checkpoint
 import torchvision
 from torch import nn
 
-from msa_dist.config.schema import ImageEncoderConfig
 from msa_dist.common.errors import MsaDistError
+from msa_dist.config.schema import ImageEncoderConfig
 from msa_dist.models.clip import ClipImageEncoder, load_clip_tower
 from msa_dist.models.efficientnet_lite import build_lite_encoder
 from msa_dist.models.image_base import ImageEncoder
@@ -30,11 +29,13 @@ class TinyCNN(nn.Module):
         widths = [width, 2 * width, 4 * width, 8 * width]
         stages, in_channels = [], 3
         for out_channels in widths:
-            stages.append(nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(out_channels),
-                nn.ReLU(inplace=True),
-            ))
+            stages.append(
+                nn.Sequential(
+                    nn.Conv2d(in_channels, out_channels, kernel_size=3, stride=2, padding=1, bias=False),
+                    nn.BatchNorm2d(out_channels),
+                    nn.ReLU(inplace=True),
+                )
+            )
             in_channels = out_channels
         self.features = nn.Sequential(*stages)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
@@ -68,15 +69,19 @@ def _strip_classifier(model: nn.Module, name: str) -> tuple[int, str]:
         out_dim = classifier[index].in_features
         classifier[index] = nn.Identity()
         return out_dim, f"classifier.{index}."
-    raise MsaDistError(f"model.image.name={name}: no final Linear `fc` or `classifier` found to remove; "
-                       "use a torchvision classification model such as resnet50")
+    raise MsaDistError(
+        f"model.image.name={name}: no final Linear `fc` or `classifier` found to remove; "
+        "use a torchvision classification model such as resnet50"
+    )
 
 
 def _read_state_dict(path: str) -> dict:
     file = Path(path)
     if not file.is_file():
-        raise MsaDistError(f"model.image.weights: file not found: {path} "
-                           "(expected imagenet, none, or a path to a state_dict .pth file)")
+        raise MsaDistError(
+            f"model.image.weights: file not found: {path} "
+            "(expected imagenet, none, or a path to a state_dict .pth file)"
+        )
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling errors have no common base class
@@ -96,12 +101,14 @@ def _download_imagenet(name: str) -> dict:
         # uses $TORCH_HOME/hub/checkpoints when the file is already there
         return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True)
     except (OSError, RuntimeError):
-        raise MsaDistError(f"could not download the ImageNet weights for {name} (no network access?). "
-                           f"Download {weights.url} where there is internet, put the file on disk here "
-                           f"and set model.image.weights=/path/to/{filename}") from None
+        raise MsaDistError(
+            f"could not download the ImageNet weights for {name} (no network access?). "
+            f"Download {weights.url} where there is internet, put the file on disk here "
+            f"and set model.image.weights=/path/to/{filename}"
+        ) from None
 
 
-def _load_weights(model: nn.Module, state: dict, head_prefix: Optional[str], name: str, source: str) -> None:
+def _load_weights(model: nn.Module, state: dict, head_prefix: str | None, name: str, source: str) -> None:
     """Load a backbone or full classifier state_dict; the removed classifier's keys are dropped."""
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if head_prefix is not None:
@@ -109,8 +116,10 @@ def _load_weights(model: nn.Module, state: dict, head_prefix: Optional[str], nam
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:
-        raise MsaDistError(f"model.image.weights: {source} does not match {name}: {len(missing)} missing keys "
-                           f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}")
+        raise MsaDistError(
+            f"model.image.weights: {source} does not match {name}: {len(missing)} missing keys "
+            f"{missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}"
+        )
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
@@ -123,8 +132,9 @@ def _torchvision_backbone(cfg: ImageEncoderConfig, pretrained: bool) -> tuple[nn
     try:
         model = torchvision.models.get_model(cfg.name, weights=None)
     except ValueError:
-        raise MsaDistError(f"model.image.name: unknown torchvision model {cfg.name!r} "
-                           "(e.g. resnet18, resnet50, or tiny)") from None
+        raise MsaDistError(
+            f"model.image.name: unknown torchvision model {cfg.name!r} (e.g. resnet18, resnet50, or tiny)"
+        ) from None
     out_dim, head_prefix = _strip_classifier(model, cfg.name)
     if not pretrained or cfg.weights == "none":
         return model, out_dim
@@ -139,8 +149,9 @@ def checkpoint_blocks(backbone: nn.Module) -> None:
     """model.image.gradient_checkpointing: each residual block of a ResNet recomputes its
     activations in backward (the weights' names stay the same, so checkpoints still load)."""
     if not isinstance(backbone, torchvision.models.ResNet):
-        raise MsaDistError(f"model.image.gradient_checkpointing: supported for torchvision ResNets, "
-                           f"not {type(backbone).__name__}")
+        raise MsaDistError(
+            f"model.image.gradient_checkpointing: supported for torchvision ResNets, not {type(backbone).__name__}"
+        )
     for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4):
         for block in layer:
             block.forward = functools.partial(torch.utils.checkpoint.checkpoint, block.forward, use_reentrant=False)
@@ -159,19 +170,21 @@ def build_image_encoder(cfg: ImageEncoderConfig, pretrained: bool = True) -> Ima
         encoder = _torchvision_encoder(cfg, pretrained)
     if cfg.freeze:
         encoder.requires_grad_(False)
-    unfreeze_last_layers(encoder.backbone, -1 if cfg.freeze else cfg.unfreeze_last_n_layers,
-                         "model.image.unfreeze_last_n_layers")
+    unfreeze_last_layers(
+        encoder.backbone, -1 if cfg.freeze else cfg.unfreeze_last_n_layers, "model.image.unfreeze_last_n_layers"
+    )
     return encoder
 
 
 def _prefixed_encoder(cfg: ImageEncoderConfig, pretrained: bool) -> ImageEncoder:
     if cfg.name.startswith("clip:"):
         if pretrained and cfg.weights not in ("imagenet", "none"):
-            warnings.warn("model.image.weights has no effect with a clip: image model: "
-                          "its weights come from the CLIP checkpoint", stacklevel=3)
+            warnings.warn(
+                "model.image.weights has no effect with a clip: image model: its weights come from the CLIP checkpoint",
+                stacklevel=3,
+            )
         return ClipImageEncoder(load_clip_tower("image", cfg.name.removeprefix("clip:"), pretrained))
-    return build_timm_encoder(cfg.name.removeprefix("timm:"), cfg.weights if pretrained else "none",
-                              cfg.channels_last)
+    return build_timm_encoder(cfg.name.removeprefix("timm:"), cfg.weights if pretrained else "none", cfg.channels_last)
 
 
 def _torchvision_encoder(cfg: ImageEncoderConfig, pretrained: bool) -> ImageEncoder:
@@ -179,8 +192,11 @@ def _torchvision_encoder(cfg: ImageEncoderConfig, pretrained: bool) -> ImageEnco
         backbone = TinyCNN(cfg.tiny_width)
         out_dim = backbone.out_dim
         if pretrained and cfg.weights == "imagenet":
-            warnings.warn("model.image.weights=imagenet has no effect with model.image.name=tiny: "
-                          "the tiny CNN starts from random weights", stacklevel=3)
+            warnings.warn(
+                "model.image.weights=imagenet has no effect with model.image.name=tiny: "
+                "the tiny CNN starts from random weights",
+                stacklevel=3,
+            )
         elif pretrained and cfg.weights != "none":
             _load_weights(backbone, _read_state_dict(cfg.weights), None, "tiny", cfg.weights)
     else:

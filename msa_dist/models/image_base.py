@@ -3,6 +3,7 @@
 Its own module so that the encoders built elsewhere (clip.py, timm_image.py) and image.py, which
 chooses among them, all import it without importing each other.
 """
+
 from __future__ import annotations
 
 import torch
@@ -42,8 +43,10 @@ class ImageEncoder(nn.Module):
             return net.permute(net.norm(net.features(images)))  # features are channels-last [B, h, w, C]
         if hasattr(net, "features"):
             return net.features(images)
-        raise MsaDistError(f"model.image.name: {type(net).__name__} has no feature map for fusion=cross_attention; "
-                           "use a CNN (resnet50, convnext_tiny, ...), a timm: model or a clip: model")
+        raise MsaDistError(
+            f"model.image.name: {type(net).__name__} has no feature map for fusion=cross_attention; "
+            "use a CNN (resnet50, convnext_tiny, ...), a timm: model or a clip: model"
+        )
 
     def forward_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Image regions as tokens: the last feature map flattened, [B, h*w, token_dim]."""

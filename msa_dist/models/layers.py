@@ -4,6 +4,7 @@ Depth 0 is everything before the first block (embeddings, a CNN stem), 1..N the 
 (BERT's `encoder.layer.i`, CLIP's `encoder.layers.i`, ResNet's `layer1..4`, timm's `blocks.i` /
 `stages.i`, torchvision's `features.i`), N+1 everything after the last block (a final norm).
 """
+
 from __future__ import annotations
 
 import re
@@ -43,8 +44,10 @@ def unfreeze_last_layers(module: nn.Module, n: int, key: str) -> None:
         return
     depths, num_blocks = parameter_depths(module)
     if num_blocks == 0:
-        raise MsaDistError(f"config key '{key}': no transformer layers or stages found in {type(module).__name__} "
-                           "to unfreeze; use -1 (train all) or freeze=true")
+        raise MsaDistError(
+            f"config key '{key}': no transformer layers or stages found in {type(module).__name__} "
+            "to unfreeze; use -1 (train all) or freeze=true"
+        )
     for name, param in module.named_parameters():
         if depths[name] <= num_blocks - n:
             param.requires_grad_(False)

@@ -1,16 +1,16 @@
 """The text encoder: any Hugging Face `AutoModel`, pooled to one vector per text."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
-from msa_dist.config.schema import TextEncoderConfig
-from msa_dist.config.checks import POOLINGS
 from msa_dist.common.errors import MsaDistError
+from msa_dist.config.checks import POOLINGS
+from msa_dist.config.schema import TextEncoderConfig
 from msa_dist.models.bow import BagOfNgrams, BagOfNgramsConfig
 from msa_dist.models.clip import load_clip_tower
 from msa_dist.models.layers import unfreeze_last_layers
@@ -65,9 +65,14 @@ def _drop_pooler(model: nn.Module) -> nn.Module:
 
 def _tiny_bert(cfg: TextEncoderConfig, vocab_size: int) -> nn.Module:
     config = BertConfig(
-        vocab_size=vocab_size, hidden_size=cfg.tiny_hidden, num_hidden_layers=cfg.tiny_layers,
-        num_attention_heads=cfg.tiny_heads, intermediate_size=4 * cfg.tiny_hidden, max_position_embeddings=512,
-        hidden_dropout_prob=cfg.tiny_dropout, attention_probs_dropout_prob=cfg.tiny_dropout,
+        vocab_size=vocab_size,
+        hidden_size=cfg.tiny_hidden,
+        num_hidden_layers=cfg.tiny_layers,
+        num_attention_heads=cfg.tiny_heads,
+        intermediate_size=4 * cfg.tiny_hidden,
+        max_position_embeddings=512,
+        hidden_dropout_prob=cfg.tiny_dropout,
+        attention_probs_dropout_prob=cfg.tiny_dropout,
     )
     return BertModel(config, add_pooling_layer=False)
 
@@ -81,14 +86,15 @@ def _from_pretrained(name: str) -> nn.Module:
     except (OSError, ValueError) as exc:
         if Path(name).is_dir():
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MsaDistError(f"could not load a text model from directory '{name}' (model.text.name): "
-                               f"{first_line}") from None
+            raise MsaDistError(
+                f"could not load a text model from directory '{name}' (model.text.name): {first_line}"
+            ) from None
         raise MsaDistError(offline_hint("text model", name)) from None
     # checkpoints may be stored in half precision; the backend picks the compute precision
     return model.float()
 
 
-def _from_architecture(name: str, arch_dir: Optional[str]) -> nn.Module:
+def _from_architecture(name: str, arch_dir: str | None) -> nn.Module:
     if arch_dir is None and name.startswith(CLIP_PREFIX):
         return load_clip_tower("text", name.removeprefix(CLIP_PREFIX), pretrained=False)
     source = arch_dir or resolve_text_dir(name)
@@ -96,14 +102,17 @@ def _from_architecture(name: str, arch_dir: Optional[str]) -> nn.Module:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError):
         if arch_dir is not None:
-            raise MsaDistError(f"text model architecture not found in '{arch_dir}' (expected a config.json "
-                               "written by save_text_architecture)") from None
+            raise MsaDistError(
+                f"text model architecture not found in '{arch_dir}' (expected a config.json "
+                "written by save_text_architecture)"
+            ) from None
         raise MsaDistError(offline_hint("text model config", name)) from None
     return AutoModel.from_config(config).float()
 
 
-def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pretrained: bool = True,
-                       arch_dir: Optional[str] = None) -> TextEncoder:
+def build_text_encoder(
+    cfg: TextEncoderConfig, vocab_size: int, pretrained: bool = True, arch_dir: str | None = None
+) -> TextEncoder:
     """Build the text encoder: "tiny" from scratch, else a hub name / local dir (weights or only the architecture).
 
     `vocab_size` sizes the tiny model's embeddings; pretrained models keep their own vocabulary.
@@ -112,9 +121,17 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pretrained: bool
     train()/eval() like the rest of the model.
     """
     if cfg.name == "tiny" and cfg.tiny_arch == "bow":
-        model = BagOfNgrams(BagOfNgramsConfig(vocab_size, cfg.tiny_hidden, cfg.tiny_bigram_buckets,
-                                              cfg.tiny_char_buckets, cfg.tiny_token_dropout, cfg.tiny_idf,
-                                              cfg.tiny_init_std))
+        model = BagOfNgrams(
+            BagOfNgramsConfig(
+                vocab_size,
+                cfg.tiny_hidden,
+                cfg.tiny_bigram_buckets,
+                cfg.tiny_char_buckets,
+                cfg.tiny_token_dropout,
+                cfg.tiny_idf,
+                cfg.tiny_init_std,
+            )
+        )
     elif cfg.name == "tiny":
         model = _tiny_bert(cfg, vocab_size)
     elif pretrained:
@@ -131,8 +148,9 @@ def build_text_encoder(cfg: TextEncoderConfig, vocab_size: int, pretrained: bool
     encoder = TextEncoder(_drop_pooler(model), cfg.pooling)
     if cfg.freeze:
         encoder.requires_grad_(False)
-    unfreeze_last_layers(encoder.model, -1 if cfg.freeze else cfg.unfreeze_last_n_layers,
-                         "model.text.unfreeze_last_n_layers")
+    unfreeze_last_layers(
+        encoder.model, -1 if cfg.freeze else cfg.unfreeze_last_n_layers, "model.text.unfreeze_last_n_layers"
+    )
     return encoder
 
 

@@ -1,4 +1,5 @@
 """timm image backbones: `model.image.name: timm:<model name>` (needs `pip install timm`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,13 +23,13 @@ class TimmImageEncoder(ImageEncoder):
         features = self.backbone.forward_features(self._prepare(images))
         if features.dim() == 4:  # CNN: [B, C, h, w]
             return features.flatten(2).transpose(1, 2)
-        return features[:, self.num_prefix_tokens:]  # ViT: [B, N, C] with class/register tokens first
+        return features[:, self.num_prefix_tokens :]  # ViT: [B, N, C] with class/register tokens first
 
     def forward_map(self, images: torch.Tensor) -> torch.Tensor:
         features = self.backbone.forward_features(self._prepare(images))
         if features.dim() == 4:
             return features
-        tokens = features[:, self.num_prefix_tokens:]
+        tokens = features[:, self.num_prefix_tokens :]
         side = int(tokens.shape[1] ** 0.5)
         return tokens.transpose(1, 2).reshape(tokens.shape[0], -1, side, side)
 
@@ -53,8 +54,10 @@ def build_timm_encoder(name: str, weights: str, channels_last: bool = False) -> 
         model = timm.create_model(name, **kwargs)
     except (OSError, RuntimeError) as exc:
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MsaDistError(f"could not load the weights of timm model {name} ({detail}). Download them where there "
-                           f"is internet, copy the file here and set model.image.weights=/path/to/file") from None
+        raise MsaDistError(
+            f"could not load the weights of timm model {name} ({detail}). Download them where there "
+            f"is internet, copy the file here and set model.image.weights=/path/to/file"
+        ) from None
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     return TimmImageEncoder(model, channels_last)

@@ -1,15 +1,16 @@
 """Tokenizers: a BERT-style WordPiece trained on the train texts (tiny model) or a pretrained one."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers.models import WordPiece
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from msa_dist.common.limits import MAX_TEXT_BYTES
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.limits import MAX_TEXT_BYTES
 from msa_dist.models.pretrained import resolve_text_dir
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -36,7 +37,11 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrain
     )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
-        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]",
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
         model_max_length=512,  # the tiny BERT's max_position_embeddings
         model_input_names=MODEL_INPUT_NAMES,
     )
@@ -44,9 +49,11 @@ def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrain
 
 def offline_hint(what: str, name: str) -> str:
     """The one-line message for a hub name that cannot be fetched here."""
-    return (f"could not load {what} '{name}' (no network access or not in the Hugging Face cache). "
-            f"Download it where there is internet (`huggingface-cli download {name} --local-dir DIR`, "
-            f"or `AutoModel.from_pretrained(...).save_pretrained(DIR)`), copy DIR here and set model.text.name=DIR")
+    return (
+        f"could not load {what} '{name}' (no network access or not in the Hugging Face cache). "
+        f"Download it where there is internet (`huggingface-cli download {name} --local-dir DIR`, "
+        f"or `AutoModel.from_pretrained(...).save_pretrained(DIR)`), copy DIR here and set model.text.name=DIR"
+    )
 
 
 def load_pretrained_tokenizer(name_or_dir: str) -> PreTrainedTokenizerFast:
@@ -58,8 +65,9 @@ def load_pretrained_tokenizer(name_or_dir: str) -> PreTrainedTokenizerFast:
     except (OSError, ValueError) as exc:
         if Path(name_or_dir).is_dir():
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise MsaDistError(f"could not load a tokenizer from directory '{name_or_dir}' "
-                               f"(model.text.name): {first_line}") from None
+            raise MsaDistError(
+                f"could not load a tokenizer from directory '{name_or_dir}' (model.text.name): {first_line}"
+            ) from None
         raise MsaDistError(offline_hint("tokenizer", name_or_dir)) from None
     tokenizer.model_input_names = MODEL_INPUT_NAMES
     return tokenizer

@@ -10,6 +10,7 @@ Samples are grouped as webdataset groups them (consecutive members with one key)
 samples i..j of a shard is then one ranged read [starts[i], ends[j]); reading only texts is
 one small read per `txt` member.
 """
+
 from __future__ import annotations
 
 import io
@@ -17,12 +18,12 @@ import json
 import os
 import stat
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator, Optional
 
-from msa_dist.data.format.tario import _META_RE, _split_name, scan_members
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import is_count
+from msa_dist.data.format.tario import _META_RE, _split_name, scan_members
 
 INDEX_FORMAT = 1
 INDEX_SUFFIX = ".idx.json"
@@ -36,12 +37,13 @@ def index_name(shard_name: str) -> str:
 @dataclass
 class ShardIndex:
     """The samples of one shard: keys, byte ranges, and each member's (offset, size)."""
+
     shard: str
     nbytes: int
     keys: list[str] = field(default_factory=list)
     starts: list[int] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
-    fields: dict[str, list[Optional[list[int]]]] = field(default_factory=dict)
+    fields: dict[str, list[list[int] | None]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -54,12 +56,21 @@ class ShardIndex:
                 yield name, where[0], where[1]
 
     def to_json(self) -> bytes:
-        return json.dumps({"format": INDEX_FORMAT, "shard": self.shard, "bytes": self.nbytes, "keys": self.keys,
-                           "starts": self.starts, "ends": self.ends, "fields": self.fields},
-                          separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "format": INDEX_FORMAT,
+                "shard": self.shard,
+                "bytes": self.nbytes,
+                "keys": self.keys,
+                "starts": self.starts,
+                "ends": self.ends,
+                "fields": self.fields,
+            },
+            separators=(",", ":"),
+        ).encode()
 
     @classmethod
-    def from_json(cls, data: bytes, where: str) -> "ShardIndex":
+    def from_json(cls, data: bytes, where: str) -> ShardIndex:
         try:
             raw = json.loads(data)
             if raw.get("format") != INDEX_FORMAT:
@@ -67,10 +78,10 @@ class ShardIndex:
             index = cls(raw["shard"], raw["bytes"], raw["keys"], raw["starts"], raw["ends"], raw["fields"])
             check_index(index)
         except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
-            raise MsaDistError(f"{where} is not a valid shard index ({exc}): rebuild it with "
-                               "`msa-dist shards index DIR`") from None
+            raise MsaDistError(
+                f"{where} is not a valid shard index ({exc}): rebuild it with `msa-dist shards index DIR`"
+            ) from None
         return index
-
 
 
 def check_index(index: ShardIndex) -> None:
@@ -82,11 +93,19 @@ def check_index(index: ShardIndex) -> None:
     if not isinstance(index.keys, list) or not all(isinstance(k, str) and k.isprintable() for k in index.keys):
         raise ValueError("'keys' must be a list of printable strings")
     n = len(index.keys)
-    if not isinstance(index.fields, dict) or not all(isinstance(c, list) for c in index.fields.values()) \
-            or not all(name and name.isprintable() for name in index.fields):
+    if (
+        not isinstance(index.fields, dict)
+        or not all(isinstance(c, list) for c in index.fields.values())
+        or not all(name and name.isprintable() for name in index.fields)
+    ):
         raise ValueError("'fields' must map printable names to lists")
-    if not isinstance(index.starts, list) or not isinstance(index.ends, list) or len(index.starts) != n \
-            or len(index.ends) != n or any(len(c) != n for c in index.fields.values()):
+    if (
+        not isinstance(index.starts, list)
+        or not isinstance(index.ends, list)
+        or len(index.starts) != n
+        or len(index.ends) != n
+        or any(len(c) != n for c in index.fields.values())
+    ):
         raise ValueError("columns of different lengths")
     for i, (start, end) in enumerate(zip(index.starts, index.ends)):
         if not (is_count(start) and is_count(end) and start < end <= index.nbytes):
@@ -95,8 +114,14 @@ def check_index(index: ShardIndex) -> None:
         for i, where in enumerate(column):
             if where is None:
                 continue
-            if not (isinstance(where, list) and len(where) == 2 and is_count(where[0]) and is_count(where[1])
-                    and index.starts[i] <= where[0] and where[0] + where[1] <= index.ends[i]):
+            if not (
+                isinstance(where, list)
+                and len(where) == 2
+                and is_count(where[0])
+                and is_count(where[1])
+                and index.starts[i] <= where[0]
+                and where[0] + where[1] <= index.ends[i]
+            ):
                 raise ValueError(f"member {name} of sample {i} at {where!r} lies outside its sample")
 
 
@@ -150,20 +175,24 @@ def read_index(store, shard: str) -> ShardIndex:
     try:
         data = store.read(name)
     except MsaDistError:
-        raise MsaDistError(f"shard {store.url(shard)} has no index ({name}): add indexes with "
-                           f"`msa-dist shards index {store.location}`") from None
+        raise MsaDistError(
+            f"shard {store.url(shard)} has no index ({name}): add indexes with `msa-dist shards index {store.location}`"
+        ) from None
     index = ShardIndex.from_json(data, store.url(name))
     size = shard_size(store, shard)
     if size is not None and size != index.nbytes:
-        raise MsaDistError(f"the index of {store.url(shard)} is for a shard of {index.nbytes} bytes, the shard has "
-                           f"{size}: run `msa-dist shards index {store.location}` again")
+        raise MsaDistError(
+            f"the index of {store.url(shard)} is for a shard of {index.nbytes} bytes, the shard has "
+            f"{size}: run `msa-dist shards index {store.location}` again"
+        )
     return index
 
 
-def shard_size(store, shard: str) -> Optional[int]:
+def shard_size(store, shard: str) -> int | None:
     """The shard's size in bytes; None where asking would cost a request (HTTP). MsaDistError if it is
     missing or not a regular file."""
     from msa_dist.data.stores import FsspecStore, LocalStore
+
     try:
         if isinstance(store, LocalStore):
             info = os.stat(store.root / shard)

@@ -12,6 +12,7 @@ remote one is one request. Layout, little-endian:
 `shards build` and `shards index` write it beside the JSON sidecar; a shard set with JSON sidecars
 alone is read as before (converted to this form in memory). `load_index` prefers the binary form.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,12 +20,12 @@ import stat
 import struct
 import threading
 from collections import OrderedDict
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 
-from msa_dist.data.format.index import ShardIndex, read_index
 from msa_dist.common.errors import MsaDistError
+from msa_dist.data.format.index import ShardIndex, read_index
 
 BINARY_SUFFIX = ".idx.bin"
 MAGIC = b"MSAIDX\x00\x01"
@@ -104,7 +105,7 @@ class CompactIndex:
     def memory_bytes(self) -> int:
         return self.records.nbytes
 
-    def _member(self, i: int, j: int) -> Optional[list[int]]:
+    def _member(self, i: int, j: int) -> list[int] | None:
         record = self.records[i]
         size = int(record[f"s{j}"])
         return None if size == _ABSENT else [int(record["start"]) + int(record[f"o{j}"]), size]
@@ -118,7 +119,7 @@ class CompactIndex:
             if size != _ABSENT:
                 yield name, start + int(record[f"o{j}"]), size
 
-    def check(self) -> "CompactIndex":
+    def check(self) -> CompactIndex:
         """ValueError unless every sample and member lies inside the shard's bytes (vectorised)."""
         r = self.records
         if len(r) and not ((r["start"] >= 0) & (r["start"] < r["end"]) & (r["end"] <= self.nbytes)).all():
@@ -132,25 +133,31 @@ class CompactIndex:
 
     def to_shard_index(self) -> ShardIndex:
         """The same facts as a `ShardIndex` (Python lists: for checks, not for a large split)."""
-        return ShardIndex(self.shard, self.nbytes, list(self.keys), list(self.starts), list(self.ends),
-                          {name: list(column) for name, column in self.fields.items()})
+        return ShardIndex(
+            self.shard,
+            self.nbytes,
+            list(self.keys),
+            list(self.starts),
+            list(self.ends),
+            {name: list(column) for name, column in self.fields.items()},
+        )
 
     def __reduce__(self):  # the columns are closures: rebuild them (a spawned worker gets a copy)
         return CompactIndex, (self.shard, self.nbytes, self.names, np.asarray(self.records))
 
     @classmethod
-    def from_shard_index(cls, index: ShardIndex) -> "CompactIndex":
+    def from_shard_index(cls, index: ShardIndex) -> CompactIndex:
         return cls.parse(to_binary(index), index.shard)
 
     @classmethod
-    def parse(cls, data: bytes, where: str, path: Optional[str] = None, size: Optional[int] = None) -> "CompactIndex":
+    def parse(cls, data: bytes, where: str, path: str | None = None, size: int | None = None) -> CompactIndex:
         """Parse the binary form: `data` holds it all, or (with `path`) at least its header and names,
         and the records of that local file of `size` bytes are memory-mapped instead of copied."""
         try:
             magic, n, fields, width, blob_len, nbytes = _HEADER.unpack_from(data, 0)
             if magic != MAGIC:
                 raise ValueError("not an msa-dist binary index")
-            shard, *names = bytes(data[_HEADER.size:_HEADER.size + blob_len]).decode("utf-8").split("\n")
+            shard, *names = bytes(data[_HEADER.size : _HEADER.size + blob_len]).decode("utf-8").split("\n")
             if len(names) != fields:  # before building a dtype of `fields` columns: a crafted count stays harmless
                 raise ValueError("truncated or inconsistent")
             dtype, offset = _dtype(fields, width), _HEADER.size + blob_len + (-blob_len % 8)
@@ -162,11 +169,12 @@ class CompactIndex:
                 records = np.frombuffer(data, dtype, n, offset) if n else np.zeros(0, dtype)
             return cls(shard, nbytes, names, records).check()
         except (ValueError, TypeError, struct.error, UnicodeDecodeError) as exc:  # TypeError: a key width numpy refuses
-            raise MsaDistError(f"{where} is not a valid shard index ({exc}): rebuild it with "
-                               "`msa-dist shards index DIR`") from None
+            raise MsaDistError(
+                f"{where} is not a valid shard index ({exc}): rebuild it with `msa-dist shards index DIR`"
+            ) from None
 
 
-def _open_local(store, shard: str) -> Optional[CompactIndex]:
+def _open_local(store, shard: str) -> CompactIndex | None:
     """A local binary sidecar, memory-mapped; None if there is none."""
     path = store.root / binary_name(shard)
     try:
@@ -185,14 +193,17 @@ def _open_local(store, shard: str) -> Optional[CompactIndex]:
     index = CompactIndex.parse(head, store.url(binary_name(shard)), str(path), size)
     tar = store.root / shard
     if tar.is_file() and tar.stat().st_size != index.nbytes:  # a shard rewritten after its index was
-        raise MsaDistError(f"the index of {store.url(shard)} is for a shard of {index.nbytes} bytes, the shard has "
-                           f"{tar.stat().st_size}: run `msa-dist shards index {store.location}` again")
+        raise MsaDistError(
+            f"the index of {store.url(shard)} is for a shard of {index.nbytes} bytes, the shard has "
+            f"{tar.stat().st_size}: run `msa-dist shards index {store.location}` again"
+        )
     return index
 
 
 def load_index(store, shard: str) -> CompactIndex:
     """A shard's index: the binary sidecar if there is one (memory-mapped when local), else the JSON one."""
     from msa_dist.data.stores import LocalStore, MissingFile
+
     if isinstance(store, LocalStore):
         index = _open_local(store, shard)
         return index if index is not None else CompactIndex.from_shard_index(read_index(store, shard))
@@ -213,7 +224,7 @@ class IndexCache(OrderedDict):
         self.max_bytes, self.held_bytes, self._largest = max_bytes, 0, 0
         self._lock = threading.Lock()
 
-    def get(self, name: str, default=None) -> Optional[CompactIndex]:
+    def get(self, name: str, default=None) -> CompactIndex | None:
         """The index of `name` (now the most recently used), or `default`."""
         with self._lock:
             if name not in self:

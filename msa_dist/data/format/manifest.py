@@ -10,17 +10,16 @@ Layout (format 1):
 Each shard has a sample index beside it (`NAME.tar.idx.json`, see index.py); the folder may be a
 URL (stores/).
 """
+
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Optional
 
-from msa_dist.data.stores import is_url, open_store
+from msa_dist.common import atomic
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import is_count
-from msa_dist.common import atomic
+from msa_dist.data.stores import is_url, open_store
 
 MANIFEST_NAME = "manifest.json"
 # `shards build` re-encodes images to the training resolution (the configs' data.resize_size), so
@@ -65,8 +64,9 @@ def check_manifest(raw: bytes, where: str) -> dict:
     if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
         raise MsaDistError(f"{where} has no 'splits' mapping: {hint}")
     if manifest.get("format") != MANIFEST_FORMAT:
-        raise MsaDistError(f"{where} has format {manifest.get('format')!r}, this version reads format "
-                           f"{MANIFEST_FORMAT}: {hint}")
+        raise MsaDistError(
+            f"{where} has format {manifest.get('format')!r}, this version reads format {MANIFEST_FORMAT}: {hint}"
+        )
     labels = manifest.get("labels", [])
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise MsaDistError(f"{where} has 'labels' that is not a list of names: {hint}")
@@ -77,18 +77,22 @@ def check_manifest(raw: bytes, where: str) -> dict:
     return manifest
 
 
-
-def shard_name_problem(name) -> Optional[str]:
+def shard_name_problem(name) -> str | None:
     """Why `name` cannot name a shard file inside its folder (a path, `..`, a hidden file); None if it can."""
     if not isinstance(name, str) or not name:
         return "is not a file name"
-    if name != PurePosixPath(name).name or "\\" in name or "\0" in name or name.startswith(".") \
-            or PureWindowsPath(name).drive:
+    if (
+        name != PurePosixPath(name).name
+        or "\\" in name
+        or "\0" in name
+        or name.startswith(".")
+        or PureWindowsPath(name).drive
+    ):
         return f"{name[:80]!r} is not a plain file name inside the shard folder"
     return None
 
 
-def _split_problem(info) -> Optional[str]:
+def _split_problem(info) -> str | None:
     """What is wrong with one split's entry (its counts, its shard list); None if nothing."""
     if not isinstance(info, dict):
         return "is not a mapping"
@@ -104,8 +108,11 @@ def _split_problem(info) -> Optional[str]:
         problem = shard_name_problem(shard.get("name"))
         if problem:
             return f"lists a shard whose name {problem}"
-        if not is_count(shard.get("samples")) or not is_count(shard.get("bytes", 0)) \
-                or not isinstance(shard.get("sha256", ""), str):
+        if (
+            not is_count(shard.get("samples"))
+            or not is_count(shard.get("bytes", 0))
+            or not isinstance(shard.get("sha256", ""), str)
+        ):
             return f"has a bad entry for shard {shard['name']} (samples, bytes: counts; sha256: text)"
     guids = info.get("guids", [])
     if not isinstance(guids, list) or not all(isinstance(g, str) for g in guids):
@@ -134,7 +141,7 @@ def write_manifest(directory: str | Path, manifest: dict) -> Path:
     return atomic.write_text(path, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 
 
-def shard_urls(shard_dir: str | Path, split: str, manifest: Optional[dict] = None) -> list[str]:
+def shard_urls(shard_dir: str | Path, split: str, manifest: dict | None = None) -> list[str]:
     """Absolute paths of one split's shards in a local folder, in order (for whole-shard readers)."""
     shard_dir = Path(shard_dir)
     shards = split_shards(manifest if manifest is not None else load_manifest(shard_dir), split, str(shard_dir))

@@ -7,11 +7,12 @@ Handles ustar/GNU/pax headers (long names, pax `path` and `size` records); other
 (directories, links) are skipped, as webdataset skips them. `scan_members` gives where each member
 starts (its first header block) and where its data lies, for data/format/index.py.
 """
+
 from __future__ import annotations
 
 import re
 import tarfile
-from typing import Callable, Iterable, Iterator, Optional
+from collections.abc import Callable, Iterable, Iterator
 
 BLOCK = 512
 _META_RE = re.compile(r"__[^/]*__($|/)")  # webdataset skips these members (e.g. __index__)
@@ -25,10 +26,11 @@ def tar_samples(handler: Callable[[Exception], bool]):
     An error (unreadable file, bad header, truncated member) goes to `handler`; if it returns
     True the rest of that shard is skipped and the next one is read.
     """
+
     def stage(src: Iterable[dict]) -> Iterator[dict]:
         for item in src:
             url = item["url"]
-            sample: Optional[dict] = None
+            sample: dict | None = None
             try:
                 with open(url, "rb", buffering=1 << 20) as stream:
                     for name, data in _members(stream):
@@ -42,12 +44,13 @@ def tar_samples(handler: Callable[[Exception], bool]):
                         if suffix in sample:
                             raise ValueError(f"{name}: duplicate file name in tar file {url}")
                         sample[suffix] = data
-            except Exception as exc:  # noqa: BLE001 - the handler decides, like webdataset's
+            except Exception as exc:
                 exc.args = exc.args + (url,)
                 if not handler(exc):
                     raise
             if sample is not None:
                 yield sample  # also a partial one after an error: downstream counts it as corrupt
+
     return stage
 
 
@@ -57,7 +60,7 @@ def _split_name(name: str) -> tuple[str, str, str]:
     dot = name.find(".", slash)
     if dot <= slash:  # no extension, or a file name that starts with a dot
         return "", "", ""
-    return name[:dot], ".", name[dot + 1:].lower()
+    return name[:dot], ".", name[dot + 1 :].lower()
 
 
 def _members(stream) -> Iterator[tuple[str, bytes]]:
@@ -70,7 +73,7 @@ def scan_members(stream, read_data: bool = False) -> Iterator[tuple[str, int, in
     """(name, start, data_offset, size) of each regular file in an uncompressed tar stream: `start`
     is the offset of its first header block (a pax or long-name header included). With
     `read_data` the 4th item is the member's bytes instead of its size."""
-    long_name: Optional[str] = None
+    long_name: str | None = None
     pax: dict[str, str] = {}
     offset = start = 0
     total = stream.seek(0, 2)  # every member must lie inside the file: no size may point past it
@@ -90,11 +93,14 @@ def scan_members(stream, read_data: bool = False) -> Iterator[tuple[str, int, in
             size = _pax_size(pax["size"])
         data_offset = offset + BLOCK
         if size > total - data_offset:
-            raise tarfile.ReadError(f"a member at byte {offset} claims {size} bytes, past the end of the "
-                                    f"{total}-byte file (truncated or corrupt shard?)")
+            raise tarfile.ReadError(
+                f"a member at byte {offset} claims {size} bytes, past the end of the "
+                f"{total}-byte file (truncated or corrupt shard?)"
+            )
         if typeflag in (b"L", b"x") and size > MAX_HEADER_DATA:
-            raise tarfile.ReadError(f"a long-name or pax header of {size} bytes at byte {offset} (at most "
-                                    f"{MAX_HEADER_DATA})")
+            raise tarfile.ReadError(
+                f"a long-name or pax header of {size} bytes at byte {offset} (at most {MAX_HEADER_DATA})"
+            )
         wanted = read_data or typeflag in (b"L", b"x")
         data = stream.read(size) if wanted else b""
         if wanted and len(data) < size:
@@ -170,7 +176,7 @@ def _pax_records(data: bytes) -> dict[str, str]:
         # a record holds at least its length, a space, "k=" and a newline: each one moves i forward
         if length < space - i + 3 or i + length > len(data):
             raise tarfile.ReadError(f"bad pax record at byte {i} of a pax header")
-        key, _, value = data[space + 1:i + length - 1].partition(b"=")
+        key, _, value = data[space + 1 : i + length - 1].partition(b"=")
         records[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         i += length
     return records

@@ -4,20 +4,21 @@ A batch lives in one block of memory (`BatchMemory`: shared memory in a loader w
 handing it to the training process costs one file descriptor; a worker reuses its blocks
 (`BlockPool`) once the training process has let go of them.
 """
+
 from __future__ import annotations
 
 import copy
 import random
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from msa_dist.common.labels import NUM_CLASSES
+from msa_dist.common.limits import MAX_IMAGE_BYTES, cut_text
 from msa_dist.config.schema import DataConfig
 from msa_dist.data.loading.images import ImageCropper, as_jpeg, stored_size
-from msa_dist.common.limits import MAX_IMAGE_BYTES, cut_text
 from msa_dist.data.loading.order import stable_int
-from msa_dist.common.labels import NUM_CLASSES
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,12 +41,13 @@ class SampleTransform:
 
     def __init__(self, cfg: DataConfig, train: bool, seed: int, epoch: int):
         self.seed, self.epoch = seed, epoch
-        self.cropper = ImageCropper(cfg.image_size, cfg.resize_size, train, draft=cfg.image_draft,
-                                    train_crop=cfg.train_crop)
+        self.cropper = ImageCropper(
+            cfg.image_size, cfg.resize_size, train, draft=cfg.image_draft, train_crop=cfg.train_crop
+        )
         self.decode_on_device = cfg.decode_on_device
         self.max_length = cfg.max_length
 
-    def __call__(self, sample: dict, out: Optional[torch.Tensor] = None) -> dict:
+    def __call__(self, sample: dict, out: torch.Tensor | None = None) -> dict:
         """`out`: where the image goes (uint8 [S, S, 3], a slot of the batch; allocated when None)."""
         key, data = sample["__key__"], sample["jpg"]
         if len(data) > MAX_IMAGE_BYTES:
@@ -70,8 +72,14 @@ class Collate:
     """Batches samples: one fast-tokenizer call per batch, padded to the batch's longest text
     (or to max_length with `pad_to_max_length`, the seed's fixed shapes)."""
 
-    def __init__(self, tokenizer, max_length: int, pad_to_max_length: bool = False, image_size: int = 0,
-                 pad_to_multiple_of: int = 1):
+    def __init__(
+        self,
+        tokenizer,
+        max_length: int,
+        pad_to_max_length: bool = False,
+        image_size: int = 0,
+        pad_to_multiple_of: int = 1,
+    ):
         self.tokenizer, self.max_length, self.image_size = tokenizer, max_length, image_size
         self.padding = "max_length" if pad_to_max_length else "longest"
         self.multiple = None if pad_to_max_length or pad_to_multiple_of <= 1 else pad_to_multiple_of
@@ -83,13 +91,21 @@ class Collate:
             encode = getattr(self._backend, "encode_batch_fast", self._backend.encode_batch)  # no offsets
             encodings = encode(texts)
             # through numpy: a third of torch.tensor's cost on nested lists
-            return (torch.from_numpy(np.array([e.ids for e in encodings], dtype=np.int64)),
-                    torch.from_numpy(np.array([e.attention_mask for e in encodings], dtype=np.int64)))
-        enc = self.tokenizer(texts, padding=self.padding, truncation=True, max_length=self.max_length,
-                             pad_to_multiple_of=self.multiple, return_tensors="pt")
+            return (
+                torch.from_numpy(np.array([e.ids for e in encodings], dtype=np.int64)),
+                torch.from_numpy(np.array([e.attention_mask for e in encodings], dtype=np.int64)),
+            )
+        enc = self.tokenizer(
+            texts,
+            padding=self.padding,
+            truncation=True,
+            max_length=self.max_length,
+            pad_to_multiple_of=self.multiple,
+            return_tensors="pt",
+        )
         return enc["input_ids"], enc["attention_mask"]
 
-    def __call__(self, samples: list[dict], memory: Optional[BatchMemory] = None) -> dict:
+    def __call__(self, samples: list[dict], memory: BatchMemory | None = None) -> dict:
         """`memory`: the batch's block, with the samples' images already in it (BatchMaker writes
         them there); the token ids, mask and labels are put in it too. Without it, the images
         are stacked from the samples."""
@@ -97,11 +113,15 @@ class Collate:
         labels = torch.tensor([s["label"] for s in samples], dtype=torch.long)
         if memory is not None:
             input_ids, attention_mask, labels = memory.hold(input_ids, attention_mask, labels)
-        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels,
-                 "keys": [s["key"] for s in samples]}
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "labels": labels,
+            "keys": [s["key"] for s in samples],
+        }
         if "image" in samples[0]:
             if memory is not None:
-                images = memory.images[:len(samples)]
+                images = memory.images[: len(samples)]
             else:
                 images = torch.stack([s["image"].permute(1, 2, 0) for s in samples])
             # uint8 [B, 3, S, S] in channels_last memory (the HWC batch, no transpose here);
@@ -134,8 +154,11 @@ class BatchMemory:
         nbytes = 8 * (offset + numel)
         shared = torch.utils.data.get_worker_info() is not None
         storage = torch.UntypedStorage._new_shared(nbytes) if shared else torch.UntypedStorage(nbytes)
-        self.images = (torch.empty(0, dtype=torch.uint8).set_(storage, 0, (batch_size, image_size, image_size, 3))
-                       if image_size else None)
+        self.images = (
+            torch.empty(0, dtype=torch.uint8).set_(storage, 0, (batch_size, image_size, image_size, 3))
+            if image_size
+            else None
+        )
         self._ints = torch.empty(0, dtype=torch.long).set_(storage, offset, (numel,))
 
     def hold(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -144,7 +167,7 @@ class BatchMemory:
             return tensors
         views, start = [], 0
         for t in tensors:
-            view = self._ints[start:start + t.numel()].view(t.shape)
+            view = self._ints[start : start + t.numel()].view(t.shape)
             views.append(view.copy_(t))
             start += t.numel()
         return tuple(views)
@@ -186,13 +209,20 @@ class BatchMaker:
     collates them. A sample that fails goes to `handler` (which counts it) and the batch is that
     much smaller; with a `pool` the blocks are reused."""
 
-    def __init__(self, cfg: DataConfig, tokenizer, batch_size: int, train: bool, seed: int,
-                 handler: Callable[[Exception], bool], pool: Optional[BlockPool] = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        tokenizer,
+        batch_size: int,
+        train: bool,
+        seed: int,
+        handler: Callable[[Exception], bool],
+        pool: BlockPool | None = None,
+    ):
         self.cfg, self.train, self.seed = cfg, train, seed
-        self.collate = Collate(tokenizer, cfg.max_length, cfg.pad_to_max_length, cfg.image_size,
-                               cfg.pad_to_multiple_of)
+        self.collate = Collate(tokenizer, cfg.max_length, cfg.pad_to_max_length, cfg.image_size, cfg.pad_to_multiple_of)
         self.batch_size, self.handler, self.pool = batch_size, handler, pool
-        self._transform: Optional[SampleTransform] = None
+        self._transform: SampleTransform | None = None
 
     def _transform_for(self, epoch: int) -> SampleTransform:
         if self._transform is None or self._transform.epoch != epoch:
@@ -203,7 +233,7 @@ class BatchMaker:
         image_size = 0 if self.cfg.decode_on_device else self.cfg.image_size
         return BatchMemory(self.batch_size, image_size, self.cfg.max_length)
 
-    def make(self, raws: list, epoch: int) -> Optional[dict]:
+    def make(self, raws: list, epoch: int) -> dict | None:
         """The batch of `raws` (samples or the exceptions that stood for them); None if none decoded."""
         transform = self._transform_for(epoch)
         memory, index = self.pool.take(self._new_memory) if self.pool is not None else (self._new_memory(), -1)
@@ -213,7 +243,7 @@ class BatchMaker:
                 if isinstance(raw, Exception):
                     raise raw
                 samples.append(transform(raw, None if memory.images is None else memory.images[len(samples)]))
-            except Exception as exc:  # noqa: BLE001 - the handler decides, as in webdataset's map
+            except Exception as exc:
                 if not self.handler(exc):
                     raise
         if not samples:
@@ -226,20 +256,27 @@ class BatchMaker:
         return batch
 
 
-def _batch_encoder(tokenizer, max_length: int, pad_to_max_length: bool, multiple: Optional[int] = None):
+def _batch_encoder(tokenizer, max_length: int, pad_to_max_length: bool, multiple: int | None = None):
     """A Hugging Face fast tokenizer's Rust backend, set to truncate and pad as __call__ would
     (special tokens added, right padding with the pad token); None for other tokenizers."""
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or tokenizer.pad_token_id is None or tokenizer.padding_side != "right" \
-            or tokenizer.truncation_side != "right":
+    if (
+        backend is None
+        or tokenizer.pad_token_id is None
+        or tokenizer.padding_side != "right"
+        or tokenizer.truncation_side != "right"
+    ):
         return None
     backend = copy.deepcopy(backend)  # the tokenizer's own settings stay untouched
     # room for the special tokens inside max_length, as __call__(truncation=True) leaves
     backend.enable_truncation(max_length)
-    backend.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,
-                           length=max_length if pad_to_max_length else None, pad_to_multiple_of=multiple)
+    backend.enable_padding(
+        pad_id=tokenizer.pad_token_id,
+        pad_token=tokenizer.pad_token,
+        length=max_length if pad_to_max_length else None,
+        pad_to_multiple_of=multiple,
+    )
     return backend
-
 
 
 def normalize_images(images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -16,9 +16,10 @@ same batches as an uninterrupted one. What it costs: batches are less random wit
 less mixing), and a batch's samples come from several of the window's chunks (more, smaller
 reads on a remote store). Evaluation is untouched: it reads the split in stored order.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -49,7 +50,7 @@ class WindowBuckets:
     def __init__(self, plan: TrainPlan, text_bytes: Callable[[np.ndarray], np.ndarray], window_batches: int):
         assert window_batches > 1, window_batches
         self.plan, self.text_bytes, self.window_batches = plan, text_bytes, window_batches
-        self._window: Optional[tuple[tuple[int, int], list[np.ndarray]]] = None
+        self._window: tuple[tuple[int, int], list[np.ndarray]] | None = None
 
     def key(self, epoch: int, window: int) -> int:
         plan = self.plan

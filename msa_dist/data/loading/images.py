@@ -9,6 +9,7 @@ rejects, or nvJPEG on the GPU (`data.decode_on_device`, see engine/batch.py).
 Cropping before resizing, on uint8 tensors, keeps the per-sample work to one decode and one small
 resize (torch's native uint8 antialiased kernel).
 """
+
 from __future__ import annotations
 
 import io
@@ -16,7 +17,6 @@ import math
 import random
 import warnings
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import simplejpeg
@@ -29,8 +29,9 @@ from msa_dist.common.limits import check_pixels
 
 # torchvision 0.29 deprecates its image decoders in favour of TorchCodec and warns on every call;
 # decode_jpeg (CPU and nvJPEG) still works, and decode_rgb falls back to PIL once it is gone.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning
+)
 _decode_jpeg = getattr(tvio, "decode_jpeg", None)
 
 TRAIN_SCALE = (0.5, 1.0)  # random resized crop: fraction of the image area kept
@@ -41,6 +42,7 @@ _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame header
 @dataclass(frozen=True)
 class CropBox:
     """A crop in stored-image pixels, then resized to the output size (and mirrored if `flip`)."""
+
     top: int
     left: int
     height: int
@@ -51,7 +53,7 @@ class CropBox:
         return [self.top, self.left, self.height, self.width, int(self.flip)]
 
 
-def jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from a JPEG's frame header; None when `data` is not a JPEG we can parse."""
     if data[:2] != b"\xff\xd8":
         return None
@@ -67,10 +69,10 @@ def jpeg_size(data: bytes) -> Optional[tuple[int, int]]:
             i += 2
             continue
         if marker in _SOF_MARKERS:
-            height = int.from_bytes(data[i + 5:i + 7], "big")
-            width = int.from_bytes(data[i + 7:i + 9], "big")
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
             return (width, height) if width and height else None
-        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
     return None
 
 
@@ -129,14 +131,15 @@ def _crop_side(width: int, height: int, resize_size: int, image_size: int) -> tu
 class ImageCropper:
     """Chooses a sample's crop box and applies it: decode (draft when it pays), crop, resize, flip."""
 
-    def __init__(self, image_size: int, resize_size: int, train: bool, draft: bool = True,
-                 train_crop: str = "random_resized"):
+    def __init__(
+        self, image_size: int, resize_size: int, train: bool, draft: bool = True, train_crop: str = "random_resized"
+    ):
         self.image_size, self.resize_size = image_size, resize_size
         self.crop = train_crop if train else "center"
         self.draft_size = resize_size if draft else 0
         self._buffer = np.empty(0, dtype=np.uint8)
 
-    def box(self, rng: Optional[random.Random], width: int, height: int) -> CropBox:
+    def box(self, rng: random.Random | None, width: int, height: int) -> CropBox:
         """The crop for an image of the stored size; `rng` (training only) is the sample's own."""
         if self.crop == "random_resized":
             return random_resized_crop_box(rng, width, height)
@@ -144,8 +147,9 @@ class ImageCropper:
             return random_crop_box(rng, width, height, self.resize_size, self.image_size)
         return center_crop_box(width, height, self.resize_size, self.image_size)
 
-    def __call__(self, data: bytes, box: CropBox, width: int, height: int,
-                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def __call__(
+        self, data: bytes, box: CropBox, width: int, height: int, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Decode `data` (stored size width x height) and write the box, resized and mirrored as it
         says, into `out` (uint8 [S, S, 3], e.g. a slot of the batch; allocated when None).
         Returns `out` as [3, S, S]. Not thread-safe: JPEGs are decoded into one reused buffer."""
@@ -158,7 +162,7 @@ class ImageCropper:
         # A draft decode is smaller than stored: scale the box (chosen on the stored size) to it.
         sy, sx = image.shape[0] / height, image.shape[1] / width
         top, left = int(box.top * sy), int(box.left * sx)
-        crop = image[top:top + max(1, round(box.height * sy)), left:left + max(1, round(box.width * sx))]
+        crop = image[top : top + max(1, round(box.height * sy)), left : left + max(1, round(box.width * sx))]
         if crop.shape[:2] != (size, size):
             # One dense HWC copy of the crop (mirrored by the same copy: mirroring before the resize
             # equals mirroring after it), then the resize. [1, 3, h, w] in channels_last memory:
@@ -184,8 +188,9 @@ def resize_crop(crop: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
-def decode_rgb(data: bytes, width: int, height: int, draft_size: int = 0,
-               buffer: Optional[np.ndarray] = None) -> torch.Tensor:
+def decode_rgb(
+    data: bytes, width: int, height: int, draft_size: int = 0, buffer: np.ndarray | None = None
+) -> torch.Tensor:
     """uint8 [3, H, W] (HWC memory). JPEGs: simplejpeg with the fast DCT and upsampling (about 25%
     faster than torchvision's decoder here), at 1/2, 1/4 or 1/8 scale while both sides stay >=
     draft_size. Anything simplejpeg rejects (CMYK, progressive oddities, PNG...) goes to
@@ -198,10 +203,15 @@ def decode_rgb(data: bytes, width: int, height: int, draft_size: int = 0,
                 scale *= 2
         try:
             # libjpeg-turbo picks the smallest n/8 scale that keeps these sizes: exactly 1/scale
-            image = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True,
-                                           min_height=-(-height // scale) if scale > 1 else 0,
-                                           min_width=-(-width // scale) if scale > 1 else 0,
-                                           buffer=buffer)
+            image = simplejpeg.decode_jpeg(
+                data,
+                colorspace="RGB",
+                fastdct=True,
+                fastupsample=True,
+                min_height=-(-height // scale) if scale > 1 else 0,
+                min_width=-(-width // scale) if scale > 1 else 0,
+                buffer=buffer,
+            )
             return torch.from_numpy(image).permute(2, 0, 1)
         except ValueError:
             pass

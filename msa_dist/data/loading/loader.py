@@ -7,24 +7,25 @@ after pass, from workers forked once), `build_loader` (one pass), `iter_texts` (
 pass over the texts alone). The training batches of one rank, epoch after epoch, with their
 position, are stream.py's `TrainStream`.
 """
+
 from __future__ import annotations
 
 import itertools
 import logging
 import multiprocessing
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Optional
 
 import torch
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import DataConfig
+from msa_dist.data.format.index_bin import shards_to_preload
 from msa_dist.data.loading.batching import BatchMaker, BlockPool
 from msa_dist.data.loading.buckets import WindowBuckets
-from msa_dist.data.format.index_bin import shards_to_preload
 from msa_dist.data.loading.order import EvalPlan, TrainPlan
 from msa_dist.data.loading.reader import SampleReader, ShardSet
-from msa_dist.common.errors import MsaDistError
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class StreamSpec:
     """Which part of which epoch one rank reads."""
+
     split: str
     train: bool
     batch_size: int  # micro batch per rank
@@ -64,7 +66,6 @@ def as_shard_set(shards: str | ShardSet) -> ShardSet:
     return shards if isinstance(shards, ShardSet) else ShardSet(str(shards))
 
 
-
 def _worker_info() -> tuple[int, int]:
     info = torch.utils.data.get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
@@ -74,13 +75,23 @@ class _Batches(torch.utils.data.IterableDataset):
     """The batches of a plan: worker w of W makes the t-th batch for t = w, w + W, ... (the order in
     which the DataLoader hands them out), each tagged with its (epoch, batch)."""
 
-    def __init__(self, cfg: DataConfig, reader: SampleReader, plan: TrainPlan | EvalPlan, tokenizer,
-                 spec: StreamSpec, released: Optional[torch.Tensor] = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        reader: SampleReader,
+        plan: TrainPlan | EvalPlan,
+        tokenizer,
+        spec: StreamSpec,
+        released: torch.Tensor | None = None,
+    ):
         self.cfg, self.reader, self.plan, self.tokenizer, self.spec = cfg, reader, plan, tokenizer, spec
         self.released = released  # [workers, blocks] flags in shared memory, or None: no BlockPool
         self.corrupt = CorruptCounter()
-        self.buckets = (WindowBuckets(plan, reader.member_bytes, cfg.length_bucket_batches)
-                        if isinstance(plan, TrainPlan) and cfg.length_bucket_batches > 1 else None)
+        self.buckets = (
+            WindowBuckets(plan, reader.member_bytes, cfg.length_bucket_batches)
+            if isinstance(plan, TrainPlan) and cfg.length_bucket_batches > 1
+            else None
+        )
 
     def _ids(self, t: int, orders: dict):
         if isinstance(self.plan, EvalPlan):
@@ -100,20 +111,25 @@ class _Batches(torch.utils.data.IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         worker, workers = _worker_info()
         pool = BlockPool(self.released[worker], worker) if self.released is not None else None
-        maker = BatchMaker(self.cfg, self.tokenizer, self.spec.batch_size, self.spec.train, self.spec.seed,
-                           self.corrupt, pool)
+        maker = BatchMaker(
+            self.cfg, self.tokenizer, self.spec.batch_size, self.spec.train, self.spec.seed, self.corrupt, pool
+        )
         orders: dict = {}
-        items = itertools.takewhile(lambda item: item is not None,
-                                    (self._ids(t, orders) for t in itertools.count(worker, workers)))
+        items = itertools.takewhile(
+            lambda item: item is not None, (self._ids(t, orders) for t in itertools.count(worker, workers))
+        )
         # the next batches' reads stay in flight while this one is made (readahead.py)
-        for (epoch, index, _), samples in self.reader.read_ahead(items, self.cfg.read_threads,
-                                                                 self.cfg.read_ahead_batches, self.cfg.read_gap_bytes):
+        for (epoch, index, _), samples in self.reader.read_ahead(
+            items, self.cfg.read_threads, self.cfg.read_ahead_batches, self.cfg.read_gap_bytes
+        ):
             batch = maker.make(samples, epoch)
             if batch is None:
                 if not self.spec.train:
                     continue
-                raise MsaDistError(f"no sample of training batch {index} of epoch {epoch + 1} could be read "
-                                   f"({self.corrupt.count} bad samples so far): see the warnings above")
+                raise MsaDistError(
+                    f"no sample of training batch {index} of epoch {epoch + 1} could be read "
+                    f"({self.corrupt.count} bad samples so far): see the warnings above"
+                )
             batch["position"] = (epoch, index)
             yield batch
 
@@ -132,16 +148,23 @@ def _worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, _defer_sigterm)
 
 
-def _data_loader(dataset: _Batches, cfg: DataConfig, pinned: bool, persistent: bool = False
-                 ) -> torch.utils.data.DataLoader:
+def _data_loader(
+    dataset: _Batches, cfg: DataConfig, pinned: bool, persistent: bool = False
+) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=cfg.workers, pin_memory=pinned,
-        prefetch_factor=4 if cfg.workers > 0 else None, worker_init_fn=_worker_init,
-        persistent_workers=persistent and cfg.workers > 0)
+        dataset,
+        batch_size=None,
+        num_workers=cfg.workers,
+        pin_memory=pinned,
+        prefetch_factor=4 if cfg.workers > 0 else None,
+        worker_init_fn=_worker_init,
+        persistent_workers=persistent and cfg.workers > 0,
+    )
 
 
-def build_loader(cfg: DataConfig, shards: str | ShardSet, spec: StreamSpec, tokenizer,
-                 pin_memory: bool = False) -> torch.utils.data.DataLoader:
+def build_loader(
+    cfg: DataConfig, shards: str | ShardSet, spec: StreamSpec, tokenizer, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
     """One pass: for evaluation (train=False) this rank's batches of the split in stored order
     (`loader.plan.batches`; `loader.plan.most_batches` on the busiest rank); for training, epoch
     `spec.epoch` of the training order. `loader.corrupt` counts skipped samples."""
@@ -180,7 +203,7 @@ class EvalLoader:
         self._loader = _data_loader(dataset, cfg, pinned=False, persistent=True)
         # Starting the iterator forks the workers now (they read the first pass's first batches
         # meanwhile); later passes resume the same workers.
-        self._first: Optional[Iterator[dict]] = iter(self._loader) if cfg.workers > 0 else None
+        self._first: Iterator[dict] | None = iter(self._loader) if cfg.workers > 0 else None
 
     def __iter__(self) -> Iterator[dict]:
         """One pass over this rank's batches (a pass left unfinished is dropped by the next)."""
@@ -196,11 +219,21 @@ class EvalLoader:
 
 
 def _train_plan(cfg: DataConfig, reader: SampleReader, spec: StreamSpec, **kw) -> TrainPlan:
-    return TrainPlan(int(sum(reader.sizes)), cfg.chunk_samples, cfg.resampled, spec.seed, spec.batch_size,
-                     spec.grad_accum_steps, spec.rank, spec.world_size, first_epoch=spec.epoch, **kw)
+    return TrainPlan(
+        int(sum(reader.sizes)),
+        cfg.chunk_samples,
+        cfg.resampled,
+        spec.seed,
+        spec.batch_size,
+        spec.grad_accum_steps,
+        spec.rank,
+        spec.world_size,
+        first_epoch=spec.epoch,
+        **kw,
+    )
 
 
-def iter_texts(shards: str | ShardSet, split: str = "train", max_chars: Optional[int] = None) -> Iterator[str]:
+def iter_texts(shards: str | ShardSet, split: str = "train", max_chars: int | None = None) -> Iterator[str]:
     """Texts of a split, reading nothing but the `txt` members (e.g. to train a tokenizer); each cut
     to `max_chars` characters when given (common/limits.py's text_char_limit, as the loader cuts them)."""
     texts = SampleReader(as_shard_set(shards), split).texts()

@@ -19,11 +19,12 @@ The rule, the same on every rank (no rank needs to talk to another):
 A position in an epoch is a count of samples, so it carries over to any layout whose global batch
 divides it (see stream.py's `load_state_dict`).
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -98,8 +99,9 @@ class EpochOrder:
     """Sample ids (0..N-1 in shard order) of one epoch, by position, computed on demand: the object
     holds a few integers whatever N is."""
 
-    def __init__(self, samples: int | Sequence[int], chunk_samples: int, seed: int, epoch: int,
-                 resampled: bool = False):
+    def __init__(
+        self, samples: int | Sequence[int], chunk_samples: int, seed: int, epoch: int, resampled: bool = False
+    ):
         self.size = int(samples) if np.ndim(samples) == 0 else int(np.sum(samples, dtype=np.int64))
         if chunk_samples < 1:
             raise ValueError(f"data.chunk_samples must be >= 1, got {chunk_samples}")
@@ -107,7 +109,7 @@ class EpochOrder:
         self.chunks = -(-self.size // chunk_samples)
         self.tail = self.size - (self.chunks - 1) * chunk_samples  # samples of the last chunk
         self._key = np.uint64(stable_int("order", seed, epoch))
-        self._perm: Optional[KeyedPermutation] = None
+        self._perm: KeyedPermutation | None = None
         if self.chunks and not resampled:
             self._perm = KeyedPermutation(self.chunks, int(self._key))
             # the short last chunk sits at some slot of the order: positions after it shift by its gap
@@ -131,6 +133,7 @@ class EpochOrder:
 @dataclass(frozen=True)
 class TrainPlan:
     """One rank's micro batches from (first_epoch, first_batch) on: which epoch and sample ids each is."""
+
     num_samples: int  # samples in the split
     chunk_samples: int
     resampled: bool
@@ -141,8 +144,8 @@ class TrainPlan:
     world_size: int
     first_epoch: int = 0
     first_batch: int = 0  # micro batches of first_epoch this rank already made (a resumed run)
-    end_epoch: Optional[int] = None  # None: endless
-    max_batches_per_epoch: Optional[int] = None  # train.max_steps_per_epoch, in micro batches
+    end_epoch: int | None = None  # None: endless
+    max_batches_per_epoch: int | None = None  # train.max_steps_per_epoch, in micro batches
 
     @property
     def round_samples(self) -> int:
@@ -156,7 +159,7 @@ class TrainPlan:
         full = self.num_samples // global_batch * self.grad_accum_steps
         return full if self.max_batches_per_epoch is None else min(full, self.max_batches_per_epoch)
 
-    def locate(self, t: int) -> Optional[tuple[int, int]]:
+    def locate(self, t: int) -> tuple[int, int] | None:
         """(epoch, micro batch) of the t-th micro batch since the start; None past the end."""
         per_epoch = self.batches_per_epoch
         t += self.first_batch
@@ -177,6 +180,7 @@ class TrainPlan:
 @dataclass(frozen=True)
 class EvalPlan:
     """One rank's evaluation batches: the split in stored order, batches dealt round-robin to ranks."""
+
     num_samples: int
     batch_size: int
     rank: int = 0
@@ -195,7 +199,7 @@ class EvalPlan:
         """The largest count over all ranks: the forward passes every rank must join."""
         return self.batches_of(0)
 
-    def ids(self, t: int) -> Optional[np.ndarray]:
+    def ids(self, t: int) -> np.ndarray | None:
         """Sample ids of this rank's t-th batch; None past its last."""
         if t >= self.batches:
             return None

@@ -9,13 +9,15 @@ threads (`threads`, each with its own kept-alive connection). Batches come out i
 each once its own requests are in: which bytes make which batch is unchanged, so the epoch order,
 bytes once per epoch and exact resume are the reader's as before.
 """
+
 from __future__ import annotations
 
 import collections
 import itertools
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 MAX_REQUEST_BYTES = 64 << 20  # merged runs stop growing here: one request's bytes stay bounded
 
@@ -23,6 +25,7 @@ MAX_REQUEST_BYTES = 64 << 20  # merged runs stop growing here: one request's byt
 @dataclass
 class Run:
     """Samples of one shard that lie back to back: [(sample in shard, slot in its batch)], bytes [start, end)."""
+
     shard: int
     samples: list[tuple[int, int]]
     start: int
@@ -33,6 +36,7 @@ class Run:
 @dataclass
 class Request:
     """One ranged read covering one or more runs."""
+
     shard: int
     start: int
     end: int
@@ -44,8 +48,12 @@ def coalesce(runs: list[Run], gap_bytes: int) -> list[Request]:
     requests: list[Request] = []
     for run in sorted(runs, key=lambda r: (r.shard, r.start)):
         last = requests[-1] if requests else None
-        if (last is not None and last.shard == run.shard and run.start - last.end <= gap_bytes
-                and max(last.end, run.end) - last.start <= MAX_REQUEST_BYTES):
+        if (
+            last is not None
+            and last.shard == run.shard
+            and run.start - last.end <= gap_bytes
+            and max(last.end, run.end) - last.start <= MAX_REQUEST_BYTES
+        ):
             last.end = max(last.end, run.end)
         else:
             last = Request(run.shard, run.start, run.end)

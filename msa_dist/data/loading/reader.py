@@ -5,24 +5,25 @@ sample ids (0..N-1 in shard order) to shards through their indexes, groups the i
 into runs of consecutive samples and fetches each run in one request (`fetch`), or keeps the
 requests of the next batches in flight (`read_ahead`, readahead.py).
 """
+
 from __future__ import annotations
 
 import collections
 import hashlib
 import itertools
 import multiprocessing
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Iterator
 
 import numpy as np
 
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.urls import redact_url
 from msa_dist.data.format.index import ShardIndex
 from msa_dist.data.format.index_bin import IndexCache, load_index
 from msa_dist.data.format.manifest import MANIFEST_NAME, check_manifest, split_shards
 from msa_dist.data.loading.readahead import ReadAhead, Run
 from msa_dist.data.stores import MissingFile, ShardStore, open_store
-from msa_dist.common.urls import redact_url
-from msa_dist.common.errors import MsaDistError
 
 
 class ShardSet:
@@ -34,10 +35,14 @@ class ShardSet:
         try:
             raw = self.store.read(MANIFEST_NAME)
         except MissingFile:
-            raise MsaDistError(f"no {MANIFEST_NAME} at {self.location}: build shards with `msa-dist shards build "
-                               f"DATA_ROOT --out DIR` or index a webdataset set with `msa-dist shards index DIR`") from None
+            raise MsaDistError(
+                f"no {MANIFEST_NAME} at {self.location}: build shards with `msa-dist shards build "
+                f"DATA_ROOT --out DIR` or index a webdataset set with `msa-dist shards index DIR`"
+            ) from None
         self.manifest = check_manifest(raw, self.store.url(MANIFEST_NAME))
-        self.store.check_ranges(MANIFEST_NAME)  # e.g. a web server without Range support: say so before any worker starts
+        self.store.check_ranges(
+            MANIFEST_NAME
+        )  # e.g. a web server without Range support: say so before any worker starts
         self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
         self._indexes = IndexCache()  # bounded: the least recently used go (index_bin.py)
 
@@ -64,8 +69,10 @@ class ShardSet:
         if index is None:
             index = load_index(self.store, name)  # the binary sidecar, else the JSON one
             if len(index) != shard["samples"]:
-                raise MsaDistError(f"index of {self.store.url(name)} lists {len(index)} samples, the manifest "
-                                   f"{shard['samples']}: run `msa-dist shards index {self.location}` again")
+                raise MsaDistError(
+                    f"index of {self.store.url(name)} lists {len(index)} samples, the manifest "
+                    f"{shard['samples']}: run `msa-dist shards index {self.location}` again"
+                )
             self._indexes[name] = index
         return index
 
@@ -134,7 +141,7 @@ class SampleReader:
         for i, slot in run.samples:
             sample = {"__key__": index.keys[i], "__url__": url}
             for field, offset, size in index.members(i):
-                sample[field] = data[offset - base:offset - base + size]
+                sample[field] = data[offset - base : offset - base + size]
             out[slot] = sample
         with self._samples_read.get_lock():
             self._samples_read.value += len(run.samples)
@@ -154,19 +161,25 @@ class SampleReader:
             self.samples(run, data, run.start, out)
         return out
 
-    def read_ahead(self, items: Iterable[tuple], threads: int, batches_ahead: int, gap_bytes: int
-                   ) -> Iterator[tuple[tuple, list]]:
+    def read_ahead(
+        self, items: Iterable[tuple], threads: int, batches_ahead: int, gap_bytes: int
+    ) -> Iterator[tuple[tuple, list]]:
         """(item, samples) for each item (..., ids), in order, with the next batches' reads in flight."""
         return ReadAhead(self, threads, batches_ahead, gap_bytes)(items)
 
     def texts(self, threads: int = 64) -> Iterator[str]:
         """Every `txt` member of the split, in shard order: one small read each (`threads` in flight), nothing else."""
         self.shard_set.preload(self.shards, threads)
-        wanted = ((s, where) for s, shard in enumerate(self.shards)
-                  for where in self.shard_set.index(shard).fields.get("txt") or [] if where is not None)
+        wanted = (
+            (s, where)
+            for s, shard in enumerate(self.shards)
+            for where in self.shard_set.index(shard).fields.get("txt") or []
+            if where is not None
+        )
         with ThreadPoolExecutor(threads, thread_name_prefix="msa-text") as pool:
-            window = collections.deque(pool.submit(self.read, s, w[0], w[0] + w[1])
-                                       for s, w in itertools.islice(wanted, 4 * threads))
+            window = collections.deque(
+                pool.submit(self.read, s, w[0], w[0] + w[1]) for s, w in itertools.islice(wanted, 4 * threads)
+            )
             while window:
                 text = window.popleft().result().decode("utf-8", "replace")
                 window.extend(pool.submit(self.read, s, w[0], w[0] + w[1]) for s, w in itertools.islice(wanted, 1))

@@ -14,21 +14,22 @@ Otherwise the epoch restarts from its first batch, with a warning. With length b
 (`data.length_bucket_batches`, data/loading/buckets.py) a rank's batches are regrouped among themselves,
 so a position carries over only to the same batch size and world size.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import warnings
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import DataConfig
 from msa_dist.data.format.index_bin import shards_to_preload
 from msa_dist.data.loading.loader import StreamSpec, _Batches, _data_loader, _train_plan, as_shard_set
 from msa_dist.data.loading.order import ORDER_VERSION
 from msa_dist.data.loading.reader import SampleReader, ShardSet
-from msa_dist.common.errors import MsaDistError
 
 # keys of the order a position saved by an earlier version lacks, with the value they had then
 SAVED_BEFORE = {"length_bucket_batches": 0}
@@ -41,8 +42,16 @@ class TrainStream:
 
     BLOCKS_PER_WORKER = 8  # > the DataLoader's prefetch (4) + the batch in use + the one being made
 
-    def __init__(self, cfg: DataConfig, shards: str | ShardSet, spec: StreamSpec, tokenizer,
-                 pin_memory: bool = False, epochs: Optional[int] = None, batches_per_epoch: Optional[int] = None):
+    def __init__(
+        self,
+        cfg: DataConfig,
+        shards: str | ShardSet,
+        spec: StreamSpec,
+        tokenizer,
+        pin_memory: bool = False,
+        epochs: int | None = None,
+        batches_per_epoch: int | None = None,
+    ):
         self.cfg, self.spec, self.tokenizer = cfg, spec, tokenizer
         self.shard_set = as_shard_set(shards)
         self.reader = SampleReader(self.shard_set, spec.split)
@@ -51,18 +60,21 @@ class TrainStream:
         self.end = epochs
         self.plan = _train_plan(cfg, self.reader, spec, end_epoch=epochs, max_batches_per_epoch=batches_per_epoch)
         if self.plan.batches_per_epoch == 0:
-            raise MsaDistError(f"split '{spec.split}' ({sum(self.reader.sizes)} samples) has no whole global batch of "
-                               f"{spec.batch_size} x {spec.grad_accum_steps} accumulation x {spec.world_size} ranks: "
-                               "lower train.batch_size")
+            raise MsaDistError(
+                f"split '{spec.split}' ({sum(self.reader.sizes)} samples) has no whole global batch of "
+                f"{spec.batch_size} x {spec.grad_accum_steps} accumulation x {spec.world_size} ranks: "
+                "lower train.batch_size"
+            )
         self.pinned = pin_memory and cfg.pin_memory
         # Pinned batches are copies made by the DataLoader's pin thread, which drops the shared
         # memory unseen here; device-decoded batches have no image block: no pool for those.
         pooled = cfg.workers > 0 and not self.pinned and not cfg.decode_on_device
-        self._released = (torch.zeros(cfg.workers, self.BLOCKS_PER_WORKER, dtype=torch.uint8).share_memory_()
-                          if pooled else None)
+        self._released = (
+            torch.zeros(cfg.workers, self.BLOCKS_PER_WORKER, dtype=torch.uint8).share_memory_() if pooled else None
+        )
         self._epoch, self._done = spec.epoch, 0  # position: the epoch, and its micro batches trained on
         self._out: list[tuple[StorageWeakRef, int, int]] = []  # pooled blocks handed out: (storage, worker, index)
-        self._batches: Optional[Iterator[dict]] = None
+        self._batches: Iterator[dict] | None = None
         self.corrupt = None  # the workers' CorruptCounter, once started
 
     @property
@@ -86,9 +98,15 @@ class TrainStream:
 
     def _order_key(self) -> dict:
         buckets = self.cfg.length_bucket_batches if self.cfg.length_bucket_batches > 1 else 0
-        key = {"order": ORDER_VERSION, "split": self.spec.split, "samples": sum(self.reader.sizes),
-               "seed": self.spec.seed, "chunk_samples": self.cfg.chunk_samples, "resampled": self.cfg.resampled,
-               "length_bucket_batches": buckets}
+        key = {
+            "order": ORDER_VERSION,
+            "split": self.spec.split,
+            "samples": sum(self.reader.sizes),
+            "seed": self.spec.seed,
+            "chunk_samples": self.cfg.chunk_samples,
+            "resampled": self.cfg.resampled,
+            "length_bucket_batches": buckets,
+        }
         if buckets:  # a rank's batches are then regrouped among themselves: its layout is part of the order
             key.update(batch_size=self.spec.batch_size, world_size=self.spec.world_size)
         return key
@@ -106,11 +124,16 @@ class TrainStream:
         saved = {k: state.get(k, SAVED_BEFORE.get(k)) for k in self._order_key()}
         if done and saved != self._order_key():
             changed = ", ".join(f"{k} {saved[k]!r} -> {v!r}" for k, v in self._order_key().items() if saved[k] != v)
-            warnings.warn(f"the data order changed ({changed}): epoch {epoch + 1} restarts from its first batch")
+            warnings.warn(
+                f"the data order changed ({changed}): epoch {epoch + 1} restarts from its first batch", stacklevel=2
+            )
             done = 0
         elif done % global_batch:
-            warnings.warn(f"the saved position ({done} samples into epoch {epoch + 1}) is not a whole number of this "
-                          f"run's global batches of {global_batch}: the epoch restarts from its first batch")
+            warnings.warn(
+                f"the saved position ({done} samples into epoch {epoch + 1}) is not a whole number of this "
+                f"run's global batches of {global_batch}: the epoch restarts from its first batch",
+                stacklevel=2,
+            )
             done = 0
         self._epoch, self._done = epoch, min(done // self.plan.round_samples, self.batches_per_epoch)
 
@@ -135,9 +158,11 @@ class TrainStream:
             if batch is None or tuple(batch.pop("position")) != (epoch, self._done):
                 got = self._done
                 self.close()
-                raise MsaDistError(f"rank {self.spec.rank} ran out of training data after {got} of "
-                                   f"{self.batches_per_epoch} batches in epoch {epoch + 1}: the shards no longer "
-                                   f"match the manifest; run `msa-dist shards verify {self.shard_set.location}`")
+                raise MsaDistError(
+                    f"rank {self.spec.rank} ran out of training data after {got} of "
+                    f"{self.batches_per_epoch} batches in epoch {epoch + 1}: the shards no longer "
+                    f"match the manifest; run `msa-dist shards verify {self.shard_set.location}`"
+                )
             block = batch.pop("block", None)
             if block is not None:
                 self._out.append((StorageWeakRef(batch["images"].untyped_storage()), *block))

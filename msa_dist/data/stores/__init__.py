@@ -4,6 +4,7 @@ The loader never streams a whole shard: it asks a store for byte ranges (`read_r
 reader fetches only its own samples. A store counts the bytes it returns (`bytes_read`, shared
 with the loader's worker processes) so that `bench data` can report bytes per sample.
 """
+
 from __future__ import annotations
 
 import urllib.parse
@@ -25,8 +26,10 @@ def open_store(location: str | Path) -> ShardStore:
     if not is_url(location):
         return LocalStore(location)
     if REDACTED in location:
-        raise MsaDistError(f"{location}: this URL's secrets were redacted when it was written down; give the "
-                           "shard URL again (e.g. --shards URL or data.shards=URL)")
+        raise MsaDistError(
+            f"{location}: this URL's secrets were redacted when it was written down; give the "
+            "shard URL again (e.g. --shards URL or data.shards=URL)"
+        )
     scheme = location.split("://", 1)[0].lower()
     if scheme == "file":
         return LocalStore(urllib.parse.unquote(urllib.parse.urlsplit(location).path))
@@ -34,5 +37,6 @@ def open_store(location: str | Path) -> ShardStore:
         return HttpStore(location)
     if scheme == "s3":
         from msa_dist.data.stores.s3 import S3Store
+
         return S3Store(location)
     return FsspecStore(location)

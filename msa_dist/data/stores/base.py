@@ -3,6 +3,7 @@
 Apart from `__init__.py`, which picks the store for a URL (and imports `s3.py` for `s3://` only
 then), so that each store module subclasses it without importing the others.
 """
+
 from __future__ import annotations
 
 import multiprocessing
@@ -59,8 +60,10 @@ class ShardStore:
         """Fail now, in one line, if this store cannot serve byte ranges of `name` (an existing file)."""
 
     def write(self, name: str, data: bytes) -> None:
-        raise MsaDistError(f"cannot write {name} to {self.location}: this store is read-only "
-                           "(index a local copy, or an fsspec URL you can write to)")
+        raise MsaDistError(
+            f"cannot write {name} to {self.location}: this store is read-only "
+            "(index a local copy, or an fsspec URL you can write to)"
+        )
 
     def url(self, name: str) -> str:
         """Where `name` is, for messages."""

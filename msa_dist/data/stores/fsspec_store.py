@@ -1,4 +1,5 @@
 """Shards on any fsspec filesystem (`gs://`, `memory://`, ...): `cat_file(path, start, end)`."""
+
 from __future__ import annotations
 
 from msa_dist.common.errors import MsaDistError
@@ -19,6 +20,7 @@ class FsspecStore(ShardStore):
     def _fs_handle(self):
         if self.__dict__.get("_fs") is None:
             import fsspec
+
             try:
                 self._fs = fsspec.filesystem(self._protocol)
             except (ImportError, ValueError) as exc:

@@ -1,4 +1,5 @@
 """Shards behind a web server that honours Range requests (`http(s)://`), with credentials."""
+
 from __future__ import annotations
 
 import base64
@@ -7,7 +8,6 @@ import os
 import threading
 import time
 import urllib.parse
-from typing import Optional
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.urls import redact_text, redact_url, split_credentials
@@ -75,11 +75,13 @@ class HttpStore(ShardStore):
             status, body = self._once(name, headers)
             if status not in (429, 500, 502, 503, 504) or attempt == self.RETRIES - 1:
                 break
-            time.sleep(0.2 * 2 ** attempt)  # backing off a throttling or restarting server
+            time.sleep(0.2 * 2**attempt)  # backing off a throttling or restarting server
         if status in (401, 403):
-            raise MsaDistError(f"{self.url(name)}: HTTP {status} (access denied): give credentials in the URL "
-                               "(https://USER:PASSWORD@host/...), in MSA_DIST_HTTP_USER / MSA_DIST_HTTP_PASSWORD "
-                               "or MSA_DIST_HTTP_TOKEN, or a signed URL's query")
+            raise MsaDistError(
+                f"{self.url(name)}: HTTP {status} (access denied): give credentials in the URL "
+                "(https://USER:PASSWORD@host/...), in MSA_DIST_HTTP_USER / MSA_DIST_HTTP_PASSWORD "
+                "or MSA_DIST_HTTP_TOKEN, or a signed URL's query"
+            )
         return status, body
 
     def read(self, name: str) -> bytes:
@@ -91,8 +93,10 @@ class HttpStore(ShardStore):
     def read_range(self, name: str, start: int, end: int) -> bytes:
         status, body = self._get(name, {"Range": f"bytes={start}-{end - 1}"})
         if status == 200:
-            raise MsaDistError(f"{self.url(name)}: the server ignores Range requests (answered 200 with the whole "
-                               "file); serve the shards with one that honours them, e.g. `msa-dist shards serve`")
+            raise MsaDistError(
+                f"{self.url(name)}: the server ignores Range requests (answered 200 with the whole "
+                "file); serve the shards with one that honours them, e.g. `msa-dist shards serve`"
+            )
         if status != 206 or len(body) != end - start:
             raise OSError(f"{self.url(name)}: HTTP {status}, {len(body)} of {end - start} bytes at {start}")
         return self._count(body)
@@ -105,7 +109,7 @@ class HttpStore(ShardStore):
         self.read_range(name, 0, 1)
 
 
-def _auth_headers(user: Optional[str], password: Optional[str]) -> dict:
+def _auth_headers(user: str | None, password: str | None) -> dict:
     """Basic auth from the URL's userinfo, else from the environment; else a bearer token; else none."""
     if user is None:
         user, password = os.environ.get("MSA_DIST_HTTP_USER"), os.environ.get("MSA_DIST_HTTP_PASSWORD")

@@ -1,14 +1,15 @@
 """A shard folder on this machine's filesystem: positioned reads on cached handles."""
+
 from __future__ import annotations
 
 import os
 import threading
 from pathlib import Path
 
+from msa_dist.common import atomic
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import read_input
 from msa_dist.data.stores.base import MissingFile, ShardStore
-from msa_dist.common import atomic
 
 _MAX_WHOLE_FILE_BYTES = 1 << 32  # a manifest or an index: far above any real one
 _OPEN_LOCK = threading.Lock()

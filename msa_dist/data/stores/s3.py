@@ -7,14 +7,15 @@ Throttling (503 SlowDown) and other transient answers are retried by botocore's 
 mode with backoff, AWS_MAX_ATTEMPTS attempts in all (default 8); what is left after that, a
 missing bucket or key, a denied request or missing credentials, ends in one line.
 """
+
 from __future__ import annotations
 
 import os
 import threading
 import urllib.parse
 
-from msa_dist.data.stores.base import MissingFile, ShardStore
 from msa_dist.common.errors import MsaDistError
+from msa_dist.data.stores.base import MissingFile, ShardStore
 
 _CLIENT_LOCK = threading.Lock()  # boto3's session set-up is not thread-safe; the client is
 DEFAULT_ATTEMPTS = 8
@@ -33,8 +34,9 @@ class S3Store(ShardStore):
         try:
             import boto3  # noqa: F401
         except ImportError:
-            raise MsaDistError(f"cannot open {self.location}: boto3 is not installed (pip install 'msa-dist[s3]')") \
-                from None
+            raise MsaDistError(
+                f"cannot open {self.location}: boto3 is not installed (pip install 'msa-dist[s3]')"
+            ) from None
 
     def _client(self):
         cached = self.__dict__.get("_fs")  # `_fs`: dropped when the store is pickled (ShardStore.__getstate__)
@@ -42,9 +44,14 @@ class S3Store(ShardStore):
             return cached[1]
         import boto3
         from botocore.config import Config
+
         attempts = int(os.environ.get("AWS_MAX_ATTEMPTS", DEFAULT_ATTEMPTS))
-        config = Config(retries={"total_max_attempts": attempts, "mode": os.environ.get("AWS_RETRY_MODE", "standard")},
-                        max_pool_connections=64, connect_timeout=10, read_timeout=60)
+        config = Config(
+            retries={"total_max_attempts": attempts, "mode": os.environ.get("AWS_RETRY_MODE", "standard")},
+            max_pool_connections=64,
+            connect_timeout=10,
+            read_timeout=60,
+        )
         with _CLIENT_LOCK:
             cached = self.__dict__.get("_fs")
             if cached is None or cached[0] != os.getpid():
@@ -60,11 +67,14 @@ class S3Store(ShardStore):
     def _call(self, name: str, method: str, **kwargs):
         """One S3 call; its errors as one line (MsaDistError), FileNotFoundError for a missing key."""
         from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
         try:
             return getattr(self._client(), method)(Bucket=self.bucket, **kwargs)
         except NoCredentialsError:
-            raise MsaDistError(f"{self.url(name)}: no AWS credentials: set AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)") from None
+            raise MsaDistError(
+                f"{self.url(name)}: no AWS credentials: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
+            ) from None
         except ClientError as exc:
             raise _client_error(exc, self.url(name), self.bucket) from None
         except BotoCoreError as exc:  # cannot connect, read timeout: after botocore's retries
@@ -106,7 +116,7 @@ class S3Store(ShardStore):
         while True:
             kwargs = {"Prefix": prefix, "Delimiter": "/", **({"ContinuationToken": token} if token else {})}
             page = self._call("", "list_objects_v2", **kwargs)
-            names += [item["Key"][len(prefix):] for item in page.get("Contents", [])]
+            names += [item["Key"][len(prefix) :] for item in page.get("Contents", [])]
             token = page.get("NextContinuationToken")
             if not token:
                 return names
@@ -117,14 +127,20 @@ def _client_error(exc, url: str, bucket: str) -> Exception:
     error = exc.response.get("Error", {})
     code, status = str(error.get("Code", "")), exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     if code == "NoSuchBucket":
-        return MsaDistError(f"{url}: the bucket {bucket} does not exist (at this endpoint: check the URL and "
-                            "AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3)")
+        return MsaDistError(
+            f"{url}: the bucket {bucket} does not exist (at this endpoint: check the URL and "
+            "AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3)"
+        )
     if code in ("NoSuchKey", "404", "NotFound"):
         return FileNotFoundError(url)
     if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-        return MsaDistError(f"{url}: access denied ({code}): check the credentials (AWS_ACCESS_KEY_ID / "
-                            "AWS_SECRET_ACCESS_KEY / AWS_PROFILE) and the bucket's policy")
+        return MsaDistError(
+            f"{url}: access denied ({code}): check the credentials (AWS_ACCESS_KEY_ID / "
+            "AWS_SECRET_ACCESS_KEY / AWS_PROFILE) and the bucket's policy"
+        )
     if code in ("SlowDown", "503", "ServiceUnavailable", "Throttling", "RequestLimitExceeded") or status == 503:
-        return MsaDistError(f"{url}: the store is throttling requests ({code}) after every retry "
-                            f"(AWS_MAX_ATTEMPTS): lower data.workers x data.read_threads, or raise AWS_MAX_ATTEMPTS")
+        return MsaDistError(
+            f"{url}: the store is throttling requests ({code}) after every retry "
+            f"(AWS_MAX_ATTEMPTS): lower data.workers x data.read_threads, or raise AWS_MAX_ATTEMPTS"
+        )
     return MsaDistError(f"{url}: {code or status}: {error.get('Message', exc)}")

@@ -13,6 +13,7 @@ value is answered 416. What it will not do, because the folder may sit beside ot
 benchmarks). It listens on 127.0.0.1 unless told otherwise. For many nodes, serve the shards with
 a production web server or object storage: any server that honours Range requests works.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,11 @@ import stat
 import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator, Optional
 
 CHUNK_BYTES = 256 << 10
 _RANGE = re.compile(r"bytes=(\d{1,19})?-(\d{1,19})?$")  # 19 digits: any 64-bit offset, nothing longer
@@ -42,10 +43,10 @@ class RangeHandler(BaseHTTPRequestHandler):
         self.root, self.latency_s = os.path.realpath(directory), latency_s
         super().__init__(*args, **kwargs)
 
-    def log_message(self, format, *args) -> None:  # noqa: A002 - the base class's name
+    def log_message(self, format, *args) -> None:
         pass
 
-    def _file(self) -> Optional[str]:
+    def _file(self) -> str | None:
         """The real path of the regular file the request names, or None (answered 404)."""
         parts = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).split("/")
         names = [p for p in parts if p]
@@ -59,14 +60,14 @@ class RangeHandler(BaseHTTPRequestHandler):
         except OSError:
             return None
 
-    def _status(self, code: int, size: Optional[int] = None) -> None:
+    def _status(self, code: int, size: int | None = None) -> None:
         self.send_response(code)
         if size is not None:
             self.send_header("Content-Range", f"bytes */{size}")
         self.send_header("Content-Length", "0")
         self.end_headers()
 
-    def _span(self, size: int) -> Optional[tuple[int, int]]:
+    def _span(self, size: int) -> tuple[int, int] | None:
         """[first, last] byte of the Range header (the whole file without one); None: unsatisfiable."""
         value = self.headers.get("Range")
         if value is None:
@@ -113,10 +114,10 @@ class RangeHandler(BaseHTTPRequestHandler):
             self.wfile.write(chunk)
             length -= len(chunk)
 
-    def do_GET(self) -> None:  # noqa: N802 - the base class's name
+    def do_GET(self) -> None:
         self._answer(body=True)
 
-    def do_HEAD(self) -> None:  # noqa: N802 - the base class's name
+    def do_HEAD(self) -> None:
         self._answer(body=False)
 
 
@@ -158,15 +159,23 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         pass  # a client that went away or timed out: nothing to print
 
 
-def make_server(directory: str | Path, host: str = "127.0.0.1", port: int = 0, handler: type = RangeHandler,
-                latency_ms: float = 0.0, idle_timeout_s: float = 60.0, max_connections: int = 256
-                ) -> BoundedHTTPServer:
+def make_server(
+    directory: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    handler: type = RangeHandler,
+    latency_ms: float = 0.0,
+    idle_timeout_s: float = 60.0,
+    max_connections: int = 256,
+) -> BoundedHTTPServer:
     """A server for `directory` (port 0: a free one; see `server.server_address`)."""
     if not Path(directory).is_dir():
         from msa_dist.common.errors import MsaDistError
+
         raise MsaDistError(f"shards serve: {directory} is not a directory")
     if latency_ms < 0 or idle_timeout_s <= 0 or max_connections < 1:
         from msa_dist.common.errors import MsaDistError
+
         raise MsaDistError("shards serve: --latency-ms must be >= 0, --idle-timeout-s > 0, --max-connections >= 1")
     timed = type(handler.__name__, (handler,), {"timeout": idle_timeout_s})
     extra = {"latency_s": latency_ms / 1000} if issubclass(handler, RangeHandler) else {}
@@ -190,19 +199,33 @@ def serving(directory: str | Path, host: str = "127.0.0.1", handler: type = Rang
 
 def add_serve_options(parser) -> None:
     """`shards serve`'s options beyond the folder, host and port."""
-    parser.add_argument("--latency-ms", type=float, default=0.0,
-                        help="delay every answer this long: an object store's time to first byte, for benchmarks")
-    parser.add_argument("--idle-timeout-s", type=float, default=60.0,
-                        help="close a connection idle this long (default %(default)s)")
-    parser.add_argument("--max-connections", type=int, default=256,
-                        help="connections served at once (a thread each); more wait (default %(default)s)")
+    parser.add_argument(
+        "--latency-ms",
+        type=float,
+        default=0.0,
+        help="delay every answer this long: an object store's time to first byte, for benchmarks",
+    )
+    parser.add_argument(
+        "--idle-timeout-s", type=float, default=60.0, help="close a connection idle this long (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=256,
+        help="connections served at once (a thread each); more wait (default %(default)s)",
+    )
 
 
 def run_serve(args, console) -> None:
     """`shards serve`: until Ctrl-C."""
-    server = make_server(args.shard_dir, args.host, args.port, latency_ms=getattr(args, "latency_ms", 0.0),
-                         idle_timeout_s=getattr(args, "idle_timeout_s", 60.0),
-                         max_connections=getattr(args, "max_connections", 256))
+    server = make_server(
+        args.shard_dir,
+        args.host,
+        args.port,
+        latency_ms=getattr(args, "latency_ms", 0.0),
+        idle_timeout_s=getattr(args, "idle_timeout_s", 60.0),
+        max_connections=getattr(args, "max_connections", 256),
+    )
     console.print(f"serving {args.shard_dir} at http://{args.host}:{server.server_address[1]} (Ctrl-C stops)")
     with server:
         server.serve_forever()

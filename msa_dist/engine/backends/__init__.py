@@ -10,17 +10,18 @@ calls the same methods whatever runs underneath:
         backend.backward(loss, drop=nonfinite) # scaled for accumulation (and fp16)
     backend.step(is_boundary)                  # clip, step, schedule at a boundary
 """
+
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import BackendConfig
 from msa_dist.engine.backends.base import Backend
 from msa_dist.engine.backends.ddp import DDPBackend
 from msa_dist.engine.backends.deepspeed import DeepSpeedBackend
 from msa_dist.engine.runtime import DistEnv
-from msa_dist.common.errors import MsaDistError
 
 __all__ = ["Backend", "DDPBackend", "DeepSpeedBackend", "build_backend"]
 
@@ -31,24 +32,26 @@ def build_backend(cfg: BackendConfig, env: DistEnv, join: bool = True) -> Backen
     idempotent; the group is left by `engine.group.process_group_scope`, around the command."""
     if cfg.name == "single":
         if env.world_size > 1:
-            raise MsaDistError(f"backend.name=single but WORLD_SIZE={env.world_size}: "
-                               "use backend.name=ddp or backend.name=deepspeed under torchrun")
+            raise MsaDistError(
+                f"backend.name=single but WORLD_SIZE={env.world_size}: "
+                "use backend.name=ddp or backend.name=deepspeed under torchrun"
+            )
         if cfg.zero_stage:
-            warnings.warn("backend.zero_stage has no effect with backend.name=single")
+            warnings.warn("backend.zero_stage has no effect with backend.name=single", stacklevel=2)
         backend = Backend(cfg, env)
     elif cfg.name == "ddp":
         if cfg.zero_stage:
-            warnings.warn("backend.zero_stage has no effect with backend.name=ddp")
+            warnings.warn("backend.zero_stage has no effect with backend.name=ddp", stacklevel=2)
         backend = DDPBackend(cfg, env)
     else:
         if cfg.ddp_static_graph or cfg.ddp_bucket_mb != BackendConfig.ddp_bucket_mb:
-            warnings.warn("backend.ddp_* options have no effect with backend.name=deepspeed")
+            warnings.warn("backend.ddp_* options have no effect with backend.name=deepspeed", stacklevel=2)
         backend = DeepSpeedBackend(cfg, env)
     if cfg.name != "deepspeed":
         if cfg.deepspeed_config:
-            warnings.warn(f"backend.deepspeed_config has no effect with backend.name={cfg.name}")
+            warnings.warn(f"backend.deepspeed_config has no effect with backend.name={cfg.name}", stacklevel=2)
         if cfg.precision == "fp16" and env.device.type == "cpu":
-            warnings.warn("fp16 autocast on a CPU is slow and rarely useful; bf16 is the CPU choice")
+            warnings.warn("fp16 autocast on a CPU is slow and rarely useful; bf16 is the CPU choice", stacklevel=2)
     if join:
         backend.init_process_group()
     return backend

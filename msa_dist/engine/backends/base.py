@@ -1,22 +1,22 @@
 """What every backend shares: the single-process backend (`Backend`), joining and leaving the
 process group, and the collectives of the multi-process backends (`ProcessGroupBackend`)."""
+
 from __future__ import annotations
 
 import contextlib
 import datetime
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import torch
 import torch.distributed as dist
 from torch.distributed.rendezvous import rendezvous
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import BackendConfig, OptimConfig
+from msa_dist.engine.checkpoint.safe_load import load_tensors
 from msa_dist.engine.optim import build_optimizer, build_scheduler
 from msa_dist.engine.runtime import DistEnv, elastic_restart_count
-from msa_dist.engine.checkpoint.safe_load import load_tensors
-from msa_dist.common.errors import MsaDistError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)  # long enough for rank 0's tokenizer / eval
@@ -33,21 +33,27 @@ class Backend:
         if env.device.type == "cuda" and not cfg.cudnn_sdpa:
             torch.backends.cuda.enable_cudnn_sdp(False)  # attention then runs on flash / memory-efficient kernels
         self.amp_dtype = DTYPES[cfg.precision]
-        self.model: Optional[torch.nn.Module] = None  # what the loop calls forward on
-        self.module: Optional[torch.nn.Module] = None  # the plain model underneath
+        self.model: torch.nn.Module | None = None  # what the loop calls forward on
+        self.module: torch.nn.Module | None = None  # the plain model underneath
         self.optimizer = self.scheduler = None
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=cfg.precision == "fp16")
         self.grad_accum_steps = 1
         self.grad_clip = 0.0
-        self._grad_mask: Optional[GradMask] = None
+        self._grad_mask: GradMask | None = None
         self._trainable: list[torch.nn.Parameter] = []  # listed once in `prepare`, not per optimizer step
 
     # -- setup -------------------------------------------------------------------------------
     def init_process_group(self) -> None:
         """Nothing to join for one process."""
 
-    def prepare(self, model: torch.nn.Module, optim_cfg: OptimConfig, total_steps: int,
-                grad_accum_steps: int, micro_batch_size: int) -> None:
+    def prepare(
+        self,
+        model: torch.nn.Module,
+        optim_cfg: OptimConfig,
+        total_steps: int,
+        grad_accum_steps: int,
+        micro_batch_size: int,
+    ) -> None:
         """Move the model to the device, wrap it, and build the optimizer and schedule."""
         self.grad_accum_steps, self.grad_clip = grad_accum_steps, optim_cfg.grad_clip
         self.module = model.to(self.env.device)
@@ -75,7 +81,8 @@ class Backend:
             raise MsaDistError(
                 f"{ckpt_dir} was written by backend.name={saved.get('backend')} and cannot be resumed with "
                 f"backend.name={self.name}: resume with backend.name={saved.get('backend')}, or start a new run "
-                f"from its weights with train.init_from={ckpt_dir / 'model.pt'}")
+                f"from its weights with train.init_from={ckpt_dir / 'model.pt'}"
+            )
 
     # -- the step ----------------------------------------------------------------------------
     def autocast(self):
@@ -88,7 +95,7 @@ class Backend:
         """Context for forward + backward of one micro batch (DDP skips the gradient sync)."""
         return contextlib.nullcontext()
 
-    def backward(self, loss: torch.Tensor, drop: Optional[torch.Tensor] = None) -> None:
+    def backward(self, loss: torch.Tensor, drop: torch.Tensor | None = None) -> None:
         """Backward of one micro batch. `drop`, a bool on the device (a non-finite loss on some
         rank): every parameter's gradient from this batch becomes zero, decided on the device
         (no host read), so the collectives inside backward (DDP's all-reduce, ZeRO's
@@ -101,7 +108,7 @@ class Backend:
     def _backward(self, loss: torch.Tensor) -> None:
         self.scaler.scale(loss / self.grad_accum_steps).backward()
 
-    def step(self, is_boundary: bool, skip: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    def step(self, is_boundary: bool, skip: torch.Tensor | None = None) -> torch.Tensor | None:
         """After each micro batch; at a boundary: clip, step, schedule. Returns the grad norm (on the device).
 
         `skip` (a bool on the device: no micro batch of this window had a finite loss) leaves
@@ -144,8 +151,15 @@ class Backend:
         """Write model, optimizer, scheduler and scaler into ckpt_dir (rank 0 for plain torch)."""
         if self.env.is_main:
             torch.save(self.module.state_dict(), ckpt_dir / "model.pt")
-            torch.save({"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                        "scaler": self.scaler.state_dict(), **client_state}, ckpt_dir / "state.pt")
+            torch.save(
+                {
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "scaler": self.scaler.state_dict(),
+                    **client_state,
+                },
+                ckpt_dir / "state.pt",
+            )
 
     def load_state(self, ckpt_dir: Path) -> dict:
         """Restore what `save_state` wrote; returns the client state."""
@@ -165,8 +179,9 @@ def compile_model(cfg: BackendConfig, model: torch.nn.Module) -> torch.nn.Module
     """
     if not cfg.compile:
         if (cfg.compile_scope, cfg.compile_mode) != ("model", "default"):
-            warnings.warn("backend.compile_scope / backend.compile_mode have no effect without backend.compile=true",
-                          stacklevel=3)
+            warnings.warn(
+                "backend.compile_scope / backend.compile_mode have no effect without backend.compile=true", stacklevel=3
+            )
         return model
     mode = None if cfg.compile_mode == "default" else cfg.compile_mode
     if cfg.compile_scope == "model":
@@ -193,8 +208,9 @@ def join_process_group(env: DistEnv, timeout_s: float = PROCESS_GROUP_TIMEOUT.to
     timeout = datetime.timedelta(seconds=timeout_s)  # backend.timeout_s: how long a collective may wait for a peer
     store, rank, world_size = next(rendezvous("env://", timeout=timeout))
     store = dist.PrefixStore(f"msa-dist/attempt-{elastic_restart_count()}", store)
-    dist.init_process_group("nccl" if env.device.type == "cuda" else "gloo", store=store, rank=rank,
-                            world_size=world_size, timeout=timeout)
+    dist.init_process_group(
+        "nccl" if env.device.type == "cuda" else "gloo", store=store, rank=rank, world_size=world_size, timeout=timeout
+    )
 
 
 class ProcessGroupBackend(Backend):
@@ -219,7 +235,6 @@ class ProcessGroupBackend(Backend):
             dist.broadcast(buffer.data, src=0)
 
 
-
 class GradMask:
     """A hook on every trainable parameter: its gradient from the current micro batch becomes
     zero when `drop` (a bool tensor on the device) is true. Installed once; deciding costs no
@@ -234,7 +249,7 @@ class GradMask:
 
 
 @contextlib.contextmanager
-def skip_update(optimizer: torch.optim.Optimizer, skip: Optional[torch.Tensor]):
+def skip_update(optimizer: torch.optim.Optimizer, skip: torch.Tensor | None):
     """`optimizer.step()` inside changes nothing when `skip` (a device bool) is true.
 
     Optimizers that take AMP's `found_inf` (fused AdamW) skip on the device; for any other the

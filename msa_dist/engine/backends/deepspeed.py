@@ -9,6 +9,7 @@ Precision: fp32; bf16 through DeepSpeed's `torch_autocast` section (fp32 paramet
 compute: its `bf16` section casts the model and ResNet's BatchNorm fails in DeepSpeed 0.19);
 fp16 through its `fp16` section with dynamic loss scaling (GPU only).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,28 +20,32 @@ import os
 import socket
 import warnings
 from pathlib import Path
-from typing import Optional
 
 import torch
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import BackendConfig, OptimConfig
+from msa_dist.config.values import deep_merge
 from msa_dist.engine.backends.base import ProcessGroupBackend, join_process_group, skip_update
 from msa_dist.engine.backends.universal import convert_to_universal, repair_stage3_load
 from msa_dist.engine.optim import build_scheduler, optimizer_param_groups
 from msa_dist.engine.runtime import DistEnv
-from msa_dist.config.values import deep_merge
-from msa_dist.common.errors import MsaDistError
 
 TAG = "deepspeed"  # the DeepSpeed checkpoint's sub-directory inside each step directory
 # Keys our loader and loop own: a user's deepspeed_config may not change them.
-OWNED_KEYS = {"train_micro_batch_size_per_gpu": "train.batch_size",
-              "gradient_accumulation_steps": "train.grad_accum_steps",
-              "train_batch_size": "train.batch_size x train.grad_accum_steps x world size"}
+OWNED_KEYS = {
+    "train_micro_batch_size_per_gpu": "train.batch_size",
+    "gradient_accumulation_steps": "train.grad_accum_steps",
+    "train_batch_size": "train.batch_size x train.grad_accum_steps x world size",
+}
 
 
 def _deepspeed():
     import deepspeed
-    warnings.filterwarnings("ignore", message=r".*is deprecated\. Please use `torch\.distributed", category=FutureWarning)
+
+    warnings.filterwarnings(
+        "ignore", message=r".*is deprecated\. Please use `torch\.distributed", category=FutureWarning
+    )
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its per-step INFO lines drown ours
     return deepspeed
 
@@ -55,16 +60,28 @@ def _single_process_defaults() -> None:
     """A plain `python` process: one rank, so DeepSpeed does not go looking for MPI."""
     if "RANK" in os.environ:
         return
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1"),
-                       ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", str(_free_port()))):
+    for key, value in (
+        ("RANK", "0"),
+        ("LOCAL_RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_WORLD_SIZE", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+        ("MASTER_PORT", str(_free_port())),
+    ):
         os.environ.setdefault(key, value)
 
 
-def deepspeed_config(cfg: BackendConfig, optim: OptimConfig, micro_batch_size: int, grad_accum_steps: int,
-                     world_size: int, on_gpu: bool) -> dict:
+def deepspeed_config(
+    cfg: BackendConfig, optim: OptimConfig, micro_batch_size: int, grad_accum_steps: int, world_size: int, on_gpu: bool
+) -> dict:
     """The DeepSpeed JSON for our config, with `cfg.deepspeed_config` merged on top."""
-    adamw = {"lr": optim.lr, "betas": list(optim.betas), "eps": 1e-8, "weight_decay": optim.weight_decay,
-             "torch_adam": True}  # torch's AdamW: no JIT-compiled op, and per-group lrs as given
+    adamw = {
+        "lr": optim.lr,
+        "betas": list(optim.betas),
+        "eps": 1e-8,
+        "weight_decay": optim.weight_decay,
+        "torch_adam": True,
+    }  # torch's AdamW: no JIT-compiled op, and per-group lrs as given
     if optim.fused and on_gpu:
         adamw["fused"] = True
     generated = {
@@ -75,8 +92,15 @@ def deepspeed_config(cfg: BackendConfig, optim: OptimConfig, micro_batch_size: i
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": False},
         "torch_autocast": {"enabled": cfg.precision == "bf16", "dtype": "bfloat16"},
-        "fp16": {"enabled": cfg.precision == "fp16", "auto_cast": True, "loss_scale": 0,
-                 "initial_scale_power": 16, "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1},
+        "fp16": {
+            "enabled": cfg.precision == "fp16",
+            "auto_cast": True,
+            "loss_scale": 0,
+            "initial_scale_power": 16,
+            "loss_scale_window": 1000,
+            "hysteresis": 2,
+            "min_loss_scale": 1,
+        },
         "optimizer": {"type": "AdamW", "params": adamw},
         "steps_per_print": 2**31 - 1,
         "wall_clock_breakdown": False,
@@ -101,8 +125,11 @@ def _contiguous(model: torch.nn.Module) -> torch.nn.Module:
     weight fails in its `_broadcast_model`), so image encoders go back to the default layout."""
     if all(p.is_contiguous() for p in model.parameters()):
         return model
-    warnings.warn("model.image.channels_last has no effect with backend.name=deepspeed: "
-                  "its flat parameter buffers need the default memory layout")
+    warnings.warn(
+        "model.image.channels_last has no effect with backend.name=deepspeed: "
+        "its flat parameter buffers need the default memory layout",
+        stacklevel=2,
+    )
     for module in model.modules():
         if getattr(module, "channels_last", False):
             module.channels_last = False
@@ -128,29 +155,44 @@ class DeepSpeedBackend(ProcessGroupBackend):
 
     def init_process_group(self) -> None:
         if self.cfg.precision == "fp16" and self.env.device.type != "cuda":
-            raise MsaDistError("backend.precision=fp16 with DeepSpeed needs a GPU (its CPU accelerator has no fp16); "
-                               "use backend.precision=bf16 or fp32 on a CPU")
+            raise MsaDistError(
+                "backend.precision=fp16 with DeepSpeed needs a GPU (its CPU accelerator has no fp16); "
+                "use backend.precision=bf16 or fp32 on a CPU"
+            )
         _single_process_defaults()
         if self.env.device.type == "cpu":
             os.environ.setdefault("DS_ACCELERATOR", "cpu")  # read when deepspeed is first imported
         join_process_group(self.env, self.cfg.timeout_s)  # DeepSpeed's communication then wraps this process group
-        _deepspeed().init_distributed(dist_backend="nccl" if self.env.device.type == "cuda" else "gloo",
-                                      timeout=datetime.timedelta(seconds=self.cfg.timeout_s))
+        _deepspeed().init_distributed(
+            dist_backend="nccl" if self.env.device.type == "cuda" else "gloo",
+            timeout=datetime.timedelta(seconds=self.cfg.timeout_s),
+        )
 
-    def prepare(self, model: torch.nn.Module, optim_cfg: OptimConfig, total_steps: int,
-                grad_accum_steps: int, micro_batch_size: int) -> None:
+    def prepare(
+        self,
+        model: torch.nn.Module,
+        optim_cfg: OptimConfig,
+        total_steps: int,
+        grad_accum_steps: int,
+        micro_batch_size: int,
+    ) -> None:
         """deepspeed.initialize with our AdamW parameter groups (each part keeps its own lr)."""
         self.grad_accum_steps, self.grad_clip = grad_accum_steps, optim_cfg.grad_clip
         self.module = _contiguous(model).to(self.env.device)
-        self.ds_config = deepspeed_config(self.cfg, optim_cfg, micro_batch_size, grad_accum_steps,
-                                          self.env.world_size, self.env.device.type == "cuda")
+        self.ds_config = deepspeed_config(
+            self.cfg, optim_cfg, micro_batch_size, grad_accum_steps, self.env.world_size, self.env.device.type == "cuda"
+        )
         if self._universal:  # read by DeepSpeed only when loading
             self.ds_config["checkpoint"] = {**self.ds_config.get("checkpoint", {}), "load_universal": True}
         groups = optimizer_param_groups(optim_cfg, model.parameter_groups())
-        schedule = None if "scheduler" in self.ds_config else (
-            lambda optimizer: build_scheduler(optim_cfg, optimizer, total_steps))
+        schedule = (
+            None
+            if "scheduler" in self.ds_config
+            else (lambda optimizer: build_scheduler(optim_cfg, optimizer, total_steps))
+        )
         engine, optimizer, _, scheduler = _deepspeed().initialize(
-            model=model, model_parameters=groups, config=self.ds_config, lr_scheduler=schedule)
+            model=model, model_parameters=groups, config=self.ds_config, lr_scheduler=schedule
+        )
         self.engine = self.model = engine
         self.optimizer, self.scheduler = optimizer, scheduler
         self.install_grad_mask()
@@ -162,9 +204,11 @@ class DeepSpeedBackend(ProcessGroupBackend):
         # DeepSpeed 0.19.8's universal load looks for the model-state files of the new stage's
         # layout (ZeRO-3 names them per rank), finds none and asserts (state_dict_factory.py:168).
         if saved_stage != stage and not {saved_stage, stage} <= {1, 2}:
-            raise MsaDistError(f"{ckpt_dir} was saved with ZeRO stage {saved_stage}, this run uses "
-                               f"backend.zero_stage={stage}, and DeepSpeed converts a checkpoint between stages "
-                               f"1 and 2 only: resume with stage {saved_stage}, or {way_out}")
+            raise MsaDistError(
+                f"{ckpt_dir} was saved with ZeRO stage {saved_stage}, this run uses "
+                f"backend.zero_stage={stage}, and DeepSpeed converts a checkpoint between stages "
+                f"1 and 2 only: resume with stage {saved_stage}, or {way_out}"
+            )
         # ZeRO partitions the optimizer state per rank: on another world size (or from stage 1 to 2)
         # it goes through DeepSpeed's universal checkpoint, converted in load_state once the group exists.
         self._universal = stage > 0 and (saved.get("world_size") != self.env.world_size or saved_stage != stage)
@@ -176,7 +220,7 @@ class DeepSpeedBackend(ProcessGroupBackend):
     def _backward(self, loss: torch.Tensor) -> None:
         self.engine.backward(loss)
 
-    def step(self, is_boundary: bool, skip: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+    def step(self, is_boundary: bool, skip: torch.Tensor | None = None) -> torch.Tensor | None:
         # engine.step() runs on every micro batch; DeepSpeed counts them and steps at the boundary.
         # fp16: DeepSpeed's loss scaler finds the overflow and skips the step itself.
         with skip_update(self.engine.basic_optimizer, skip if is_boundary and self.cfg.precision != "fp16" else None):
@@ -197,7 +241,7 @@ class DeepSpeedBackend(ProcessGroupBackend):
             torch.save(weights, ckpt_dir / "model.pt")
             (ckpt_dir / "deepspeed_config.json").write_text(json.dumps(self.ds_config, indent=1))
 
-    def _consolidated_state_dict(self) -> Optional[dict]:
+    def _consolidated_state_dict(self) -> dict | None:
         """The unwrapped model's full fp32 state_dict on rank 0 (ZeRO-3 gathers its shards: all ranks call this)."""
         params = list(self.module.parameters())
         with _deepspeed().zero.GatheredParameters(params, modifier_rank=None):
@@ -209,8 +253,9 @@ class DeepSpeedBackend(ProcessGroupBackend):
         if not (ckpt_dir / TAG).is_dir():
             raise MsaDistError(f"{ckpt_dir} holds no DeepSpeed checkpoint (no {TAG}/ directory)")
         load_dir = self._universal_copy(ckpt_dir) if self._universal else ckpt_dir
-        path, client_state = self.engine.load_checkpoint(str(load_dir), tag=TAG, load_optimizer_states=True,
-                                                         load_lr_scheduler_states=True)
+        path, client_state = self.engine.load_checkpoint(
+            str(load_dir), tag=TAG, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
         if path is None:
             raise MsaDistError(f"DeepSpeed could not load the checkpoint in {load_dir / TAG}")
         if self._universal and self.cfg.zero_stage == 3:
@@ -224,8 +269,10 @@ class DeepSpeedBackend(ProcessGroupBackend):
             try:
                 result = str(convert_to_universal(ckpt_dir, TAG))
             except MsaDistError as exc:
-                result = MsaDistError(f"{exc}: resume on the world size that saved it, or start a new run from its "
-                                      f"consolidated weights with train.init_from={ckpt_dir / 'model.pt'}")
+                result = MsaDistError(
+                    f"{exc}: resume on the world size that saved it, or start a new run from its "
+                    f"consolidated weights with train.init_from={ckpt_dir / 'model.pt'}"
+                )
         result = self.broadcast_object(result)  # also the barrier: no rank reads a half-written copy
         if isinstance(result, MsaDistError):
             raise result

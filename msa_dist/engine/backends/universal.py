@@ -10,6 +10,7 @@ Layout inside a step directory (pruned with it):
   universal/deepspeed/   the converted copy: written under a temporary name by rank 0, renamed
                          when complete, reused by any later resume from the same step
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,23 +41,30 @@ def convert_to_universal(ckpt_dir: Path, tag: str) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)  # a conversion killed half way
     shutil.rmtree(final, ignore_errors=True)
     tmp.mkdir()
-    from deepspeed.checkpoint import ds_to_universal  # noqa: PLC0415 - DeepSpeed is imported only when used
+    from deepspeed.checkpoint import ds_to_universal
 
     # One process, no pool: a forked worker of a rank that holds a process group can deadlock.
     # inject_missing_state: DeepSpeed's engine writes `universal_checkpoint_info` only for
     # Megatron-style models that set it; for a plain data-parallel model the defaults are right.
-    args = argparse.Namespace(input_folder=str(ckpt_dir / tag), output_folder=str(tmp / tag),
-                              num_extract_workers=1, num_merge_workers=1, keep_temp_folder=False,
-                              strict=True, inject_missing_state=True)
+    args = argparse.Namespace(
+        input_folder=str(ckpt_dir / tag),
+        output_folder=str(tmp / tag),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,
+    )
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):  # its progress bars
             ds_to_universal.main(args)
-    except Exception as exc:  # noqa: BLE001 - any failure inside DeepSpeed becomes one line
+    except Exception as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise MsaDistError(f"DeepSpeed's universal checkpoint conversion of {ckpt_dir / tag} failed "
-                           f"({type(exc).__name__}: {first})") from exc
+        raise MsaDistError(
+            f"DeepSpeed's universal checkpoint conversion of {ckpt_dir / tag} failed ({type(exc).__name__}: {first})"
+        ) from exc
     (tmp / "conversion.log").write_text(log.getvalue())
     os.replace(tmp, final)
     return final
@@ -72,7 +80,7 @@ def repair_stage3_load(optimizer, universal_dir: Path) -> None:
       once per group: after one step with 4 groups it had counted 4, so the bias correction went
       wrong from the first step after the resume. Each state gets its own copy.
     """
-    import torch  # noqa: PLC0415
+    import torch
 
     saved = _universal_optimizer_state(Path(universal_dir) / "zero" / "optimizer_state.pt")
     saved = saved["optimizer_state_dict"]["param_groups"]
@@ -88,10 +96,11 @@ def _universal_optimizer_state(path: Path) -> dict:
     """The converted copy's optimizer_state.pt, read with weights_only: DeepSpeed pickles its
     ZeRO stage (an enum) and its loss scaler in it, which are allow-listed here and nothing else.
     (DeepSpeed's own stage-3 load unpickles this file without such a limit: docs/security.md.)"""
-    import torch  # noqa: PLC0415
-    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler  # noqa: PLC0415
-    from deepspeed.runtime.zero.config import ZeroStageEnum  # noqa: PLC0415
+    import torch
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
 
-    from msa_dist.engine.checkpoint.safe_load import load_tensors  # noqa: PLC0415
+    from msa_dist.engine.checkpoint.safe_load import load_tensors
+
     with torch.serialization.safe_globals([ZeroStageEnum, LossScaler, DynamicLossScaler]):
         return load_tensors(path)

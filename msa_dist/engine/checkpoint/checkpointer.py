@@ -8,29 +8,31 @@ position: `TrainStream.state_dict()`); `files.py` writes it
 atomically, so a kill during a save leaves the previous one usable. With an EMA of the weights
 (`engine/ema.py`), `model.pt` holds the average and the client state the trained weights.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Protocol
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import CheckpointConfig
+from msa_dist.engine.backends import saved_format
 from msa_dist.engine.checkpoint import files as ckpt
 from msa_dist.engine.ema import WeightAverage
-from msa_dist.common.errors import MsaDistError
-from msa_dist.engine.backends import saved_format
 
 
 @dataclass
 class TrainState:
     """Everything besides model, optimizer and data position that an exact resume needs."""
+
     epoch: int = 0
     step: int = 0  # optimizer steps done (the data position is the stream's own state: client["data"])
-    best_value: Optional[float] = None
+    best_value: float | None = None
     nonfinite_streak: int = 0
     nonfinite_total: int = 0
-    log_lines: Optional[int] = None  # lines of metrics.jsonl when saved: a resume cuts the file back to them
-    loss_window: Optional[list] = None  # [sum, count] of losses since the last train record: a resume logs the same
+    log_lines: int | None = None  # lines of metrics.jsonl when saved: a resume cuts the file back to them
+    loss_window: list | None = None  # [sum, count] of losses since the last train record: a resume logs the same
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -53,8 +55,17 @@ class Checkpointer:
     the stateful objects (`states`, e.g. {"data": stream}: their `state_dict()` at save time) and
     fixed facts (`static`: config, layout), with the backend's state and the EMA."""
 
-    def __init__(self, backend, root: Path, cfg: CheckpointConfig, best_metric: str, ema: WeightAverage,
-                 train_state: TrainState, states: dict[str, Stateful], static: dict):
+    def __init__(
+        self,
+        backend,
+        root: Path,
+        cfg: CheckpointConfig,
+        best_metric: str,
+        ema: WeightAverage,
+        train_state: TrainState,
+        states: dict[str, Stateful],
+        static: dict,
+    ):
         self.backend, self.root, self.cfg, self.best_metric, self.ema = backend, Path(root), cfg, best_metric, ema
         self.train_state, self.states, self.static = train_state, states, static
 
@@ -63,15 +74,19 @@ class Checkpointer:
         step = self.train_state.step
         return stop or (bool(self.cfg.every_steps) and step % self.cfg.every_steps == 0)
 
-    def save(self, metrics: Optional[dict] = None) -> Path:
+    def save(self, metrics: dict | None = None) -> Path:
         """Save at the current step; with `metrics` (an epoch end), also `best/` if they beat the best so far."""
         state = self.train_state
         better = metrics is not None and (state.best_value is None or metrics[self.best_metric] > state.best_value)
         if better:
             state.best_value = metrics[self.best_metric]
         with self.ema.averaged():  # model.pt: the weights evaluated; the client state: the trained ones
-            client = {"train_state": state.state_dict(), **{k: v.state_dict() for k, v in self.states.items()},
-                      **self.static, "ema": self.ema.state_dict()}
+            client = {
+                "train_state": state.state_dict(),
+                **{k: v.state_dict() for k, v in self.states.items()},
+                **self.static,
+                "ema": self.ema.state_dict(),
+            }
             step_dir = ckpt.save_checkpoint(self.backend, self.root, state.step, client, self.cfg.keep_last)
         if better:
             ckpt.save_best(self.backend, self.root, step_dir, metrics)
@@ -88,7 +103,7 @@ class Checkpointer:
             obj.load_state_dict(client.get(name) or {"epoch": self.train_state.epoch, "samples_done": 0})
 
 
-def resume_point(ckpt_root: Path, resume: Optional[str], trust: bool = False) -> Optional[Path]:
+def resume_point(ckpt_root: Path, resume: str | None, trust: bool = False) -> Path | None:
     """The step directory `--resume` names: `auto` is the latest complete one that loads (None if
     there is none; an unreadable one falls back to the one before, with a warning). A named
     directory must load as it is. DeepSpeed unpickles its own files, so a DeepSpeed checkpoint from
@@ -103,7 +118,9 @@ def resume_point(ckpt_root: Path, resume: Optional[str], trust: bool = False) ->
     ckpt.check_readable(path)  # one line if it is torn, truncated or carries a payload
     inside = path.resolve().parent == Path(ckpt_root).resolve()
     if saved_format(path) == "deepspeed" and not inside and not trust:
-        raise MsaDistError(f"--resume {resume} is a DeepSpeed checkpoint from outside {ckpt_root}, and DeepSpeed "
-                           "unpickles its files (which can run code): pass --trust-checkpoint if you made it "
-                           "or trust who did")
+        raise MsaDistError(
+            f"--resume {resume} is a DeepSpeed checkpoint from outside {ckpt_root}, and DeepSpeed "
+            "unpickles its files (which can run code): pass --trust-checkpoint if you made it "
+            "or trust who did"
+        )
     return path

@@ -11,24 +11,23 @@ last, marks it complete), and `latest` is replaced atomically after that: a kill
 leaves the previous checkpoint usable, and so does a full disk (the half-written directory is
 removed). Reading never runs code: see `safe_load.py`.
 """
+
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
-from msa_dist.engine.checkpoint.safe_load import UnreadableFile, load_tensors
-from msa_dist.common.errors import USER_OS_ERRORS, MsaDistError
 from msa_dist.common import atomic
+from msa_dist.common.errors import USER_OS_ERRORS, MsaDistError
 from msa_dist.engine.backends import saved_format
+from msa_dist.engine.checkpoint.safe_load import UnreadableFile, load_tensors
 
 log = logging.getLogger(__name__)
 STEP_DIR = re.compile(r"(\.old-)?step-(\d+)")  # complete step directories (.old-: a kill between two renames)
@@ -58,9 +57,11 @@ def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, kee
         shutil.rmtree(tmp, ignore_errors=True)  # what was written of it: its space is needed
         if exc.errno not in USER_OS_ERRORS:
             raise
-        raise MsaDistError(f"cannot save the checkpoint of step {step} in {ckpt_root}: {exc.strerror} "
-                           f"({exc.filename or tmp}); the previous checkpoint is untouched: make room and resume "
-                           "with --resume auto") from None
+        raise MsaDistError(
+            f"cannot save the checkpoint of step {step} in {ckpt_root}: {exc.strerror} "
+            f"({exc.filename or tmp}); the previous checkpoint is untouched: make room and resume "
+            "with --resume auto"
+        ) from None
     return final
 
 
@@ -75,8 +76,9 @@ def _save_and_publish(backend, ckpt_root: Path, tmp: Path, final: Path, client_s
     if backend.env.is_main:
         # client.json is written last: a directory that has it is complete.
         # (without the config, and without the EMA's weights: tensors, kept in the backend's state)
-        (tmp / "client.json").write_text(json.dumps(
-            {k: v for k, v in client_state.items() if k not in ("config", "ema")}, indent=1, default=str))
+        (tmp / "client.json").write_text(
+            json.dumps({k: v for k, v in client_state.items() if k not in ("config", "ema")}, indent=1, default=str)
+        )
         atomic.swap_dir(tmp, final)  # `final` exists when the same step is saved again (epoch end after a step)
         atomic.write_text(ckpt_root / "latest", final.name)
         _prune(ckpt_root, keep_last)
@@ -85,7 +87,7 @@ def _save_and_publish(backend, ckpt_root: Path, tmp: Path, final: Path, client_s
 
 def _prune(ckpt_root: Path, keep_last: int) -> None:
     steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
-    for old in steps[:-max(keep_last, 1)]:
+    for old in steps[: -max(keep_last, 1)]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -99,14 +101,17 @@ def save_best(backend, ckpt_root: Path, step_dir: Path, metrics: dict) -> None:
     backend.barrier()
 
 
-def latest_checkpoint(ckpt_root: Path, check: Optional[Callable[[Path], None]] = None) -> Optional[Path]:
+def latest_checkpoint(ckpt_root: Path, check: Callable[[Path], None] | None = None) -> Path | None:
     """The step directory `latest` names or, if it is gone, incomplete (a kill during a save) or
     fails `check` with `UnreadableFile`, the newest complete one that passes, with a warning.
     None if there is no checkpoint; MsaDistError if there are some and none is usable."""
     ckpt_root = Path(ckpt_root)
     named = _pointer(ckpt_root)
-    complete = sorted((p for p in ckpt_root.glob("*step-*") if _complete(ckpt_root, p)),
-                      key=lambda p: int(STEP_DIR.fullmatch(p.name).group(2)), reverse=True)
+    complete = sorted(
+        (p for p in ckpt_root.glob("*step-*") if _complete(ckpt_root, p)),
+        key=lambda p: int(STEP_DIR.fullmatch(p.name).group(2)),
+        reverse=True,
+    )
     candidates = ([ckpt_root / named] if named else []) + [p for p in complete if p.name != named]
     skipped = []
     for path in candidates:
@@ -123,12 +128,14 @@ def latest_checkpoint(ckpt_root: Path, check: Optional[Callable[[Path], None]] =
             log.warning("%s: using %s instead", reason, path.name)
         return path
     if skipped:
-        raise MsaDistError(f"no usable checkpoint in {ckpt_root} ({skipped[0]}; {len(candidates)} tried): "
-                           "start afresh with --overwrite, or --resume a step directory that loads")
+        raise MsaDistError(
+            f"no usable checkpoint in {ckpt_root} ({skipped[0]}; {len(candidates)} tried): "
+            "start afresh with --overwrite, or --resume a step directory that loads"
+        )
     return None
 
 
-def _pointer(ckpt_root: Path) -> Optional[str]:
+def _pointer(ckpt_root: Path) -> str | None:
     """The name in `latest`, which must be a step directory directly inside checkpoints/."""
     pointer = ckpt_root / "latest"
     if not pointer.is_file():
@@ -136,8 +143,10 @@ def _pointer(ckpt_root: Path) -> Optional[str]:
     with pointer.open("rb") as handle:  # a step name is short: never read more of whatever this is
         name = handle.read(256).decode("utf-8", "replace").strip()
     if not re.fullmatch(r"step-\d+", name):
-        raise MsaDistError(f"{pointer} names {name!r}, not a step-NNNNNNN directory inside {ckpt_root}: "
-                           "not followed (a run dir from elsewhere, or edited?)")
+        raise MsaDistError(
+            f"{pointer} names {name!r}, not a step-NNNNNNN directory inside {ckpt_root}: "
+            "not followed (a run dir from elsewhere, or edited?)"
+        )
     return name
 
 

@@ -6,6 +6,7 @@ asks for anything else (a `__reduce__` payload, a class of someone else's) is re
 (`UnsafeFile`); a truncated or foreign file is `UnreadableFile`, which a resume from `latest`
 answers by falling back to an older checkpoint. See docs/security.md.
 """
+
 from __future__ import annotations
 
 import pickle
@@ -44,11 +45,13 @@ def load_tensors(path: str | Path, map_location: Any = "cpu", mmap: bool = False
     except pickle.UnpicklingError as exc:
         refused = _refused_global(str(exc))
         if refused:
-            raise UnsafeFile(f"{path} holds pickled objects besides tensors and plain data ({refused}): msa-dist "
-                             "loads no code from a file, so it is not read (made elsewhere, or tampered with?)"
-                             ) from None
-        raise UnreadableFile(f"{path} is not a torch file that loads without running code "
-                             f"({_unpickler_reason(str(exc))})") from None
+            raise UnsafeFile(
+                f"{path} holds pickled objects besides tensors and plain data ({refused}): msa-dist "
+                "loads no code from a file, so it is not read (made elsewhere, or tampered with?)"
+            ) from None
+        raise UnreadableFile(
+            f"{path} is not a torch file that loads without running code ({_unpickler_reason(str(exc))})"
+        ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, IndexError, zipfile.BadZipFile) as exc:
         raise UnreadableFile(f"{path} is truncated or not a torch file ({_first_line(exc)})") from None
     except OSError as exc:
@@ -74,4 +77,4 @@ def _unpickler_reason(message: str) -> str:
 
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
-    return (text.splitlines()[0][:200] if text else type(exc).__name__)
+    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -4,6 +4,7 @@ RUN_DIR/config.yaml      the resolved config
 RUN_DIR/tokenizer/       the tokenizer (trained on the train texts for the tiny model)
 RUN_DIR/text_config/     the text backbone's architecture, so no hub access is needed later
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,17 +15,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from msa_dist.config.schema import Config, from_dict
+from msa_dist.common.atomic import temp_path
+from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import text_char_limit
-from msa_dist.data.loading.loader import iter_texts
+from msa_dist.config.schema import Config, from_dict
 from msa_dist.data.format.manifest import load_manifest
+from msa_dist.data.loading.loader import iter_texts
 from msa_dist.data.stores import is_url
 from msa_dist.engine.checkpoint.safe_load import load_tensors
-from msa_dist.common.errors import MsaDistError
 from msa_dist.models import build_model
 from msa_dist.models.text import save_text_architecture
 from msa_dist.models.tokenizer import load_pretrained_tokenizer, train_wordpiece_tokenizer
-from msa_dist.common.atomic import temp_path
 
 
 def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
@@ -50,8 +51,11 @@ def _shard_wordpiece(shard_dir: str, vocab_size: int):
     """
     shards = load_manifest(shard_dir)["splits"]["train"]["shards"]
     digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:12]
-    root = (Path(os.environ.get("MSA_DIST_CACHE", Path.home() / ".cache" / "msa-dist")) if is_url(shard_dir)
-            else Path(shard_dir))
+    root = (
+        Path(os.environ.get("MSA_DIST_CACHE", Path.home() / ".cache" / "msa-dist"))
+        if is_url(shard_dir)
+        else Path(shard_dir)
+    )
     cache = root / "tokenizers" / f"wordpiece-{vocab_size}-{digest}"
     if (cache / "tokenizer_config.json").exists():
         return load_pretrained_tokenizer(str(cache))
@@ -76,8 +80,9 @@ def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.
         text_backbone.index_vocabulary(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
     if getattr(getattr(text_backbone, "config", None), "idf", False):  # TF-IDF weighting: counts of the train texts
         texts = iter_texts(cfg.data.shards, "train", max_chars=text_char_limit(cfg.data.max_length))
-        enc = tokenizer(list(texts), padding="longest", truncation=True,
-                        max_length=cfg.data.max_length, return_tensors="pt")
+        enc = tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=cfg.data.max_length, return_tensors="pt"
+        )
         text_backbone.fit_idf(enc["input_ids"], enc["attention_mask"])
     if backend.env.is_main and model.text_encoder is not None:
         save_text_architecture(model.text_encoder, run_dir / "text_config")
@@ -88,7 +93,9 @@ def load_run_config(run_dir: Path) -> Config:
     """The resolved config saved by `msa-dist train`."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise MsaDistError(f"{run_dir} is not a run directory (no config.yaml): pass the --run-dir of a `msa-dist train`")
+        raise MsaDistError(
+            f"{run_dir} is not a run directory (no config.yaml): pass the --run-dir of a `msa-dist train`"
+        )
     try:
         values = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
@@ -108,7 +115,8 @@ def load_trained_model(run_dir: Path, weights: Path, device: torch.device):
     cfg = load_run_config(run_dir)
     tokenizer = load_pretrained_tokenizer(str(run_dir / "tokenizer"))
     arch_dir = run_dir / "text_config"
-    model = build_model(cfg.model, vocab_size=len(tokenizer), pretrained=False,
-                        arch_dir=str(arch_dir) if arch_dir.exists() else None)
+    model = build_model(
+        cfg.model, vocab_size=len(tokenizer), pretrained=False, arch_dir=str(arch_dir) if arch_dir.exists() else None
+    )
     model.load_state_dict(load_tensors(weights))
     return cfg, tokenizer, model.to(device).eval()

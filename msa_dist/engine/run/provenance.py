@@ -4,6 +4,7 @@ Written by rank 0 when a run starts; a resumed run keeps the first session's rec
 its own to `resumed`. `evaluate` / `predict` compare the shards they read with the manifest hash
 recorded here and warn when the val split is not the data the run was validated on.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,12 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
-from msa_dist.data.format.manifest import MANIFEST_NAME
-from msa_dist.common.urls import redact_text, redact_url
-from msa_dist.common.errors import MsaDistError
 from msa_dist.common import atomic
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.urls import redact_text, redact_url
+from msa_dist.data.format.manifest import MANIFEST_NAME
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +30,10 @@ MAX_DIFF_BYTES = 20_000  # a larger uncommitted diff is summarised by its size o
 PACKAGES = ("torch", "transformers", "deepspeed", "webdataset", "tokenizers", "torchvision", "timm")
 
 
-def _manifest_bytes(shards: str | Path) -> Optional[bytes]:
+def _manifest_bytes(shards: str | Path) -> bytes | None:
     """The raw manifest.json of a shard folder or URL (None when it cannot be read)."""
     from msa_dist.data.stores import open_store
+
     try:
         return open_store(str(shards)).read(MANIFEST_NAME)
     except (OSError, MsaDistError):
@@ -47,13 +48,13 @@ def _manifest(shards: str | Path) -> dict:
         return {}
 
 
-def manifest_sha256(shards: str | Path) -> Optional[str]:
+def manifest_sha256(shards: str | Path) -> str | None:
     """sha256 of the shard set's manifest.json bytes (None when it cannot be read)."""
     raw = _manifest_bytes(shards)
     return hashlib.sha256(raw).hexdigest() if raw is not None else None
 
 
-def split_sha256(shards: str | Path, split: str) -> Optional[str]:
+def split_sha256(shards: str | Path, split: str) -> str | None:
     """sha256 of one split's shard list (names, sizes, checksums) in the manifest: the split's data.
 
     Unlike the whole manifest's hash it does not change when the same shards are copied elsewhere
@@ -75,7 +76,8 @@ def shard_options(shards: str | Path) -> dict:
 
 def git_info(cwd: str | Path = ".") -> dict:
     """Commit, dirty flag and (when small) the uncommitted diff of the repository holding `cwd`."""
-    def git(*args: str) -> Optional[str]:
+
+    def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=20)
         except (OSError, subprocess.SubprocessError):
@@ -99,6 +101,7 @@ def versions() -> dict:
     for name in PACKAGES:
         out[name] = _version(name)
     import torch
+
     out["cuda"] = torch.version.cuda
     out["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
     try:
@@ -109,8 +112,9 @@ def versions() -> dict:
     return out
 
 
-def _version(dist: str) -> Optional[str]:
+def _version(dist: str) -> str | None:
     from importlib import metadata
+
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
@@ -121,6 +125,7 @@ def gather_hosts(world_size: int) -> list[str]:
     """Every rank's host name, in rank order (a collective when a process group is up)."""
     host = socket.gethostname()
     import torch.distributed as dist
+
     if world_size > 1 and dist.is_available() and dist.is_initialized():
         hosts: list = [None] * dist.get_world_size()
         dist.all_gather_object(hosts, host)
@@ -137,11 +142,21 @@ def session_info(cfg, env, backend_name: str) -> dict:
         "cwd": os.getcwd(),
         "git": git_info(Path(__file__).resolve().parent),
         "hosts": sorted(set(hosts)),
-        "world": {"world_size": env.world_size, "nodes": env.nodes, "local_world_size": env.local_world_size,
-                  "rank_hosts": hosts, "device": env.device.type, "backend": backend_name},
+        "world": {
+            "world_size": env.world_size,
+            "nodes": env.nodes,
+            "local_world_size": env.local_world_size,
+            "rank_hosts": hosts,
+            "device": env.device.type,
+            "backend": backend_name,
+        },
         "versions": versions(),
-        "data": {"shards": redact_url(str(cfg.data.shards)), "manifest_sha256": manifest_sha256(cfg.data.shards),
-                 "val_sha256": split_sha256(cfg.data.shards, "val"), "shard_options": shard_options(cfg.data.shards)},
+        "data": {
+            "shards": redact_url(str(cfg.data.shards)),
+            "manifest_sha256": manifest_sha256(cfg.data.shards),
+            "val_sha256": split_sha256(cfg.data.shards, "val"),
+            "shard_options": shard_options(cfg.data.shards),
+        },
     }
 
 
@@ -158,13 +173,13 @@ def write_run_info(cfg, run_dir: str | Path, env, backend_name: str) -> None:
     atomic.write_text(path, json.dumps(info, indent=1) + "\n")
 
 
-def read_run_info(run_dir: str | Path) -> Optional[dict]:
+def read_run_info(run_dir: str | Path) -> dict | None:
     """RUN_DIR/run_info.json, or None for a run made before it existed."""
     path = Path(run_dir) / RUN_INFO
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def check_shards(run_dir: str | Path, shard_dir: str | Path, split: str) -> Optional[str]:
+def check_shards(run_dir: str | Path, shard_dir: str | Path, split: str) -> str | None:
     """A one-line warning when `split` of `shard_dir` is not the val data the run was trained with.
 
     Only the val split is checked: the test split (or a custom one) is expected to be new data.
@@ -176,8 +191,10 @@ def check_shards(run_dir: str | Path, shard_dir: str | Path, split: str) -> Opti
     trained = info.get("data", {})
     if trained.get("val_sha256") is None or trained.get("val_sha256") == split_sha256(shard_dir, split):
         return None
-    message = (f"the val split of {shard_dir} differs from the one {run_dir} was trained with "
-               f"({trained.get('shards')}, manifest sha256 {str(trained.get('manifest_sha256'))[:12]}): "
-               "metrics are not comparable with the run's")
+    message = (
+        f"the val split of {shard_dir} differs from the one {run_dir} was trained with "
+        f"({trained.get('shards')}, manifest sha256 {str(trained.get('manifest_sha256'))[:12]}): "
+        "metrics are not comparable with the run's"
+    )
     log.warning(message)
     return message

@@ -16,25 +16,37 @@ restarted group does not wait on a dead rank's stragglers. On NFS (v4, or v3 wit
 locks are enforced across hosts; on a filesystem without working locks (some FUSE mounts) the lock
 only guards against a second writer on the same host.
 """
+
 from __future__ import annotations
 
 import ctypes
 import errno
 import fcntl
 import os
-import signal
 import shutil
+import signal
 import socket
 from pathlib import Path
-from typing import Optional
 
 from msa_dist.common.errors import MsaDistError
 
 _PR_SET_PDEATHSIG = 1
 # What `msa-dist train` (and the report after it) writes in a run dir: --overwrite deletes these.
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "config.yaml", "run_info.json", "tokenizer", "text_config",
-               "tensorboard", "wandb", "wandb_run_id", "logit_offsets.json", "report.md", "curves.png",
-               "confusion_matrix.png")
+RUN_OUTPUTS = (
+    "checkpoints",
+    "metrics.jsonl",
+    "config.yaml",
+    "run_info.json",
+    "tokenizer",
+    "text_config",
+    "tensorboard",
+    "wandb",
+    "wandb_run_id",
+    "logit_offsets.json",
+    "report.md",
+    "curves.png",
+    "confusion_matrix.png",
+)
 
 
 def claim_run_dir(run_dir: str | Path, overwrite: bool, is_main: bool) -> None:
@@ -47,8 +59,10 @@ def claim_run_dir(run_dir: str | Path, overwrite: bool, is_main: bool) -> None:
     if not (ckpts.is_dir() and any(ckpts.iterdir())):
         return
     if not overwrite:
-        raise MsaDistError(f"{run_dir} already holds a run's checkpoints: continue it with --resume auto, "
-                           "replace it with --overwrite, or train into another --run-dir")
+        raise MsaDistError(
+            f"{run_dir} already holds a run's checkpoints: continue it with --resume auto, "
+            "replace it with --overwrite, or train into another --run-dir"
+        )
     if is_main:
         for name in RUN_OUTPUTS:
             path = run_dir / name
@@ -80,9 +94,9 @@ class RunDirLock:
     def __init__(self, run_dir: str | Path, enabled: bool = True):
         self.path = Path(run_dir) / ".lock"
         self.enabled = enabled
-        self._fd: Optional[int] = None
+        self._fd: int | None = None
 
-    def __enter__(self) -> "RunDirLock":
+    def __enter__(self) -> RunDirLock:
         if self.enabled:
             self.acquire()
         return self
@@ -102,8 +116,10 @@ class RunDirLock:
             os.close(fd)
             if exc.errno not in (errno.EACCES, errno.EAGAIN):
                 raise MsaDistError(f"cannot lock {self.path}: {exc.strerror}") from None
-            raise MsaDistError(f"{self.path.parent} is in use by a live run ({holder(self.path)}): "
-                               "wait for it to end or stop it, or train into another --run-dir") from None
+            raise MsaDistError(
+                f"{self.path.parent} is in use by a live run ({holder(self.path)}): "
+                "wait for it to end or stop it, or train into another --run-dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"host={socket.gethostname()} pid={os.getpid()}\n".encode())
         self._fd = fd

@@ -6,19 +6,20 @@ curves continue without duplicate steps: metrics.jsonl by its line count, Tensor
 rewriting its event files without the later events, W&B by resuming the same run id (W&B itself
 drops steps it has already seen).
 """
+
 from __future__ import annotations
 
 import os
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
 
 import yaml
 
-from msa_dist.config.schema import Config, to_dict
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
+from msa_dist.config.schema import Config, to_dict
 
 TRAIN_SCALARS = ("loss", "lr", "grad_norm", "samples_per_s", "data_wait", "nonfinite_total")
 EVAL_SCALARS = ("accuracy", "macro_f1", "weighted_f1")
@@ -73,6 +74,7 @@ def confusion_image(matrix: list[list[int]], title: str):
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
     fig = Figure(figsize=(3.6, 3.2), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -96,6 +98,7 @@ def cut_back_events(tb_dir: Path, keep_step: int) -> None:
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto import event_pb2
     from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
     for path in sorted(tb_dir.glob("events.out.tfevents.*")):
         events = [event_pb2.Event.FromString(raw) for raw in RawEventFileLoader(str(path)).Load()]
         if all(e.step <= keep_step for e in events):
@@ -111,14 +114,16 @@ def cut_back_events(tb_dir: Path, keep_step: int) -> None:
 class TensorBoardSink:
     """RUN_DIR/tensorboard: scalars per step, the val confusion matrix as an image, the config as hparams."""
 
-    def __init__(self, cfg: Config, run_dir: Path, resume_step: Optional[int]):
+    def __init__(self, cfg: Config, run_dir: Path, resume_step: int | None):
         from torch.utils.tensorboard import SummaryWriter
+
         tb_dir = run_dir / TB_DIR
         if resume_step is not None and tb_dir.is_dir():
             cut_back_events(tb_dir, resume_step)
         self.writer = SummaryWriter(str(tb_dir))
         if resume_step is None:
             from torch.utils.tensorboard.summary import hparams
+
             for summary in hparams(flat_hparams(cfg), {}):
                 self.writer.file_writer.add_summary(summary)
             self.writer.add_text("config", "```yaml\n" + yaml.safe_dump(to_dict(cfg), sort_keys=False) + "```", 0)
@@ -137,8 +142,12 @@ class TensorBoardSink:
                 self.writer.add_scalar(f"{split}/f1_{name}", values["f1"], step)
             if "confusion_matrix" in record:
                 title = f"{split} confusion matrix, epoch {record.get('epoch')}"
-                self.writer.add_image(f"{split}/confusion_matrix", confusion_image(record["confusion_matrix"], title),
-                                      step, dataformats="HWC")
+                self.writer.add_image(
+                    f"{split}/confusion_matrix",
+                    confusion_image(record["confusion_matrix"], title),
+                    step,
+                    dataformats="HWC",
+                )
         self.writer.flush()
 
     def close(self) -> None:
@@ -150,13 +159,20 @@ class WandbSink:
 
     def __init__(self, cfg: Config, run_dir: Path):
         import wandb
+
         id_file = run_dir / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         id_file.write_text(run_id + "\n")
         self.wandb = wandb
-        self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "msa-dist"), name=run_dir.name, id=run_id,
-                              dir=str(run_dir), config=to_dict(cfg), resume="allow",
-                              mode=os.environ.get("WANDB_MODE", "online"))  # read now, not when wandb was imported
+        self.run = wandb.init(
+            project=os.environ.get("WANDB_PROJECT", "msa-dist"),
+            name=run_dir.name,
+            id=run_id,
+            dir=str(run_dir),
+            config=to_dict(cfg),
+            resume="allow",
+            mode=os.environ.get("WANDB_MODE", "online"),
+        )  # read now, not when wandb was imported
 
     def write(self, record: dict) -> None:
         step = record.get("step", 0)
@@ -183,18 +199,22 @@ def check_report_to(report_to: list) -> None:
         try:
             import tensorboard  # noqa: F401
         except ImportError:
-            raise MsaDistError("log.report_to has tensorboard but the tensorboard package is missing: "
-                               "pip install tensorboard") from None
+            raise MsaDistError(
+                "log.report_to has tensorboard but the tensorboard package is missing: pip install tensorboard"
+            ) from None
     if "wandb" in report_to:
         try:
             import wandb
         except ImportError:
-            raise MsaDistError("log.report_to has wandb but the wandb package is missing: "
-                               "pip install 'msa-dist[wandb]'") from None
+            raise MsaDistError(
+                "log.report_to has wandb but the wandb package is missing: pip install 'msa-dist[wandb]'"
+            ) from None
         mode = os.environ.get("WANDB_MODE", "online")
         if mode not in ("offline", "disabled", "dryrun") and not _wandb_logged_in(wandb):
-            raise MsaDistError("log.report_to has wandb but W&B is not logged in: run `wandb login`, "
-                               "set WANDB_API_KEY, or set WANDB_MODE=offline")
+            raise MsaDistError(
+                "log.report_to has wandb but W&B is not logged in: run `wandb login`, "
+                "set WANDB_API_KEY, or set WANDB_MODE=offline"
+            )
 
 
 def _wandb_logged_in(wandb) -> bool:
@@ -227,7 +247,7 @@ class Tracker:
             sink.close()
 
 
-def open_tracker(cfg: Config, run_dir: Path, jsonl, is_main: bool, resume_step: Optional[int]) -> Tracker:
+def open_tracker(cfg: Config, run_dir: Path, jsonl, is_main: bool, resume_step: int | None) -> Tracker:
     """Wrap the run's MetricsLog with the sinks `cfg.log.report_to` names (rank 0 only)."""
     check_report_to(cfg.log.report_to)
     if not is_main:
