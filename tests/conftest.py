@@ -14,7 +14,7 @@ import io
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Union
+from typing import Callable, Iterator, Mapping, Union
 
 import pytest
 from PIL import Image
@@ -112,6 +112,16 @@ def _is_utf8(raw: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkpoint_key_dir(tmp_path_factory) -> Iterator[Path]:
+    """MSA_DIST_CONFIG_DIR for the whole session (this process and the runs it starts): the key that
+    vouches for DeepSpeed checkpoints (engine/engine/checkpoint/trust.py) is made there, never in the real home."""
+    key_dir = tmp_path_factory.mktemp("msa-dist-config")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MSA_DIST_CONFIG_DIR", str(key_dir))
+        yield key_dir
 
 
 @pytest.fixture

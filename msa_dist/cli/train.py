@@ -27,8 +27,8 @@ def add_train_parser(sub) -> None:
     t.add_argument(
         "--trust-checkpoint",
         action="store_true",
-        help="accept a --resume DeepSpeed checkpoint from outside the run dir: DeepSpeed unpickles its "
-        "files, which can run code (docs/security.md)",
+        help="resume a DeepSpeed checkpoint that this user did not save on this machine (a run dir "
+        "from elsewhere): DeepSpeed unpickles its files, which can run code (docs/security.md)",
     )
     t.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # deepspeed launcher
     t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. optim.lr=3e-4")

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.checks import check_section
 from msa_dist.config.values import apply_values, build, field_types, merge, nest, parse_override, typed_values
@@ -301,7 +302,7 @@ def from_dict(values: dict) -> Config:
 
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML."""
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    write_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))  # never through a link planted there
 
 
 def describe_fields(cls=Config, prefix: str = "") -> list[tuple[str, Any, str]]:

@@ -40,11 +40,11 @@ class MetricsLog:
         self.lines, self.handle = 0, None
         if not enabled:
             return
-        if keep_lines is not None and path.exists():
-            kept = path.read_text().splitlines(keepends=True)[:keep_lines]
-            atomic.write_text(path, "".join(kept))
-        self.lines = len(path.read_text().splitlines()) if path.exists() else 0
-        self.handle = path.open("a")
+        if keep_lines is not None:  # written anew: a link planted there is replaced, never followed
+            ours = path.is_file() and not path.is_symlink()
+            atomic.write_atomic(path, "".join(path.read_text().splitlines(keepends=True)[:keep_lines] if ours else []))
+        self.handle = atomic.open_append(path)  # a link there (keep_lines None) is one line
+        self.lines = len(path.read_text().splitlines())
 
     def write(self, record: dict) -> None:
         if self.handle:  # a non-finite number (a skipped step's grad norm) is written as null: JSON has no NaN
@@ -94,7 +94,7 @@ def train(
     """Train, evaluate every epoch, keep `latest` and `best`; returns a summary.
 
     A new run (no `resume`) refuses a run dir holding checkpoints unless `overwrite`;
-    `trust_checkpoint` accepts a DeepSpeed checkpoint from outside the run dir (checkpointer.py)."""
+    `trust_checkpoint` accepts a DeepSpeed checkpoint not saved here (checkpoint/trust.py)."""
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise MsaDistError("--resume continues the run in the run dir and --overwrite deletes it: give one of them")

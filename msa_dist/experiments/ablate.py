@@ -7,6 +7,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.display import console
 from msa_dist.config.schema import Config
 from msa_dist.experiments.points import Point, is_main_process, result_row, run_points
@@ -54,10 +55,11 @@ def run_ablation(cfg: Config, run_dir: str | Path, train_fn: Callable | None = N
     title = f"ablation of {cfg.model.head.fusion} fusion, seed {cfg.train.seed}: val metrics of each best checkpoint"
     console.print(rich_table(title, *transpose(TABLE_COLUMNS[1:], rows)))
     note = "" if complete else "\n**Incomplete**: a point was preempted; run the same command again.\n"
-    (run_dir / "ablation.md").write_text(
+    write_atomic(
+        run_dir / "ablation.md",
         f"# Ablation\n\n{title}.\n{note}\n{markdown_table(TABLE_COLUMNS, rows)}\n"
-        + "".join(f"- [{r['point']}]({r['point']}/report.md)\n" for r in rows)
+        + "".join(f"- [{r['point']}]({r['point']}/report.md)\n" for r in rows),
     )
-    (run_dir / "ablation.json").write_text(json.dumps({"complete": complete, "rows": rows}, indent=1))
+    write_atomic(run_dir / "ablation.json", json.dumps({"complete": complete, "rows": rows}, indent=1))
     console.print(f"wrote {run_dir / 'ablation.md'} and ablation.json")
     return rows

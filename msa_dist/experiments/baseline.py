@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.display import console
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
 from msa_dist.experiments.folds import fold_texts
@@ -50,5 +51,5 @@ def baseline_summary(folds_root: str | Path | None, k: int) -> dict | None:
     start = time.perf_counter()
     rows = bow_fold_scores(folds_root, k)
     summary = {"runs": rows, "mean": mean_std(rows), "seconds": round(time.perf_counter() - start, 1)}
-    cache.write_text(json.dumps(summary))
+    write_atomic(cache, json.dumps(summary))
     return summary

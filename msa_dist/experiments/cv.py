@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from msa_dist.common import atomic
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.csv_cells import escape_row
 from msa_dist.common.display import console
 from msa_dist.common.errors import MsaDistError
@@ -101,7 +101,7 @@ def out_of_fold(point_dir: Path, fold_shards: str) -> dict:
     path = Path(point_dir) / OOF_FILE
     if not path.is_file():
         keys, log_probs, labels = model_log_probs(point_dir, fold_shards, "val")
-        atomic.write_text(path, json.dumps({"keys": keys, "log_probs": log_probs.tolist(), "labels": labels.tolist()}))
+        write_atomic(path, json.dumps({"keys": keys, "log_probs": log_probs.tolist(), "labels": labels.tolist()}))
     saved = json.loads(path.read_text())
     return {
         "keys": saved["keys"],
@@ -287,7 +287,7 @@ def write_cv_report(summary: dict, run_dir: Path, show: bool = True) -> None:
     if show:
         console.print(rich_table(title, CV_COLUMNS, rows))
     note = "" if summary["complete"] else "\n**Incomplete**: a fold was preempted; run the same command again.\n"
-    (run_dir / "cv.md").write_text(f"# Cross-validation\n\n{title}.\n{note}\n{markdown_table(CV_COLUMNS, rows)}")
-    (run_dir / "cv.json").write_text(json.dumps(summary, indent=1))
+    write_atomic(run_dir / "cv.md", f"# Cross-validation\n\n{title}.\n{note}\n{markdown_table(CV_COLUMNS, rows)}")
+    write_atomic(run_dir / "cv.json", json.dumps(summary, indent=1))
     if show:
         console.print(f"wrote {run_dir / 'cv.md'} and cv.json")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import webdataset as wds
 
-from msa_dist.common import atomic
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
 from msa_dist.data.format.index import index_name
@@ -100,7 +100,7 @@ def build_folds(shard_dir: str | Path, folds_root: str | Path, k: int, seed: int
     for fold in range(k):
         _write_fold(folds_root, fold, entries, manifest, source, seed)
     info = {"source": source, "folds": k, "seed": seed, "parts": parts}
-    atomic.write_text(path, json.dumps(info))  # written last: a half-built set is rebuilt by the next call
+    write_atomic(path, json.dumps(info))  # written last: a half-built set is rebuilt by the next call
     return info
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.labels import LABELS
 
 DPI = 100
@@ -17,8 +19,10 @@ CURVES_SIZE = (10.0, 4.0)  # inches: 1000 x 400 px
 
 def _save(fig: Figure, path: str | Path) -> Path:
     FigureCanvasAgg(fig)
+    png = io.BytesIO()
     # no bbox_inches="tight": the PNG keeps the declared size
-    fig.savefig(path, dpi=DPI, format="png")
+    fig.savefig(png, dpi=DPI, format="png")
+    write_atomic(path, png.getvalue())  # a link planted in the run dir is replaced, never followed
     return Path(path)
 
 

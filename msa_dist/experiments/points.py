@@ -19,7 +19,7 @@ from pathlib import Path
 import torch.distributed
 import yaml
 
-from msa_dist.common import atomic
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.display import console
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import Config, to_dict
@@ -95,9 +95,7 @@ def run_point(point: Point, run_dir: Path, train_fn: Callable) -> dict | None:
         "final": evals[-1] if evals else None,
     }
     write_run_report(point_dir)
-    atomic.write_text(
-        point_dir / RESULT_FILE, json.dumps(result, indent=1)
-    )  # the marker appears only once everything else is written
+    write_atomic(point_dir / RESULT_FILE, json.dumps(result, indent=1))  # the marker: written after everything else
     return result
 
 

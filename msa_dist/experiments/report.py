@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.display import console
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
@@ -148,7 +149,7 @@ def write_run_report(run_dir: str | Path) -> Path:
         ]
     lines += ["![curves](curves.png)", ""]
     out = run_dir / "report.md"
-    out.write_text("\n".join(lines))
+    write_atomic(out, "\n".join(lines))  # a link planted there is replaced, never followed
     return out
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.display import console
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import Config, save_config, set_dotted, validate
@@ -140,8 +141,9 @@ def run_sweep(
         console.print(f"best: {best.name} ({metric} {rows[0][metric]:.4f}) -> {run_dir / 'best_config.yaml'}")
     if not complete:
         lines.append("**Incomplete**: a point was preempted; run the same command again.\n")
-    (run_dir / "sweep.md").write_text("\n".join(lines))
-    (run_dir / "sweep.json").write_text(
-        json.dumps({"metric": metric, "grid": dict(grid), "complete": complete, "rows": rows}, indent=1, default=str)
+    write_atomic(run_dir / "sweep.md", "\n".join(lines))
+    write_atomic(
+        run_dir / "sweep.json",
+        json.dumps({"metric": metric, "grid": dict(grid), "complete": complete, "rows": rows}, indent=1, default=str),
     )
     return rows

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS, NUM_CLASSES
 from msa_dist.engine.evaluation import split_outputs
@@ -73,8 +74,8 @@ def adjusted_metrics(log_probs: torch.Tensor, labels: torch.Tensor, offsets: tor
 
 def save_offsets(run_dir: str | Path, offsets: torch.Tensor, info: dict) -> Path:
     path = Path(run_dir) / OFFSETS_FILE
-    path.write_text(
-        json.dumps({"offsets": {k: round(v, 4) for k, v in zip(LABELS, offsets.tolist())}, **info}, indent=1)
+    write_atomic(
+        path, json.dumps({"offsets": {k: round(v, 4) for k, v in zip(LABELS, offsets.tolist())}, **info}, indent=1)
     )
     return path
 

@@ -31,7 +31,7 @@ def write_predictions(
         raise MsaDistError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     out_path = Path(out)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(out_path, "w", newline="") as f:
+    with atomic_open(out_path, "w", newline="") as f:  # its temp file is new: never a link planted beside out
         writer = csv.writer(f)
         if fmt == "course":
             writer.writerow(["guid", "tag"])

@@ -138,7 +138,7 @@ def split_shards(manifest: dict, split: str, location: str) -> list[dict]:
 def write_manifest(directory: str | Path, manifest: dict) -> Path:
     """Write `manifest.json` atomically (temp file + os.replace) so readers never see half of it."""
     path = Path(directory) / MANIFEST_NAME
-    return atomic.write_text(path, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    return atomic.write_atomic(path, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
 
 
 def shard_urls(shard_dir: str | Path, split: str, manifest: dict | None = None) -> list[str]:

@@ -55,7 +55,7 @@ class LocalStore(ShardStore):
         return self._path(name).is_file()
 
     def write(self, name: str, data: bytes) -> None:
-        atomic.write_bytes(self._path(name), data)
+        atomic.write_atomic(self._path(name), data)
 
     def __del__(self):
         for fd in self.__dict__.get("_local", {}).values():

@@ -8,7 +8,8 @@ parameter (fp32 weights, exp_avg, exp_avg_sq, step), which an engine with
 Layout inside a step directory (pruned with it):
   deepspeed/             the checkpoint as saved
   universal/deepspeed/   the converted copy: written under a temporary name by rank 0, renamed
-                         when complete, reused by any later resume from the same step
+                         when complete, reused by any later resume from the same step if
+                         universal/trust.json says this user made it (engine/checkpoint/trust.py)
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import os
 import shutil
 from pathlib import Path
 
+from msa_dist.common.atomic import fresh_dir, remove
 from msa_dist.common.errors import MsaDistError
+from msa_dist.engine.checkpoint import trust as checkpoint_trust
 
 UNIVERSAL = "universal"  # the converted copy's sub-directory inside a step directory
 
@@ -35,12 +38,13 @@ def convert_to_universal(ckpt_dir: Path, tag: str) -> Path:
     ckpt_dir/universal. One process only (rank 0): the others wait at a barrier."""
     ckpt_dir = Path(ckpt_dir)
     final = universal_root(ckpt_dir)
-    if (final / tag / "zero" / "optimizer_state.pt").is_file():
-        return final  # a complete copy: only a finished conversion is renamed to this name
+    # A complete copy (only a finished conversion is renamed to this name) that this user made:
+    # DeepSpeed unpickles it, so one that came with a downloaded run dir is converted afresh.
+    if (final / tag / "zero" / "optimizer_state.pt").is_file() and checkpoint_trust.made_here(final, tag):
+        return final
     tmp = ckpt_dir / f".tmp-{UNIVERSAL}"
-    shutil.rmtree(tmp, ignore_errors=True)  # a conversion killed half way
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.mkdir()
+    remove(final)  # a copy not made here (of a link: only the link)
+    fresh_dir(tmp)  # not what a conversion killed half way left
     from deepspeed.checkpoint import ds_to_universal
 
     # One process, no pool: a forked worker of a rank that holds a process group can deadlock.
@@ -66,6 +70,7 @@ def convert_to_universal(ckpt_dir: Path, tag: str) -> Path:
             f"DeepSpeed's universal checkpoint conversion of {ckpt_dir / tag} failed ({type(exc).__name__}: {first})"
         ) from exc
     (tmp / "conversion.log").write_text(log.getvalue())
+    checkpoint_trust.sign(tmp, tag)
     os.replace(tmp, final)
     return final
 

@@ -19,6 +19,7 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import CheckpointConfig
 from msa_dist.engine.backends import saved_format
 from msa_dist.engine.checkpoint import files as ckpt
+from msa_dist.engine.checkpoint import trust as checkpoint_trust
 from msa_dist.engine.ema import WeightAverage
 
 
@@ -106,21 +107,17 @@ class Checkpointer:
 def resume_point(ckpt_root: Path, resume: str | None, trust: bool = False) -> Path | None:
     """The step directory `--resume` names: `auto` is the latest complete one that loads (None if
     there is none; an unreadable one falls back to the one before, with a warning). A named
-    directory must load as it is. DeepSpeed unpickles its own files, so a DeepSpeed checkpoint from
-    outside this run's checkpoints/ needs `trust` (--trust-checkpoint)."""
+    directory must load as it is. DeepSpeed unpickles its own files, so a DeepSpeed checkpoint, on
+    either branch, needs to have been saved here (trust.py) or `trust` (--trust-checkpoint)."""
     if not resume:
         return None
     if resume == "auto":
-        return ckpt.latest_checkpoint(ckpt_root, check=ckpt.check_readable)
-    path = Path(resume)
-    if not path.is_dir():
-        raise MsaDistError(f"--resume {resume}: no such checkpoint directory (use 'auto' or a step-NNNNNNN dir)")
-    ckpt.check_readable(path)  # one line if it is torn, truncated or carries a payload
-    inside = path.resolve().parent == Path(ckpt_root).resolve()
-    if saved_format(path) == "deepspeed" and not inside and not trust:
-        raise MsaDistError(
-            f"--resume {resume} is a DeepSpeed checkpoint from outside {ckpt_root}, and DeepSpeed "
-            "unpickles its files (which can run code): pass --trust-checkpoint if you made it "
-            "or trust who did"
-        )
+        path = ckpt.latest_checkpoint(ckpt_root, check=ckpt.check_readable)
+    else:
+        path = Path(resume)
+        if not path.is_dir():
+            raise MsaDistError(f"--resume {resume}: no such checkpoint directory (use 'auto' or a step-NNNNNNN dir)")
+        ckpt.check_readable(path)  # one line if it is torn, truncated or carries a payload
+    if path is not None and saved_format(path) == "deepspeed":
+        checkpoint_trust.require_made_here(path, checkpoint_trust.FOLDER, trust, f"--resume {resume}")
     return path

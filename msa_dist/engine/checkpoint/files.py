@@ -2,7 +2,8 @@
 
 Layout under RUN_DIR/checkpoints/:
   step-000120/   model.pt (plain weights, read by evaluate/predict without any backend),
-                 the backend's own state files, rng-rank{R}.pt, client.json
+                 the backend's own state files, rng-rank{R}.pt, client.json; with DeepSpeed,
+                 deepspeed/ and trust.json (the HMAC that says this user saved it: trust.py)
   best/          model.pt + metrics.json of the best evaluation so far
   latest         text file naming the newest complete step directory (a `step-N` name: nothing
                  outside checkpoints/ is followed)
@@ -27,6 +28,7 @@ import torch
 from msa_dist.common import atomic
 from msa_dist.common.errors import USER_OS_ERRORS, MsaDistError
 from msa_dist.engine.backends import saved_format
+from msa_dist.engine.checkpoint import trust
 from msa_dist.engine.checkpoint.safe_load import UnreadableFile, load_tensors
 
 log = logging.getLogger(__name__)
@@ -74,13 +76,15 @@ def _save_and_publish(backend, ckpt_root: Path, tmp: Path, final: Path, client_s
     torch.save(rng_state(), tmp / f"rng-rank{backend.env.rank}.pt")
     backend.barrier()
     if backend.env.is_main:
+        if saved_format(tmp) == "deepspeed":  # DeepSpeed's pickles: vouch for them (trust.py)
+            trust.sign(tmp, trust.FOLDER)
         # client.json is written last: a directory that has it is complete.
         # (without the config, and without the EMA's weights: tensors, kept in the backend's state)
         (tmp / "client.json").write_text(
             json.dumps({k: v for k, v in client_state.items() if k not in ("config", "ema")}, indent=1, default=str)
         )
         atomic.swap_dir(tmp, final)  # `final` exists when the same step is saved again (epoch end after a step)
-        atomic.write_text(ckpt_root / "latest", final.name)
+        atomic.write_atomic(ckpt_root / "latest", final.name)
         _prune(ckpt_root, keep_last)
     backend.barrier()
 
@@ -196,6 +200,7 @@ def copy_source_tokenizer(weights: str, run_dir: Path) -> None:
     """train.init_from: token ids must mean what they meant to the weights, so reuse that run's tokenizer."""
     source = next((p / "tokenizer" for p in Path(weights).resolve().parents if (p / "tokenizer").is_dir()), None)
     if source is not None and not (run_dir / "tokenizer").exists():
+        atomic.remove(run_dir / "tokenizer")  # a dangling link
         shutil.copytree(source, run_dir / "tokenizer")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from msa_dist.common.atomic import temp_path
+from msa_dist.common.atomic import atomic_dir, temp_path
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import text_char_limit
 from msa_dist.config.schema import Config, from_dict
@@ -36,7 +36,8 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
             tokenizer = _shard_wordpiece(cfg.data.shards, cfg.model.text.tiny_vocab_size)
         else:
             tokenizer = load_pretrained_tokenizer(cfg.model.text.name)
-        tokenizer.save_pretrained(str(tok_dir))
+        with atomic_dir(tok_dir) as fresh:  # not into what lies there: links planted in it would be followed
+            tokenizer.save_pretrained(str(fresh))
     backend.barrier()
     return load_pretrained_tokenizer(str(tok_dir))
 
@@ -85,7 +86,8 @@ def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.
         )
         text_backbone.fit_idf(enc["input_ids"], enc["attention_mask"])
     if backend.env.is_main and model.text_encoder is not None:
-        save_text_architecture(model.text_encoder, run_dir / "text_config")
+        with atomic_dir(run_dir / "text_config") as fresh:
+            save_text_architecture(model.text_encoder, fresh)
     return model
 
 

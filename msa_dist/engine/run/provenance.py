@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from msa_dist.common import atomic
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.urls import redact_text, redact_url
 from msa_dist.data.format.manifest import MANIFEST_NAME
@@ -170,7 +170,7 @@ def write_run_info(cfg, run_dir: str | Path, env, backend_name: str) -> None:
         first = json.loads(path.read_text())
         first.setdefault("resumed", []).append(info)
         info = first
-    atomic.write_text(path, json.dumps(info, indent=1) + "\n")
+    write_atomic(path, json.dumps(info, indent=1) + "\n")
 
 
 def read_run_info(run_dir: str | Path) -> dict | None:

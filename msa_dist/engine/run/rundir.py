@@ -11,7 +11,8 @@ workers training as orphans. A worker asks the kernel for SIGKILL when its paren
 
 `RunDirLock`: RUN_DIR/.lock, locked with a POSIX record lock (`fcntl.lockf`) by global rank 0 for
 the run's lifetime and released by the kernel when the process dies, so a crash never leaves it
-stale. A record lock (unlike `flock`) is not inherited by forked data-loader workers, so a
+stale. It must be a regular file: a link there (a run dir from elsewhere) is refused, never
+followed. A record lock (unlike `flock`) is not inherited by forked data-loader workers, so a
 restarted group does not wait on a dead rank's stragglers. On NFS (v4, or v3 with lockd) record
 locks are enforced across hosts; on a filesystem without working locks (some FUSE mounts) the lock
 only guards against a second writer on the same host.
@@ -26,8 +27,10 @@ import os
 import shutil
 import signal
 import socket
+import stat
 from pathlib import Path
 
+from msa_dist.common.atomic import not_regular
 from msa_dist.common.errors import MsaDistError
 
 _PR_SET_PDEATHSIG = 1
@@ -107,9 +110,21 @@ class RunDirLock:
     def acquire(self) -> None:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            # O_NOFOLLOW: a link planted at .lock (a run dir from elsewhere) is never followed, as
+            # the truncate below would empty its target; O_NONBLOCK: a FIFO there does not block.
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:  # a read-only or full file system, no permission
-            raise MsaDistError(f"cannot write to the run dir {self.path.parent}: {exc.strerror}") from None
+            if exc.errno == errno.ELOOP:
+                fd = None
+            else:
+                raise MsaDistError(f"cannot write to the run dir {self.path.parent}: {exc.strerror}") from None
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
+                os.close(fd)
+            raise MsaDistError(
+                f"{self.path} is {not_regular(self.path)}, not a lock file: not followed (a run dir "
+                "from elsewhere?); delete it and run again"
+            )
         try:
             fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:

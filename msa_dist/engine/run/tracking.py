@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from msa_dist.common.atomic import write_atomic
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
 from msa_dist.config.schema import Config, to_dict
@@ -162,7 +163,7 @@ class WandbSink:
 
         id_file = run_dir / WANDB_ID_FILE
         run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
-        id_file.write_text(run_id + "\n")
+        write_atomic(id_file, run_id + "\n")
         self.wandb = wandb
         self.run = wandb.init(
             project=os.environ.get("WANDB_PROJECT", "msa-dist"),
