@@ -145,7 +145,7 @@ def test_a_remote_set_without_binary_sidecars_costs_one_request_per_index(shards
         def __init__(self):
             self.asked = []
 
-        def read(self, name):
+        def read(self, name, limit=None):
             self.asked.append(name)
             if name.endswith(".idx.bin"):
                 raise MissingFile(f"{name} does not exist")

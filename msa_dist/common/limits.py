@@ -25,6 +25,12 @@ MAX_IMAGE_PIXELS = 50_000_000
 # cutting there changes no tokenization of max_length tokens, and a 50 MB text costs nothing.
 TEXT_CHARS_PER_TOKEN = 64
 CSV_CELL_LIMIT = MAX_TEXT_BYTES  # the longest allowed text fits in one CSV cell
+# Whole files read from a store at once: a manifest of 10^6 shards is 140 MiB of JSON (data-scale.md);
+# a shard's index, ~100 B a sample as JSON, 56 as binary records; a tar is read whole only by
+# `shards index` and `shards verify` (and a binary index addresses 4 GiB at most).
+MAX_MANIFEST_BYTES = 1 << 30
+MAX_INDEX_BYTES = 256 << 20
+MAX_SHARD_BYTES = 1 << 32
 
 
 def is_count(value) -> bool:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.common.limits import is_count
+from msa_dist.common.limits import MAX_INDEX_BYTES, is_count
 from msa_dist.data.format.tario import _META_RE, _split_name, scan_members
 
 INDEX_FORMAT = 1
@@ -168,13 +168,15 @@ def _close_row(index: ShardIndex, row: dict[str, list[int]]) -> None:
 def read_index(store, shard: str) -> ShardIndex:
     """A shard's index from its sidecar, checked against the shard's size where the store can tell
     it cheaply (a local file's size; fsspec's); MsaDistError naming the fix when it is missing or stale."""
+    from msa_dist.data.stores import MissingFile
+
     name = index_name(shard)
     local = getattr(store, "root", None)  # a local folder: a FIFO there would block the read
     if local is not None and (local / name).exists() and not (local / name).is_file():
         raise MsaDistError(f"{store.url(name)} is not a regular file")
     try:
-        data = store.read(name)
-    except MsaDistError:
+        data = store.read(name, MAX_INDEX_BYTES)
+    except MissingFile:
         raise MsaDistError(
             f"shard {store.url(shard)} has no index ({name}): add indexes with `msa-dist shards index {store.location}`"
         ) from None

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.limits import MAX_INDEX_BYTES
 from msa_dist.data.format.index import ShardIndex, read_index
 
 BINARY_SUFFIX = ".idx.bin"
@@ -209,7 +210,7 @@ def load_index(store, shard: str) -> CompactIndex:
         return index if index is not None else CompactIndex.from_shard_index(read_index(store, shard))
     if store.location not in _JSON_ONLY:
         try:
-            return CompactIndex.parse(store.read(binary_name(shard)), store.url(binary_name(shard)))
+            return CompactIndex.parse(store.read(binary_name(shard), MAX_INDEX_BYTES), store.url(binary_name(shard)))
         except MissingFile:  # a set indexed before binary sidecars: ask for JSON alone from now on
             _JSON_ONLY.add(store.location)
     return CompactIndex.from_shard_index(read_index(store, shard))
