@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.common.limits import MAX_INDEX_BYTES, is_count
+from msa_dist.common.limits import MAX_INDEX_BYTES, MAX_SAMPLE_BYTES, is_count
 from msa_dist.data.format.tario import _META_RE, _split_name, scan_members
 
 INDEX_FORMAT = 1
@@ -86,7 +86,8 @@ class ShardIndex:
 
 def check_index(index: ShardIndex) -> None:
     """ValueError unless every range lies inside the shard's `nbytes`: 0 <= start <= member offset,
-    offset + size <= end <= nbytes for every sample, so no read goes before or past the file."""
+    offset + size <= end <= nbytes for every sample, so no read goes before or past the file; and no
+    sample spans more than MAX_SAMPLE_BYTES (the shard's real size is not known to every store)."""
     if not isinstance(index.shard, str) or not is_count(index.nbytes):
         raise ValueError("'shard' must be a name and 'bytes' a count")
     # printable: a key or field name holds no newline (the binary index's separator) and no surrogate
@@ -110,6 +111,8 @@ def check_index(index: ShardIndex) -> None:
     for i, (start, end) in enumerate(zip(index.starts, index.ends)):
         if not (is_count(start) and is_count(end) and start < end <= index.nbytes):
             raise ValueError(f"sample {i} spans [{start!r}, {end!r}), outside the shard's {index.nbytes} bytes")
+        if end - start > MAX_SAMPLE_BYTES:
+            raise ValueError(f"sample {i} spans {end - start} bytes, more than the {MAX_SAMPLE_BYTES} a sample may")
     for name, column in index.fields.items():
         for i, where in enumerate(column):
             if where is None:
@@ -151,6 +154,10 @@ def scan_tar(data: bytes, shard: str) -> ShardIndex:
     except (ValueError, OSError, tarfile.TarError) as exc:
         raise MsaDistError(f"shard {shard} is not a readable tar: {exc}") from None
     _close_row(index, row)
+    try:
+        check_index(index)  # e.g. a sample larger than MAX_SAMPLE_BYTES: refused here, not when read back
+    except ValueError as exc:
+        raise MsaDistError(f"shard {shard} cannot be indexed: {exc}") from None
     return index
 
 
