@@ -71,7 +71,8 @@ def test_auth_and_query_reach_the_server_and_nothing_else(served, monkeypatch):
     assert shard_set.samples("train") == 32
     assert SEEN and all(host.startswith("127.0.0.1:") for _, _, host in SEEN)  # no user:pass@ in the host
     assert PASSWORD not in shard_set.location and PASSWORD not in shard_set.store.url("a.tar")
-    # the credentials from the environment instead of the URL
+    # the credentials from the environment instead of the URL, for the host they were given for
+    monkeypatch.setenv("MSA_DIST_HTTP_HOST", "127.0.0.1")
     monkeypatch.setenv("MSA_DIST_HTTP_USER", USER)
     monkeypatch.setenv("MSA_DIST_HTTP_PASSWORD", PASSWORD)
     assert ShardSet(_secret_url(served, user="")).samples("val") == 8

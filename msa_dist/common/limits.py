@@ -25,6 +25,16 @@ MAX_IMAGE_PIXELS = 50_000_000
 # cutting there changes no tokenization of max_length tokens, and a 50 MB text costs nothing.
 TEXT_CHARS_PER_TOKEN = 64
 CSV_CELL_LIMIT = MAX_TEXT_BYTES  # the longest allowed text fits in one CSV cell
+# One sample's bytes in a shard (an index's end - start): the largest image and text allowed plus
+# 2 MiB for the tar headers (a long name or pax header may take 1 MiB), a label and small members.
+# A crafted index cannot make one sample (or, times data.read_threads, the read-ahead) cost more.
+MAX_SAMPLE_BYTES = MAX_IMAGE_BYTES + MAX_TEXT_BYTES + (2 << 20)
+# Whole files read from a store at once: a manifest of 10^6 shards is 140 MiB of JSON (data-scale.md);
+# a shard's index, ~100 B a sample as JSON, 56 as binary records; a tar is read whole only by
+# `shards index` and `shards verify` (and a binary index addresses 4 GiB at most).
+MAX_MANIFEST_BYTES = 1 << 30
+MAX_INDEX_BYTES = 256 << 20
+MAX_SHARD_BYTES = 1 << 32
 
 
 def is_count(value) -> bool:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
+from msa_dist.common.limits import MAX_SHARD_BYTES
 from msa_dist.data.format.index import index_name, scan_tar, shard_size
 from msa_dist.data.format.index_bin import binary_name, to_binary
 from msa_dist.data.format.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest, shard_name_problem
@@ -78,7 +79,7 @@ def index_shard_set(location: str) -> dict:
         counts: Counter = Counter()
         for name in shard_names:
             shard_size(store, name)  # a local shard must be a regular file: reading a FIFO would block
-            data = store.read(name)
+            data = store.read(name, MAX_SHARD_BYTES)
             index = scan_tar(data, name)
             store.write(index_name(name), index.to_json())
             store.write(binary_name(name), to_binary(index))  # the compact form (index_bin.py)

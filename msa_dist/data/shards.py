@@ -25,7 +25,7 @@ from rich.table import Table
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
-from msa_dist.common.limits import MAX_IMAGE_BYTES, read_input
+from msa_dist.common.limits import MAX_IMAGE_BYTES, MAX_SHARD_BYTES, read_input
 from msa_dist.data.format.index import INDEX_SUFFIX, index_name, read_index, scan_tar
 from msa_dist.data.format.index_bin import BINARY_SUFFIX, binary_name, load_index, to_binary
 from msa_dist.data.format.manifest import DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
@@ -292,7 +292,7 @@ def _verify_shard(shard_set: ShardSet, split: str, shard: dict) -> list[str]:
     store, name = shard_set.store, shard["name"]
     if not store.exists(name):
         raise MsaDistError(f"shard {name} ({split}) is listed in the manifest but missing from {shard_set.location}")
-    data = store.read(name)
+    data = store.read(name, MAX_SHARD_BYTES)
     digest = hashlib.sha256(data).hexdigest()
     if digest != shard["sha256"]:
         raise MsaDistError(

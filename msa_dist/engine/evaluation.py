@@ -8,7 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import NUM_CLASSES
+from msa_dist.common.urls import redact_url
 from msa_dist.config.schema import Config
 from msa_dist.data.loading.loader import EvalLoader, StreamSpec, build_loader
 from msa_dist.engine.batch import model_inputs
@@ -35,8 +37,13 @@ def split_outputs(
     shard_dir: str | None = None,
     autocast=None,
     loader: EvalLoader | None = None,
+    complete: bool = False,
 ) -> SplitOutputs:
     """The one evaluation loop (validation, evaluate, predict, calibration): this rank's share of a split.
+
+    Samples that could not be read or decoded are skipped with a warning each (loader.py); with
+    `complete` (evaluate, predict, calibration) any skip ends in one line naming how many: a metric
+    over part of a split must not pass for the split's.
 
     Every rank runs the same number of forward passes (padding with repeats of its last batch)
     because a ZeRO-3 forward is itself a collective. `loader`: this split's EvalLoader, whose
@@ -51,6 +58,8 @@ def split_outputs(
         loader = build_loader(cfg.data, shard_dir, spec, tokenizer)
     else:
         assert loader.spec == spec, f"an EvalLoader for {loader.spec}, not {spec}"
+    if complete:
+        _require_complete(loader, split, shard_dir)
     mine, most = loader.plan.batches, loader.plan.most_batches
     keys, logits, labels, last = [], [], [], None
     if mine == 0 and most > 0:
@@ -75,9 +84,28 @@ def split_outputs(
         logits.append(out.float().cpu())
         labels.append(batch["labels"])
     model.train(was_training)
+    if complete:
+        _require_complete(loader, split, shard_dir, len(keys))
     if not keys:
         return SplitOutputs([], torch.zeros(0, NUM_CLASSES), torch.zeros(0, dtype=torch.long))
     return SplitOutputs(keys, torch.cat(logits), torch.cat(labels))
+
+
+def _require_complete(loader, split: str, shard_dir: str, read: int | None = None) -> None:
+    """MsaDistError when the manifest's sample count of `split` is not its shards', or (given the
+    samples `read`) when fewer than this rank's share were read."""
+    where = redact_url(str(shard_dir))
+    if loader.plan.num_samples != loader.listed:
+        raise MsaDistError(
+            f"the manifest of {where} states {loader.listed} samples in split '{split}', its shards "
+            f"{loader.plan.num_samples}: run `msa-dist shards verify {where}`"
+        )
+    if read is not None and read != loader.plan.samples:
+        raise MsaDistError(
+            f"{loader.plan.samples - read} of {loader.plan.samples} samples of split '{split}' in {where} could "
+            "not be read or decoded (the warnings above name them): no result for part of a split; retry, "
+            "or check the shards with `msa-dist shards verify`"
+        )
 
 
 def run_split(
@@ -91,9 +119,11 @@ def run_split(
     shard_dir: str | None = None,
     autocast=None,
     loader: EvalLoader | None = None,
+    complete: bool = False,
 ) -> tuple[dict | None, list]:
-    """Metrics (of the labelled samples; reduced across ranks) and this rank's (key, probs) predictions."""
-    out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir, autocast, loader)
+    """Metrics (of the labelled samples; reduced across ranks) and this rank's (key, probs) predictions;
+    `complete`: MsaDistError unless every sample of this rank's share was read (split_outputs)."""
+    out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir, autocast, loader, complete)
     labelled = out.labels >= 0
     cm = confusion_matrix(out.labels[labelled], out.logits[labelled].argmax(-1))
     cm = backend.all_reduce_sum(cm.to(env.device)).cpu() if backend else cm

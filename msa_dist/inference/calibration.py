@@ -29,7 +29,7 @@ def collect_log_probs(
 ) -> tuple[list[str], torch.Tensor, torch.Tensor]:
     """(keys, log-probabilities [N, C], labels [N]; -1 where unlabelled) of one split, in one process."""
     env = DistEnv(rank=0, local_rank=0, world_size=1, device=device)
-    out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir)
+    out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir, complete=True)
     if not out.keys:
         raise MsaDistError(f"split '{split}' in {shard_dir} is empty")
     return out.keys, torch.log_softmax(out.logits, dim=-1), out.labels

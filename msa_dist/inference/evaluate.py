@@ -95,7 +95,7 @@ def evaluate(
             raise MsaDistError(f"split '{split}' in {shard_dir} has no labels: use `msa-dist predict` for it")
         return adjusted_metrics(log_probs, labels, offsets)
     env, cfg, tokenizer, model = _load(run_dir, which)
-    metrics, _ = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir)
+    metrics, _ = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir, complete=True)
     if metrics is None:
         raise MsaDistError(f"split '{split}' in {shard_dir} has no labels: use `msa-dist predict` for it")
     return metrics
@@ -120,7 +120,7 @@ def predict(
     order = load_manifest(shard_dir)["splits"].get(split, {}).get("guids")
     offsets = _offsets(run_dir, shard_dir, which, batch_size) if adjust else torch.zeros(len(LABELS))
     env, cfg, tokenizer, model = _load(run_dir, which)
-    _, predictions = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir)
+    _, predictions = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir, complete=True)
     # log(probs) + offsets: the same argmax as log_softmax(logits) + offsets
     by_key = {
         key: torch.softmax(torch.tensor(probs).clamp(min=1e-12).log() + offsets, -1).tolist()

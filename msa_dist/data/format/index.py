@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.common.limits import is_count
+from msa_dist.common.limits import MAX_INDEX_BYTES, MAX_SAMPLE_BYTES, is_count
 from msa_dist.data.format.tario import _META_RE, _split_name, scan_members
 
 INDEX_FORMAT = 1
@@ -86,7 +86,8 @@ class ShardIndex:
 
 def check_index(index: ShardIndex) -> None:
     """ValueError unless every range lies inside the shard's `nbytes`: 0 <= start <= member offset,
-    offset + size <= end <= nbytes for every sample, so no read goes before or past the file."""
+    offset + size <= end <= nbytes for every sample, so no read goes before or past the file; and no
+    sample spans more than MAX_SAMPLE_BYTES (the shard's real size is not known to every store)."""
     if not isinstance(index.shard, str) or not is_count(index.nbytes):
         raise ValueError("'shard' must be a name and 'bytes' a count")
     # printable: a key or field name holds no newline (the binary index's separator) and no surrogate
@@ -110,6 +111,8 @@ def check_index(index: ShardIndex) -> None:
     for i, (start, end) in enumerate(zip(index.starts, index.ends)):
         if not (is_count(start) and is_count(end) and start < end <= index.nbytes):
             raise ValueError(f"sample {i} spans [{start!r}, {end!r}), outside the shard's {index.nbytes} bytes")
+        if end - start > MAX_SAMPLE_BYTES:
+            raise ValueError(f"sample {i} spans {end - start} bytes, more than the {MAX_SAMPLE_BYTES} a sample may")
     for name, column in index.fields.items():
         for i, where in enumerate(column):
             if where is None:
@@ -151,6 +154,10 @@ def scan_tar(data: bytes, shard: str) -> ShardIndex:
     except (ValueError, OSError, tarfile.TarError) as exc:
         raise MsaDistError(f"shard {shard} is not a readable tar: {exc}") from None
     _close_row(index, row)
+    try:
+        check_index(index)  # e.g. a sample larger than MAX_SAMPLE_BYTES: refused here, not when read back
+    except ValueError as exc:
+        raise MsaDistError(f"shard {shard} cannot be indexed: {exc}") from None
     return index
 
 
@@ -168,13 +175,15 @@ def _close_row(index: ShardIndex, row: dict[str, list[int]]) -> None:
 def read_index(store, shard: str) -> ShardIndex:
     """A shard's index from its sidecar, checked against the shard's size where the store can tell
     it cheaply (a local file's size; fsspec's); MsaDistError naming the fix when it is missing or stale."""
+    from msa_dist.data.stores import MissingFile
+
     name = index_name(shard)
     local = getattr(store, "root", None)  # a local folder: a FIFO there would block the read
     if local is not None and (local / name).exists() and not (local / name).is_file():
         raise MsaDistError(f"{store.url(name)} is not a regular file")
     try:
-        data = store.read(name)
-    except MsaDistError:
+        data = store.read(name, MAX_INDEX_BYTES)
+    except MissingFile:
         raise MsaDistError(
             f"shard {store.url(shard)} has no index ({name}): add indexes with `msa-dist shards index {store.location}`"
         ) from None

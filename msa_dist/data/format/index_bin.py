@@ -2,9 +2,13 @@
 
 A JSON sidecar (index.py) parsed into Python lists costs about 530 bytes per sample; this form
 holds the same facts in one fixed-width record per sample (16 + 8 x fields + key-width bytes,
-about 56 for jpg/txt/cls and short keys), read with numpy: a local file is memory-mapped (pages
-come in as they are used and are shared by every process of a node through the page cache), a
-remote one is one request. Layout, little-endian:
+about 56 for jpg/txt/cls and short keys), read with numpy: a local file with one read into the
+records' own memory, a remote one with one request. Not memory-mapped: a mapped file truncated by
+someone else kills the process with SIGBUS on the next access (or, within the last page, gives
+zeros), and only private memory is safe from that. The cost stays bounded: at most
+MAX_INDEX_BYTES a file, INDEX_CACHE_BYTES of records a process (the indexes read before the loader
+workers fork are shared with them, copy-on-write); lost is the sharing between a node's ranks
+through the page cache. Layout, little-endian:
     header  "<8sIIIIQ": magic, samples n, fields f, key width w, names length m, tar bytes
     names   m bytes of UTF-8: the shard name and the f field names, "\\n"-joined; zero-padded to 8
     records n x {start i8, end i8, (offset u4, size u4) x f, key S{w}}   # offset from the sample's start;
@@ -25,6 +29,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.limits import MAX_INDEX_BYTES, MAX_SAMPLE_BYTES
 from msa_dist.data.format.index import ShardIndex, read_index
 
 BINARY_SUFFIX = ".idx.bin"
@@ -124,6 +129,8 @@ class CompactIndex:
         r = self.records
         if len(r) and not ((r["start"] >= 0) & (r["start"] < r["end"]) & (r["end"] <= self.nbytes)).all():
             raise ValueError(f"a sample's range lies outside the shard's {self.nbytes} bytes")
+        if len(r) and (r["end"] - r["start"] > MAX_SAMPLE_BYTES).any():
+            raise ValueError(f"a sample spans more than the {MAX_SAMPLE_BYTES} bytes a sample may")
         for j, name in enumerate(self.names):
             present = r[f"s{j}"] != _ABSENT
             end = r["start"][present] + r[f"o{j}"][present].astype(np.int64) + r[f"s{j}"][present]
@@ -150,9 +157,10 @@ class CompactIndex:
         return cls.parse(to_binary(index), index.shard)
 
     @classmethod
-    def parse(cls, data: bytes, where: str, path: str | None = None, size: int | None = None) -> CompactIndex:
-        """Parse the binary form: `data` holds it all, or (with `path`) at least its header and names,
-        and the records of that local file of `size` bytes are memory-mapped instead of copied."""
+    def parse(cls, data: bytes, where: str, records_from=None, size: int | None = None) -> CompactIndex:
+        """Parse the binary form: `data` holds it all, or (with `records_from`, a local file of `size`
+        bytes positioned after the names' padding) at least its header and names, and the records are
+        read from that file into their own memory."""
         try:
             magic, n, fields, width, blob_len, nbytes = _HEADER.unpack_from(data, 0)
             if magic != MAGIC:
@@ -163,8 +171,11 @@ class CompactIndex:
             dtype, offset = _dtype(fields, width), _HEADER.size + blob_len + (-blob_len % 8)
             if (len(data) if size is None else size) != offset + n * dtype.itemsize:
                 raise ValueError("truncated or inconsistent")
-            if path is not None and n:
-                records = np.memmap(path, dtype, "r", offset, (n,))
+            if records_from is not None and n:
+                records = np.empty(n, dtype)
+                # one read into the records' memory: a file cut short meanwhile is a short read, not a SIGBUS
+                if records_from.readinto(memoryview(records).cast("B")) != records.nbytes:
+                    raise ValueError("truncated while read")
             else:
                 records = np.frombuffer(data, dtype, n, offset) if n else np.zeros(0, dtype)
             return cls(shard, nbytes, names, records).check()
@@ -175,22 +186,23 @@ class CompactIndex:
 
 
 def _open_local(store, shard: str) -> CompactIndex | None:
-    """A local binary sidecar, memory-mapped; None if there is none."""
-    path = store.root / binary_name(shard)
+    """A local binary sidecar, read into memory (not mapped: see above); None if there is none."""
+    path, where = store.root / binary_name(shard), store.url(binary_name(shard))
     try:
         # O_NONBLOCK and a regular-file check: a FIFO named like a sidecar must not block the loader
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise MsaDistError(f"{path} is not a regular file: remove it and run `msa-dist shards index` again")
-        with os.fdopen(fd, "rb") as f:
-            head = f.read(_HEADER.size)
-            blob_len = _HEADER.unpack(head)[4] if len(head) == _HEADER.size else 0
-            size = os.fstat(f.fileno()).st_size
-            head += f.read(min(blob_len, size))  # a crafted length reads no more than the file
     except (FileNotFoundError, NotADirectoryError):
         return None
-    index = CompactIndex.parse(head, store.url(binary_name(shard)), str(path), size)
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise MsaDistError(f"{path} is not a regular file: remove it and run `msa-dist shards index` again")
+        if info.st_size > MAX_INDEX_BYTES:
+            raise MsaDistError(f"{where}: {info.st_size} bytes, more than the {MAX_INDEX_BYTES} an index may hold")
+        head = f.read(_HEADER.size)
+        blob_len = _HEADER.unpack(head)[4] if len(head) == _HEADER.size else 0
+        head += f.read(min(blob_len + (-blob_len % 8), info.st_size))  # a crafted length reads no more than the file
+        index = CompactIndex.parse(head, where, f, info.st_size)
     tar = store.root / shard
     if tar.is_file() and tar.stat().st_size != index.nbytes:  # a shard rewritten after its index was
         raise MsaDistError(
@@ -201,7 +213,7 @@ def _open_local(store, shard: str) -> CompactIndex | None:
 
 
 def load_index(store, shard: str) -> CompactIndex:
-    """A shard's index: the binary sidecar if there is one (memory-mapped when local), else the JSON one."""
+    """A shard's index: the binary sidecar if there is one, else the JSON one."""
     from msa_dist.data.stores import LocalStore, MissingFile
 
     if isinstance(store, LocalStore):
@@ -209,7 +221,7 @@ def load_index(store, shard: str) -> CompactIndex:
         return index if index is not None else CompactIndex.from_shard_index(read_index(store, shard))
     if store.location not in _JSON_ONLY:
         try:
-            return CompactIndex.parse(store.read(binary_name(shard)), store.url(binary_name(shard)))
+            return CompactIndex.parse(store.read(binary_name(shard), MAX_INDEX_BYTES), store.url(binary_name(shard)))
         except MissingFile:  # a set indexed before binary sidecars: ask for JSON alone from now on
             _JSON_ONLY.add(store.location)
     return CompactIndex.from_shard_index(read_index(store, shard))

@@ -54,7 +54,7 @@ class CorruptCounter:
     def __call__(self, exc: Exception) -> bool:
         with self._value.get_lock():
             self._value.value += 1
-        log.warning("skipping a corrupt sample: %s", repr(exc)[:200])
+        log.warning("skipping a sample that could not be read or decoded: %s", repr(exc)[:200])
         return True  # continue with the next sample
 
     @property
@@ -167,7 +167,8 @@ def build_loader(
 ) -> torch.utils.data.DataLoader:
     """One pass: for evaluation (train=False) this rank's batches of the split in stored order
     (`loader.plan.batches`; `loader.plan.most_batches` on the busiest rank); for training, epoch
-    `spec.epoch` of the training order. `loader.corrupt` counts skipped samples."""
+    `spec.epoch` of the training order. `loader.corrupt` counts skipped samples; `loader.listed` is the
+    split's sample count as the manifest states it (`plan.num_samples` is its shards' sum)."""
     reader = SampleReader(as_shard_set(shards), spec.split)
     if spec.train:
         plan = _train_plan(cfg, reader, spec, end_epoch=spec.epoch + 1)
@@ -175,7 +176,7 @@ def build_loader(
         plan = EvalPlan(sum(reader.sizes), spec.batch_size, spec.rank, spec.world_size)
     dataset = _Batches(cfg, reader, plan, tokenizer, spec)
     loader = _data_loader(dataset, cfg, pin_memory and cfg.pin_memory)
-    loader.plan, loader.corrupt = plan, dataset.corrupt
+    loader.plan, loader.corrupt, loader.listed = plan, dataset.corrupt, reader.shard_set.samples(spec.split)
     return loader
 
 
@@ -199,7 +200,7 @@ class EvalLoader:
         reader.shard_set.preload(shards_to_preload(reader.shard_set, reader.shards))
         self.plan = EvalPlan(sum(reader.sizes), spec.batch_size, spec.rank, spec.world_size)
         dataset = _Batches(cfg, reader, self.plan, tokenizer, spec)
-        self.corrupt = dataset.corrupt
+        self.corrupt, self.listed = dataset.corrupt, reader.shard_set.samples(spec.split)
         self._loader = _data_loader(dataset, cfg, pinned=False, persistent=True)
         # Starting the iterator forks the workers now (they read the first pass's first batches
         # meanwhile); later passes resume the same workers.

@@ -195,6 +195,15 @@ class EvalPlan:
         return self.batches_of(self.rank)
 
     @property
+    def samples(self) -> int:
+        """This rank's sample count: its batches are full but for the split's last batch."""
+        total = -(-self.num_samples // self.batch_size)
+        if self.batches == 0:
+            return 0
+        last_is_mine = (total - 1) % self.world_size == self.rank
+        return self.batches * self.batch_size - (total * self.batch_size - self.num_samples if last_is_mine else 0)
+
+    @property
     def most_batches(self) -> int:
         """The largest count over all ranks: the forward passes every rank must join."""
         return self.batches_of(0)

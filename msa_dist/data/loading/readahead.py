@@ -8,14 +8,21 @@ read stay within a percent or so of the samples'), and hands the requests to a b
 threads (`threads`, each with its own kept-alive connection). Batches come out in their order,
 each once its own requests are in: which bytes make which batch is unchanged, so the epoch order,
 bytes once per epoch and exact resume are the reader's as before.
+
+The threads are daemon threads (`ReadPool`), not a ThreadPoolExecutor's, which the interpreter
+joins at exit: a read in flight when its loader is dropped (a stalled server) cannot keep the
+process alive. Closing the read-ahead cancels the reads not begun; one in flight ends by its
+store's deadline (stores/http.py) and its thread with it.
 """
 
 from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +69,46 @@ def coalesce(runs: list[Run], gap_bytes: int) -> list[Request]:
     return requests
 
 
+class ReadPool:
+    """At most `threads` daemon threads running submitted calls; `shutdown` cancels what has not begun
+    and lets each thread end after its current call."""
+
+    def __init__(self, threads: int, name: str):
+        self.threads, self.name = max(1, threads), name
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._started: list[threading.Thread] = []
+
+    def submit(self, call: Callable, *args) -> Future:
+        future: Future = Future()
+        self._tasks.put((future, call, args))
+        if len(self._started) < self.threads:  # a thread per call until there are `threads`
+            thread = threading.Thread(target=self._work, name=f"{self.name}-{len(self._started)}", daemon=True)
+            thread.start()
+            self._started.append(thread)
+        return future
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            future, call, args = task
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(call(*args))
+            except BaseException as exc:  # handed to whoever waits on the future
+                future.set_exception(exc)
+
+    def shutdown(self) -> None:
+        while True:
+            try:
+                task = self._tasks.get_nowait()
+            except queue.Empty:
+                break
+            if task is not None:
+                task[0].cancel()
+        for _ in self._started:
+            self._tasks.put(None)  # one stop for each thread, taken once its current call is done
+
+
 class ReadAhead:
     """Batches of samples for items (…, ids) in order, with the reads of the next ones in flight.
 
@@ -78,7 +125,7 @@ class ReadAhead:
         self._held: list[tuple] = []  # items taken from `items` for the next group
         items = _Chain(self, iter(items))
         pending: collections.deque = collections.deque()  # (item, runs) in batch order
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="msa-read")
+        pool = ReadPool(self.threads, "msa-read")
         try:
             while True:
                 while len(pending) < 2 * self.batches_ahead and self._plan_group(items, pending, pool):
@@ -88,9 +135,9 @@ class ReadAhead:
                 item, runs = pending.popleft()
                 yield item, self._assemble(runs, len(item[-1]))
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
 
-    def _plan_group(self, items: Iterator[tuple], pending: collections.deque, pool: ThreadPoolExecutor) -> bool:
+    def _plan_group(self, items: Iterator[tuple], pending: collections.deque, pool: ReadPool) -> bool:
         group = list(itertools.islice(items, self.batches_ahead))
         if group and group[-1][0] != group[0][0]:  # one epoch per group: a sample's bytes are read once per epoch
             cut = next(k for k, item in enumerate(group) if item[0] != group[0][0])

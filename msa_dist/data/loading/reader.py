@@ -22,7 +22,7 @@ from msa_dist.common.urls import redact_url
 from msa_dist.data.format.index import ShardIndex
 from msa_dist.data.format.index_bin import IndexCache, load_index
 from msa_dist.data.format.manifest import MANIFEST_NAME, check_manifest, split_shards
-from msa_dist.data.loading.readahead import ReadAhead, Run
+from msa_dist.data.loading.readahead import ReadAhead, ReadPool, Run
 from msa_dist.data.stores import MissingFile, ShardStore, open_store
 
 
@@ -176,11 +176,17 @@ class SampleReader:
             for where in self.shard_set.index(shard).fields.get("txt") or []
             if where is not None
         )
-        with ThreadPoolExecutor(threads, thread_name_prefix="msa-text") as pool:
+        pool = ReadPool(threads, "msa-text")  # daemon threads: an abandoned pass cannot hold the process
+        try:
             window = collections.deque(
                 pool.submit(self.read, s, w[0], w[0] + w[1]) for s, w in itertools.islice(wanted, 4 * threads)
             )
             while window:
-                text = window.popleft().result().decode("utf-8", "replace")
+                try:
+                    text = window.popleft().result().decode("utf-8", "replace")
+                except OSError as exc:  # a read that failed every attempt (stores/http.py)
+                    raise MsaDistError(f"reading the texts of split '{self.split}': {exc}") from None
                 window.extend(pool.submit(self.read, s, w[0], w[0] + w[1]) for s, w in itertools.islice(wanted, 1))
                 yield text
+        finally:
+            pool.shutdown()

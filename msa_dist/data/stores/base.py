@@ -9,6 +9,7 @@ from __future__ import annotations
 import multiprocessing
 
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.limits import MAX_MANIFEST_BYTES
 
 
 class MissingFile(MsaDistError):
@@ -45,8 +46,9 @@ class ShardStore:
             self._requests.value += 1
         return data
 
-    def read(self, name: str) -> bytes:
-        """A whole (small) file: the manifest, an index."""
+    def read(self, name: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
+        """A whole file (the manifest, an index; a tar for `shards index`); MsaDistError if it holds
+        more than `limit` bytes, of which no more than that are read."""
         raise NotImplementedError
 
     def read_range(self, name: str, start: int, end: int) -> bytes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.limits import MAX_MANIFEST_BYTES
 from msa_dist.common.urls import redact_url
 from msa_dist.data.stores.base import MissingFile, ShardStore
 
@@ -30,11 +31,15 @@ class FsspecStore(ShardStore):
     def _path(self, name: str) -> str:
         return f"{self._root}/{name}"
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
         try:
-            return self._count(self._fs_handle().cat_file(self._path(name)))
+            with self._fs_handle().open(self._path(name), "rb") as f:
+                data = f.read(limit + 1)  # bounded, whatever the file holds
         except FileNotFoundError:
             raise MissingFile(f"{self.url(name)} does not exist") from None
+        if len(data) > limit:
+            raise MsaDistError(f"{self.url(name)}: more than the {limit} bytes allowed")
+        return self._count(data)
 
     def read_range(self, name: str, start: int, end: int) -> bytes:
         data = self._fs_handle().cat_file(self._path(name), start=start, end=end)

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from msa_dist.common import atomic
 from msa_dist.common.errors import MsaDistError
-from msa_dist.common.limits import read_input
+from msa_dist.common.limits import MAX_MANIFEST_BYTES, read_input
 from msa_dist.data.stores.base import MissingFile, ShardStore
 
-_MAX_WHOLE_FILE_BYTES = 1 << 32  # a manifest or an index: far above any real one
 _OPEN_LOCK = threading.Lock()
 
 
@@ -26,10 +25,10 @@ class LocalStore(ShardStore):
     def _path(self, name: str) -> Path:
         return self.root / name
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
         try:
             # a regular file only, read with a cap: a FIFO named manifest.json must not block
-            return self._count(read_input(self._path(name), _MAX_WHOLE_FILE_BYTES))
+            return self._count(read_input(self._path(name), limit))
         except FileNotFoundError:
             raise MissingFile(f"{self._path(name)} does not exist") from None
         except OSError as exc:

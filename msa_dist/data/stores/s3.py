@@ -15,6 +15,7 @@ import threading
 import urllib.parse
 
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.limits import MAX_MANIFEST_BYTES
 from msa_dist.data.stores.base import MissingFile, ShardStore
 
 _CLIENT_LOCK = threading.Lock()  # boto3's session set-up is not thread-safe; the client is
@@ -80,18 +81,28 @@ class S3Store(ShardStore):
         except BotoCoreError as exc:  # cannot connect, read timeout: after botocore's retries
             raise MsaDistError(f"{self.url(name)}: {exc}") from None
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int = MAX_MANIFEST_BYTES) -> bytes:
         try:
-            return self._count(self._call(name, "get_object", Key=self._key(name))["Body"].read())
+            answer = self._call(name, "get_object", Key=self._key(name))
         except FileNotFoundError:
             raise MissingFile(f"{self.url(name)} does not exist") from None
+        try:
+            data = _read(answer["Body"], limit + 1) if int(answer.get("ContentLength") or 0) <= limit else None
+        except OSError as exc:
+            raise MsaDistError(f"{self.url(name)}: {exc}") from None
+        if data is None or len(data) > limit:  # no more than `limit` (and one byte to tell) is read
+            answer["Body"].close()
+            raise MsaDistError(f"{self.url(name)}: more than the {limit} bytes allowed")
+        return self._count(data)
 
     def read_range(self, name: str, start: int, end: int) -> bytes:
         try:
-            data = self._call(name, "get_object", Key=self._key(name), Range=f"bytes={start}-{end - 1}")["Body"].read()
+            body = self._call(name, "get_object", Key=self._key(name), Range=f"bytes={start}-{end - 1}")["Body"]
         except FileNotFoundError:
             raise MsaDistError(f"shard {self.url(name)} does not exist") from None
+        data = _read(body, end - start + 1)  # no more than asked for (and one byte to tell)
         if len(data) != end - start:
+            body.close()
             raise OSError(f"{self.url(name)}: read {len(data)} of {end - start} bytes at {start}")
         return self._count(data)
 
@@ -120,6 +131,16 @@ class S3Store(ShardStore):
             token = page.get("NextContinuationToken")
             if not token:
                 return names
+
+
+def _read(body, most: int) -> bytes:
+    """Up to `most` bytes of an answer's body; OSError (a counted skip of a range) if the read fails."""
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        return body.read(most)
+    except BotoCoreError as exc:  # a read timeout, a body cut short
+        raise OSError(str(exc)) from None
 
 
 def _client_error(exc, url: str, bucket: str) -> Exception:

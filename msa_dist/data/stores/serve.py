@@ -4,9 +4,12 @@ The loader asks for byte ranges, so GET honours `Range: bytes=START-END` (one ra
 `bytes=-N`) with 206 Partial Content; no Range header sends the whole file (200); any other Range
 value is answered 416. What it will not do, because the folder may sit beside other files:
 - serve anything but a regular file inside the folder: no directory listings, no dotfiles or
-  dot-folders, no symlink whose target lies outside the folder, no FIFO or device;
+  dot-folders (asked for, or reached through a symlink), no symlink whose target lies outside the
+  folder, no FIFO or device;
 - hold a response in memory: bodies go out in CHUNK_BYTES pieces;
-- keep a socket forever: a connection idle for `idle_timeout_s` is closed;
+- keep a socket forever: a request's line and headers must arrive complete within `idle_timeout_s`
+  of waiting for them (an overall deadline, not per read: a client that trickles a byte at a time
+  is cut off like an idle one);
 - start a thread per connection without bound: at most `max_connections` are served at once, the
   next wait in the listen queue.
 `latency_ms` delays every answer (a stand-in for an object store's time to first byte, for
@@ -16,6 +19,7 @@ a production web server or object storage: any server that honours Range request
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -28,6 +32,8 @@ from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from msa_dist.data.stores.deadline import buffered
+
 CHUNK_BYTES = 256 << 10
 _RANGE = re.compile(r"bytes=(\d{1,19})?-(\d{1,19})?$")  # 19 digits: any 64-bit offset, nothing longer
 
@@ -37,11 +43,22 @@ class RangeHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # keep-alive: one connection per reader thread
     disable_nagle_algorithm = True  # headers and body go out as separate writes: no 40 ms delayed-ACK stall
-    timeout = 60  # seconds a connection may sit idle (overridden per server)
+    timeout = 60  # seconds a request may take to arrive, idle time included (overridden per server)
 
     def __init__(self, *args, directory: str, latency_s: float = 0.0, **kwargs):
         self.root, self.latency_s = os.path.realpath(directory), latency_s
         super().__init__(*args, **kwargs)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()  # the plain reader made above: requests are read under a deadline instead
+        self.rfile, self._reader = buffered(self.connection, self.timeout)
+
+    def handle_one_request(self) -> None:
+        # from now, the next request's line and headers have `timeout` seconds in all to arrive
+        # (a TimeoutError past it closes the connection: BaseHTTPRequestHandler catches it)
+        self._reader.deadline = time.monotonic() + self.timeout
+        super().handle_one_request()
 
     def log_message(self, format, *args) -> None:
         pass
@@ -55,6 +72,8 @@ class RangeHandler(BaseHTTPRequestHandler):
         path = os.path.realpath(os.path.join(self.root, *names))
         if os.path.commonpath([path, self.root]) != self.root:
             return None  # a symlink out of the folder
+        if any(p.startswith(".") for p in os.path.relpath(path, self.root).split(os.sep)):
+            return None  # a symlink to a dotfile or into a dot-folder: what it names is checked, not the link
         try:
             return path if stat.S_ISREG(os.stat(path).st_mode) else None
         except OSError:
@@ -82,6 +101,8 @@ class RangeHandler(BaseHTTPRequestHandler):
         return (first, last) if first <= last else None
 
     def _answer(self, body: bool) -> None:
+        self._reader.deadline = math.inf  # the request is in; the answer's writes have the socket timeout
+        self.connection.settimeout(self.timeout)
         if self.latency_s:
             time.sleep(self.latency_s)  # the benchmark's stand-in for an object store's time to first byte
         path = self._file()
@@ -122,7 +143,8 @@ class RangeHandler(BaseHTTPRequestHandler):
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):
-    """A thread per connection, at most `max_connections` at once; idle connections time out."""
+    """A thread per connection, at most `max_connections` at once; a request that does not arrive in time
+    (idle, or trickled) closes its connection."""
 
     daemon_threads = True
     block_on_close = False
@@ -206,7 +228,10 @@ def add_serve_options(parser) -> None:
         help="delay every answer this long: an object store's time to first byte, for benchmarks",
     )
     parser.add_argument(
-        "--idle-timeout-s", type=float, default=60.0, help="close a connection idle this long (default %(default)s)"
+        "--idle-timeout-s",
+        type=float,
+        default=60.0,
+        help="close a connection whose next request has not arrived complete this long (default %(default)s)",
     )
     parser.add_argument(
         "--max-connections",
