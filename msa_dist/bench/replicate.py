@@ -13,11 +13,9 @@ from pathlib import Path
 import webdataset as wds
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.data.format.index import index_name
-from msa_dist.data.format.index_bin import binary_name
 from msa_dist.data.format.manifest import load_manifest, shard_urls, write_manifest
 from msa_dist.data.format.tario import tar_samples
-from msa_dist.data.shards import describe_shard
+from msa_dist.data.shards import describe_shard, move_shard
 
 
 def replicate_shards(src_dir: str | Path, out_dir: str | Path, copies: int, shard_size: int = 1000) -> dict:
@@ -67,9 +65,7 @@ def _write_copies(out: Path, split: str, samples: list[dict], copies: int, shard
                     counts[name] = counts.get(name, 0) + 1
         shards = [describe_shard(Path(tmp), name, n) for name, n in counts.items()]
         for name in counts:
-            (Path(tmp) / index_name(name)).replace(out / index_name(name))
-            (Path(tmp) / binary_name(name)).replace(out / binary_name(name))
-            (Path(tmp) / name).replace(out / name)
+            move_shard(Path(tmp), out, name)
     entry = {"samples": len(guids), "labelled": info.get("labelled", 0) * copies, "shards": shards, "guids": guids}
     if "class_counts" in info:
         entry["class_counts"] = {label: n * copies for label, n in info["class_counts"].items()}

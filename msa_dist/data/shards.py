@@ -252,10 +252,15 @@ def _publish(tmp: Path, out: Path, manifest: dict) -> None:
         if SHARD_NAME_RE.match(shard) and shard not in new_names and path.is_file():
             path.unlink()
     for shard_name in new_names:
-        os.replace(tmp / index_name(shard_name), out / index_name(shard_name))
-        os.replace(tmp / binary_name(shard_name), out / binary_name(shard_name))
-        os.replace(tmp / shard_name, out / shard_name)
+        move_shard(tmp, out, shard_name)
     write_manifest(out, manifest)
+
+
+def move_shard(src: Path, dst: Path, shard_name: str) -> None:
+    """Move a finished shard and its two indexes from `src` into `dst`, the tar last (the indexes of a
+    shard are never missing once the shard is there)."""
+    for name in (index_name(shard_name), binary_name(shard_name), shard_name):
+        os.replace(Path(src) / name, Path(dst) / name)
 
 
 def verify_shards(shard_dir: str) -> dict:

@@ -17,11 +17,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import os
 import shutil
 from pathlib import Path
 
-from msa_dist.common.atomic import fresh_dir, remove
+from msa_dist.common.atomic import fresh_dir, remove, swap_dir
 from msa_dist.common.errors import MsaDistError
 from msa_dist.engine.checkpoint import trust as checkpoint_trust
 
@@ -71,7 +70,7 @@ def convert_to_universal(ckpt_dir: Path, tag: str) -> Path:
         ) from exc
     (tmp / "conversion.log").write_text(log.getvalue())
     checkpoint_trust.sign(tmp, tag)
-    os.replace(tmp, final)
+    swap_dir(tmp, final)
     return final
 
 
