@@ -31,6 +31,16 @@ class DataConfig:
     # fewer requests, less mixing
     chunk_samples: int = 4
     resampled: bool = False  # draw the runs with replacement instead of reading each once per epoch
+    # train reads: chunks (ranged reads of chunk_samples samples: small splits) | blocks (one request per block of
+    # about block_bytes of one shard, samples mixed in a shuffle buffer: few requests at scale, docs/data-scale.md)
+    read_mode: str = "chunks"
+    block_bytes: int = 4 << 20  # blocks mode: bytes of one block (one ranged read); a shard is cut into equal blocks
+    # blocks mode: samples each canonical partition's shuffle buffer holds (per loader worker and partition it reads)
+    shuffle_buffer_samples: int = 4096
+    # blocks mode: partitions the order is defined for (0 = world size x lcm(accumulation, workers): the order then
+    # depends on the layout); set it to resume exactly on any layout whose world x lcm(accum, workers) divides it
+    canonical_partitions: int = 0
+    block_read_ahead: int = 2  # blocks mode: blocks of a partition read ahead of its shuffle buffer
     # ranged reads each loader worker keeps in flight (threads, each with its own connection): hides a remote store's
     # per-request latency
     read_threads: int = 32
