@@ -4,6 +4,7 @@ epoch, the same batches on every layout whose size divides the canonical partiti
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from msa_dist.common.errors import MsaDistError
@@ -63,6 +64,20 @@ def test_partitions_cut_the_shuffled_blocks_into_equal_disjoint_ranges():
             assert len(ids) in (table.size // partitions, -(-table.size // partitions))
             got += ids
         assert sorted(got) == list(range(table.size))
+    rng = np.random.default_rng(0)
+    for trial in range(20):  # random uneven splits, some shards of unknown size; 64-slot windows crossed
+        samples = rng.integers(1, 50, rng.integers(1, 60))
+        nbytes = samples * rng.integers(50, 200, len(samples)) * (rng.random(len(samples)) > 0.1)
+        table = BlockTable(samples, nbytes, int(rng.integers(100, 3000)))
+        for partitions in (1, 7, 16):
+            epoch = BlockEpoch(table, trial, 1, partitions)
+            got = []
+            for q in range(partitions):
+                seg = epoch.segments(q)
+                assert (seg.hi > seg.lo).all()
+                got += [i for f, lo, hi in zip(seg.first_id, seg.lo, seg.hi) for i in range(f, f + hi - lo)]
+            assert sorted(got) == list(range(table.size))
+    table = BlockTable([13, 29, 6, 24, 1], [13_000, 29_000, 6_000, 0, 900], block_bytes=5_000)
     one, other = BlockEpoch(table, 2, 1, 1).segments(0), BlockEpoch(table, 2, 2, 1).segments(0)
     assert one.first_id.tolist() != other.first_id.tolist()  # each epoch its own block order
 

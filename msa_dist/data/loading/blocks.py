@@ -31,6 +31,7 @@ import numpy as np
 from msa_dist.common.errors import MsaDistError
 from msa_dist.data.loading.order import KeyedPermutation, TrainPlan, stable_int
 
+MARK_SLOTS = 64
 BLOCKS_VERSION = 1  # bumped whenever the rule above changes: an old position then restarts its epoch
 
 
@@ -48,6 +49,11 @@ class BlockTable:
         self.first_id = np.concatenate([[0], np.cumsum(self.samples)])
         self.blocks = int(self.first_block[-1])
         self.size = int(self.first_id[-1])
+        # samples of each block (4 bytes a block, built once): block k of a shard of n samples in m blocks
+        # holds samples [k n // m, (k + 1) n // m)
+        k = np.arange(self.blocks, dtype=np.int64) - np.repeat(self.first_block[:-1], self.per_shard)
+        n, m = np.repeat(self.samples, self.per_shard), np.repeat(self.per_shard, self.per_shard)
+        self.block_samples = ((k + 1) * n // m - k * n // m).astype(np.uint32)
 
     def spans(self, blocks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shard, lo, hi) of each block: samples [lo, hi) of that shard."""
@@ -75,21 +81,37 @@ class BlockEpoch:
 
     def __init__(self, table: BlockTable, seed: int, epoch: int, partitions: int):
         self.table, self.seed, self.epoch, self.partitions = table, seed, epoch, partitions
-        perm = KeyedPermutation(table.blocks, stable_int("blocks", seed, epoch))
-        # O(blocks) per epoch and process (8 bytes a block): 1e6 blocks for 1e9 samples of 1,000 a block
-        self._block_at = perm(np.arange(table.blocks))
-        shard, lo, hi = table.spans(self._block_at)
-        self._ends = np.cumsum(hi - lo)  # samples up to and including each slot
+        self._perm = KeyedPermutation(table.blocks, stable_int("blocks", seed, epoch))
+        # samples up to and including every MARK_SLOTS-th slot (a slot in between is found by evaluating the
+        # permutation over one window): an epoch's build is one pass over the blocks, a million at a time,
+        # and keeps 8 bytes per MARK_SLOTS blocks
+        self._marks = np.empty(-(-table.blocks // MARK_SLOTS), dtype=np.int64)
+        total, step = 0, MARK_SLOTS << 14
+        for begin in range(0, table.blocks, step):
+            ends = np.cumsum(self._sizes(begin, min(begin + step, table.blocks))) + total
+            full = ends[MARK_SLOTS - 1 :: MARK_SLOTS]
+            self._marks[begin // MARK_SLOTS : begin // MARK_SLOTS + len(full)] = full
+            if len(ends) % MARK_SLOTS:  # the last window, short
+                self._marks[-1] = ends[-1]
+            total = int(ends[-1])
+
+    def _sizes(self, begin: int, end: int) -> np.ndarray:
+        """Samples of the blocks at slots [begin, end)."""
+        return self.table.block_samples[self._perm(np.arange(begin, end))].astype(np.int64)
+
+    def _slot_of(self, position: int) -> tuple[int, int]:
+        """(slot, samples before that slot) of a position in the shuffled blocks' sequence."""
+        window = int(np.searchsorted(self._marks, position, side="right"))
+        begin = window * MARK_SLOTS
+        before = int(self._marks[window - 1]) if window else 0
+        ends = np.cumsum(self._sizes(begin, min(begin + MARK_SLOTS, self.table.blocks))) + before
+        slot = int(np.searchsorted(ends, position, side="right"))
+        return begin + slot, int(ends[slot - 1]) if slot else before
 
     def partition_range(self, q: int) -> tuple[int, int]:
         """Partition q's samples, as positions [begin, end) in the shuffled blocks' sequence."""
         size = self.table.size
         return q * size // self.partitions, (q + 1) * size // self.partitions
-
-    @property
-    def shortest(self) -> int:
-        """Samples of the smallest partition."""
-        return self.table.size // self.partitions
 
     def segments(self, q: int) -> Segments:
         """Partition q's reads: its blocks, the first and last cut to its range."""
@@ -99,12 +121,13 @@ class BlockEpoch:
             segments = Segments(empty, empty, empty)
             segments.first_id = empty
             return segments
-        first = int(np.searchsorted(self._ends, begin, side="right"))
-        last = int(np.searchsorted(self._ends, end - 1, side="right"))
-        shard, lo, hi = self.table.spans(self._block_at[first : last + 1])
-        slot_begin = self._ends[first : last + 1] - (hi - lo)  # position of each block's first sample
+        first, before = self._slot_of(begin)
+        last, _ = self._slot_of(end - 1)
+        shard, lo, hi = self.table.spans(self._perm(np.arange(first, last + 1)))
+        sizes = hi - lo
+        slot_begin = before + np.cumsum(sizes) - sizes  # position of each block's first sample
         lo = lo + np.maximum(0, begin - slot_begin)
-        hi = hi - np.maximum(0, self._ends[first : last + 1] - end)
+        hi = hi - np.maximum(0, slot_begin + sizes - end)
         segments = Segments(shard, lo, hi)
         segments.first_id = self.table.first_id[shard] + lo
         return segments
