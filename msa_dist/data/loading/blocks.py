@@ -49,11 +49,12 @@ class BlockTable:
         self.first_id = np.concatenate([[0], np.cumsum(self.samples)])
         self.blocks = int(self.first_block[-1])
         self.size = int(self.first_id[-1])
-        # samples of each block (4 bytes a block, built once): block k of a shard of n samples in m blocks
+        # samples of each block (2 bytes a block, 4 past 65,535 samples; built once): block k of a shard of n samples in m blocks
         # holds samples [k n // m, (k + 1) n // m)
         k = np.arange(self.blocks, dtype=np.int64) - np.repeat(self.first_block[:-1], self.per_shard)
         n, m = np.repeat(self.samples, self.per_shard), np.repeat(self.per_shard, self.per_shard)
-        self.block_samples = ((k + 1) * n // m - k * n // m).astype(np.uint32)
+        counts = (k + 1) * n // m - k * n // m
+        self.block_samples = counts.astype(np.uint16 if counts.size and counts.max() < 1 << 16 else np.uint32)
 
     def spans(self, blocks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(shard, lo, hi) of each block: samples [lo, hi) of that shard."""
