@@ -180,3 +180,17 @@ def test_one_request_per_block_counted_by_the_store(split, tokenizer):
     assert table.blocks == 20 and segments <= 20 + 1  # a block cut by a partition's end: two reads
     assert requests["blocks"] == pytest.approx((segments + 20) / 320)  # + each shard's index, once
     assert requests["blocks"] < requests["chunks"] / 2
+
+
+def test_each_epoch_reads_every_sample_once_in_its_own_order_across_epoch_boundaries(split, tokenizer):
+    """One stream over two epochs, workers going on from one epoch to the next; bytes read once per epoch."""
+    shard_set = ShardSet(str(split))
+    stream = TrainStream(_cfg(workers=2), shard_set, StreamSpec("train", True, 4, seed=5), tokenizer, epochs=2)
+    before = shard_set.store.bytes_read  # the manifest (local indexes are memory-mapped, not read)
+    epochs = [[k for b in stream.epoch(e) for k in b["keys"]] for e in range(2)]
+    stream.close()
+    assert [sorted(e) for e in epochs] == [sorted(epochs[0])] * 2 and len(set(epochs[0])) == 320
+    assert epochs[0] != epochs[1]
+    indexes = [shard_set.index(s) for s in shard_set.shards("train")]
+    sample_bytes = sum(i.ends[k] - i.starts[k] for i in indexes for k in range(len(i)))
+    assert shard_set.store.bytes_read - before == 2 * sample_bytes  # each sample's bytes once per epoch
