@@ -9,7 +9,7 @@ import pytest
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import DataConfig
-from msa_dist.data.loading.blocks import BlockEpoch, BlockTable, resolve_partitions
+from msa_dist.data.loading.blocks import BlockEpoch, BlockTable, BlockTrainPlan, resolve_partitions
 from msa_dist.data.loading.loader import StreamSpec, build_loader
 from msa_dist.data.loading.reader import ShardSet
 from msa_dist.data.loading.shuffle_buffer import ShuffleBuffer
@@ -194,3 +194,15 @@ def test_each_epoch_reads_every_sample_once_in_its_own_order_across_epoch_bounda
     indexes = [shard_set.index(s) for s in shard_set.shards("train")]
     sample_bytes = sum(i.ends[k] - i.starts[k] for i in indexes for k in range(len(i)))
     assert shard_set.store.bytes_read - before == 2 * sample_bytes  # each sample's bytes once per epoch
+
+
+def test_auto_reads_a_split_of_many_shards_in_blocks(split, tokenizer):
+    def plan(**kw):
+        return build_loader(_cfg(read_mode="auto", **kw), str(split), StreamSpec("train", True, 4), tokenizer).plan
+
+    assert DataConfig().read_mode == "auto"
+    assert isinstance(plan(blocks_above_shards=19), BlockTrainPlan)  # 20 shards: more than 19
+    assert not isinstance(plan(blocks_above_shards=20), BlockTrainPlan)
+    # options only the chunks mode has keep it
+    assert not isinstance(plan(blocks_above_shards=19, resampled=True), BlockTrainPlan)
+    assert not isinstance(plan(blocks_above_shards=19, length_bucket_batches=2), BlockTrainPlan)

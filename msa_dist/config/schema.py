@@ -32,8 +32,10 @@ class DataConfig:
     chunk_samples: int = 4
     resampled: bool = False  # draw the runs with replacement instead of reading each once per epoch
     # train reads: chunks (ranged reads of chunk_samples samples: small splits) | blocks (one request per block of
-    # about block_bytes of one shard, samples mixed in a shuffle buffer: few requests at scale, docs/data-scale.md)
-    read_mode: str = "chunks"
+    # about block_bytes of one shard, samples mixed in a shuffle buffer: few requests at scale, docs/data-scale.md) |
+    # auto (blocks for a split of more than blocks_above_shards shards, unless resampled or length buckets are on)
+    read_mode: str = "auto"
+    blocks_above_shards: int = 1000  # read_mode=auto: a train split of more shards than this is read in blocks
     block_bytes: int = 4 << 20  # blocks mode: bytes of one block (one ranged read); a shard is cut into equal blocks
     # blocks mode: samples each canonical partition's shuffle buffer holds (per loader worker and partition it reads)
     shuffle_buffer_samples: int = 4096

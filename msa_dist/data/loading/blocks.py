@@ -49,8 +49,8 @@ class BlockTable:
         self.first_id = np.concatenate([[0], np.cumsum(self.samples)])
         self.blocks = int(self.first_block[-1])
         self.size = int(self.first_id[-1])
-        # samples of each block (2 bytes a block, 4 past 65,535 samples; built once): block k of a shard of n samples in m blocks
-        # holds samples [k n // m, (k + 1) n // m)
+        # samples of each block (2 bytes a block, 4 past 65,535 samples; built once): block k of a shard of n
+        # samples in m blocks holds samples [k n // m, (k + 1) n // m)
         k = np.arange(self.blocks, dtype=np.int64) - np.repeat(self.first_block[:-1], self.per_shard)
         n, m = np.repeat(self.samples, self.per_shard), np.repeat(self.per_shard, self.per_shard)
         counts = (k + 1) * n // m - k * n // m
@@ -191,6 +191,16 @@ def block_key(plan: BlockTrainPlan) -> dict:
         "block_bytes": plan.block_bytes,
         "shuffle_buffer_samples": plan.buffer_samples,
     }
+
+
+def train_read_mode(cfg, shards: list[dict]) -> str:
+    """`data.read_mode` resolved for a train split: auto reads a split of more than `blocks_above_shards`
+    shards in blocks (there, chunks cost an index read per chunk: docs/data-scale.md), unless resampled
+    or length buckets are on (chunks mode only)."""
+    if cfg.read_mode != "auto":
+        return cfg.read_mode
+    chunks_only = cfg.resampled or cfg.length_bucket_batches > 1
+    return "blocks" if len(shards) > cfg.blocks_above_shards and not chunks_only else "chunks"
 
 
 def block_train_plan(cfg, shards: list[dict], spec, **kw) -> BlockTrainPlan:

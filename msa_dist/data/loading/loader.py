@@ -24,7 +24,7 @@ from msa_dist.config.schema import DataConfig
 from msa_dist.data.format.index_bin import shards_to_preload
 from msa_dist.data.loading.batching import BatchMaker, BlockPool
 from msa_dist.data.loading.block_reads import BlockReads
-from msa_dist.data.loading.blocks import BlockTrainPlan, block_train_plan
+from msa_dist.data.loading.blocks import BlockTrainPlan, block_train_plan, train_read_mode
 from msa_dist.data.loading.buckets import WindowBuckets
 from msa_dist.data.loading.order import EvalPlan, TrainPlan
 from msa_dist.data.loading.reader import SampleReader, ShardSet
@@ -225,7 +225,7 @@ class EvalLoader:
 
 
 def _train_plan(cfg: DataConfig, reader: SampleReader, spec: StreamSpec, **kw) -> TrainPlan:
-    if cfg.read_mode == "blocks":
+    if train_read_mode(cfg, reader.shards) == "blocks":
         return block_train_plan(cfg, reader.shards, spec, **kw)
     return TrainPlan(
         int(sum(reader.sizes)),
