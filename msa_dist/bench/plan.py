@@ -234,6 +234,9 @@ def run_plan_bench(
             samples, shard_samples, sample_bytes, gpus=gpus, nodes=nodes, workers=workers, batch_size=batch_size,
             samples_per_s_per_gpu=samples_per_s_per_gpu, indexes_preloaded=preloaded, **blocks,
         )  # fmt: skip
+        node["shards_per_minute"] = _shards_per_minute(
+            node["shards_touched"], node["shards"], node["epochs_per_minute"]
+        )
     else:
         node = node_minute(samples, shard_samples, chunk_samples, gpus, nodes, batch_size, samples_per_s_per_gpu)
         # a shard met by a worker costs an index read unless that worker's cache holds it (a split whose

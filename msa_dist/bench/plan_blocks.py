@@ -15,7 +15,6 @@ import time
 
 import numpy as np
 
-from msa_dist.bench.plan import _shards_per_minute
 from msa_dist.data.loading.blocks import BlockEpoch, BlockTable, resolve_partitions
 
 
@@ -84,7 +83,8 @@ def node_minute_blocks(
         "shard_visits_per_sample": shard_visits / consumed,
         "index_loads_per_sample": 0.0 if indexes_preloaded else shard_visits / consumed,
         "samples_per_minute": int(node_rate * 60),
-        "shards_per_minute": _shards_per_minute(len(touched), shards, node_rate * 60 / max(1, node_samples)),
+        "shards_touched": len(touched),  # in one minute, or in the node's share of an epoch if that is shorter
+        "epochs_per_minute": node_rate * 60 / max(1, node_samples),
         "shards": shards,
         # before its first batch a worker fills its buffer: that many blocks, each an index read then a data read
         "first_batch_blocks": fill_blocks,
