@@ -3,8 +3,10 @@
 A worker makes the micro batches t = w, w + W, ... of its rank (as in chunks mode); each is the next
 piece of one canonical partition's stream (blocks.py), and every piece of a partition comes to the same
 worker. Per partition the worker keeps a `ShuffleBuffer` of ids and the blocks' samples: a block is one
-ranged request (its shard's index first, when this worker has not read it: one more), sent
-`data.block_read_ahead` blocks before the buffer needs it, on a pool of `data.read_threads` threads.
+ranged request (its shard's index first, when this worker has not read it: one more). Every block the
+next piece can draw from is in flight, and `data.block_read_ahead` more, on a pool of `data.read_threads`
+threads; the partition of the worker's next batch is opened while this one is made, so a partition's (or
+a new epoch's) first blocks are read ahead too.
 A resumed worker replays each partition's buffer to its position (no reads) and reads again only the
 blocks whose samples were still in the buffer, keeping those samples alone.
 """
@@ -14,6 +16,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
 
 from msa_dist.data.loading.blocks import BlockEpoch, BlockTrainPlan
 from msa_dist.data.loading.readahead import Run
@@ -35,7 +39,8 @@ class _PartitionReads:
         self._reads: dict[int, Future] = {}
         self._samples: dict[int, dict] = {}  # segment -> {offset in segment: raw sample}
         self._next_read = 0
-        self._submit(pool)  # the first blocks, before the buffer asks for them
+        self._ends = np.cumsum(self.segments.hi - self.segments.lo)  # samples up to and including each segment
+        self._submit(pool)  # the blocks the first piece needs (the buffer's fill), before it asks for them
 
     def _read(self, seg: int) -> tuple[int, bytes]:
         shard = int(self.segments.shard[seg])
@@ -44,8 +49,11 @@ class _PartitionReads:
         return start, self.reader.read(shard, start, end)
 
     def _submit(self, pool: ThreadPoolExecutor) -> None:
-        """Keep the blocks up to `read_ahead_blocks` past the buffer's last entered one in flight."""
-        until = min(len(self.segments), self.buffer.entered + self.plan.read_ahead_blocks)
+        """Keep in flight every block the next piece can take samples from (the buffer enters at most
+        capacity + batch samples past those emitted) and `read_ahead_blocks` more."""
+        reach = self.buffer.emitted + self.buffer.capacity + self.plan.batch_size
+        needed = int(np.searchsorted(self._ends, reach - 1, side="right")) + 1
+        until = min(len(self.segments), needed + self.plan.read_ahead_blocks)
         while self._next_read < until:
             seg = self._next_read
             if seg >= self._entered_before or self._wanted.get(seg):  # else: all emitted before a resume
@@ -90,20 +98,32 @@ class BlockReads:
 
     def __call__(self, worker: int, workers: int) -> Iterator[tuple[tuple, list]]:
         pool = ThreadPoolExecutor(self.threads, thread_name_prefix="msa-block")
-        epoch, order, partitions = None, None, {}
+        self._orders: dict[int, BlockEpoch] = {}
+        self._partitions: dict[tuple[int, int], _PartitionReads] = {}
+        where = [self.plan.locate(t) for t in (worker, worker + workers)]
         try:
-            for t in itertools.count(worker, workers):
-                where = self.plan.locate(t)
-                if where is None:
+            for t in itertools.count(worker + 2 * workers, workers):
+                if where[0] is None:
                     return
-                if where[0] != epoch:  # a new epoch: the last one's partitions (and their reads) are dropped
-                    epoch, order, partitions = where[0], self.plan.order(where[0]), {}
-                q, piece = self.plan.piece(where[1])
-                reads = partitions.get(q)
-                if reads is None or reads.piece != piece:  # first visit (or a layout that splits partitions)
-                    reads = partitions[q] = _PartitionReads(self.reader, order, q, self.plan, piece, pool)
-                samples = reads.take(pool)
+                samples = self._open(where[0], pool).take(pool)
+                if where[1] is not None:  # the next batch's partition: its blocks go in flight now
+                    self._open(where[1], pool)
                 ids = [s.get("__key__") if isinstance(s, dict) else None for s in samples]
-                yield (epoch, where[1], ids), samples
+                yield (*where[0], ids), samples
+                where = [where[1], self.plan.locate(t)]
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
+
+    def _open(self, where: tuple[int, int], pool: ThreadPoolExecutor) -> _PartitionReads:
+        """The reads of the partition micro batch `where` = (epoch, batch) comes from, at its piece."""
+        epoch, batch = where
+        if epoch not in self._orders:  # a new epoch: those before the previous one are dropped, with their reads
+            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
+            self._partitions = {k: r for k, r in self._partitions.items() if k[0] >= epoch - 1}
+            self._orders[epoch] = self.plan.order(epoch)
+        q, piece = self.plan.piece(batch)
+        reads = self._partitions.get((epoch, q))
+        if reads is None or reads.piece != piece:  # first visit (or a layout that splits partitions)
+            reads = _PartitionReads(self.reader, self._orders[epoch], q, self.plan, piece, pool)
+            self._partitions[epoch, q] = reads
+        return reads
