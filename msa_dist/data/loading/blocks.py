@@ -1,4 +1,4 @@
-"""The blocks read mode (`data.read_mode=blocks`): few large reads, mixed in a shuffle buffer.
+"""The blocks read mode (`data.read_mode=blocks`, or auto on a large split): few large reads, mixed in a buffer.
 
 The rule, the same on every rank (no rank needs to talk to another):
 - each shard is cut into blocks of consecutive samples, about `data.block_bytes` each (ceil(shard bytes
@@ -31,7 +31,7 @@ import numpy as np
 from msa_dist.common.errors import MsaDistError
 from msa_dist.data.loading.order import KeyedPermutation, TrainPlan, stable_int
 
-MARK_SLOTS = 64
+MARK_SLOTS = 64  # an epoch keeps the samples up to every 64th slot; a slot between is found in one window
 BLOCKS_VERSION = 1  # bumped whenever the rule above changes: an old position then restarts its epoch
 
 
