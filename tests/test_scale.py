@@ -48,3 +48,17 @@ def test_bench_plan_command(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "each node sustains" in out.stdout and "shards per minute" in out.stdout
     assert json.loads((tmp_path / "plan.json").read_text())["shards"] == 200
+
+
+def test_bench_plan_blocks_mode_makes_few_requests_per_sample():
+    blocks = {"block_bytes": 4 << 20, "buffer_samples": 1024, "partitions": 0}
+    got = run_plan_bench(10**6, 1000, nodes=4, gpus=8, workers=2, latency_ms=30, samples_per_s_per_gpu=500,
+                         blocks=blocks, manifest=False)
+    assert got["partitions"] == 4 * 8 * 2 and got["blocks"] == 4 * 1000  # 16 MiB shards in 4 blocks of 250
+    # one request per block (a few more where a partition's range cuts one), each shard's index read by the
+    # workers that meet it
+    assert 1 / 250 <= got["requests_per_sample"] < 1.1 / 250
+    assert got["requests_per_sample"] + got["index_loads_per_sample"] <= 0.01
+    chunks = run_plan_bench(10**6, 1000, nodes=4, gpus=8, workers=2, latency_ms=30, samples_per_s_per_gpu=500,
+                            manifest=False)
+    assert got["node_requests_per_s"] < chunks["node_requests_per_s"] / 25

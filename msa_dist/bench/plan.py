@@ -220,16 +220,29 @@ def run_plan_bench(
     sample_bytes: int = 16384,
     read_threads: int = 16,
     manifest: bool = True,
+    blocks: dict | None = None,
 ) -> dict:
     """The whole plan: per-process memory and start-up, and what each node must sustain."""
     if min(samples, shard_samples, nodes, gpus, chunk_samples, batch_size, sample_bytes) < 1 or workers < 0:
         raise MsaDistError("bench plan: sizes and counts must be positive (--workers >= 0)")
     proc = process_structures(samples, shard_samples, chunk_samples, sample_bytes)
-    node = node_minute(samples, shard_samples, chunk_samples, gpus, nodes, batch_size, samples_per_s_per_gpu)
-    # a shard met by a worker costs an index read unless that worker's cache holds it (a split whose
-    # indexes all fit is read once at start-up)
-    miss = 0.0 if proc["cached_indexes"] >= proc["shards"] else 1 - proc["cached_indexes"] / proc["shards"]
-    node["index_loads_per_sample"] = node["shard_visits_per_sample"] * miss
+    if blocks is not None:  # {block_bytes, buffer_samples, partitions}: the blocks read mode (plan_blocks.py)
+        from msa_dist.bench.plan_blocks import node_minute_blocks
+
+        preloaded = proc["cached_indexes"] >= proc["shards"]
+        node = node_minute_blocks(
+            samples, shard_samples, sample_bytes, gpus=gpus, nodes=nodes, workers=workers, batch_size=batch_size,
+            samples_per_s_per_gpu=samples_per_s_per_gpu, indexes_preloaded=preloaded, **blocks,
+        )  # fmt: skip
+        node["shards_per_minute"] = _shards_per_minute(
+            node["shards_touched"], node["shards"], node["epochs_per_minute"]
+        )
+    else:
+        node = node_minute(samples, shard_samples, chunk_samples, gpus, nodes, batch_size, samples_per_s_per_gpu)
+        # a shard met by a worker costs an index read unless that worker's cache holds it (a split whose
+        # indexes all fit is read once at start-up)
+        miss = 0.0 if proc["cached_indexes"] >= proc["shards"] else 1 - proc["cached_indexes"] / proc["shards"]
+        node["index_loads_per_sample"] = node["shard_visits_per_sample"] * miss
     result = {
         "bench": "plan",
         "nodes": nodes,
@@ -258,9 +271,14 @@ def run_plan_bench(
     preload = proc["shards"] if proc["cached_indexes"] >= proc["shards"] else 1
     per_sample = node["requests_per_sample"] + node["shard_visits_per_sample"] * (preload == 1)
     first_batch = math.ceil(batch_size * per_sample)
-    result["startup_request_rounds"] = 1 + math.ceil(preload / read_threads) + math.ceil(first_batch / read_threads)
+    first_rounds = math.ceil(first_batch / read_threads)
+    if blocks is not None:  # a worker's buffer fills first: blocks read side by side, each index then data
+        first_rounds = (1 + (preload == 1)) * math.ceil(node["first_batch_blocks"] / read_threads)
+    result["startup_request_rounds"] = 1 + math.ceil(preload / read_threads) + first_rounds
     result["startup_s"] = (
-        proc["order_s"]
+        node.get("block_table_s", 0.0)
+        + node.get("epoch_s", 0.0)
+        + proc["order_s"]
         + proc["shard_table_s"]
         + result.get("manifest_parse_s", 0.0)
         + preload * proc["index_cache_fill_s"] / max(1, proc["index_loads"])
@@ -299,5 +317,9 @@ def print_plan(result: dict, console) -> None:
         f"{result['shards_per_minute']:,} shards per minute ({result['shards_per_minute'] / result['shards']:.1%} "
         f"of the split)",
     ]
+    if result.get("read_mode") == "blocks":
+        from msa_dist.bench.plan_blocks import blocks_lines
+
+        lines += blocks_lines(result)
     for line in lines:
         console.print(line, highlight=False)

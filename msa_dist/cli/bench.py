@@ -79,6 +79,10 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--latency-ms", type=float, default=30.0, help="the store's time to first byte per request")
     p.add_argument("--samples-per-s-per-gpu", type=float, default=3500.0, help="training rate of one GPU")
     p.add_argument("--chunk-samples", type=int, default=4, help="data.chunk_samples")
+    p.add_argument("--read-mode", choices=["chunks", "blocks"], default="chunks", help="data.read_mode")
+    p.add_argument("--block-bytes", type=int, default=4 << 20, help="data.block_bytes (blocks mode)")
+    p.add_argument("--shuffle-buffer-samples", type=int, default=4096, help="data.shuffle_buffer_samples")
+    p.add_argument("--partitions", type=int, default=0, help="data.canonical_partitions (0: nodes x gpus x workers)")
     p.add_argument("--batch-size", type=int, default=32, help="micro batch per rank")
     p.add_argument("--sample-bytes", type=int, default=16384, help="mean sample size in the shards")
     p.add_argument("--no-manifest", action="store_true", help="skip parsing a synthetic manifest of that many shards")
@@ -140,6 +144,13 @@ def run_bench(args: argparse.Namespace) -> int:
             args.batch_size,
             args.sample_bytes,
             manifest=not args.no_manifest,
+            blocks=None
+            if args.read_mode == "chunks"
+            else {
+                "block_bytes": args.block_bytes,
+                "buffer_samples": args.shuffle_buffer_samples,
+                "partitions": args.partitions,
+            },
         )
         report.write_json(result, args.json)
         print_plan(result, console)

@@ -32,6 +32,15 @@ class DataConfig:
     # fewer requests, less mixing
     chunk_samples: int = 4
     resampled: bool = False  # draw the runs with replacement instead of reading each once per epoch
+    # train reads: chunks (a ranged read per chunk_samples run) | blocks (a read per block_bytes of a shard, mixed in a
+    # shuffle buffer: docs/data-scale.md) | auto (blocks past blocks_above_shards shards, unless resampled or buckets)
+    read_mode: str = "auto"
+    blocks_above_shards: int = 1000  # read_mode=auto: a train split of more shards than this is read in blocks
+    block_bytes: int = 4 << 20  # blocks mode: bytes of one block (one ranged read); a shard is cut into equal blocks
+    shuffle_buffer_samples: int = 4096  # blocks mode: samples in each partition's shuffle buffer (per worker)
+    # blocks mode: the order's partitions, the same for layouts whose world x lcm(accum, workers) divides it (0: ours)
+    canonical_partitions: int = 0
+    block_read_ahead: int = 2  # blocks mode: blocks of a partition read ahead of its shuffle buffer
     # ranged reads each loader worker keeps in flight (threads, each with its own connection): hides a remote store's
     # per-request latency
     read_threads: int = 32

@@ -23,6 +23,8 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import DataConfig
 from msa_dist.data.format.index_bin import shards_to_preload
 from msa_dist.data.loading.batching import BatchMaker, BlockPool
+from msa_dist.data.loading.block_reads import BlockReads
+from msa_dist.data.loading.blocks import BlockTrainPlan, block_train_plan, train_read_mode
 from msa_dist.data.loading.buckets import WindowBuckets
 from msa_dist.data.loading.order import EvalPlan, TrainPlan
 from msa_dist.data.loading.reader import SampleReader, ShardSet
@@ -118,10 +120,14 @@ class _Batches(torch.utils.data.IterableDataset):
         items = itertools.takewhile(
             lambda item: item is not None, (self._ids(t, orders) for t in itertools.count(worker, workers))
         )
-        # the next batches' reads stay in flight while this one is made (readahead.py)
-        for (epoch, index, _), samples in self.reader.read_ahead(
-            items, self.cfg.read_threads, self.cfg.read_ahead_batches, self.cfg.read_gap_bytes
-        ):
+        # the next batches' reads stay in flight while this one is made (readahead.py; blocks mode: block_reads.py)
+        if isinstance(self.plan, BlockTrainPlan):
+            reads = BlockReads(self.reader, self.plan, self.cfg.read_threads)(worker, workers)
+        else:
+            reads = self.reader.read_ahead(
+                items, self.cfg.read_threads, self.cfg.read_ahead_batches, self.cfg.read_gap_bytes
+            )
+        for (epoch, index, _), samples in reads:
             batch = maker.make(samples, epoch)
             if batch is None:
                 if not self.spec.train:
@@ -220,6 +226,8 @@ class EvalLoader:
 
 
 def _train_plan(cfg: DataConfig, reader: SampleReader, spec: StreamSpec, **kw) -> TrainPlan:
+    if train_read_mode(cfg, reader.shards) == "blocks":
+        return block_train_plan(cfg, reader.shards, spec, **kw)
     return TrainPlan(
         int(sum(reader.sizes)),
         cfg.chunk_samples,

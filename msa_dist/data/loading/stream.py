@@ -27,12 +27,13 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import DataConfig
 from msa_dist.data.format.index_bin import shards_to_preload
+from msa_dist.data.loading.blocks import BlockTrainPlan, block_key
 from msa_dist.data.loading.loader import StreamSpec, _Batches, _data_loader, _train_plan, as_shard_set
 from msa_dist.data.loading.order import ORDER_VERSION
 from msa_dist.data.loading.reader import SampleReader, ShardSet
 
 # keys of the order a position saved by an earlier version lacks, with the value they had then
-SAVED_BEFORE = {"length_bucket_batches": 0}
+SAVED_BEFORE = {"length_bucket_batches": 0, "read_mode": "chunks"}
 
 
 class TrainStream:
@@ -106,7 +107,10 @@ class TrainStream:
             "chunk_samples": self.cfg.chunk_samples,
             "resampled": self.cfg.resampled,
             "length_bucket_batches": buckets,
+            "read_mode": "blocks" if isinstance(self.plan, BlockTrainPlan) else "chunks",
         }
+        if isinstance(self.plan, BlockTrainPlan):  # the order then depends on the micro batch, not the world
+            key.update(block_key(self.plan))
         if buckets:  # a rank's batches are then regrouped among themselves: its layout is part of the order
             key.update(batch_size=self.spec.batch_size, world_size=self.spec.world_size)
         return key
