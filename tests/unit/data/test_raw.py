@@ -9,7 +9,7 @@ from PIL import Image
 
 from msa_dist.data.raw import check_record, decode_text, image_error, list_records, reencode_image, Record
 
-REAL_DATA = Path(__file__).resolve().parents[1].parent / "shared/data/mvsa"
+REAL_DATA = Path(__file__).resolve().parents[3].parent / "shared/data/mvsa"
 
 
 def test_decode_utf8_keeps_characters_and_strips_bom():

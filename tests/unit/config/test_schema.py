@@ -9,7 +9,7 @@ import yaml
 from msa_dist.config.schema import Config, from_dict, load_config, save_config, to_dict
 from msa_dist.common.errors import MsaDistError
 
-CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).parents[3] / "configs").glob("*.yaml"))
 
 
 def test_defaults_yaml_and_overrides_layer(tmp_path):

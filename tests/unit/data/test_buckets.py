@@ -15,7 +15,7 @@ from msa_dist.data.shards import build_shards
 from msa_dist.data.loading.stream import TrainStream
 from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
-from conftest import make_raw_dataset
+from raw_data import make_raw_dataset
 
 WORDS = "great happy awful traffic bus timetable route monday beach sun worst commute day".split()
 

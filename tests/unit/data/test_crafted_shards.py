@@ -1,6 +1,6 @@
 """Issue 23, the data side: crafted shards, indexes and manifests end in one line
 (MsaDistError) or a counted skip; builds are byte-identical in any process. Raw inputs:
-tests/test_security_inputs.py."""
+tests/unit/common/test_limits.py."""
 from __future__ import annotations
 
 import io
@@ -29,7 +29,7 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 from security_utils import no_hang, small_jpeg
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _one_shard_set(root: Path, samples: list[dict]) -> Path:

@@ -28,7 +28,7 @@ from msa_dist.data.synthetic import write_synthetic_dataset
 from msa_dist.inference.evaluate import predict
 from msa_dist.engine.run.rundir import RunDirLock
 
-ENTRY = str(Path(__file__).with_name("cluster_entry.py"))
+ENTRY = str(Path(__file__).parents[1] / "helpers" / "cluster_entry.py")
 N_TEST = 10
 
 

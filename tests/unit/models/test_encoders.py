@@ -150,7 +150,7 @@ def test_freeze_flags_remove_params_from_groups():
 
 def test_unknown_names_raise_plain_errors():
     with pytest.raises(MsaDistError, match="model.modality"):
-        tiny_model_cfg("audio")  # a bad choice fails in the config (tests/test_config_checks.py has them all)
+        tiny_model_cfg("audio")  # a bad choice fails in the config (tests/unit/config/test_checks.py has them all)
     with pytest.raises(MsaDistError, match="model.text.pooling"):
         tiny_text_cfg(pooling="max")
     with pytest.raises(MsaDistError, match="model.head.fusion"):

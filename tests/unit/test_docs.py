@@ -7,7 +7,7 @@ import pytest
 
 from msa_dist.config.schema import describe_fields
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
 # the README links docs/*.md for the long parts (the config reference is docs/configuration.md)
 DOCS = README + "".join(path.read_text() for path in sorted((ROOT / "docs").glob("*.md")))

@@ -21,7 +21,7 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.models.pretrained import IMAGE_BACKBONES, TEXT_BACKBONES, resolve_text_dir
 from run_utils import BENCH_TINY as TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_bench_train_and_summary(shard_dir, tmp_path, capsys):

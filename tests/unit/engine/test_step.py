@@ -14,7 +14,7 @@ from msa_dist.engine.checkpoint.checkpointer import TrainState
 from msa_dist.engine.step import FIELDS, StepLedger, StepResult
 from msa_dist.common.errors import MsaDistError
 
-ENTRY = str(Path(__file__).with_name("dist_entry.py"))
+ENTRY = str(Path(__file__).parents[2] / "helpers" / "dist_entry.py")
 
 
 def _result(**values) -> StepResult:
@@ -65,7 +65,7 @@ def test_ddp_training_reads_no_device_value_back_per_step(tmp_path):
     reads = tmp_path / "reads"
     check(run(torchrun_cmd([ENTRY, "train", "--config", str(config), "--run-dir", str(tmp_path / "run"),
                             "backend.name=ddp"], module=None), timeout=300, MSA_TEST_HOST_READS=str(reads)))
-    step_file = Path(__file__).parents[1] / "msa_dist" / "engine" / "step.py"
+    step_file = Path(__file__).parents[3] / "msa_dist" / "engine" / "step.py"
     read_line = next(i for i, line in enumerate(step_file.read_text().splitlines(), 1) if ".tolist()" in line)
     for rank in (0, 1):
         counts = json.loads((reads / f"rank{rank}.json").read_text())

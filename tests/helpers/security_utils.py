@@ -1,4 +1,4 @@
-"""Helpers of the security tests (tests/test_security_*.py)."""
+"""Helpers of the security tests (tests/unit/data/test_crafted_shards.py, tests/unit/common/test_limits.py)."""
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,6 @@
 """Helpers for the multi-process tests: start torchrun from pytest, find its ranks, read a run.
 
-Not a test module (pytest collects test_*.py only); tests/test_distributed.py imports it.
+Not a test module (pytest collects test_*.py only); tests/integration/ imports it.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 from msa_dist.bench.soak import rank_pids  # noqa: F401 - re-exported for the tests
 from msa_dist.config.schema import load_config, save_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 # A model and data small enough for 2 ranks on a 2-core CPU; tests override what they need.
 TINY = {

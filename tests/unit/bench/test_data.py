@@ -1,5 +1,5 @@
 """The throughput work: fast decode/crop path, the lean tar reader, `bench data` and `bench replicate` (CPU,
-tiny shards); `bench train`: tests/test_bench_train.py.
+tiny shards); `bench train`: tests/unit/bench/test_train.py.
 
 No test asserts a timing: speed is measured by `msa-dist bench`, not by tests.
 """
@@ -32,7 +32,7 @@ from msa_dist.engine.batch import model_inputs
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 from run_utils import BENCH_TINY as TINY
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _jpeg(size: tuple[int, int], mode: str = "RGB", **save) -> bytes:

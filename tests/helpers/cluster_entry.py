@@ -1,4 +1,4 @@
-"""A torchrun entry point for tests/test_cluster.py: `msa-dist train` that logs what it trains on.
+"""A torchrun entry point for tests/integration/test_cluster.py: `msa-dist train` that logs what it trains on.
 
 MSA_TEST_KEY_LOG=DIR   each worker appends to DIR/keys-r{restart}-rank{rank}.jsonl a line per
                        epoch it starts ({"start": [epoch, samples_done]}, the stream's position)

@@ -30,7 +30,7 @@ from msa_dist.inference.evaluate import evaluate, predict
 from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
-ENTRY = str(Path(__file__).with_name("dist_entry.py"))
+ENTRY = str(Path(__file__).parents[1] / "helpers" / "dist_entry.py")
 N_TEST = 10
 
 
@@ -232,7 +232,7 @@ def test_deepspeed_zero2_trains_predicts_and_refuses_a_zero3_resume(data, tmp_pa
     solo = evaluate(str(run_dir), str(data / "shards"), "val", which="latest")
     assert records(run_dir, "eval")[-1]["confusion_matrix"] == solo["confusion_matrix"]
 
-    # ZeRO-3 cannot take over a ZeRO-2 state (another world size can: tests/test_zero_universal.py):
+    # ZeRO-3 cannot take over a ZeRO-2 state (another world size can: tests/integration/test_zero_universal.py):
     # one line that names the way out ...
     ds_cfg = load_config(config, ["backend.name=deepspeed", "backend.zero_stage=3"])
     with pytest.raises(MsaDistError) as refused:

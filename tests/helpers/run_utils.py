@@ -11,7 +11,7 @@ TINY = ["data.image_size=32", "data.resize_size=36", "data.workers=0", "data.max
         "model.image.tiny_width=4", "model.head.proj_dim=16", "model.head.hidden=16", "train.batch_size=4",
         "train.epochs=2", "log.every_steps=1", "log.progress=false", "backend.device=cpu", "optim.warmup_steps=1"]
 
-# The bench tests' tiny model (tests/test_bench*.py): smaller widths, 16 tokens, batch 4, no workers.
+# The bench tests' tiny model (tests/unit/bench/): smaller widths, 16 tokens, batch 4, no workers.
 BENCH_TINY = ["model.text.name=tiny", "model.text.tiny_hidden=16", "model.text.tiny_layers=1", "model.text.tiny_heads=2",
         "model.text.tiny_vocab_size=120", "model.image.name=tiny", "model.image.weights=none",
         "model.image.tiny_width=4", "model.head.proj_dim=8", "model.head.hidden=8", "data.image_size=32",
@@ -27,7 +27,7 @@ def tiny_config(shards: Path, *overrides: str) -> Config:
 def finished_tiny_run(root: Path) -> tuple[Path, Path, Path]:
     """(shards, config YAML, run dir) of a finished 2-epoch tiny run under `root`: checkpoints step-3 and step-6."""
     import yaml
-    from conftest import make_raw_dataset
+    from raw_data import make_raw_dataset
     from msa_dist.config.schema import to_dict
     from msa_dist.data.shards import build_shards
     from msa_dist.engine.trainer import train

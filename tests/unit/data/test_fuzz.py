@@ -5,7 +5,7 @@ index`, loader pass and `predict --inputs` preprocessing must end in one line (M
 counted skip, within a memory bound (RLIMIT_AS) and a hang bound (an alarm per example).
 
 The CI budget is small and derandomized (a fixed seed: the same examples every run, a few dozen
-per target); `FUZZ_EXAMPLES=5000 python -m pytest tests/test_fuzz_data.py` (or
+per target); `FUZZ_EXAMPLES=5000 python -m pytest tests/unit/data/test_fuzz.py` (or
 `benchmarks/fuzz.sh`) is the long run.
 """
 from __future__ import annotations

@@ -26,7 +26,7 @@ from msa_dist.models.text import build_text_encoder
 from msa_dist.models.tokenizer import load_pretrained_tokenizer, train_wordpiece_tokenizer
 
 VOCAB = 60
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[3] / "configs").glob("*.yaml"))
 
 
 def tiny_cfg(fusion="concat", modality="both", **head) -> ModelConfig:

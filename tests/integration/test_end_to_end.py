@@ -12,8 +12,8 @@ import pytest
 from msa_dist.cli import main
 from msa_dist.common.labels import LABELS
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvsa"
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "mvsa"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 FAST = ["train.epochs=2", "train.batch_size=16", "data.image_size=48", "data.resize_size=56", "data.workers=1",
         "model.text.tiny_vocab_size=600", "model.text.tiny_hidden=32", "model.image.tiny_width=8",
         "log.progress=false", "optim.warmup_steps=2"]
