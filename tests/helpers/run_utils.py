@@ -37,3 +37,11 @@ def finished_tiny_run(root: Path) -> tuple[Path, Path, Path]:
     config.write_text(yaml.safe_dump(to_dict(tiny_config(root / "shards"))))
     train(tiny_config(root / "shards"), root / "run")
     return root / "shards", config, root / "run"
+
+
+def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar series in a TensorBoard log dir, read back by tensorboard's own EventAccumulator."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

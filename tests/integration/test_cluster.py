@@ -6,7 +6,6 @@ in a session of its own, as on separate hosts, so a test can SIGKILL one node's 
 """
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ from msa_dist.engine.run.rundir import RunDirLock
 
 ENTRY = str(Path(__file__).parents[1] / "helpers" / "cluster_entry.py")
 N_TEST = 10
+
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +114,8 @@ def test_a_second_writer_is_refused_and_touches_nothing(data, tmp_path):
         pass
 
 
+@pytest.mark.cluster
+@pytest.mark.distributed
 def test_sigkill_of_the_agents_process_group_leaves_no_worker(data, tmp_path):
     """torch elastic puts its workers in sessions of their own; PR_SET_PDEATHSIG kills them (and
     so their loader workers) with the agent, and the run dir lock goes with rank 0."""
@@ -163,12 +166,16 @@ def _two_nodes(args: list[str], root: Path, nnodes: str = "2", max_restarts: int
     return [_node(args, root / f"node{i}.log", endpoint, nnodes, max_restarts, **env) for i in range(2)]
 
 
+@pytest.mark.cluster
+@pytest.mark.distributed
 def test_two_nodes_on_loopback_train_like_one_and_predict(data, one_node, tmp_path):
     """Two torchrun agents (--nnodes 2, c10d rendezvous on 127.0.0.1) as separate process trees,
     1 rank each, shards served over HTTP, one run dir: the losses of one node with 2 ranks."""
     _check_two_nodes_like_one(data, one_node, tmp_path)
 
 
+@pytest.mark.cluster
+@pytest.mark.distributed
 def test_two_nodes_deepspeed_zero2_train_like_one_and_predict(data, tmp_path):
     """The same with DeepSpeed ZeRO-2 (its optimizer state partitioned across the two nodes)."""
     zero2 = ("backend.name=deepspeed", "backend.zero_stage=2")
@@ -229,6 +236,8 @@ def _trained_keys(log_dir: Path) -> dict[int, list[str]]:
     return keys
 
 
+@pytest.mark.cluster
+@pytest.mark.distributed
 def test_losing_a_node_mid_epoch_the_survivor_finishes_at_world_size_1(data, one_node, tmp_path):
     """--nnodes 1:2 --max-restarts 3: SIGKILL of node 1's whole process tree mid-epoch; node 0
     re-forms the group alone, resumes from `latest` mid-epoch with the global batch kept (2 micro
@@ -278,21 +287,3 @@ def test_losing_a_node_mid_epoch_the_survivor_finishes_at_world_size_1(data, one
     assert sorted(trained) == [0, 1]
     for epoch in (0, 1):
         assert sorted(trained[epoch]) == sorted(guids), f"epoch {epoch}"
-
-
-# -- item 7: hung-job hygiene ---------------------------------------------------------------------
-
-def test_backend_timeout_s_is_the_process_group_timeout(monkeypatch):
-    """backend.timeout_s (not a hard-coded 30 min) is how long a collective waits for a hung peer."""
-    from msa_dist.config.schema import load_config
-    from msa_dist.engine.backends import base, build_backend
-    from msa_dist.engine.runtime import read_env
-    seen = {}
-    monkeypatch.setenv("RANK", "0")
-    monkeypatch.setattr(base.dist, "is_initialized", lambda: False)
-    monkeypatch.setattr(base, "rendezvous", lambda url, timeout: iter([(seen.setdefault("rdzv", timeout), 0, 1)]))
-    monkeypatch.setattr(base.dist, "PrefixStore", lambda prefix, store: store)
-    monkeypatch.setattr(base.dist, "init_process_group", lambda name, **kw: seen.update(kw))
-    cfg = load_config(overrides=["backend.name=ddp", "backend.device=cpu", "backend.timeout_s=90"])
-    build_backend(cfg.backend, read_env("cpu"), join=False).init_process_group()
-    assert seen["timeout"] == seen["rdzv"] == datetime.timedelta(seconds=90)

@@ -37,6 +37,7 @@ def real_slice(tmp_path_factory):
     return root, [line.split(",")[0] for line in test]
 
 
+@pytest.mark.slow
 def test_train_evaluate_predict_on_real_slice(real_slice, tmp_path, capsys):
     root, test_guids = real_slice
     shards, run = tmp_path / "shards", tmp_path / "run"
@@ -76,6 +77,7 @@ def test_python_dash_m_entry_point():
     assert result.returncode == 0 and "demo" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     from msa_dist.experiments.demo import run_demo
     result = run_demo(str(tmp_path / "demo"), ["train.epochs=2", "log.progress=false"])

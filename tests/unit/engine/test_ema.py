@@ -1,4 +1,4 @@
-"""An EMA of the weights (train.ema_decay) and mixup of pooled vectors (train.mixup_alpha)."""
+"""An EMA of the weights (train.ema_decay, engine/ema.py). Mixup: tests/unit/models/test_classifier.py."""
 from __future__ import annotations
 
 import json
@@ -8,11 +8,9 @@ import torch
 
 from dist_utils import final_weights, write_config
 from msa_dist.config.schema import load_config
-from msa_dist.config.checks import FUSIONS_ON_TOKENS
 from msa_dist.engine import trainer
 from msa_dist.engine.ema import WeightAverage
 from msa_dist.common.errors import MsaDistError
-from msa_dist.models.fusion import FUSIONS
 
 
 def test_the_average_follows_the_weights_with_a_warm_up_and_swaps_in_and_out():
@@ -53,27 +51,3 @@ def test_a_run_with_ema_saves_the_average_and_keeps_the_trained_weights_for_resu
     trained = torch.load(step_dir / "state.pt", weights_only=False)["ema"]
     assert trained.keys() <= saved.keys() and any(not torch.equal(saved[k], trained[k]) for k in trained)
     assert "ema" not in json.loads((step_dir / "client.json").read_text())  # tensors stay out of the JSON
-
-
-def test_mixup_mixes_each_modality_vector_with_the_permuted_samples():
-    from msa_dist.config.schema import ModelConfig
-    from msa_dist.models import build_model
-    cfg = ModelConfig(modality="both")
-    cfg.text.name, cfg.text.tiny_hidden, cfg.text.tiny_layers, cfg.text.tiny_heads = "tiny", 8, 1, 1
-    cfg.image.name, cfg.image.weights, cfg.image.tiny_width = "tiny", "none", 4
-    model = build_model(cfg, vocab_size=20).eval()
-    ids, mask, images = torch.randint(5, 20, (3, 6)), torch.ones(3, 6, dtype=torch.long), torch.randn(3, 3, 32, 32)
-    perm, lam = torch.tensor([2, 0, 1]), 0.7
-    seen = {}
-    model.head.register_forward_pre_hook(lambda _, args, kwargs: seen.update(kwargs), with_kwargs=True)
-    model(ids, mask, images)
-    plain = dict(seen)
-    model(ids, mask, images, mix=(perm, lam))
-    for name in ("text_emb", "image_emb"):
-        assert torch.allclose(seen[name], lam * plain[name] + (1 - lam) * plain[name][perm], atol=1e-6)
-
-
-def test_token_heads_are_the_ones_mixup_refuses():
-    assert set(FUSIONS_ON_TOKENS) == {name for name, head in FUSIONS.items() if getattr(head, "uses_tokens", False)}
-    with pytest.raises(MsaDistError, match="mixes pooled vectors"):
-        load_config(overrides=["train.mixup_alpha=0.2", "model.head.fusion=cross_attention"])

@@ -1,24 +1,15 @@
-"""Tracking (TensorBoard read back against metrics.jsonl, W&B offline), run_info.json provenance."""
+"""Tracking (TensorBoard read back against metrics.jsonl, W&B offline); run_info.json: test_provenance.py;
+on two ranks: tests/integration/test_two_ranks.py."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from msa_dist.engine.run.provenance import RUN_INFO, manifest_sha256
 from msa_dist.engine.trainer import train
 from msa_dist.common.errors import MsaDistError
-from run_utils import tiny_config
-
-
-def scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Every scalar series in a TensorBoard log dir, read back by tensorboard's own EventAccumulator."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0, "images": 0})
-    acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+from run_utils import scalars, tiny_config
 
 
 def records(run: Path, kind: str) -> list[dict]:
@@ -98,30 +89,3 @@ def test_wandb_offline_run(shard_dir, tmp_path, monkeypatch):
     history = next(offline[0].glob("*.wandb")).read_bytes()
     assert history.count(b"train/loss") >= len(records(run, "train")) and b"val/macro_f1" in history
     assert len(list(offline[0].glob("files/media/images/val/confusion_matrix_*.png"))) == len(records(run, "eval"))
-
-
-def test_run_info_names_commit_versions_and_manifest(shard_dir, tmp_path):
-    run = tmp_path / "run"
-    train(tiny_config(shard_dir, "train.epochs=1"), run)
-    info = json.loads((run / RUN_INFO).read_text())
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True)
-    assert info["git"]["commit"] == head.stdout.strip() and isinstance(info["git"]["dirty"], bool)
-    assert info["data"]["manifest_sha256"] == manifest_sha256(shard_dir) == manifest_sha256(f"file://{shard_dir}")
-    assert info["data"]["shard_options"] == {"image_size": 0, "jpeg_quality": None}
-    assert info["versions"]["torch"] and info["versions"]["python"] and "nccl" in info["versions"]
-    assert info["world"]["world_size"] == 1 and info["hosts"] and info["command"]
-    train(tiny_config(shard_dir, "train.epochs=2"), run, resume="auto")
-    assert len(json.loads((run / RUN_INFO).read_text())["resumed"]) == 1
-
-
-def test_ddp_run_tracks_on_rank_0_only_and_records_every_rank_host(shard_dir, tmp_path):
-    from dist_utils import check, run, torchrun_cmd, write_config
-    config = write_config(tmp_path / "c.yaml", shard_dir, "train.batch_size=2", "train.epochs=1",
-                          "data.workers=0", "log.report_to=[tensorboard]")
-    run_dir = tmp_path / "run"
-    check(run(torchrun_cmd(["train", "--config", str(config), "--run-dir", str(run_dir), "backend.name=ddp"])))
-    info = json.loads((run_dir / RUN_INFO).read_text())
-    assert info["world"]["world_size"] == 2 and len(info["world"]["rank_hosts"]) == 2
-    assert len(list((run_dir / "tensorboard").glob("events.out.tfevents.*"))) == 1  # rank 0 alone writes
-    series = scalars(run_dir / "tensorboard")
-    assert [s for s, _ in series["train/loss"]] == [r["step"] for r in records(run_dir, "train")]

@@ -1,4 +1,5 @@
-"""`msa-dist cv`: stratified disjoint folds written as shard sets, resume, the ensemble, sweep --cv."""
+"""`msa-dist cv`: stratified disjoint folds written as shard sets, resume, the ensemble, sweep --cv (under
+torchrun: tests/integration/test_two_ranks.py)."""
 from __future__ import annotations
 
 import json
@@ -76,6 +77,7 @@ class CountingTrain:
         return train(cfg, run_dir)
 
 
+@pytest.mark.slow
 def test_cv_trains_every_fold_resumes_and_ensembles(tmp_path, shard_dir):
     cfg, run_dir = tiny_cfg(shard_dir), tmp_path / "cv"
     counting = CountingTrain()
@@ -113,6 +115,7 @@ def test_cv_trains_every_fold_resumes_and_ensembles(tmp_path, shard_dir):
     assert counting.calls == ["fold-1-seed-0"]
 
 
+@pytest.mark.slow
 def test_cv_command_and_sweep_ranked_by_cv_mean(tmp_path, shard_dir):
     assert main(["cv", "--config", "configs/cpu_scratch.yaml", "--folds", "1", "--run-dir", str(tmp_path / "x")]) == 2
     assert main(["cv", "--config", "configs/cpu_scratch.yaml", "--seeds", "0,x", "--run-dir", str(tmp_path / "x")]) == 2
@@ -147,12 +150,3 @@ def test_summary_of_out_of_fold_predictions():
     expected = (float((fold0 == runs[0]["labels"]).float().mean()) + float((fold1 == runs[1]["labels"]).float().mean())) / 2
     assert summary["seed_ensemble_mean"]["accuracy"] == pytest.approx(expected)
     assert summary["adjusted_mean"] is not None and len(summary["offsets"]) == 3
-
-
-def test_cv_under_torchrun_trains_every_fold_on_both_ranks(tmp_path, shard_dir):
-    from dist_utils import check, run, torchrun_cmd, write_config
-    config = write_config(tmp_path / "c.yaml", shard_dir, "train.epochs=1", "train.batch_size=2", "backend.name=ddp")
-    result = check(run(torchrun_cmd(["cv", "--config", str(config), "--folds", "2", "--run-dir", str(tmp_path / "cv")])))
-    saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
-    assert saved["complete"] and [r["fold"] for r in saved["runs"]] == [0, 1]
-    assert result.stdout.count("world: 2 rank(s)") == 2  # one DDP run per fold

@@ -16,6 +16,7 @@ from msa_dist.common.labels import LABELS
 from run_utils import tiny_config
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("modality", ["both", "text"])
 def test_export_round_trip_in_fresh_process(shard_dir, raw_dataset, tmp_path, modality, capsys):
     run, out = tmp_path / "run", tmp_path / "exported"

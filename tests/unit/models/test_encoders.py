@@ -109,6 +109,7 @@ def test_cls_and_mean_pooling_differ_and_mean_ignores_padding():
     assert not torch.allclose(mean_unmasked[1], mean_emb[1])  # the check above could fail
 
 
+@pytest.mark.slow
 def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_weight_names():
     """model.*.gradient_checkpointing recomputes activations in backward: same outputs and
     gradients (eval mode: no dropout), the same state_dict keys (checkpoints still load)."""

@@ -1,5 +1,6 @@
-"""Fusion heads, modality dropout, backbones (CLIP, timm, partial unfreezing, layer-wise lr decay),
-losses, logit offsets, and every shipped config building its model (tiny stand-ins for absent weights)."""
+"""Fusion heads, modality dropout, backbones (CLIP, timm, partial unfreezing, layer-wise lr decay), and
+every shipped config building its model (tiny stand-ins for absent weights). Losses:
+tests/unit/engine/test_losses.py; logit offsets: tests/unit/inference/test_calibration.py."""
 from __future__ import annotations
 
 import itertools
@@ -11,9 +12,7 @@ from transformers import (BertConfig, BertModel, CLIPConfig, CLIPModel, DebertaV
                           RobertaConfig, RobertaModel)
 
 from msa_dist.config.schema import (HeadConfig, ImageEncoderConfig, ModelConfig, OptimConfig, TextEncoderConfig,
-                             TrainConfig, load_config)
-from msa_dist.inference.calibration import adjusted_metrics, tune_offsets
-from msa_dist.engine.losses import FocalLoss, build_loss
+                                    load_config)
 from msa_dist.engine.optim import build_optimizer, optimizer_param_groups
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import NUM_CLASSES
@@ -226,36 +225,6 @@ def test_timm_backbone_pooled_and_region_tokens():
     assert timm.is_model("test_resnet")
     with pytest.raises(MsaDistError, match="unknown timm model"):
         build_image_encoder(ImageEncoderConfig(name="timm:no_such_net", weights="none"))
-
-
-def test_focal_loss_matches_cross_entropy_at_gamma_zero_and_down_weights_easy_samples():
-    torch.manual_seed(0)
-    logits, target = torch.randn(16, NUM_CLASSES), torch.randint(0, NUM_CLASSES, (16,))
-    weight = torch.tensor([0.5, 3.0, 1.0])
-    ce = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)(logits, target)
-    torch.testing.assert_close(FocalLoss(0.0, weight, 0.1)(logits, target), ce)
-    assert FocalLoss(2.0)(logits, target) < torch.nn.functional.cross_entropy(logits, target)
-    loss = build_loss(TrainConfig(loss="focal", focal_gamma=1.0, class_weighting=True), weight)
-    assert isinstance(loss, FocalLoss) and torch.equal(loss.weight, weight)
-    assert isinstance(build_loss(TrainConfig(), weight), torch.nn.CrossEntropyLoss)
-    tempered = build_loss(TrainConfig(class_weighting=True, class_weight_power=0.5), weight)
-    torch.testing.assert_close(tempered.weight, weight.sqrt())
-    assert build_loss(TrainConfig(class_weighting=False), weight).weight is None
-    with pytest.raises(MsaDistError, match="train.focal_gamma"):
-        TrainConfig(loss="focal", focal_gamma=-1.0)
-
-
-def test_logit_offsets_raise_macro_f1_when_a_class_is_under_predicted():
-    torch.manual_seed(0)
-    labels = torch.tensor([0] * 60 + [1] * 10 + [2] * 30)
-    log_probs = torch.log_softmax(torch.nn.functional.one_hot(labels, 3).float() * 2 + torch.randn(100, 3), -1)
-    log_probs[:, 1] -= 1.5  # the model is shy of class 1 (neutral)
-    offsets = tune_offsets(log_probs, labels)
-    before = adjusted_metrics(log_probs, labels, torch.zeros(3))["macro_f1"]
-    after = adjusted_metrics(log_probs, labels, offsets)["macro_f1"]
-    assert offsets[0] == 0 and offsets[1] > 0.5 and after > before
-    with pytest.raises(MsaDistError, match="labelled"):
-        tune_offsets(log_probs, torch.full((100,), -1))
 
 
 # Tiny stand-ins, by the hub name a shipped config uses: the same model class, random weights.
