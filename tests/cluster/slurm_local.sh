@@ -111,7 +111,7 @@ cd "$repo"
 python - "$work" <<'EOF'
 import sys
 from pathlib import Path
-sys.path.insert(0, "tests")
+sys.path.insert(0, "tests/helpers")
 from dist_utils import write_config
 from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
