@@ -9,13 +9,13 @@ from them.
 - `raw_dataset`: the factory's default dataset under `tmp_path / "raw"`.
 - `shard_dir`: shards of `raw_dataset` built into `tmp_path / "shards"` (several shards per split).
 """
+
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-
 from raw_data import RawDataset, make_raw_dataset
 
 

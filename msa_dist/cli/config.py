@@ -22,7 +22,8 @@ def run_config_command(args: argparse.Namespace) -> int:
     """Print YAML (show) or a markdown table (reference)."""
     import yaml
 
-    from msa_dist.config.schema import describe_fields, load_config, to_dict
+    from msa_dist.config.reference import describe_fields
+    from msa_dist.config.schema import load_config, to_dict
 
     if args.action == "show":
         print(yaml.safe_dump(to_dict(load_config(args.config, args.overrides)), sort_keys=False), end="")

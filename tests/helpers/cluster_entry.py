@@ -8,6 +8,7 @@ MSA_TEST_KEY_LOG=DIR   each worker appends to DIR/keys-r{restart}-rank{rank}.jso
 MSA_TEST_BATCH_DELAY_S  sleep this long per micro batch: a tiny model's epoch lasts long enough
                        for a test to kill a node in the middle of it.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,16 +31,22 @@ def logging_epoch(real_epoch, log_dir: Path, delay_s: float):
             out.flush()
             for batch in real_epoch(self, n):
                 state = self.state_dict()  # the stream has counted this batch already
-                out.write(json.dumps({"epoch": state["epoch"], "end": state["samples_done"],
-                                      "keys": list(batch["keys"])}) + "\n")
+                out.write(
+                    json.dumps({"epoch": state["epoch"], "end": state["samples_done"], "keys": list(batch["keys"])})
+                    + "\n"
+                )
                 out.flush()
                 time.sleep(delay_s)
                 yield batch
+
     return epoch
 
 
 if __name__ == "__main__":
     if os.environ.get("MSA_TEST_KEY_LOG"):
-        TrainStream.epoch = logging_epoch(TrainStream.epoch, Path(os.environ["MSA_TEST_KEY_LOG"]),
-                                          float(os.environ.get("MSA_TEST_BATCH_DELAY_S", "0")))
+        TrainStream.epoch = logging_epoch(
+            TrainStream.epoch,
+            Path(os.environ["MSA_TEST_KEY_LOG"]),
+            float(os.environ.get("MSA_TEST_BATCH_DELAY_S", "0")),
+        )
     sys.exit(main(sys.argv[1:]))

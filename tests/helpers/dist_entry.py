@@ -8,6 +8,7 @@ MSA_TEST_HOST_READS=DIR    count every read of a tensor's value by the host (`.i
 Every checkpoint also gets model-rank{R}.pt (this rank's parameters and buffers), so a test can
 check that the ranks agree.
 """
+
 from __future__ import annotations
 
 import collections
@@ -35,19 +36,26 @@ def nan_loss_builder(nan_calls: set[int], nan_rank: str | None = None):
             if calls[0] in nan_calls and nan_rank in (None, os.environ.get("RANK", "0")):
                 out = out * float("nan")  # stays in the graph, like a real overflow
             return out
+
         return loss
+
     return build_loss
 
 
 def per_rank_weights(real_save_checkpoint):
     """Wrap checkpoint.save_checkpoint to also write each rank's parameters and buffers."""
+
     def save_checkpoint(backend, ckpt_root, step, client_state, keep_last):
         step_dir = real_save_checkpoint(backend, ckpt_root, step, client_state, keep_last)
         module = backend.module
-        tensors = {n: t.detach().cpu().clone() for n, t in [*module.named_parameters(), *module.named_buffers()]
-                   if t.numel() > 0}  # ZeRO-3 leaves empty placeholders of the parameters it shards
+        tensors = {
+            n: t.detach().cpu().clone()
+            for n, t in [*module.named_parameters(), *module.named_buffers()]
+            if t.numel() > 0
+        }  # ZeRO-3 leaves empty placeholders of the parameters it shards
         torch.save(tensors, step_dir / f"model-rank{backend.env.rank}.pt")
         return step_dir
+
     return save_checkpoint
 
 
@@ -65,17 +73,21 @@ def count_host_reads(out_dir: str) -> None:
                 caller = sys._getframe(1)
                 counts[f"{Path(caller.f_code.co_filename).name}:{caller.f_lineno}"] += 1
             return real(self, *args, **kwargs)
+
         setattr(torch.Tensor, name, counted)
+
     for name in ("item", "__bool__", "__float__", "__int__", "tolist"):
         wrap(name)
 
     import msa_dist.engine.step as step
+
     real_call = step.TrainStep.__call__
 
     def call(self, *args, **kwargs):
         in_loop[0] = True
         counts["micro_steps"] += 1
         return real_call(self, *args, **kwargs)
+
     step.TrainStep.__call__ = call
     real_validate = trainer._validate
 
@@ -83,12 +95,15 @@ def count_host_reads(out_dir: str) -> None:
         in_loop[0] = False
         counts["epochs"] += 1
         return real_validate(*args, **kwargs)
+
     trainer._validate = validate
 
     def dump():
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         (Path(out_dir) / f"rank{os.environ.get('RANK', '0')}.json").write_text(json.dumps(counts))
+
     import atexit
+
     atexit.register(dump)
 
 

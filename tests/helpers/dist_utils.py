@@ -2,6 +2,7 @@
 
 Not a test module (pytest collects test_*.py only); tests/integration/ imports it.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,12 +12,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
 
 import torch
 
-from msa_dist.bench.soak import rank_pids  # noqa: F401 - re-exported for the tests
+from msa_dist.bench.soak import rank_pids
 from msa_dist.config.schema import load_config, save_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,11 +25,19 @@ REPO = Path(__file__).resolve().parents[2]
 # A model and data small enough for 2 ranks on a 2-core CPU; tests override what they need.
 TINY = {
     "data": {"image_size": 32, "resize_size": 32, "max_length": 16, "workers": 1},
-    "model": {"modality": "both",
-              "text": {"name": "tiny", "tiny_hidden": 32, "tiny_layers": 1, "tiny_heads": 2,
-                       "tiny_vocab_size": 200, "tiny_dropout": 0.0},
-              "image": {"name": "tiny", "weights": "none", "tiny_width": 8},
-              "head": {"proj_dim": 32, "hidden": 32, "dropout": 0.0}},
+    "model": {
+        "modality": "both",
+        "text": {
+            "name": "tiny",
+            "tiny_hidden": 32,
+            "tiny_layers": 1,
+            "tiny_heads": 2,
+            "tiny_vocab_size": 200,
+            "tiny_dropout": 0.0,
+        },
+        "image": {"name": "tiny", "weights": "none", "tiny_width": 8},
+        "head": {"proj_dim": 32, "hidden": 32, "dropout": 0.0},
+    },
     "optim": {"lr": 3e-3, "text_lr": 3e-3, "image_lr": 3e-3, "warmup_steps": 2},
     "train": {"epochs": 2, "batch_size": 8, "seed": 0},
     "backend": {"name": "single", "device": "cpu"},
@@ -57,25 +66,35 @@ def child_env() -> dict:
     return env
 
 
-def torchrun_cmd(args: list[str], nproc: int = 2, max_restarts: int = 0, module: Optional[str] = "msa_dist") -> list[str]:
+def torchrun_cmd(args: list[str], nproc: int = 2, max_restarts: int = 0, module: str | None = "msa_dist") -> list[str]:
     """`python -m torch.distributed.run ... -m msa_dist train ...` (or a script when module is None)."""
     # c10d rendezvous (as launch/torchrun.sh uses): every restart is a new rendezvous round.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", "--rdzv-id", "test",
-           "--max_restarts", str(max_restarts)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--rdzv-backend",
+        "c10d",
+        "--rdzv-endpoint",
+        f"127.0.0.1:{free_port()}",
+        "--rdzv-id",
+        "test",
+        "--max_restarts",
+        str(max_restarts),
+    ]
     return cmd + (["-m", module] if module else []) + args
 
 
 def run(cmd: list[str], timeout: float = 150, **env) -> subprocess.CompletedProcess:
     """Run to completion; a hang fails the test at `timeout` instead of blocking CI."""
-    return subprocess.run(cmd, cwd=REPO, env={**child_env(), **env}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(cmd, cwd=REPO, env={**child_env(), **env}, capture_output=True, text=True, timeout=timeout)
 
 
 def start(cmd: list[str], log: Path, **env) -> subprocess.Popen:
     """Start in the background; output goes to `log` (a pipe nobody reads could fill up and block)."""
-    return subprocess.Popen(cmd, cwd=REPO, env={**child_env(), **env}, stdout=log.open("w"),
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=REPO, env={**child_env(), **env}, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
 def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -90,7 +109,7 @@ def wait_for(condition: Callable[[], bool], proc: subprocess.Popen, timeout: flo
         time.sleep(0.05)
 
 
-def records(run_dir: Path, kind: Optional[str] = None) -> list[dict]:
+def records(run_dir: Path, kind: str | None = None) -> list[dict]:
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     recs = [json.loads(line) for line in lines if line.strip()]
     return [r for r in recs if kind is None or r["type"] == kind]

@@ -1,12 +1,13 @@
 """Tiny course-layout datasets written with PIL (the conftest fixtures `raw_factory`, `raw_dataset` and
 `shard_dir` use them; tests that need one outside a fixture call `make_raw_dataset`)."""
+
 from __future__ import annotations
 
 import io
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Union
 
 from PIL import Image
 
@@ -14,9 +15,9 @@ from msa_dist.common.labels import LABELS
 
 CLASS_RGB = {"positive": (220, 60, 60), "neutral": (60, 200, 60), "negative": (60, 60, 220)}
 UTF8_TEXTS = {
-    "positive": "Great day at the beach \U0001F600 \u201cso happy\u201d #sun",
-    "neutral": "Bus timetable for Monday \u2014 route {i} \U0001F68C",
-    "negative": "Awful traffic again \U0001F620 \u2018worst\u2019 commute #fail",
+    "positive": "Great day at the beach \U0001f600 \u201cso happy\u201d #sun",
+    "neutral": "Bus timetable for Monday \u2014 route {i} \U0001f68c",
+    "negative": "Awful traffic again \U0001f620 \u2018worst\u2019 commute #fail",
 }
 GB18030_TEXTS = {
     "positive": "今天真开心 好极了 #开心",
@@ -28,6 +29,7 @@ GB18030_TEXTS = {
 @dataclass
 class RawDataset:
     """What `raw_factory` wrote: guids, tags, texts (as build_shards should decode them) and encodings."""
+
     root: Path
     labels: dict[str, str]  # labelled guid -> tag, in train.txt order
     test: list[str]  # unlabelled guids, in test_without_label.txt order
@@ -55,11 +57,16 @@ def write_jpeg(path: Path, rgb: tuple[int, int, int], size: tuple[int, int], sha
     path.write_bytes(buf.getvalue())
 
 
-def make_raw_dataset(root: Path, n_per_class: Union[int, Mapping[str, int]] = 6, n_test: int = 4,
-                     gb18030_every: int = 3, image_size: tuple[int, int] = (48, 40),
-                     seed: int = 0) -> RawDataset:
+def make_raw_dataset(
+    root: Path,
+    n_per_class: int | Mapping[str, int] = 6,
+    n_test: int = 4,
+    gb18030_every: int = 3,
+    image_size: tuple[int, int] = (48, 40),
+    seed: int = 0,
+) -> RawDataset:
     """Write a course-layout dataset under `root`; guids are "1", "2", ... (classes interleaved)."""
-    counts = {label: n_per_class for label in LABELS} if isinstance(n_per_class, int) else dict(n_per_class)
+    counts = dict.fromkeys(LABELS, n_per_class) if isinstance(n_per_class, int) else dict(n_per_class)
     root = Path(root)
     (root / "data").mkdir(parents=True, exist_ok=True)
     tags = [label for i in range(max(counts.values(), default=0)) for label in LABELS if i < counts.get(label, 0)]

@@ -1,4 +1,5 @@
 """Helpers of the security tests (tests/unit/data/test_crafted_shards.py, tests/unit/common/test_limits.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,10 @@ from PIL import Image
 @contextlib.contextmanager
 def no_hang(seconds: int = 60):
     """Turn a hang (the old code's infinite loop or blocking open) into a failure, not a stuck suite."""
+
     def fail(signum, frame):
         raise TimeoutError(f"still running after {seconds} s: a hang")
+
     old = signal.signal(signal.SIGALRM, fail)
     signal.alarm(seconds)
     try:

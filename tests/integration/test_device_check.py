@@ -1,6 +1,7 @@
 """launch/device_check.sh's plumbing on the CPU (DRY_RUN=1: tiny models, synthetic data): a part's
 numbers land in the results file with the kind of data, a rerun keeps the finished part, and a part
 the budget cannot cover is skipped with a reason. ~40 s: three small shard sets are built."""
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,27 @@ pytestmark = pytest.mark.slow
 
 
 def _run(tmp_path: Path, only: str, budget_s: int) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHON": sys.executable, "DRY_RUN": "1", "DRY_PAIRS": "40", "ONLY": only,
-           "BUDGET_S": str(budget_s), "WORK_DIR": str(tmp_path / "work"), "STAGED_DIR": str(tmp_path / "staged"),
-           "DEVICE_DATA": str(tmp_path / "no-slice"), "DEVICE_CARRY": str(tmp_path / "no-pieces")}
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "DRY_RUN": "1",
+        "DRY_PAIRS": "40",
+        "ONLY": only,
+        "BUDGET_S": str(budget_s),
+        "WORK_DIR": str(tmp_path / "work"),
+        "STAGED_DIR": str(tmp_path / "staged"),
+        "DEVICE_DATA": str(tmp_path / "no-slice"),
+        "DEVICE_CARRY": str(tmp_path / "no-pieces"),
+    }
     env.pop("OUT", None)
-    return subprocess.run(["bash", str(ROOT / "launch" / "device_check.sh"), "run"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        ["bash", str(ROOT / "launch" / "device_check.sh"), "run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 def test_dry_run_writes_each_part_and_keeps_it_on_a_rerun(tmp_path):

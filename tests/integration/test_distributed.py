@@ -3,6 +3,7 @@
 Every torchrun here starts 2 ranks with a tiny model on 32 px images; a test fails (instead of
 hanging CI) when a run outlives its timeout, and a hung run prints its ranks' stacks.
 """
+
 from __future__ import annotations
 
 import csv
@@ -14,10 +15,22 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist_entry import nan_loss_builder
-from dist_utils import (check, final_weights, finish, rank_pids, records, run, start, torchrun_cmd,
-                        train_losses, wait_for, write_config)
+from dist_utils import (
+    check,
+    final_weights,
+    finish,
+    rank_pids,
+    records,
+    run,
+    start,
+    torchrun_cmd,
+    train_losses,
+    wait_for,
+    write_config,
+)
+
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import load_config
 from msa_dist.data.loading.loader import StreamSpec, iter_texts
 from msa_dist.data.loading.stream import TrainStream
@@ -25,7 +38,6 @@ from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
 from msa_dist.engine import trainer
 from msa_dist.inference.evaluate import evaluate, predict
-from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 ENTRY = str(Path(__file__).parents[1] / "helpers" / "dist_entry.py")
@@ -53,6 +65,7 @@ def _predict_rows(run_dir: Path, shards: Path, out: Path) -> list[list[str]]:
 
 # -- data on many ranks ---------------------------------------------------------------------------
 
+
 def test_one_shard_with_two_ranks_and_two_workers_reads_every_sample_once(data):
     """Our loader deals samples, not shards: 1 shard < 2 ranks x 2 workers is fine."""
     cfg = load_config(base={"data": {"image_size": 32, "resize_size": 32, "workers": 2}})
@@ -72,15 +85,23 @@ def test_one_shard_with_two_ranks_and_two_workers_reads_every_sample_once(data):
 
 # -- exact resume and non-finite losses, in this process ----------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.parametrize("extra", [(), ("train.ema_decay=0.9", "train.mixup_alpha=0.4")], ids=["plain", "ema-mixup"])
 def test_resume_mid_epoch_is_exact(data, tmp_path, extra):
     """Dropout on, 2 workers, a shuffle buffer: resuming from a mid-epoch checkpoint reproduces
     every later loss and the final weights bit for bit (CPU, fp32, fixed seed); with an EMA of the
     weights and mixup too (the trained weights travel in the client state, mixup's draws in the RNG's)."""
-    config = write_config(tmp_path / "c.yaml", data / "shards", "data.workers=2",
-                          "model.text.tiny_dropout=0.1", "model.head.dropout=0.2", "checkpoint.every_steps=5",
-                          "checkpoint.keep_last=10", *extra)
+    config = write_config(
+        tmp_path / "c.yaml",
+        data / "shards",
+        "data.workers=2",
+        "model.text.tiny_dropout=0.1",
+        "model.head.dropout=0.2",
+        "checkpoint.every_steps=5",
+        "checkpoint.keep_last=10",
+        *extra,
+    )
     cfg = load_config(config)
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     trainer.train(cfg, whole)
@@ -100,13 +121,21 @@ def test_nonfinite_losses_are_skipped_and_counted_then_stop_the_run(data, tmp_pa
     monkeypatch.setattr(trainer, "build_loss", nan_loss_builder({2, 5, 6}))
     summary = trainer.train(load_config(config), tmp_path / "skips")
     assert summary["status"] == "finished" and summary["nonfinite_total"] == 3
-    assert [r["loss"] is None for r in records(tmp_path / "skips", "train")][:6] == [False, True, False, False, True, True]
+    assert [r["loss"] is None for r in records(tmp_path / "skips", "train")][:6] == [
+        False,
+        True,
+        False,
+        False,
+        True,
+        True,
+    ]
     monkeypatch.setattr(trainer, "build_loss", nan_loss_builder(set(range(3, 100))))
     with pytest.raises(MsaDistError, match="3 non-finite losses in a row"):
         trainer.train(load_config(config), tmp_path / "stops")
 
 
 # -- DDP ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 @pytest.mark.distributed
@@ -115,8 +144,15 @@ def test_ddp_matches_one_process_and_resumes_after_a_killed_rank(data, tmp_path)
     Uneven shards: both ranks run all 12 steps. SIGKILL of rank 1 under torchrun --max-restarts 1:
     the group restarts, resumes from `latest` by itself and ends exactly as the uninterrupted run."""
     # text only, no dropout: per-rank BatchNorm statistics and dropout masks differ from one big batch
-    config = write_config(tmp_path / "c.yaml", data / "shards", "model.modality=text", "train.batch_size=4",
-                          "train.epochs=1", "checkpoint.every_steps=2", "checkpoint.keep_last=3")
+    config = write_config(
+        tmp_path / "c.yaml",
+        data / "shards",
+        "model.modality=text",
+        "train.batch_size=4",
+        "train.epochs=1",
+        "checkpoint.every_steps=2",
+        "checkpoint.keep_last=3",
+    )
     ddp, one, killed = tmp_path / "ddp", tmp_path / "one", tmp_path / "killed"
     check(run(torchrun_cmd(_train_args(config, ddp, "backend.name=ddp"))))
     losses = train_losses(ddp)
@@ -140,15 +176,21 @@ def test_ddp_matches_one_process_and_resumes_after_a_killed_rank(data, tmp_path)
     # steps train on the same samples and give the 2-rank run's losses.
     other = tmp_path / "one-rank"
     shutil.copytree(ddp, other)
-    summary = trainer.train(load_config(config, ["train.batch_size=8"]), other,
-                            resume=str(other / "checkpoints" / "step-0000010"))
+    summary = trainer.train(
+        load_config(config, ["train.batch_size=8"]), other, resume=str(other / "checkpoints" / "step-0000010")
+    )
     assert summary["status"] == "finished" and summary["step"] == 12
     assert train_losses(other) == pytest.approx(losses, abs=1e-5) and len(train_losses(other)) == 12
     # ... and 1 -> 2: the one-process run, resumed at its step 10 on 2 ranks x batch 4
     grown = tmp_path / "two-ranks"
     shutil.copytree(one, grown)
-    check(run(torchrun_cmd(_train_args(config, grown, "backend.name=ddp", "--resume",
-                                       str(grown / "checkpoints" / "step-0000010")))))
+    check(
+        run(
+            torchrun_cmd(
+                _train_args(config, grown, "backend.name=ddp", "--resume", str(grown / "checkpoints" / "step-0000010"))
+            )
+        )
+    )
     assert train_losses(grown) == pytest.approx(train_losses(one), abs=1e-5) and len(train_losses(grown)) == 12
 
     log = tmp_path / "killed.log"
@@ -170,12 +212,21 @@ def test_ddp_bf16_resnet_sigterm_saves_then_resumes_and_predicts(data, tmp_path)
     """bf16 autocast with ResNet's BatchNorm; SIGTERM (as SLURM preempts) to torchrun saves a
     checkpoint on every rank at the next step boundary; --resume auto finishes the run. A NaN
     loss on rank 1 at an accumulation boundary is skipped on both ranks, which stay identical."""
-    config = write_config(tmp_path / "c.yaml", data / "shards", "backend.precision=bf16",
-                          "model.image.name=resnet18", "train.grad_accum_steps=2")
+    config = write_config(
+        tmp_path / "c.yaml",
+        data / "shards",
+        "backend.precision=bf16",
+        "model.image.name=resnet18",
+        "train.grad_accum_steps=2",
+    )
     run_dir, log = tmp_path / "run", tmp_path / "run.log"
     cmd = torchrun_cmd(["train", "--config", str(config), "--run-dir", str(run_dir), "backend.name=ddp"], module=None)
-    proc = start(cmd[:cmd.index("train")] + [ENTRY] + cmd[cmd.index("train"):], log,
-                 MSA_TEST_NAN_CALLS="4", MSA_TEST_NAN_RANK="1")
+    proc = start(
+        cmd[: cmd.index("train")] + [ENTRY] + cmd[cmd.index("train") :],
+        log,
+        MSA_TEST_NAN_CALLS="4",
+        MSA_TEST_NAN_RANK="1",
+    )
     wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and records(run_dir, "train"), proc)
     proc.send_signal(signal.SIGTERM)
     finish(proc, log)  # torchrun itself exits non-zero after a SIGTERM; its ranks exit cleanly
@@ -185,9 +236,24 @@ def test_ddp_bf16_resnet_sigterm_saves_then_resumes_and_predicts(data, tmp_path)
     saved_step = json.loads((ckpt / "client.json").read_text())["train_state"]["step"]
     assert 0 < saved_step < 6
 
-    resumed = run(torchrun_cmd([ENTRY, "train", "--config", str(config), "--run-dir", str(run_dir),
-                                "backend.name=ddp", "--resume", "auto"], module=None),
-                  MSA_TEST_NAN_CALLS="4", MSA_TEST_NAN_RANK="1")
+    resumed = run(
+        torchrun_cmd(
+            [
+                ENTRY,
+                "train",
+                "--config",
+                str(config),
+                "--run-dir",
+                str(run_dir),
+                "backend.name=ddp",
+                "--resume",
+                "auto",
+            ],
+            module=None,
+        ),
+        MSA_TEST_NAN_CALLS="4",
+        MSA_TEST_NAN_RANK="1",
+    )
     check(resumed)
     assert f"step {saved_step}" in resumed.stdout
     steps = [r["step"] for r in records(run_dir, "train")]
@@ -202,14 +268,22 @@ def test_ddp_bf16_resnet_sigterm_saves_then_resumes_and_predicts(data, tmp_path)
 
 # -- DeepSpeed ------------------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_deepspeed_zero2_trains_predicts_and_refuses_a_zero3_resume(data, tmp_path):
     config = write_config(tmp_path / "c.yaml", data / "shards", "train.epochs=1")
     run_dir = tmp_path / "run"
     # a NaN loss on rank 1 at its 2nd micro batch: with no accumulation, a whole step is skipped
-    check(run(torchrun_cmd([ENTRY, *_train_args(config, run_dir, "backend.name=deepspeed", "backend.zero_stage=2")],
-                           module=None), MSA_TEST_NAN_CALLS="2", MSA_TEST_NAN_RANK="1"))
+    check(
+        run(
+            torchrun_cmd(
+                [ENTRY, *_train_args(config, run_dir, "backend.name=deepspeed", "backend.zero_stage=2")], module=None
+            ),
+            MSA_TEST_NAN_CALLS="2",
+            MSA_TEST_NAN_RANK="1",
+        )
+    )
     train = records(run_dir, "train")
     assert len(train) == 6 and train[1]["loss"] is None and train[-1]["nonfinite_total"] == 1
     step = run_dir / "checkpoints" / "step-0000006"
@@ -231,8 +305,10 @@ def test_deepspeed_zero2_trains_predicts_and_refuses_a_zero3_resume(data, tmp_pa
     error = str(refused.value)
     assert "\n" not in error and "stages 1 and 2 only" in error and f"train.init_from={step / 'model.pt'}" in error
     # ... which works: a new run from the consolidated weights, here without DeepSpeed
-    summary = trainer.train(load_config(config, [f"train.init_from={step / 'model.pt'}", "train.max_steps_per_epoch=2"]),
-                            tmp_path / "from-zero2")
+    summary = trainer.train(
+        load_config(config, [f"train.init_from={step / 'model.pt'}", "train.max_steps_per_epoch=2"]),
+        tmp_path / "from-zero2",
+    )
     assert summary["status"] == "finished"
 
 
@@ -240,8 +316,14 @@ def test_deepspeed_zero2_trains_predicts_and_refuses_a_zero3_resume(data, tmp_pa
 @pytest.mark.distributed
 def test_deepspeed_zero3_bf16_resnet_trains_and_predicts(data, tmp_path):
     """ZeRO-3 shards the parameters; model.pt is gathered whole for evaluate/predict."""
-    config = write_config(tmp_path / "c.yaml", data / "shards", "train.epochs=1", "train.max_steps_per_epoch=3",
-                          "backend.precision=bf16", "model.image.name=resnet18")
+    config = write_config(
+        tmp_path / "c.yaml",
+        data / "shards",
+        "train.epochs=1",
+        "train.max_steps_per_epoch=3",
+        "backend.precision=bf16",
+        "model.image.name=resnet18",
+    )
     run_dir = tmp_path / "run"
     check(run(torchrun_cmd(_train_args(config, run_dir, "backend.name=deepspeed", "backend.zero_stage=3"))))
     assert [r["step"] for r in records(run_dir, "train")] == [1, 2, 3]

@@ -1,4 +1,5 @@
 """A short train -> evaluate -> predict through the CLI, on a slice of the real data, and the demo."""
+
 from __future__ import annotations
 
 import csv
@@ -14,9 +15,18 @@ from msa_dist.common.labels import LABELS
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "mvsa"
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-FAST = ["train.epochs=2", "train.batch_size=16", "data.image_size=48", "data.resize_size=56", "data.workers=1",
-        "model.text.tiny_vocab_size=600", "model.text.tiny_hidden=32", "model.image.tiny_width=8",
-        "log.progress=false", "optim.warmup_steps=2"]
+FAST = [
+    "train.epochs=2",
+    "train.batch_size=16",
+    "data.image_size=48",
+    "data.resize_size=56",
+    "data.workers=1",
+    "model.text.tiny_vocab_size=600",
+    "model.text.tiny_hidden=32",
+    "model.image.tiny_width=8",
+    "log.progress=false",
+    "optim.warmup_steps=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +51,24 @@ def real_slice(tmp_path_factory):
 def test_train_evaluate_predict_on_real_slice(real_slice, tmp_path, capsys):
     root, test_guids = real_slice
     shards, run = tmp_path / "shards", tmp_path / "run"
-    assert main(["shards", "build", str(root), "--out", str(shards), "--val-fraction", "0.25", "--shard-size", "40"]) == 0
+    assert (
+        main(["shards", "build", str(root), "--out", str(shards), "--val-fraction", "0.25", "--shard-size", "40"]) == 0
+    )
     assert main(["shards", "verify", str(shards)]) == 0
-    assert main(["train", "--config", str(CONFIGS / "cpu_small.yaml"), "--run-dir", str(run),
-                 f"data.shards={shards}", *FAST]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(CONFIGS / "cpu_small.yaml"),
+                "--run-dir",
+                str(run),
+                f"data.shards={shards}",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert (run / "config.yaml").is_file() and (run / "tokenizer").is_dir()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if r["type"] == "eval"]
@@ -65,8 +89,19 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
     assert main(["train", "--config", str(CONFIGS / "cpu_small.yaml"), "optim.lrr=1"]) == 2
     err = capsys.readouterr().err
     assert err.strip().count("\n") == 0 and "optim.lrr" in err
-    assert main(["train", "--config", str(CONFIGS / "cpu_small.yaml"), f"data.shards={tmp_path}",
-                 "--run-dir", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(CONFIGS / "cpu_small.yaml"),
+                f"data.shards={tmp_path}",
+                "--run-dir",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     assert "manifest.json" in capsys.readouterr().err
     assert main(["evaluate", "--run", str(tmp_path), "--shards", str(tmp_path)]) == 2
     assert "run directory" in capsys.readouterr().err
@@ -80,6 +115,7 @@ def test_python_dash_m_entry_point():
 @pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     from msa_dist.experiments.demo import run_demo
+
     result = run_demo(str(tmp_path / "demo"), ["train.epochs=2", "log.progress=false"])
     rows = result["predictions"].read_text().splitlines()
     assert rows[0] == "guid,tag" and len(rows) == 101

@@ -1,5 +1,6 @@
 """Shards at a URL: a real HTTP server on 127.0.0.1 that honours Range requests (data/stores/serve.py),
 training and predicting from it, what a run reads, `shards index` for sets built elsewhere."""
+
 from __future__ import annotations
 
 import json
@@ -10,20 +11,20 @@ from http.server import SimpleHTTPRequestHandler
 
 import pytest
 import webdataset as wds
-
 from dist_utils import train_losses, write_config
+
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import load_config
 from msa_dist.data.format.index import index_name
+from msa_dist.data.format.manifest import load_manifest
 from msa_dist.data.indexer import index_shard_set
 from msa_dist.data.loading.loader import StreamSpec, build_loader, iter_texts
-from msa_dist.data.format.manifest import load_manifest
 from msa_dist.data.loading.reader import SampleReader, ShardSet
-from msa_dist.data.stores.serve import RangeHandler, serving
 from msa_dist.data.shards import build_shards, verify_shards
+from msa_dist.data.stores.serve import RangeHandler, serving
 from msa_dist.data.synthetic import write_synthetic_dataset
 from msa_dist.engine import trainer
 from msa_dist.inference.evaluate import predict
-from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 SERVED: Counter = Counter()  # bytes sent per file name
@@ -121,17 +122,30 @@ def test_shards_index_makes_a_foreign_set_trainable(shards, tmp_path):
     assert index_shard_set(str(foreign)) == {"train": 40, "val": 8}
     manifest = load_manifest(foreign)
     labels = Counter(int(s["cls"]) for s in samples)
-    assert manifest["splits"]["train"]["class_counts"] == {"positive": labels[0], "neutral": labels[1], "negative": labels[2]}
+    assert manifest["splits"]["train"]["class_counts"] == {
+        "positive": labels[0],
+        "neutral": labels[1],
+        "negative": labels[2],
+    }
     assert verify_shards(foreign)["samples"] == 48
     tokenizer = train_wordpiece_tokenizer(iter_texts(str(foreign)), vocab_size=80)
-    keys = [k for b in build_loader(load_config(base={"data": {"workers": 0, "image_size": 32, "resize_size": 32}}).data,
-                                    str(foreign), StreamSpec("train", True, 8), tokenizer) for k in b["keys"]]
+    keys = [
+        k
+        for b in build_loader(
+            load_config(base={"data": {"workers": 0, "image_size": 32, "resize_size": 32}}).data,
+            str(foreign),
+            StreamSpec("train", True, 8),
+            tokenizer,
+        )
+        for k in b["keys"]
+    ]
     assert sorted(keys) == sorted(s["__key__"] for s in samples)
 
 
 def test_fsspec_and_file_urls_read_what_the_folder_holds(shards):
     """memory:// stands for s3:// or gs:// (the same fsspec calls: cat_file with start and end)."""
     import fsspec
+
     memory = fsspec.filesystem("memory")
     for path in shards.iterdir():
         if path.is_file():
@@ -151,6 +165,7 @@ def test_fsspec_and_file_urls_read_what_the_folder_holds(shards):
 def test_read_ahead_gives_what_fetch_gives_batch_by_batch(shards, url, threads, ahead, gap):
     """Across an epoch boundary, with any pool, window and gap: the same samples in the same slots."""
     from msa_dist.data.loading.loader import _Batches, _train_plan
+
     reader = SampleReader(ShardSet(url), "train")
     cfg, spec = load_config().data, StreamSpec("train", True, 8, seed=7)
     batches, orders = _Batches(cfg, reader, _train_plan(cfg, reader, spec, end_epoch=2), None, spec), {}
@@ -186,8 +201,18 @@ def test_a_worker_keeps_several_reads_in_flight(shards):
     """The first three requests are answered only once all three are in flight: a loader that reads
     one run after another would never get the three there together."""
     tokenizer = train_wordpiece_tokenizer(["a b c"] * 3, vocab_size=50)
-    cfg = load_config(base={"data": {"workers": 0, "image_size": 32, "resize_size": 32, "chunk_samples": 1,
-                                     "read_threads": 4, "read_gap_bytes": 0}}).data
+    cfg = load_config(
+        base={
+            "data": {
+                "workers": 0,
+                "image_size": 32,
+                "resize_size": 32,
+                "chunk_samples": 1,
+                "read_threads": 4,
+                "read_gap_bytes": 0,
+            }
+        }
+    ).data
     GateHandler.arrived, GateHandler.alone = 0, False
     GateHandler.all_in.clear()
     with serving(shards, handler=GateHandler) as base:

@@ -1,6 +1,7 @@
 """`s3://` shard sets (data/stores/s3.py) against moto's S3 server, started here on 127.0.0.1, with credentials and
 endpoint from the AWS environment variables; a small proxy in front of it answers 403 or 503 SlowDown on
 demand. A missing bucket, a denied request and throttling each end in one line or a bounded retry."""
+
 from __future__ import annotations
 
 import http.client
@@ -11,13 +12,13 @@ import boto3  # the [s3] extra; boto3 and moto[server] are in the test extra: CI
 import moto.server as moto_server
 import pytest
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import load_config
 from msa_dist.data.indexer import index_shard_set
 from msa_dist.data.loading.loader import StreamSpec, build_loader, iter_texts
 from msa_dist.data.loading.reader import ShardSet
 from msa_dist.data.shards import build_shards, verify_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 FAULTS = {"deny": False, "throttle": 0, "answered_503": 0}
@@ -30,7 +31,7 @@ class FaultProxy(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     upstream = ("127.0.0.1", 0)
 
-    def log_message(self, format, *args) -> None:  # noqa: A002
+    def log_message(self, format, *args) -> None:
         pass
 
     def _fault(self) -> tuple[int, str] | None:
@@ -51,15 +52,22 @@ class FaultProxy(BaseHTTPRequestHandler):
             payload = f"<Error><Code>{code}</Code><Message>{code}</Message></Error>".encode()
         else:
             conn = http.client.HTTPConnection(*self.upstream, timeout=30)
-            conn.request(self.command, self.path, body=body or None,
-                         headers={k: v for k, v in self.headers.items() if k.lower() != "content-length"})
+            conn.request(
+                self.command,
+                self.path,
+                body=body or None,
+                headers={k: v for k, v in self.headers.items() if k.lower() != "content-length"},
+            )
             response = conn.getresponse()
             status, payload = response.status, response.read()
-            headers = [(k, v) for k, v in response.getheaders()
-                       if k.lower() not in ("content-length", "transfer-encoding", "connection")]
+            headers = [
+                (k, v)
+                for k, v in response.getheaders()
+                if k.lower() not in ("content-length", "transfer-encoding", "connection")
+            ]
             conn.close()
         self.send_response(status)
-        for key, value in ([] if fault else headers):
+        for key, value in [] if fault else headers:
             self.send_header(key, value)
         self.send_header("Content-Length", str(0 if self.command == "HEAD" else len(payload)))
         self.end_headers()
@@ -91,8 +99,13 @@ def moto():
 def aws(moto, monkeypatch):
     """The AWS environment pointing at the proxy in front of moto; returns a boto3 client to moto itself."""
     direct, proxied = moto
-    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL_S3": proxied, "AWS_MAX_ATTEMPTS": "3"}.items():
+    for key, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL_S3": proxied,
+        "AWS_MAX_ATTEMPTS": "3",
+    }.items():
         monkeypatch.setenv(key, value)
     for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SESSION_TOKEN", "AWS_RETRY_MODE"):
         monkeypatch.delenv(key, raising=False)

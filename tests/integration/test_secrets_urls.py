@@ -1,6 +1,7 @@
 """Secrets in shard URLs (issue 23, item 8): a password in the URL's userinfo and a signature in its query
 reach the server (basic auth, the query on every request) and nothing else: not the Host header, not a
 message, not one byte of any file a training run writes."""
+
 from __future__ import annotations
 
 import base64
@@ -9,17 +10,17 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from dist_utils import TINY
+
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.urls import redact_text, redact_url
 from msa_dist.config.schema import load_config, to_dict
 from msa_dist.data.loading.reader import ShardSet
-from msa_dist.data.stores.serve import RangeHandler, serving
 from msa_dist.data.shards import build_shards
 from msa_dist.data.stores import HttpStore, open_store
+from msa_dist.data.stores.serve import RangeHandler, serving
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.common.urls import redact_text, redact_url
 from msa_dist.engine import trainer
-from msa_dist.common.errors import MsaDistError
 
 USER, PASSWORD, SIGNATURE = "reader", "Pw-s3cr3t-9431", "SIG-77c0ffee"
 SEEN: list[tuple[str, str, str]] = []  # (path with query, Authorization, Host) of every request
@@ -96,8 +97,10 @@ def test_a_run_writes_no_secret_anywhere(served, tmp_path, monkeypatch):
     url = _secret_url(served)
     monkeypatch.setattr(sys, "argv", ["msa-dist", "train", "--config", "c.yaml", f"data.shards={url}"])
     monkeypatch.setenv("MSA_DIST_CACHE", str(tmp_path / "cache"))
-    cfg = load_config(base=TINY, overrides=[f"data.shards={url}", "train.epochs=1", "data.workers=1",
-                                            "log.report_to=[jsonl,tensorboard]"])
+    cfg = load_config(
+        base=TINY,
+        overrides=[f"data.shards={url}", "train.epochs=1", "data.workers=1", "log.report_to=[jsonl,tensorboard]"],
+    )
     run_dir = tmp_path / "run"
     trainer.train(cfg, run_dir)
     files = [p for p in Path(run_dir).rglob("*") if p.is_file()]

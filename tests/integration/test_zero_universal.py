@@ -8,6 +8,7 @@ the epoch order does not depend on the layout, so every later loss is the uninte
 (~1e-4). The text and head parts get different learning rates so that a group that lost its own
 hyperparameters shows. About 100 s on 2 cores (each torchrun of 2 DeepSpeed ranks ~12 s).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -16,21 +17,29 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist_utils import check, records, run, torchrun_cmd, train_losses, write_config
+
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import load_config
 from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
 from msa_dist.engine import trainer
 from msa_dist.engine.backends.universal import convert_to_universal
-from msa_dist.common.errors import MsaDistError
 
 pytestmark = [pytest.mark.slow, pytest.mark.distributed]
 
 # 96 train samples, global batch 8: 12 steps, checkpoints at 4, 8, 12.
-OVERRIDES = ("model.modality=text", "train.batch_size=4", "train.global_batch_size=8", "train.epochs=1",
-             "optim.lr=1e-3", "optim.text_lr=3e-3", "checkpoint.every_steps=4", "checkpoint.keep_last=5",
-             "backend.name=deepspeed")
+OVERRIDES = (
+    "model.modality=text",
+    "train.batch_size=4",
+    "train.global_batch_size=8",
+    "train.epochs=1",
+    "optim.lr=1e-3",
+    "optim.text_lr=3e-3",
+    "checkpoint.every_steps=4",
+    "checkpoint.keep_last=5",
+    "backend.name=deepspeed",
+)
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +62,7 @@ def two_rank_run(config, tmp_path_factory):
             assert sorted(train_losses(run_dir)) == list(range(1, 13))
             runs[stage] = run_dir
         return runs[stage]
+
     return get
 
 
@@ -77,8 +87,9 @@ def _cut_back(source: Path, dest: Path, step: int) -> Path:
 
 def _adam_steps(step_dir: Path) -> set[int]:
     """The Adam step counts in a 1-rank ZeRO checkpoint (ZeRO-1/2 and ZeRO-3 nest them differently)."""
-    saved = torch.load(step_dir / "deepspeed" / "zero_pp_rank_0_mp_rank_00_optim_states.pt",
-                       map_location="cpu", weights_only=False)["optimizer_state_dict"]
+    saved = torch.load(
+        step_dir / "deepspeed" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", map_location="cpu", weights_only=False
+    )["optimizer_state_dict"]
     inner = saved.get("base_optimizer_state") or saved["optimizer_state_dict"]
     return {int(state["step"]) for state in inner["state"].values()}
 

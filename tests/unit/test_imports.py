@@ -1,5 +1,6 @@
 """The package's import graph: no cycles inside msa_dist, imports in functions included (a lazy
 import that only hides a cycle counts as one)."""
+
 from __future__ import annotations
 
 import ast
@@ -30,8 +31,10 @@ def _graph() -> dict[str, set[str]]:
     paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
     modules = set(paths)
     # a package's __init__ importing its own submodules is not a cycle of theirs
-    return {name: {m for m in _imports(path, modules) if not (name and m.startswith(name + "."))}
-            for name, path in paths.items()}
+    return {
+        name: {m for m in _imports(path, modules) if not (name and m.startswith(name + "."))}
+        for name, path in paths.items()
+    }
 
 
 def _cycle(graph: dict[str, set[str]]):
@@ -44,7 +47,7 @@ def _cycle(graph: dict[str, set[str]]):
         stack.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -104,6 +107,9 @@ def test_the_layer_check_sees_an_upward_import():
 
 
 def test_no_folder_holds_more_than_16_modules():
-    crowded = {str(d.relative_to(PACKAGE.parent)): n for d in [PACKAGE, *PACKAGE.rglob("*")]
-               if d.is_dir() and (n := len(list(d.glob("*.py")))) > 16}
+    crowded = {
+        str(d.relative_to(PACKAGE.parent)): n
+        for d in [PACKAGE, *PACKAGE.rglob("*")]
+        if d.is_dir() and (n := len(list(d.glob("*.py")))) > 16
+    }
     assert crowded == {}

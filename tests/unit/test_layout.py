@@ -1,4 +1,5 @@
 """The tests mirror the package: a test file under tests/unit/<part>/ names a part that exists in msa_dist/."""
+
 from __future__ import annotations
 
 from pathlib import Path

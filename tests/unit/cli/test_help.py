@@ -1,4 +1,5 @@
 """`msa-dist ... --help` explains every command and option (`shards show`: tests/unit/data/test_show.py)."""
+
 from __future__ import annotations
 
 import argparse

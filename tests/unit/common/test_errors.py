@@ -1,4 +1,5 @@
 """Errors (common/errors.py): one a loader worker raised is still one line for the CLI."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,6 +1,7 @@
 """Issue 23, raw inputs (common/limits.py): files that are not regular files, reads over their cap, images
 over the pixel limit and huge CSV cells end in one line or a reported skip. Formula cells:
 test_csv_cells.py."""
+
 from __future__ import annotations
 
 import io
@@ -8,11 +9,11 @@ import os
 
 import pytest
 from PIL import Image
+from security_utils import no_hang, small_jpeg
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import MAX_IMAGE_PIXELS, read_input
 from msa_dist.data.raw import Record, check_record, image_error
-from msa_dist.common.errors import MsaDistError
-from security_utils import no_hang, small_jpeg
 
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "directory"])
@@ -44,6 +45,7 @@ def test_raw_reads_are_capped(tmp_path):
 
 def test_predict_inputs_that_are_fifos_do_not_hang(tmp_path):
     from msa_dist.inference.predict_raw import pairs_from_csv
+
     os.mkfifo(tmp_path / "pipe.jpg")
     (tmp_path / "in.csv").write_text("id,image,text\na,pipe.jpg,hello\nb,/dev/zero,hi\n")
     with no_hang():
@@ -57,17 +59,18 @@ def test_predict_inputs_that_are_fifos_do_not_hang(tmp_path):
 def test_a_huge_png_is_refused_from_its_header():
     buf = io.BytesIO()
     Image.new("1", (13000, 13000)).save(buf, format="PNG")  # 169 MP, under Pillow's own bomb limit
-    assert 13000 * 13000 > MAX_IMAGE_PIXELS
+    assert MAX_IMAGE_PIXELS < 13000 * 13000
     assert "pixels" in image_error(buf.getvalue())
 
 
 def test_a_csv_cell_over_128_kb_is_read_and_one_over_the_limit_is_one_line(tmp_path):
     from msa_dist.common.limits import CSV_CELL_LIMIT
     from msa_dist.inference.predict_raw import pairs_from_csv
+
     (tmp_path / "a.jpg").write_bytes(small_jpeg())
     (tmp_path / "in.csv").write_text(f"id,image,text\na,a.jpg,{'w ' * 100_000}\n")  # 200 KB
     pairs, bad = pairs_from_csv(tmp_path / "in.csv")
     assert [p.key for p in pairs] == ["a"] and not bad
-    (tmp_path / "in.csv").write_text(f"id,image,text\na,a.jpg,\"{'w' * (CSV_CELL_LIMIT + 1)}\"\n")
+    (tmp_path / "in.csv").write_text(f'id,image,text\na,a.jpg,"{"w" * (CSV_CELL_LIMIT + 1)}"\n')
     with pytest.raises(MsaDistError, match="line 2: field larger than field limit"):
         pairs_from_csv(tmp_path / "in.csv")

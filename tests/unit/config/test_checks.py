@@ -1,5 +1,6 @@
 """Every value check of the config (msa_dist/config/checks.py): each constrained key with a bad value
 fails in one line naming the dotted key, when the config is loaded, before anything is built."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,9 +8,9 @@ import torch.distributed
 import yaml
 
 from msa_dist.cli import main
-from msa_dist.config.schema import Config, TextEncoderConfig, load_config, set_dotted, validate
-from msa_dist.config.checks import CHECKS, MIN_TINY_VOCAB
 from msa_dist.common.errors import MsaDistError
+from msa_dist.config.checks import CHECKS, MIN_TINY_VOCAB
+from msa_dist.config.schema import Config, TextEncoderConfig, load_config, set_dotted, validate
 
 # check id -> (overrides that break only that check, a piece of the message that says why)
 CASES = {
@@ -17,7 +18,10 @@ CASES = {
     "data.resize_size": (["data.resize_size=-224"], "must be >= 1"),
     "data.max_length": (["data.max_length=0"], "must be >= 1"),
     "data.pad_to_multiple_of": (["data.pad_to_multiple_of=0"], "must be >= 1"),
-    "data.pad_to_multiple_of[divides]": (["data.max_length=50", "data.pad_to_multiple_of=16"], "must divide data.max_length=50"),
+    "data.pad_to_multiple_of[divides]": (
+        ["data.max_length=50", "data.pad_to_multiple_of=16"],
+        "must divide data.max_length=50",
+    ),
     "data.workers": (["data.workers=-1"], "must be >= 0"),
     "data.chunk_samples": (["data.chunk_samples=0"], "must be >= 1"),
     "data.read_mode": (["data.read_mode=shards"], "must be one of auto, chunks, blocks"),
@@ -28,25 +32,33 @@ CASES = {
     "data.block_read_ahead": (["data.block_read_ahead=0"], "must be >= 1"),
     "data.train_crop": (["data.train_crop=random_sized"], "one of random, random_resized, center"),
     "model.modality": (["model.modality=audio"], "one of both, text, image"),
-    "model.head.fusion[modality]": (["model.head.fusion=gated", "model.modality=text"],
-                                    "does not work with model.modality=text"),
+    "model.head.fusion[modality]": (
+        ["model.head.fusion=gated", "model.modality=text"],
+        "does not work with model.modality=text",
+    ),
     "model.text.pooling": (["model.text.pooling=max"], "one of cls, mean, last"),
-    "model.text.pooling[bow]": (["model.text.name=tiny", "model.text.tiny_arch=bow", "model.text.pooling=cls"],
-                                "tiny_arch=bow needs model.text.pooling=mean"),
+    "model.text.pooling[bow]": (
+        ["model.text.name=tiny", "model.text.tiny_arch=bow", "model.text.pooling=cls"],
+        "tiny_arch=bow needs model.text.pooling=mean",
+    ),
     "model.text.tiny_arch": (["model.text.tiny_arch=lstm"], "one of bert, bow"),
     "model.text.tiny_hidden": (["model.text.tiny_hidden=0"], "must be >= 1"),
     "model.text.tiny_layers": (["model.text.tiny_layers=0"], "must be >= 1"),
     "model.text.tiny_heads": (["model.text.tiny_heads=0"], "must be >= 1"),
-    "model.text.tiny_heads[divides]": (["model.text.name=tiny", "model.text.tiny_heads=3"],
-                                       "must divide model.text.tiny_hidden=128"),
+    "model.text.tiny_heads[divides]": (
+        ["model.text.name=tiny", "model.text.tiny_heads=3"],
+        "must divide model.text.tiny_hidden=128",
+    ),
     "model.text.tiny_vocab_size": (["model.text.tiny_vocab_size=5"], f"must be >= {MIN_TINY_VOCAB}"),
     "model.text.tiny_bigram_buckets": (["model.text.tiny_bigram_buckets=-1"], "must be >= 0"),
     "model.text.tiny_char_buckets": (["model.text.tiny_char_buckets=-1"], "must be >= 0"),
     "model.text.tiny_token_dropout": (["model.text.tiny_token_dropout=1.0"], "must be in [0, 1)"),
     "model.text.tiny_dropout": (["model.text.tiny_dropout=-0.1"], "must be in [0, 1)"),
     "model.text.tiny_init_std": (["model.text.tiny_init_std=0"], "must be > 0"),
-    "model.text.tiny_idf": (["model.text.tiny_arch=bert", "model.text.tiny_idf=true"],
-                            "needs model.text.name=tiny and model.text.tiny_arch=bow"),
+    "model.text.tiny_idf": (
+        ["model.text.tiny_arch=bert", "model.text.tiny_idf=true"],
+        "needs model.text.name=tiny and model.text.tiny_arch=bow",
+    ),
     "model.text.unfreeze_last_n_layers": (["model.text.unfreeze_last_n_layers=-2"], "must be >= -1"),
     "model.text.layer_decay": (["model.text.layer_decay=0"], "must be in (0, 1]"),
     "model.image.tiny_width": (["model.image.tiny_width=0"], "must be >= 1"),
@@ -60,15 +72,19 @@ CASES = {
     "model.head.modality_dropout": (["model.head.modality_dropout=-0.5"], "must be in [0, 1)"),
     "model.head.attn_layers": (["model.head.attn_layers=0"], "must be >= 1"),
     "model.head.attn_heads": (["model.head.attn_heads=0"], "must be >= 1"),
-    "model.head.attn_heads[divides]": (["model.head.fusion=cross_attention", "model.head.attn_heads=7"],
-                                       "must divide model.head.proj_dim=256"),
+    "model.head.attn_heads[divides]": (
+        ["model.head.fusion=cross_attention", "model.head.attn_heads=7"],
+        "must divide model.head.proj_dim=256",
+    ),
     "model.head.late_text_linear": (["model.head.late_text_linear=true"], "needs model.head.fusion=late"),
     "data.read_threads": (["data.read_threads=0"], "must be >= 1"),
     "data.read_ahead_batches": (["data.read_ahead_batches=0"], "must be >= 1"),
     "data.read_gap_bytes": (["data.read_gap_bytes=-1"], "must be >= 0"),
     "data.length_bucket_batches": (["data.length_bucket_batches=-8"], "must be >= 0"),
-    "data.length_bucket_batches[padding]": (["data.pad_to_max_length=true", "data.length_bucket_batches=8"],
-                                            "no effect with data.pad_to_max_length=true"),
+    "data.length_bucket_batches[padding]": (
+        ["data.pad_to_max_length=true", "data.length_bucket_batches=8"],
+        "no effect with data.pad_to_max_length=true",
+    ),
     "optim.lr": (["optim.lr=-1"], "must be >= 0"),
     "optim.text_lr": (["optim.text_lr=-1e-5"], "must be >= 0"),
     "optim.image_lr": (["optim.image_lr=-1"], "must be >= 0"),
@@ -93,21 +109,30 @@ CASES = {
     "train.best_metric": (["train.best_metric=loss"], "one of accuracy, macro_f1, weighted_f1"),
     "train.max_nonfinite_steps": (["train.max_nonfinite_steps=0"], "must be >= 1"),
     "train.ema_decay": (["train.ema_decay=1.0"], "must be in [0, 1)"),
-    "train.ema_decay[deepspeed]": (["backend.name=deepspeed", "train.ema_decay=0.99"], "not supported with backend.name=deepspeed"),
+    "train.ema_decay[deepspeed]": (
+        ["backend.name=deepspeed", "train.ema_decay=0.99"],
+        "not supported with backend.name=deepspeed",
+    ),
     "train.mixup_alpha": (["train.mixup_alpha=-1"], "must be >= 0"),
-    "train.mixup_alpha[fusion]": (["model.head.fusion=cross_attention", "train.mixup_alpha=0.2"],
-                                  "not with model.head.fusion=cross_attention"),
+    "train.mixup_alpha[fusion]": (
+        ["model.head.fusion=cross_attention", "train.mixup_alpha=0.2"],
+        "not with model.head.fusion=cross_attention",
+    ),
     "backend.name": (["backend.name=horovod"], "one of single, ddp, deepspeed"),
     "backend.precision": (["backend.precision=fp8"], "one of fp32, bf16, fp16"),
     "backend.zero_stage": (["backend.zero_stage=4"], "one of 0, 1, 2, 3"),
     "backend.device": (["backend.device=tpu"], "one of auto, cpu, cuda"),
     "backend.ddp_bucket_mb": (["backend.ddp_bucket_mb=0"], "must be >= 1"),
     "backend.timeout_s": (["backend.timeout_s=0"], "must be >= 1"),
-    "backend.compile": (["backend.name=deepspeed", "backend.compile=true"],
-                        "not supported with backend.name=deepspeed"),
+    "backend.compile": (
+        ["backend.name=deepspeed", "backend.compile=true"],
+        "not supported with backend.name=deepspeed",
+    ),
     "backend.compile_scope": (["backend.compile_scope=layers"], "one of model, encoders"),
-    "backend.compile_mode": (["backend.compile_mode=fast"],
-                             "one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs"),
+    "backend.compile_mode": (
+        ["backend.compile_mode=fast"],
+        "one of default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs",
+    ),
     "checkpoint.keep_last": (["checkpoint.keep_last=0"], "must be >= 1"),
     "checkpoint.every_steps": (["checkpoint.every_steps=-1"], "must be >= 0"),
     "log.every_steps": (["log.every_steps=0"], "must be >= 1"),
@@ -168,12 +193,14 @@ def test_checks_see_the_final_values_of_all_layers(tmp_path):
 
 def test_defaults_pass_and_the_tiny_vocab_floor_matches_the_tokenizer():
     from msa_dist.models.tokenizer import SPECIAL_TOKENS
+
     assert validate(Config()) is not None
-    assert MIN_TINY_VOCAB == len(SPECIAL_TOKENS) + 1
+    assert len(SPECIAL_TOKENS) + 1 == MIN_TINY_VOCAB
 
 
 def test_train_with_a_bad_value_exits_with_one_line_and_builds_nothing(tmp_path, capsys, monkeypatch):
     import msa_dist.engine.trainer as trainer
+
     trained = []
     monkeypatch.setattr(trainer, "train", lambda *a, **k: trained.append(a))
     config = tmp_path / "c.yaml"

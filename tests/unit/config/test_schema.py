@@ -1,4 +1,5 @@
 """The config schema: layering, type checks, errors naming the dotted key, shipped configs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from msa_dist.config.schema import Config, from_dict, load_config, save_config, to_dict
 from msa_dist.common.errors import MsaDistError
+from msa_dist.config.schema import Config, from_dict, load_config, save_config, to_dict
 
 CONFIGS = sorted((Path(__file__).parents[3] / "configs").glob("*.yaml"))
 
@@ -21,17 +22,20 @@ def test_defaults_yaml_and_overrides_layer(tmp_path):
     assert cfg.train.batch_size == Config().train.batch_size
 
 
-@pytest.mark.parametrize("override, key", [
-    ("optim.lrr=1", "optim.lrr"),
-    ("train.epochs=two", "train.epochs"),
-    ("train.batch_size=1.5", "train.batch_size"),
-    ("log.progress=maybe", "log.progress"),
-    ("model.modality=audio", "model.modality"),
-    ("backend.name=horovod", "backend.name"),
-    ("train.epochs=0", "train.epochs"),
-    ("data.chunk_samples=0", "data.chunk_samples"),
-    ("nosuch.key=1", "nosuch"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("optim.lrr=1", "optim.lrr"),
+        ("train.epochs=two", "train.epochs"),
+        ("train.batch_size=1.5", "train.batch_size"),
+        ("log.progress=maybe", "log.progress"),
+        ("model.modality=audio", "model.modality"),
+        ("backend.name=horovod", "backend.name"),
+        ("train.epochs=0", "train.epochs"),
+        ("data.chunk_samples=0", "data.chunk_samples"),
+        ("nosuch.key=1", "nosuch"),
+    ],
+)
 def test_bad_values_name_the_dotted_key(override, key):
     with pytest.raises(MsaDistError, match=key.replace(".", r"\.")):
         load_config(None, [override])

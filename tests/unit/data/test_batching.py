@@ -1,5 +1,6 @@
 """Batches (data/loading/batching.py): the collate's fast tokenizer path and padding, augmentation as a pure
 function of (seed, epoch, key), and decoding on the device giving the CPU loader's images."""
+
 from __future__ import annotations
 
 import random
@@ -41,14 +42,15 @@ def test_augmentation_is_a_pure_function_of_seed_epoch_key(shard_dir):
     assert torch.equal(first, again) and first.shape == (3, 24, 24) and first.dtype == torch.uint8
     # the global RNGs are not touched (workers=0 runs in the training process)
     assert random.getstate() == python_state and torch.equal(torch.get_rng_state(), torch_state)
-    boxes = {SampleTransform(cfg, True, seed=3, epoch=e).cropper.box(
-        random.Random(e), 48, 40) for e in range(6)}
+    boxes = {SampleTransform(cfg, True, seed=3, epoch=e).cropper.box(random.Random(e), 48, 40) for e in range(6)}
     assert len(boxes) > 1
 
 
 def test_collate_pads_to_longest_or_to_max_length(tokenizer):
-    samples = [{"key": str(i), "text": "word " * (i + 1), "label": 0, "image": torch.zeros(3, 8, 8, dtype=torch.uint8)}
-               for i in range(3)]
+    samples = [
+        {"key": str(i), "text": "word " * (i + 1), "label": 0, "image": torch.zeros(3, 8, 8, dtype=torch.uint8)}
+        for i in range(3)
+    ]
     longest = Collate(tokenizer, 16)(samples)
     fixed = Collate(tokenizer, 16, pad_to_max_length=True)(samples)
     assert longest["input_ids"].shape[1] < 16 and fixed["input_ids"].shape == (3, 16)
@@ -58,7 +60,10 @@ def test_collate_pads_to_longest_or_to_max_length(tokenizer):
     rounded = Collate(tokenizer, 16, pad_to_multiple_of=8)(samples)
     assert rounded["input_ids"].shape[1] % 8 == 0 and rounded["input_ids"].shape[1] >= longest["input_ids"].shape[1]
     width = longest["input_ids"].shape[1]
-    assert torch.equal(rounded["input_ids"][:, :width], longest["input_ids"]) and not rounded["attention_mask"][:, width:].any()
+    assert (
+        torch.equal(rounded["input_ids"][:, :width], longest["input_ids"])
+        and not rounded["attention_mask"][:, width:].any()
+    )
     slow = Collate(tokenizer, 16, pad_to_multiple_of=8)
     slow._backend = None
     assert torch.equal(slow._encode([s["text"] for s in samples])[0], rounded["input_ids"])
@@ -69,8 +74,9 @@ def test_decode_on_device_gives_the_cpu_loaders_images(shard_dir, tokenizer, tra
     spec = StreamSpec("train", train, 4, seed=1, epoch=2)
     base = DataConfig(image_size=32, resize_size=40, workers=0)
     on_cpu = next(iter(build_loader(base, str(shard_dir), spec, tokenizer)))
-    deferred = next(iter(build_loader(DataConfig(**{**base.__dict__, "decode_on_device": True}),
-                                      str(shard_dir), spec, tokenizer)))
+    deferred = next(
+        iter(build_loader(DataConfig(**{**base.__dict__, "decode_on_device": True}), str(shard_dir), spec, tokenizer))
+    )
     assert "images" not in deferred and deferred["keys"] == on_cpu["keys"]
     a = model_inputs(on_cpu, torch.device("cpu"), "both")["images"]
     b = model_inputs(deferred, torch.device("cpu"), "both")["images"]

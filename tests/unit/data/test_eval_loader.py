@@ -1,6 +1,7 @@
 """Evaluation during training: the val loader's workers are forked once, before the training stream
 starts, and every later pass reuses them; no process is forked while training runs (a worker forked
 among the training stream's threads can deadlock at start)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,8 @@ import torch
 
 from msa_dist.config.schema import Config, DataConfig
 from msa_dist.data.loading.loader import EvalLoader, StreamSpec, build_loader
-from msa_dist.data.shards import build_shards
 from msa_dist.data.loading.stream import TrainStream
+from msa_dist.data.shards import build_shards
 from msa_dist.engine.evaluation import split_outputs
 from msa_dist.engine.runtime import read_env
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
@@ -21,13 +22,28 @@ from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    words = "great happy awful traffic bus timetable route monday beach sun worst commute day".split()
+    words = [
+        "great",
+        "happy",
+        "awful",
+        "traffic",
+        "bus",
+        "timetable",
+        "route",
+        "monday",
+        "beach",
+        "sun",
+        "worst",
+        "commute",
+        "day",
+    ]
     return train_wordpiece_tokenizer([" ".join(words)] * 5, vocab_size=200)
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     from msa_dist.data.synthetic import write_synthetic_dataset
+
     root = tmp_path_factory.mktemp("evalloader")
     raw = write_synthetic_dataset(root / "raw", n_labelled=80, n_test=0, image_px=24)
     build_shards(raw, root / "shards", val_fraction=0.25, seed=0, shard_size=9)
@@ -57,7 +73,7 @@ def test_val_passes_during_training_reuse_workers_forked_before_it(shards, token
     monkeypatch.setattr(os, "fork", _no_fork)
     try:
         for epoch in range(4):
-            for _ in (batches if epoch == 0 else stream.epoch(epoch)):
+            for _ in batches if epoch == 0 else stream.epoch(epoch):
                 pass
             got = _pass(val)
             assert [k for k, _ in got] == [k for k, _ in expected]

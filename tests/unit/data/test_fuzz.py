@@ -8,6 +8,7 @@ The CI budget is small and derandomized (a fixed seed: the same examples every r
 per target); `FUZZ_EXAMPLES=5000 python -m pytest tests/unit/data/test_fuzz.py` (or
 `benchmarks/fuzz.sh`) is the long run.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -25,19 +26,20 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import DataConfig
+from msa_dist.data.format.manifest import write_manifest
 from msa_dist.data.indexer import index_shard_set
 from msa_dist.data.loading.loader import StreamSpec, build_loader
-from msa_dist.data.format.manifest import write_manifest
 from msa_dist.data.shards import build_shards, verify_shards
 from msa_dist.data.show import show_samples
 from msa_dist.data.synthetic import write_synthetic_dataset
-from msa_dist.common.errors import MsaDistError
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
-FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))
+FUZZ = settings(
+    max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 HANG_S = 60  # per example: only a hang (an endless loop, a blocking read) comes near it
 MEMORY_HEADROOM = 3 << 30  # address space an example may add to what the test process already maps
 
@@ -55,6 +57,7 @@ def bounded():
 
     def hang(signum, frame):
         raise TimeoutError(f"an example ran {HANG_S} s: a hang")
+
     old_handler = signal.signal(signal.SIGALRM, hang)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
     signal.alarm(HANG_S)
@@ -76,6 +79,7 @@ def one_line_or_nothing(call) -> None:
 
 # -- the pristine files ---------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory) -> tuple[Path, dict[str, bytes]]:
     """A small shard set (train 3 shards, val 1) and its files' bytes."""
@@ -96,10 +100,15 @@ def tokenizer():
 # -- mutations ------------------------------------------------------------------------------------
 
 JSON_VALUES = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-2 ** 70, max_value=2 ** 70),
-    st.sampled_from([-1, -512, 0, 1, 511, 512, 10 ** 12, 2 ** 63, "lots", "../x.tar", "/etc/passwd", ""]),
-    st.floats(), st.text(max_size=12), st.lists(st.integers(min_value=-10, max_value=10 ** 6), max_size=3),
-    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2))
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([-1, -512, 0, 1, 511, 512, 10**12, 2**63, "lots", "../x.tar", "/etc/passwd", ""]),
+    st.floats(),
+    st.text(max_size=12),
+    st.lists(st.integers(min_value=-10, max_value=10**6), max_size=3),
+    st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
+)
 
 
 @st.composite
@@ -133,15 +142,15 @@ def _members(tar: bytes) -> list[int]:
     try:
         with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
             return [info.offset for info in tf] or [0]
-    except Exception:  # noqa: BLE001 - tarfile on a mutated tar raises many types; this is only the harness
+    except Exception:
         return [0]
 
 
 def _with_header_field(tar: bytearray, at: int, lo: int, hi: int, value: bytes) -> None:
-    tar[at + lo:at + hi] = value.ljust(hi - lo, b"\0")[:hi - lo]
-    header = tar[at:at + 512]
+    tar[at + lo : at + hi] = value.ljust(hi - lo, b"\0")[: hi - lo]
+    header = tar[at : at + 512]
     header[148:156] = b" " * 8
-    tar[at + 148:at + 156] = b"%06o\0 " % sum(header)
+    tar[at + 148 : at + 156] = b"%06o\0 " % sum(header)
 
 
 def _pax_block(records: bytes) -> bytes:
@@ -150,13 +159,16 @@ def _pax_block(records: bytes) -> bytes:
         info = tarfile.TarInfo("pax")
         info.type, info.size = tarfile.XHDTYPE, len(records)
         tf.addfile(info, io.BytesIO(records))
-    return buf.getvalue()[:512 + len(records) + (-len(records) % 512)]
+    return buf.getvalue()[: 512 + len(records) + (-len(records) % 512)]
 
 
 SIZE_FIELDS = st.one_of(
-    st.integers(min_value=0, max_value=8 ** 11 - 1).map(lambda n: b"%011o" % n),
+    st.integers(min_value=0, max_value=8**11 - 1).map(lambda n: b"%011o" % n),
     st.sampled_from([b"-0000001", b"\xff" * 12, b"\x80" + b"\xff" * 11, b"99999999999", b"", b" 1 2"]),
-    st.binary(min_size=12, max_size=12))
+    st.binary(min_size=12, max_size=12),
+)
+
+
 def _pax_record(key: str, value: str, slack: int = 0) -> bytes:
     """A "LEN key=value\n" record; `slack` makes its length wrong."""
     body = f" {key}={value}\n".encode()
@@ -167,10 +179,14 @@ def _pax_record(key: str, value: str, slack: int = 0) -> bytes:
 
 
 PAX_RECORDS = st.one_of(
-    st.builds(_pax_record, st.sampled_from(["size", "path"]),
-              st.one_of(st.integers(-2 ** 40, 2 ** 70).map(str), st.text(max_size=30)),
-              st.sampled_from([0, 0, 0, -1, 1, -100, 10 ** 6])),
-    st.binary(max_size=64))
+    st.builds(
+        _pax_record,
+        st.sampled_from(["size", "path"]),
+        st.one_of(st.integers(-(2**40), 2**70).map(str), st.text(max_size=30)),
+        st.sampled_from([0, 0, 0, -1, 1, -100, 10**6]),
+    ),
+    st.binary(max_size=64),
+)
 
 
 @st.composite
@@ -193,7 +209,7 @@ def tar_edit(draw, tar: bytes) -> bytes:
             pos = draw(st.integers(min_value=0, max_value=len(out) - 1))
             out[pos] = draw(st.integers(min_value=0, max_value=255))
     else:
-        del out[draw(st.integers(min_value=0, max_value=len(out))):]
+        del out[draw(st.integers(min_value=0, max_value=len(out))) :]
     return bytes(out)
 
 
@@ -213,7 +229,7 @@ def shard_set_edit(draw, files: dict[str, bytes]) -> dict[str, bytes]:
                 doc = None
             out[name] = json.dumps(draw(json_edit(doc))).encode()
         elif not data or draw(st.booleans()):
-            out[name] = data[:draw(st.integers(min_value=0, max_value=len(data)))]
+            out[name] = data[: draw(st.integers(min_value=0, max_value=len(data)))]
         else:
             edited = bytearray(data)
             for _ in range(draw(st.integers(min_value=1, max_value=6))):
@@ -223,6 +239,7 @@ def shard_set_edit(draw, files: dict[str, bytes]) -> dict[str, bytes]:
 
 
 # -- the targets ----------------------------------------------------------------------------------
+
 
 def _write(root: Path, files: dict[str, bytes]) -> None:
     for path in root.iterdir():
@@ -248,12 +265,13 @@ def test_mutated_shard_sets_end_in_one_line_or_a_counted_skip(pristine, tokenize
         one_line_or_nothing(lambda: verify_shards(str(root)))
         one_line_or_nothing(lambda: show_samples(str(root), "train", 3))
         for split, train in (("train", True), ("train", False), ("val", False)):
-            one_line_or_nothing(lambda: _read_split(root, split, train, tokenizer))
+            one_line_or_nothing(lambda split=split, train=train: _read_split(root, split, train, tokenizer))
         one_line_or_nothing(lambda: index_shard_set(str(root)))  # rewrites the indexes of what it can read
         one_line_or_nothing(lambda: _read_split(root, "train", False, tokenizer))
 
 
 # -- predict --inputs -----------------------------------------------------------------------------
+
 
 def _image(fmt: str) -> bytes:
     buf = io.BytesIO()
@@ -271,47 +289,55 @@ def image_edit(draw) -> tuple[str, bytes]:
     edit = draw(st.sampled_from(["size", "bytes", "truncate", "none"]))
     if edit == "size":  # the stored size in the header: JPEG SOF0 or PNG IHDR
         at = out.find(b"\xff\xc0") + 5 if kind == "jpg" else 16
-        width = draw(st.integers(min_value=0, max_value=65535 if kind == "jpg" else 2 ** 31 - 1))
-        height = draw(st.integers(min_value=0, max_value=65535 if kind == "jpg" else 2 ** 31 - 1))
+        width = draw(st.integers(min_value=0, max_value=65535 if kind == "jpg" else 2**31 - 1))
+        height = draw(st.integers(min_value=0, max_value=65535 if kind == "jpg" else 2**31 - 1))
         step = 2 if kind == "jpg" else 4
         if kind == "jpg":
-            out[at:at + 4] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+            out[at : at + 4] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
         else:
-            out[at:at + 2 * step] = width.to_bytes(step, "big") + height.to_bytes(step, "big")
+            out[at : at + 2 * step] = width.to_bytes(step, "big") + height.to_bytes(step, "big")
     elif edit == "bytes":
         for _ in range(draw(st.integers(min_value=1, max_value=8))):
             out[draw(st.integers(min_value=0, max_value=len(out) - 1))] = draw(st.integers(0, 255))
     elif edit == "truncate":
-        del out[draw(st.integers(min_value=0, max_value=len(out))):]
+        del out[draw(st.integers(min_value=0, max_value=len(out))) :]
     return kind, bytes(out)
 
 
-CELLS = st.one_of(st.text(max_size=40), st.sampled_from(["=HYPERLINK(\"http://x\")", "+1", "-1", "@a", "\tx",
-                                                         "a\0b", "\"", "line\nbreak", "w " * 70_000]))
+CELLS = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(['=HYPERLINK("http://x")', "+1", "-1", "@a", "\tx", "a\0b", '"', "line\nbreak", "w " * 70_000]),
+)
 
 
-@given(image=image_edit(), key=CELLS, text=CELLS, extra=st.sampled_from(["", ",x", "\n,,", "\"unclosed"]))
+@given(image=image_edit(), key=CELLS, text=CELLS, extra=st.sampled_from(["", ",x", "\n,,", '"unclosed']))
 @FUZZ
-def test_mutated_predict_inputs_end_in_one_line_or_a_skipped_row(tmp_path_factory, tokenizer, image, key, text,
-                                                                 extra):
+def test_mutated_predict_inputs_end_in_one_line_or_a_skipped_row(tmp_path_factory, tokenizer, image, key, text, extra):
     from msa_dist.inference.evaluate import write_predictions
     from msa_dist.inference.predict_raw import pairs_from_csv
     from msa_dist.inference.predictor import Predictor, Preprocessing
+
     root = tmp_path_factory.mktemp("inputs")
     kind, data = image
     (root / f"i.{kind}").write_bytes(data)
     with open(root / "in.csv", "w", newline="", encoding="utf-8", errors="surrogatepass") as f:
         csv.writer(f).writerow(["id", "image", "text"])
         f.write(f"{csv_cell(key)},i.{kind},{csv_cell(text)}{extra}\n")
-    predictor = Predictor(model=None, tokenizer=tokenizer, modality="both",
-                          preprocessing=Preprocessing(image_size=16, resize_size=16, max_length=16))
+    predictor = Predictor(
+        model=None,
+        tokenizer=tokenizer,
+        modality="both",
+        preprocessing=Preprocessing(image_size=16, resize_size=16, max_length=16),
+    )
     with bounded():
+
         def run():
             pairs, bad = pairs_from_csv(root / "in.csv")
             if pairs:
                 predictor.preprocess([p.image for p in pairs], [p.text for p in pairs])
-                write_predictions(root / "out.csv", [(p.key, [0.2, 0.3, 0.5]) for p in pairs],
-                                  ["positive", "neutral", "negative"])
+                write_predictions(
+                    root / "out.csv", [(p.key, [0.2, 0.3, 0.5]) for p in pairs], ["positive", "neutral", "negative"]
+                )
                 previous = csv.field_size_limit(1 << 24)  # an id may be as long as a text
                 try:
                     with open(root / "out.csv", newline="") as f:
@@ -319,6 +345,7 @@ def test_mutated_predict_inputs_end_in_one_line_or_a_skipped_row(tmp_path_factor
                 finally:
                     csv.field_size_limit(previous)
                 assert not any(i.startswith(("=", "+", "-", "@", "\t", "\r")) for i in ids), ids
+
         one_line_or_nothing(run)
 
 

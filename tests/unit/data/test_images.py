@@ -1,5 +1,6 @@
 """The fast decode/crop path (data/loading/images.py): JPEG sizes from the frame header, crop boxes, the
 decoder's fallbacks and drafted decodes."""
+
 from __future__ import annotations
 
 import io
@@ -9,7 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from msa_dist.data.loading.images import ImageCropper, center_crop_box, decode_rgb, jpeg_size, random_crop_box, stored_size
+from msa_dist.data.loading.images import (
+    ImageCropper,
+    center_crop_box,
+    decode_rgb,
+    jpeg_size,
+    random_crop_box,
+    stored_size,
+)
 
 
 def _jpeg(size: tuple[int, int], mode: str = "RGB", **save) -> bytes:
@@ -19,8 +27,10 @@ def _jpeg(size: tuple[int, int], mode: str = "RGB", **save) -> bytes:
     return buf.getvalue()
 
 
-@pytest.mark.parametrize("mode, save", [("RGB", {}), ("RGB", {"progressive": True}), ("L", {}),
-                                        ("RGB", {"exif": b"Exif\x00\x00" + b"\x00" * 64})])
+@pytest.mark.parametrize(
+    "mode, save",
+    [("RGB", {}), ("RGB", {"progressive": True}), ("L", {}), ("RGB", {"exif": b"Exif\x00\x00" + b"\x00" * 64})],
+)
 def test_jpeg_size_reads_the_frame_header(mode, save):
     data = _jpeg((67, 41), mode, **save)
     assert jpeg_size(data) == (67, 41) == Image.open(io.BytesIO(data)).size
@@ -52,10 +62,11 @@ def test_random_crop_box_on_shards_at_resize_size_needs_no_resize():
     cropper = ImageCropper(224, 256, train=True, train_crop="random")
     box = cropper.box(random.Random(2), 341, 256)
     out = cropper(data, box, 341, 256)
-    full = decode_rgb(data, 341, 256)[:, box.top:box.top + 224, box.left:box.left + 224]
+    full = decode_rgb(data, 341, 256)[:, box.top : box.top + 224, box.left : box.left + 224]
     assert torch.equal(out, full.flip(-1) if box.flip else full)  # a crop (and flip), no resampling
-    assert ImageCropper(224, 256, train=True, train_crop="center").box(None, 341, 256) == \
-        center_crop_box(341, 256, 256, 224)
+    assert ImageCropper(224, 256, train=True, train_crop="center").box(None, 341, 256) == center_crop_box(
+        341, 256, 256, 224
+    )
 
 
 def test_decoder_falls_back_for_jpegs_simplejpeg_rejects():

@@ -1,5 +1,6 @@
 """The on-demand epoch order (data/loading/order.py): a permutation of the split at every size, seed and
 epoch, computed from a few integers, and the same slices whatever the batch layout asks for."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,8 +18,10 @@ def test_keyed_permutation_is_a_bijection_and_inverts(n):
         assert np.array_equal(perm.inverse(image), np.arange(n))
 
 
-@pytest.mark.parametrize("samples,chunk", [(1, 4), (3, 4), (72, 4), (73, 4), (100_003, 4), (250_000, 7),
-                                           (1_000_000, 4), (524_288, 1), (999_999, 64)])
+@pytest.mark.parametrize(
+    "samples,chunk",
+    [(1, 4), (3, 4), (72, 4), (73, 4), (100_003, 4), (250_000, 7), (1_000_000, 4), (524_288, 1), (999_999, 64)],
+)
 def test_every_position_of_an_epoch_is_a_distinct_sample(samples, chunk):
     """Exhaustive: the ids at positions 0..N-1 are 0..N-1 once each, for several seeds and epochs,
     non-power-of-two sizes and a short last chunk."""

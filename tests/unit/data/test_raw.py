@@ -1,4 +1,5 @@
 """Reading the raw course layout: text decoding (synthetic and real files) and image re-encoding."""
+
 from __future__ import annotations
 
 import io
@@ -7,14 +8,14 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from msa_dist.data.raw import check_record, decode_text, image_error, list_records, reencode_image, Record
+from msa_dist.data.raw import Record, check_record, decode_text, image_error, list_records, reencode_image
 
 REAL_DATA = Path(__file__).resolve().parents[3].parent / "shared/data/mvsa"
 
 
 def test_decode_utf8_keeps_characters_and_strips_bom():
-    text = " \ufeff\U0001F600 \u201cquoted\u201d caf\u00e9 \n"
-    assert decode_text(text.encode("utf-8")) == ("\ufeff\U0001F600 \u201cquoted\u201d caf\u00e9", "utf-8")
+    text = " \ufeff\U0001f600 \u201cquoted\u201d caf\u00e9 \n"
+    assert decode_text(text.encode("utf-8")) == ("\ufeff\U0001f600 \u201cquoted\u201d caf\u00e9", "utf-8")
     assert decode_text("\ufeffhello \u2026 ".encode("utf-8")) == ("hello \u2026", "utf-8")
 
 
@@ -71,11 +72,14 @@ def test_image_error_messages():
     assert "truncated" in image_error(buf.getvalue()[: len(buf.getvalue()) // 2]).lower()
 
 
-@pytest.mark.parametrize("size, target, expected", [
-    ((60, 40), 20, (30, 20)),
-    ((40, 100), 20, (20, 50)),
-    ((30, 20), 64, (30, 20)),  # never upscaled
-])
+@pytest.mark.parametrize(
+    "size, target, expected",
+    [
+        ((60, 40), 20, (30, 20)),
+        ((40, 100), 20, (20, 50)),
+        ((30, 20), 64, (30, 20)),  # never upscaled
+    ],
+)
 def test_reencode_resizes_shorter_side(size, target, expected):
     buf = io.BytesIO()
     Image.new("L", size, 128).save(buf, format="PNG")
@@ -88,4 +92,4 @@ def test_list_records_order_and_destinations(raw_factory, tmp_path):
     entries = list_records(ds.root)
     assert [e.guid for e in entries] == list(ds.labels) + ds.test
     assert {e.split for e in entries[: len(ds.labels)]} == {"train/val"}
-    assert all(e.split == "test" and e.label is None for e in entries[len(ds.labels):])
+    assert all(e.split == "test" and e.label is None for e in entries[len(ds.labels) :])

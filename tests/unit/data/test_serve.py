@@ -1,5 +1,6 @@
 """`msa-dist shards serve` (data/stores/serve.py) on 127.0.0.1: ranges streamed in chunks, idle sockets closed,
 connections bounded, only regular files inside the folder, malformed ranges answered 416."""
+
 from __future__ import annotations
 
 import http.client
@@ -12,8 +13,8 @@ import urllib.parse
 
 import pytest
 
-from msa_dist.data.stores.serve import CHUNK_BYTES, serving
 from msa_dist.common.errors import MsaDistError
+from msa_dist.data.stores.serve import CHUNK_BYTES, serving
 
 DATA = bytes(range(256)) * 64  # 16 KiB
 
@@ -50,8 +51,16 @@ def test_ranges_whole_files_and_malformed_ranges(folder):
         assert _get(base, "/a.tar")[::2] == (200, DATA)
         status, headers, body = _get(base, "/a.tar", method="HEAD")
         assert (status, headers["Content-Length"], body) == (200, str(len(DATA)), b"")
-        for bad in ("bytes=" + "9" * 5000 + "-", "bytes=0-" + "1" * 5000, "bytes=0-1,4-5", "bytes=20-10",
-                    f"bytes={len(DATA)}-", "bytes=-0", "items=0-1", "bytes=-"):
+        for bad in (
+            "bytes=" + "9" * 5000 + "-",
+            "bytes=0-" + "1" * 5000,
+            "bytes=0-1,4-5",
+            "bytes=20-10",
+            f"bytes={len(DATA)}-",
+            "bytes=-0",
+            "items=0-1",
+            "bytes=-",
+        ):
             status, headers, _ = _get(base, "/a.tar", {"Range": bad})
             assert (status, headers.get("Content-Range")) == (416, f"bytes */{len(DATA)}"), bad
         assert _get(base, "/a.tar", {"Range": "bytes=0-0"})[::2] == (206, DATA[:1])  # the connection still works
@@ -62,8 +71,19 @@ def test_only_regular_files_inside_the_folder(folder, tmp_path):
     with serving(folder) as base:
         assert _get(base, "/sub/b.tar")[::2] == (200, b"inside")
         assert _get(base, "/link.tar")[::2] == (200, DATA)  # a link inside the folder is fine
-        for path in ("/escape.tar", "/.secret", "/sub/", "/sub", "/", "/..%2foutside.txt", "/../outside.txt",
-                     "/sub/../../outside.txt", "/pipe.tar", "/missing.tar", "/%2e%2e/outside.txt"):
+        for path in (
+            "/escape.tar",
+            "/.secret",
+            "/sub/",
+            "/sub",
+            "/",
+            "/..%2foutside.txt",
+            "/../outside.txt",
+            "/sub/../../outside.txt",
+            "/pipe.tar",
+            "/missing.tar",
+            "/%2e%2e/outside.txt",
+        ):
             status, _, body = _get(base, path)
             assert (status, body) == (404, b""), path
 
@@ -121,9 +141,7 @@ def test_latency_is_added_to_every_answer(folder):
 
 
 def test_bad_options_are_one_line(folder):
-    with pytest.raises(MsaDistError, match="not a directory"):
-        with serving(folder / "a.tar"):
-            pass
-    with pytest.raises(MsaDistError, match="--max-connections"):
-        with serving(folder, max_connections=0):
-            pass
+    with pytest.raises(MsaDistError, match="not a directory"), serving(folder / "a.tar"):
+        pass
+    with pytest.raises(MsaDistError, match="--max-connections"), serving(folder, max_connections=0):
+        pass

@@ -1,4 +1,5 @@
 """Building and verifying WebDataset shards from tiny course-layout datasets written by conftest."""
+
 from __future__ import annotations
 
 import io
@@ -9,12 +10,12 @@ import pytest
 import webdataset as wds
 from PIL import Image
 
+from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABELS
 from msa_dist.data.format.index import index_name
 from msa_dist.data.format.index_bin import binary_name
 from msa_dist.data.format.manifest import load_manifest, shard_urls
 from msa_dist.data.shards import build_shards, print_build_summary, verify_shards
-from msa_dist.common.errors import MsaDistError
-from msa_dist.common.labels import LABELS
 
 
 def read_split(shard_dir: Path, split: str) -> list[dict]:
@@ -127,12 +128,23 @@ def _case_malformed_line(ds):
     return "10", "malformed line", False  # guid 10 stays from its own well-formed line
 
 
-BAD_CASES = [_case_missing_image, _case_missing_text, _case_bad_jpeg, _case_truncated_jpeg,
-             _case_empty_text, _case_undecodable_text, _case_unknown_tag, _case_label_in_test_file,
-             _case_duplicate_in_train, _case_train_guid_in_test, _case_dot_in_guid, _case_malformed_line]
+BAD_CASES = [
+    _case_missing_image,
+    _case_missing_text,
+    _case_bad_jpeg,
+    _case_truncated_jpeg,
+    _case_empty_text,
+    _case_undecodable_text,
+    _case_unknown_tag,
+    _case_label_in_test_file,
+    _case_duplicate_in_train,
+    _case_train_guid_in_test,
+    _case_dot_in_guid,
+    _case_malformed_line,
+]
 
 
-@pytest.mark.parametrize("case", BAD_CASES, ids=lambda f: f.__name__[len("_case_"):])
+@pytest.mark.parametrize("case", BAD_CASES, ids=lambda f: f.__name__[len("_case_") :])
 def test_bad_record_is_skipped_and_listed(tmp_path, raw_dataset, case):
     guid, reason, removed = case(raw_dataset)
     manifest = build_shards(raw_dataset.root, tmp_path / "out", val_fraction=0.25)
@@ -146,7 +158,7 @@ def test_bad_record_is_skipped_and_listed(tmp_path, raw_dataset, case):
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["skipped"] == manifest["skipped"]
 
 
-@pytest.mark.parametrize("case", BAD_CASES, ids=lambda f: f.__name__[len("_case_"):])
+@pytest.mark.parametrize("case", BAD_CASES, ids=lambda f: f.__name__[len("_case_") :])
 def test_bad_record_strict_raises_and_writes_nothing(tmp_path, raw_dataset, case):
     guid, reason, _ = case(raw_dataset)
     with pytest.raises(MsaDistError, match=f"^strict: guid {guid}: {reason}"):
@@ -177,12 +189,15 @@ def test_strict_failure_keeps_previous_set(tmp_path, raw_dataset):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
-@pytest.mark.parametrize("train_txt, match", [
-    (None, "has no train.txt"),
-    (b"1,positive\n2,negative\n", "header 'guid,tag'"),
-    (b"guid,tag\n1,pos\xffitive\n", "not UTF-8"),
-    (b"", "is empty"),
-])
+@pytest.mark.parametrize(
+    "train_txt, match",
+    [
+        (None, "has no train.txt"),
+        (b"1,positive\n2,negative\n", "header 'guid,tag'"),
+        (b"guid,tag\n1,pos\xffitive\n", "not UTF-8"),
+        (b"", "is empty"),
+    ],
+)
 def test_malformed_train_file_raises(tmp_path, raw_dataset, train_txt, match):
     path = raw_dataset.root / "train.txt"
     if train_txt is None:
@@ -200,14 +215,17 @@ def test_missing_data_root_raises(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"labels_file": "x.txt"}, "go together"),
-    ({"val_fraction": 1.0}, "val-fraction"),
-    ({"shard_size": 0}, "shard-size"),
-    ({"labels_file": "missing.txt", "split_name": "extra"}, "labels file not found"),
-    ({"labels_file": "x.txt", "split_name": "a-b"}, "--split name"),
-    ({"image_size": 16, "jpeg_quality": 0}, "jpeg-quality"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"labels_file": "x.txt"}, "go together"),
+        ({"val_fraction": 1.0}, "val-fraction"),
+        ({"shard_size": 0}, "shard-size"),
+        ({"labels_file": "missing.txt", "split_name": "extra"}, "labels file not found"),
+        ({"labels_file": "x.txt", "split_name": "a-b"}, "--split name"),
+        ({"image_size": 16, "jpeg_quality": 0}, "jpeg-quality"),
+    ],
+)
 def test_bad_options_raise(tmp_path, raw_dataset, kwargs, match):
     with pytest.raises(MsaDistError, match=match):
         build_shards(raw_dataset.root, tmp_path / "out", **kwargs)
@@ -268,17 +286,28 @@ def test_rebuild_replaces_old_set(tmp_path, raw_dataset):
     manifest = build_shards(raw_dataset.root, out, shard_size=100)
     assert shard_files(out) == ["test-000000.tar", "train-000000.tar", "val-000000.tar"]
     # each shard with its index beside it; the stale shards and indexes are gone
-    assert sorted(p.name for p in out.iterdir()) == sorted(["README.md", "manifest.json", *shard_files(out),
-                                                            *(index_name(n) for n in shard_files(out)),
-                                                            *(binary_name(n) for n in shard_files(out))])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [
+            "README.md",
+            "manifest.json",
+            *shard_files(out),
+            *(index_name(n) for n in shard_files(out)),
+            *(binary_name(n) for n in shard_files(out)),
+        ]
+    )
     assert (out / "README.md").read_text() == "keep me"
     assert load_manifest(out) == manifest
     verify_shards(out)
 
 
 def test_split_is_stratified_and_deterministic(tmp_path, raw_factory):
-    ds = raw_factory(tmp_path / "raw", n_per_class={"positive": 20, "neutral": 10, "negative": 5},
-                     n_test=0, gb18030_every=0, image_size=(8, 8))
+    ds = raw_factory(
+        tmp_path / "raw",
+        n_per_class={"positive": 20, "neutral": 10, "negative": 5},
+        n_test=0,
+        gb18030_every=0,
+        image_size=(8, 8),
+    )
     a = build_shards(ds.root, tmp_path / "a", val_fraction=0.2, seed=3)
     b = build_shards(ds.root, tmp_path / "b", val_fraction=0.2, seed=3)
     c = build_shards(ds.root, tmp_path / "c", val_fraction=0.2, seed=4)
@@ -308,8 +337,9 @@ def test_jpeg_quality_is_applied_and_recorded(tmp_path, raw_factory):
     ds = raw_factory(tmp_path / "raw", n_per_class=2, n_test=0, image_size=(96, 80))
     sizes = {}
     for quality in (40, 95):
-        manifest = build_shards(ds.root, tmp_path / f"q{quality}", val_fraction=0.5, image_size=64,
-                                jpeg_quality=quality)
+        manifest = build_shards(
+            ds.root, tmp_path / f"q{quality}", val_fraction=0.5, image_size=64, jpeg_quality=quality
+        )
         assert manifest["options"]["jpeg_quality"] == quality
         sizes[quality] = sum(len(s["jpg"]) for s in read_split(tmp_path / f"q{quality}", "train"))
     assert sizes[40] < sizes[95]
@@ -334,6 +364,7 @@ def test_labels_file_into_named_split(tmp_path, raw_dataset):
 def test_a_train_split_with_null_tags_is_refused_in_one_line(tmp_path, raw_dataset):
     """`--labels F --split train` with a `null` tag: training says so, instead of an index error."""
     from msa_dist.engine.trainer import class_weights
+
     labels = tmp_path / "train-labels.txt"
     labels.write_text("guid,tag\n3,negative\n1,null\n2,positive\n")
     build_shards(raw_dataset.root, tmp_path / "out", labels_file=labels, split_name="train")

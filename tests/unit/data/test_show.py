@@ -1,4 +1,5 @@
 """`shards show` (data/show.py): what was packed, from a folder or a URL, and the command's output."""
+
 from __future__ import annotations
 
 from msa_dist.cli import main

@@ -1,4 +1,5 @@
 """The lean tar reader (data/format/tario.py): the samples webdataset reads, long names, corrupt shards."""
+
 from __future__ import annotations
 
 import tarfile

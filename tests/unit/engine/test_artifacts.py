@@ -1,4 +1,5 @@
 """Run-dir artifacts: the tiny model's WordPiece is shared per shard set, so runs repeat."""
+
 from __future__ import annotations
 
 from msa_dist.engine.run.artifacts import _shard_wordpiece

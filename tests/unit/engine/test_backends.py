@@ -2,6 +2,7 @@
 models gives eager's outputs and gradients within float tolerance (the GPU check of launch/device_check.sh
 times it; this checks it), whole (compile_scope=model) or encoder by encoder (compile_scope=encoders);
 backend.timeout_s is the process group's timeout."""
+
 from __future__ import annotations
 
 import copy
@@ -9,8 +10,8 @@ import datetime
 
 import pytest
 import torch
-
 from dist_utils import TINY
+
 from msa_dist.config.schema import load_config
 from msa_dist.engine.backends import build_backend
 from msa_dist.engine.runtime import DistEnv
@@ -28,9 +29,11 @@ def test_compiled_tiny_model_matches_eager():
     backend.prepare(model, cfg.optim, total_steps=10, grad_accum_steps=1, micro_batch_size=4)
     assert backend.model is not backend.module  # the compiled wrapper
     generator = torch.Generator().manual_seed(1)
-    inputs = {"input_ids": torch.randint(5, 200, (4, 12), generator=generator),
-              "attention_mask": torch.ones(4, 12, dtype=torch.long),
-              "images": torch.randn(4, 3, 32, 32, generator=generator)}
+    inputs = {
+        "input_ids": torch.randint(5, 200, (4, 12), generator=generator),
+        "attention_mask": torch.ones(4, 12, dtype=torch.long),
+        "images": torch.randn(4, 3, 32, 32, generator=generator),
+    }
     inputs["attention_mask"][1, 8:] = 0
     backend.model.train(), eager.train()
     compiled_out, eager_out = backend.model(**inputs), eager(**inputs)
@@ -60,9 +63,11 @@ def test_compile_scope_encoders_trains_one_step_as_eager():
     assert compiled.module.image_encoder._compiled_call_impl is not None
     assert compiled.module.head._compiled_call_impl is None and eager.module.text_encoder._compiled_call_impl is None
     generator = torch.Generator().manual_seed(1)
-    inputs = {"input_ids": torch.randint(5, 200, (4, 12), generator=generator),
-              "attention_mask": torch.ones(4, 12, dtype=torch.long),
-              "images": torch.randn(4, 3, 32, 32, generator=generator)}
+    inputs = {
+        "input_ids": torch.randint(5, 200, (4, 12), generator=generator),
+        "attention_mask": torch.ones(4, 12, dtype=torch.long),
+        "images": torch.randn(4, 3, 32, 32, generator=generator),
+    }
     inputs["attention_mask"][1, 8:] = 0
     labels = torch.tensor([0, 1, 2, 1])
     losses = []
@@ -90,8 +95,9 @@ def test_compile_levers_are_checked_and_default_is_unchanged():
     assert backend.model is model and model.text_encoder._compiled_call_impl is None
     with pytest.warns(UserWarning, match="no effect without backend.compile=true"):
         lever = load_config(base=TINY, overrides=["backend.compile_mode=max-autotune"])
-        build_backend(lever.backend, backend.env).prepare(build_model(cfg.model, vocab_size=200, pretrained=False),
-                                                          cfg.optim, 10, 1, 4)
+        build_backend(lever.backend, backend.env).prepare(
+            build_model(cfg.model, vocab_size=200, pretrained=False), cfg.optim, 10, 1, 4
+        )
 
 
 def test_backend_timeout_s_is_the_process_group_timeout(monkeypatch):
@@ -99,6 +105,7 @@ def test_backend_timeout_s_is_the_process_group_timeout(monkeypatch):
     from msa_dist.config.schema import load_config
     from msa_dist.engine.backends import base, build_backend
     from msa_dist.engine.runtime import read_env
+
     seen = {}
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setattr(base.dist, "is_initialized", lambda: False)

@@ -1,4 +1,5 @@
 """Checkpoint files (engine/checkpoint/files.py): `latest` after a save interrupted at any point."""
+
 from __future__ import annotations
 
 from msa_dist.engine.checkpoint import files as ckpt

@@ -1,5 +1,6 @@
 """The DeepSpeed backend's config (engine/backends/deepspeed.py), generated from ours and merged with the
 user's; fp16 on a CPU refused in one line. Training under DeepSpeed: tests/integration/test_distributed.py."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,9 @@ from msa_dist.engine.backends.deepspeed import deepspeed_config
 
 
 def test_deepspeed_config_is_generated_from_ours_and_merged(tmp_path):
-    cfg = load_config(base={"backend": {"name": "deepspeed", "zero_stage": 3, "precision": "bf16"},
-                            "optim": {"grad_clip": 0.5}})
+    cfg = load_config(
+        base={"backend": {"name": "deepspeed", "zero_stage": 3, "precision": "bf16"}, "optim": {"grad_clip": 0.5}}
+    )
     ds = deepspeed_config(cfg.backend, cfg.optim, micro_batch_size=4, grad_accum_steps=2, world_size=8, on_gpu=False)
     assert (ds["train_batch_size"], ds["gradient_clipping"], ds["zero_optimization"]["stage"]) == (64, 0.5, 3)
     assert ds["torch_autocast"]["enabled"] and not ds["fp16"]["enabled"] and ds["optimizer"]["type"] == "AdamW"

@@ -1,16 +1,17 @@
 """An EMA of the weights (train.ema_decay, engine/ema.py). Mixup: tests/unit/models/test_classifier.py."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
-
 from dist_utils import final_weights, write_config
+
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import load_config
 from msa_dist.engine import trainer
 from msa_dist.engine.ema import WeightAverage
-from msa_dist.common.errors import MsaDistError
 
 
 def test_the_average_follows_the_weights_with_a_warm_up_and_swaps_in_and_out():

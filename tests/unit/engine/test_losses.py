@@ -1,4 +1,5 @@
 """The losses (engine/losses.py): focal loss against cross-entropy, class weights and their power."""
+
 from __future__ import annotations
 
 import pytest

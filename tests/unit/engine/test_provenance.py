@@ -1,13 +1,15 @@
 """run_info.json (engine/run/provenance.py): the commit, the versions, the shard set's manifest, each resume."""
+
 from __future__ import annotations
 
 import json
 import subprocess
 from pathlib import Path
 
+from run_utils import tiny_config
+
 from msa_dist.engine.run.provenance import RUN_INFO, manifest_sha256
 from msa_dist.engine.trainer import train
-from run_utils import tiny_config
 
 
 def test_run_info_names_commit_versions_and_manifest(shard_dir, tmp_path):

@@ -1,6 +1,7 @@
 """Run dirs (issue 23, items 6, 10 and 12): no silent overwrite of a finished run, a torn or missing
 `latest` falls back with a warning (or says why in one line), a full disk or a read-only run dir is
 one line, and metrics.jsonl is strict JSON."""
+
 from __future__ import annotations
 
 import errno
@@ -12,8 +13,8 @@ import shutil
 import pytest
 import torch
 import yaml
-
 from run_utils import finished_tiny_run, tiny_config
+
 from msa_dist.cli import main
 from msa_dist.engine.run import rundir
 from msa_dist.engine.trainer import MetricsLog, train
@@ -49,8 +50,21 @@ def test_a_new_run_into_a_finished_run_dir_is_refused_unless_overwrite(finished_
     after = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
     assert after == before  # nothing touched
     # --overwrite: a clean new run, with the tokenizer its own config asks for
-    assert main(["train", "--config", str(config), "--run-dir", str(run), "--overwrite", "train.epochs=1",
-                 "model.text.tiny_vocab_size=60"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(config),
+                "--run-dir",
+                str(run),
+                "--overwrite",
+                "train.epochs=1",
+                "model.text.tiny_vocab_size=60",
+            ]
+        )
+        == 0
+    )
     assert [r["step"] for r in _records(run, "train")] == [1, 2, 3]
     assert not _records(run, "resume")
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "latest", "step-0000003"]
@@ -89,8 +103,9 @@ def test_latest_naming_a_deleted_directory_says_so(finished_run, tmp_path, capsy
     assert "no usable checkpoint in" in _one_line_error(capsys) and len(_records(run)) == lines
 
 
-def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(finished_run, tmp_path, capsys,
-                                                                                 monkeypatch):
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_previous_checkpoint(
+    finished_run, tmp_path, capsys, monkeypatch
+):
     _, config, _ = finished_run
     real_save = torch.save
 

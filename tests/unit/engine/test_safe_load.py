@@ -6,6 +6,7 @@ A checkpoint made by someone else may carry a pickle payload (`__reduce__` -> a 
 DeepSpeed unpickles its own files, so it reads a checkpoint only if this user saved it (its
 trust.json verifies) or with --trust-checkpoint, however the resume found it.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,16 +18,16 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from dist_utils import run as dist_run
 from run_utils import finished_tiny_run
+
 from msa_dist.cli import main
+from msa_dist.common.errors import MsaDistError
+from msa_dist.engine.backends.universal import convert_to_universal
 from msa_dist.engine.checkpoint import files as ckpt
 from msa_dist.engine.checkpoint import trust as checkpoint_trust
-from msa_dist.engine.backends.universal import convert_to_universal
 from msa_dist.engine.checkpoint.checkpointer import resume_point
 from msa_dist.engine.checkpoint.safe_load import UnreadableFile, UnsafeFile, load_tensors
-from msa_dist.common.errors import MsaDistError
 
 
 class Payload:
@@ -195,10 +196,22 @@ def test_resume_auto_of_a_downloaded_deepspeed_run_unpickles_nothing(finished_ru
     marker = tmp_path / "pwned"
     for step in run_dir.glob("checkpoints/step-*"):
         _as_deepspeed_step(step, Payload(marker))
-    train = [sys.executable, "-m", "msa_dist", "train", "--config", str(config), "--run-dir", str(run_dir),
-             "backend.name=deepspeed"]
-    for extra, env in (([], {"TORCHELASTIC_RESTART_COUNT": "1"}), (["--resume", "auto"], {}),
-                       (["--resume", str(run_dir / "checkpoints" / "step-0000006")], {})):
+    train = [
+        sys.executable,
+        "-m",
+        "msa_dist",
+        "train",
+        "--config",
+        str(config),
+        "--run-dir",
+        str(run_dir),
+        "backend.name=deepspeed",
+    ]
+    for extra, env in (
+        ([], {"TORCHELASTIC_RESTART_COUNT": "1"}),
+        (["--resume", "auto"], {}),
+        (["--resume", str(run_dir / "checkpoints" / "step-0000006")], {}),
+    ):
         done = dist_run(train + extra, timeout=120, **env)
         err = done.stderr.strip()
         assert done.returncode == 2 and "Traceback" not in err, err

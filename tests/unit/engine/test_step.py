@@ -1,14 +1,14 @@
 """engine/step.py: the ledger's lag, a step of non-finite losses; that the step reads nothing back on the
 hot path is counted on two DDP ranks in tests/integration/test_two_ranks.py."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import pytest
 import torch
 
+from msa_dist.common.errors import MsaDistError
 from msa_dist.engine.checkpoint.checkpointer import TrainState
 from msa_dist.engine.step import FIELDS, StepLedger, StepResult
-from msa_dist.common.errors import MsaDistError
 
 
 def _result(**values) -> StepResult:
@@ -36,9 +36,11 @@ def test_the_ledger_counts_nonfinite_streaks_across_windows_and_stops_the_run():
     ledger = StepLedger(state, max_nonfinite=4)
     ledger.start_epoch(None)
     # windows of 2 micro batches: [ok, bad] then [bad, bad] -> a streak of 3; then [ok, ok] -> 0
-    for values in ({"micro": 2, "finite": 1, "nonfinite": 1, "trailing_nonfinite": 1},
-                   {"micro": 2, "finite": 0, "nonfinite": 2, "trailing_nonfinite": 2},
-                   {"micro": 2, "finite": 2}):
+    for values in (
+        {"micro": 2, "finite": 1, "nonfinite": 1, "trailing_nonfinite": 1},
+        {"micro": 2, "finite": 0, "nonfinite": 2, "trailing_nonfinite": 2},
+        {"micro": 2, "finite": 2},
+    ):
         ledger.add(_result(**values), settle=True)
     assert (state.nonfinite_total, state.nonfinite_streak) == (3, 0)
     ledger.add(_result(micro=2, finite=0, nonfinite=2, trailing_nonfinite=2), settle=True)
@@ -58,15 +60,22 @@ def test_a_step_whose_every_loss_is_nonfinite_changes_no_weight_but_batchnorm_st
     from msa_dist.models import build_model
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(modality="image", image=ImageEncoderConfig(name="tiny", weights="none", tiny_width=8)),
-                        vocab_size=10, pretrained=False)
+    model = build_model(
+        ModelConfig(modality="image", image=ImageEncoderConfig(name="tiny", weights="none", tiny_width=8)),
+        vocab_size=10,
+        pretrained=False,
+    )
     backend = build_backend(BackendConfig(name="single", device="cpu"), read_env("cpu"))
     backend.prepare(model, OptimConfig(fused=fused, warmup_steps=0), 10, 1, 4)
-    batch = {"keys": ["a", "b", "c", "d"], "labels": torch.tensor([0, 1, 2, 0]),
-             "images": torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)}
+    batch = {
+        "keys": ["a", "b", "c", "d"],
+        "labels": torch.tensor([0, 1, 2, 0]),
+        "images": torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8),
+    }
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    nan_step = TrainStep(backend, lambda logits, labels: torch.nn.functional.cross_entropy(logits, labels) * float("nan"),
-                         "image")
+    nan_step = TrainStep(
+        backend, lambda logits, labels: torch.nn.functional.cross_entropy(logits, labels) * float("nan"), "image"
+    )
     stats = nan_step(batch, is_boundary=True).read()
     assert (stats["nonfinite"], stats["finite"]) == (1, 0)
     after = model.state_dict()

@@ -1,15 +1,16 @@
 """Tracking (TensorBoard read back against metrics.jsonl, W&B offline); run_info.json: test_provenance.py;
 on two ranks: tests/integration/test_two_ranks.py."""
+
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
 import pytest
-
-from msa_dist.engine.trainer import train
-from msa_dist.common.errors import MsaDistError
 from run_utils import scalars, tiny_config
+
+from msa_dist.common.errors import MsaDistError
+from msa_dist.engine.trainer import train
 
 
 def records(run: Path, kind: str) -> list[dict]:
@@ -32,6 +33,7 @@ def test_tensorboard_scalars_match_metrics_jsonl(shard_dir, tmp_path):
     assert [s for s, _ in series["val/macro_f1"]] == [r["step"] for r in evals]
     assert [v for _, v in series["val/macro_f1"]] == pytest.approx([r["macro_f1"] for r in evals])
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
     acc.Reload()
     assert len(acc.Images("val/confusion_matrix")) == len(evals)
@@ -46,8 +48,11 @@ def test_resumed_run_continues_tensorboard_without_duplicate_steps(shard_dir, tm
     train(tiny_config(shard_dir, "log.report_to=[tensorboard]", "train.epochs=2", "checkpoint.keep_last=5"), cut)
     checkpoints = sorted((cut / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 2
-    train(tiny_config(shard_dir, "log.report_to=[tensorboard]", "train.epochs=2", "checkpoint.keep_last=5"), cut,
-          resume=str(checkpoints[0]))
+    train(
+        tiny_config(shard_dir, "log.report_to=[tensorboard]", "train.epochs=2", "checkpoint.keep_last=5"),
+        cut,
+        resume=str(checkpoints[0]),
+    )
     got, want = scalars(cut / "tensorboard"), scalars(full / "tensorboard")
     steps = [s for s, _ in got["train/loss"]]
     assert steps == sorted(set(steps)) == [s for s, _ in want["train/loss"]]

@@ -1,5 +1,6 @@
 """DeepSpeed's universal checkpoint conversion (engine/backends/universal.py): a failure is one line and
 leaves nothing behind. Resumes on another number of ranks: tests/integration/test_zero_universal.py."""
+
 from __future__ import annotations
 
 import pytest

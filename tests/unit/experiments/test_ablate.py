@@ -1,4 +1,5 @@
 """`msa-dist ablate` (experiments/ablate.py): three modalities trained and tabulated."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,22 @@ PER_CLASS = [f"{name}.{field}" for name in LABELS for field in ("precision", "re
 
 @pytest.mark.slow
 def test_ablation_trains_three_modalities_and_tabulates_them(tmp_path, shard_dir):
-    cfg = load_config(base=DEMO_CONFIG, overrides=[
-        f"data.shards={shard_dir}", "data.image_size=32", "data.resize_size=32", "data.workers=0",
-        "train.epochs=1", "train.batch_size=4", "log.progress=false", "log.every_steps=1",
-        "model.head.fusion=gated", "model.text.tiny_vocab_size=100", "optim.warmup_steps=1"])
+    cfg = load_config(
+        base=DEMO_CONFIG,
+        overrides=[
+            f"data.shards={shard_dir}",
+            "data.image_size=32",
+            "data.resize_size=32",
+            "data.workers=0",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "log.progress=false",
+            "log.every_steps=1",
+            "model.head.fusion=gated",
+            "model.text.tiny_vocab_size=100",
+            "optim.warmup_steps=1",
+        ],
+    )
     rows = run_ablation(cfg, tmp_path / "ablation")
     assert [r["point"] for r in rows] == ["text", "image", "both"]
     assert [r["fusion"] for r in rows] == ["concat", "concat", "gated"]  # gated needs two modalities

@@ -1,5 +1,6 @@
 """`msa-dist cv`: stratified disjoint folds written as shard sets, resume, the ensemble, sweep --cv (under
 torchrun: tests/integration/test_two_ranks.py)."""
+
 from __future__ import annotations
 
 import json
@@ -10,16 +11,16 @@ import pytest
 import torch
 
 from msa_dist.cli import main
-from msa_dist.config.schema import load_config
-from msa_dist.data.loading.loader import as_shard_set
-from msa_dist.data.format.manifest import load_manifest
-from msa_dist.experiments.demo import DEMO_CONFIG
-from msa_dist.engine.trainer import train
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.labels import LABELS
+from msa_dist.config.schema import load_config
+from msa_dist.data.format.manifest import load_manifest
+from msa_dist.data.loading.loader import as_shard_set
+from msa_dist.engine.trainer import train
 from msa_dist.experiments.cv import ensemble_probs, model_log_probs, run_cv
+from msa_dist.experiments.demo import DEMO_CONFIG
 from msa_dist.experiments.folds import assign_folds, build_folds, fold_dir, read_records
 from msa_dist.experiments.sweep import parse_grid, run_sweep
-from msa_dist.common.labels import LABELS
 
 
 def test_assign_folds_are_disjoint_stratified_and_fixed_by_the_seed():
@@ -49,7 +50,9 @@ def test_fold_shard_sets_partition_the_labelled_pairs(tmp_path, shard_dir, raw_d
         assert set(read_records(directory, ("val",))) == val_guids  # the tars hold what the manifest lists
         assert as_shard_set(str(directory)).samples("train") == len(train_guids)  # an ordinary shard directory
         counts = Counter(raw_dataset.labels[g] for g in val_guids)
-        assert [counts[name] for name in LABELS] == [splits["val"]["class_counts"][name] for name in LABELS] == [2, 2, 2]
+        assert (
+            [counts[name] for name in LABELS] == [splits["val"]["class_counts"][name] for name in LABELS] == [2, 2, 2]
+        )
         vals.append(val_guids)
     assert set().union(*vals) == labelled and sum(map(len, vals)) == len(labelled)
     assert [set(p) for p in info["parts"]] == vals
@@ -60,10 +63,21 @@ def test_fold_shard_sets_partition_the_labelled_pairs(tmp_path, shard_dir, raw_d
 
 
 def tiny_cfg(shard_dir, *extra):
-    return load_config(base=DEMO_CONFIG, overrides=[
-        f"data.shards={shard_dir}", "data.image_size=32", "data.resize_size=32", "data.workers=0",
-        "train.epochs=1", "train.batch_size=4", "log.progress=false", "model.text.tiny_vocab_size=100",
-        "optim.warmup_steps=1", *extra])
+    return load_config(
+        base=DEMO_CONFIG,
+        overrides=[
+            f"data.shards={shard_dir}",
+            "data.image_size=32",
+            "data.resize_size=32",
+            "data.workers=0",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "log.progress=false",
+            "model.text.tiny_vocab_size=100",
+            "optim.warmup_steps=1",
+            *extra,
+        ],
+    )
 
 
 class CountingTrain:
@@ -132,6 +146,7 @@ def test_cv_command_and_sweep_ranked_by_cv_mean(tmp_path, shard_dir):
 
 def test_summary_of_out_of_fold_predictions():
     from msa_dist.experiments.cv import summarize
+
     gen = torch.Generator().manual_seed(0)
     runs = []
     for seed in (0, 1):
@@ -139,14 +154,24 @@ def test_summary_of_out_of_fold_predictions():
             keys = [f"{fold}-{i}" for i in range(12)]
             labels = torch.tensor([i % 3 for i in range(12)])
             log_probs = torch.log_softmax(torch.randn(12, 3, generator=gen) + 2 * torch.eye(3)[labels], -1)
-            runs.append({"fold": fold, "seed": seed, "train_seconds": 1.0, "keys": keys,
-                         "log_probs": log_probs, "labels": labels})
+            runs.append(
+                {
+                    "fold": fold,
+                    "seed": seed,
+                    "train_seconds": 1.0,
+                    "keys": keys,
+                    "log_probs": log_probs,
+                    "labels": labels,
+                }
+            )
     summary = summarize(runs, True, 2, 0, "shards")
     assert len(summary["runs"]) == 4 and summary["train_seconds"] == 4.0
     accuracies = [float((r["log_probs"].argmax(-1) == r["labels"]).float().mean()) for r in runs]
     assert summary["mean"]["accuracy"] == pytest.approx(sum(accuracies) / 4)
     fold0 = (runs[0]["log_probs"].exp() + runs[2]["log_probs"].exp()).argmax(-1)  # fold 0, seeds 0 and 1
     fold1 = (runs[1]["log_probs"].exp() + runs[3]["log_probs"].exp()).argmax(-1)
-    expected = (float((fold0 == runs[0]["labels"]).float().mean()) + float((fold1 == runs[1]["labels"]).float().mean())) / 2
+    expected = (
+        float((fold0 == runs[0]["labels"]).float().mean()) + float((fold1 == runs[1]["labels"]).float().mean())
+    ) / 2
     assert summary["seed_ensemble_mean"]["accuracy"] == pytest.approx(expected)
     assert summary["adjusted_mean"] is not None and len(summary["offsets"]) == 3

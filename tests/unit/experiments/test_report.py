@@ -1,10 +1,11 @@
 """Per-run reports with plots and run comparisons (experiments/report.py, `msa-dist report`)."""
+
 from __future__ import annotations
 
 import pytest
+from fake_runs import FakeTrain, sweep_cfg
 from PIL import Image
 
-from fake_runs import FakeTrain, sweep_cfg
 from msa_dist.cli import main
 from msa_dist.experiments.plots import CONFUSION_SIZE, CURVES_SIZE, DPI
 from msa_dist.experiments.report import compare_runs, write_run_report

@@ -1,16 +1,17 @@
 """`msa-dist sweep` (experiments/sweep.py): points ranked, the best config written, its resume rule and grid
 mistakes (ablation: test_ablate.py, reports: test_report.py; a point restarted on two ranks:
 tests/integration/test_two_ranks.py)."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 from fake_runs import FakeTrain, sweep_cfg
+
+from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import load_config
 from msa_dist.experiments.demo import DEMO_CONFIG
-from msa_dist.common.errors import MsaDistError
 from msa_dist.experiments.sweep import parse_grid, run_sweep
 
 GRID = ["optim.lr=1e-4,5e-4", "model.head.hidden=16,32"]
@@ -54,8 +55,9 @@ def test_sweep_stops_at_a_preempted_point_and_refuses_a_changed_config(tmp_path)
         run_sweep(changed, parse_grid(GRID), run_dir, train_fn=FakeTrain())
 
 
-@pytest.mark.parametrize("items,match", [([], "at least one"), (["optim.lr"], "key.sub=value1"),
-                                         (["optim.lr=1,2", "optim.lr=3"], "twice")])
+@pytest.mark.parametrize(
+    "items,match", [([], "at least one"), (["optim.lr"], "key.sub=value1"), (["optim.lr=1,2", "optim.lr=3"], "twice")]
+)
 def test_grid_mistakes_are_plain_errors(items, match):
     with pytest.raises(MsaDistError, match=match):
         parse_grid(items)

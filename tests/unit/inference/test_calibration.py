@@ -1,4 +1,5 @@
 """Logit offsets (inference/calibration.py): tuned on the validation split, they raise macro-F1."""
+
 from __future__ import annotations
 
 import pytest

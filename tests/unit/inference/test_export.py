@@ -1,4 +1,5 @@
 """`msa-dist export` + `msa_dist.load_model`: the exported model gives the run's logits in a fresh process."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,12 +9,12 @@ import textwrap
 import pytest
 import torch
 import yaml
+from run_utils import tiny_config
 
 import msa_dist
 from msa_dist.cli import main
-from msa_dist.engine.trainer import train
 from msa_dist.common.labels import LABELS
-from run_utils import tiny_config
+from msa_dist.engine.trainer import train
 
 
 @pytest.mark.slow
@@ -38,7 +39,7 @@ def test_export_round_trip_in_fresh_process(shard_dir, raw_dataset, tmp_path, mo
     image = raw_dataset.data_dir / f"{guids[0]}.jpg"
     script = textwrap.dedent(f"""
         import torch, msa_dist
-        saved = torch.load({str(tmp_path / 'batch.pt')!r})
+        saved = torch.load({str(tmp_path / "batch.pt")!r})
         model = msa_dist.load_model({str(out)!r})
         diff = (model.logits(saved["batch"]) - saved["logits"]).abs().max().item()
         assert diff <= 1e-6, diff

@@ -1,4 +1,5 @@
 """`msa-dist predict` on raw pairs: equal to predictions from shards of the same pairs; bad rows skipped."""
+
 from __future__ import annotations
 
 import csv
@@ -7,12 +8,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from run_utils import tiny_config
 
 from msa_dist.cli import main
+from msa_dist.common.labels import LABELS
 from msa_dist.data.shards import build_shards
 from msa_dist.engine.trainer import train
-from msa_dist.common.labels import LABELS
-from run_utils import tiny_config
 
 PROB_COLUMNS = [f"prob_{label}" for label in LABELS]
 
@@ -26,8 +27,9 @@ def read_csv(path: Path) -> list[dict]:
 def trained(request, raw_dataset, tmp_path):
     """A tiny run on shards that keep the original image bytes, or re-encode them (`--image-size 32`)."""
     shards = tmp_path / "shards"
-    build_shards(raw_dataset.root, shards, val_fraction=1 / 3, seed=0, shard_size=4, image_size=request.param,
-                 jpeg_quality=80)
+    build_shards(
+        raw_dataset.root, shards, val_fraction=1 / 3, seed=0, shard_size=4, image_size=request.param, jpeg_quality=80
+    )
     run = tmp_path / "run"
     train(tiny_config(shards, "train.epochs=1"), run)
     return raw_dataset, shards, run
@@ -38,8 +40,9 @@ def test_raw_course_folder_equals_shard_predictions(trained, tmp_path):
     from_shards, from_raw = tmp_path / "shards.csv", tmp_path / "raw.csv"
     # --shards defaults to the run's own data.shards
     assert main(["predict", "--run", str(run), "--out", str(from_shards), "--format", "probs"]) == 0
-    assert main(["predict", "--run", str(run), "--data", str(raw.root), "--out", str(from_raw),
-                 "--batch-size", "3"]) == 0
+    assert (
+        main(["predict", "--run", str(run), "--data", str(raw.root), "--out", str(from_raw), "--batch-size", "3"]) == 0
+    )
     a, b = read_csv(from_shards), read_csv(from_raw)
     assert [r["id"] for r in b] == [r["id"] for r in a] == raw.test  # test_without_label.txt order
     assert [r["tag"] for r in b] == [r["tag"] for r in a]
@@ -47,8 +50,23 @@ def test_raw_course_folder_equals_shard_predictions(trained, tmp_path):
         assert [float(rb[c]) for c in PROB_COLUMNS] == pytest.approx([float(ra[c]) for c in PROB_COLUMNS], abs=2e-6)
     # with the logit offsets tuned on val (tuned by the first call, reused by the second)
     assert main(["predict", "--run", str(run), "--out", str(from_shards), "--adjust"]) == 0
-    assert main(["predict", "--run", str(run), "--data", str(raw.root), "--out", str(from_raw), "--adjust",
-                 "--format", "course"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(run),
+                "--data",
+                str(raw.root),
+                "--out",
+                str(from_raw),
+                "--adjust",
+                "--format",
+                "course",
+            ]
+        )
+        == 0
+    )
     assert from_raw.read_text() == from_shards.read_text()
 
 
@@ -61,8 +79,12 @@ def test_csv_inputs_single_pair_and_bad_rows(trained, tmp_path, capsys):
         shutil.copy(raw.data_dir / f"{guid}.jpg", pairs / "img" / f"{guid}.jpg")
     (pairs / "img" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     rows = [["id", "image", "text"]] + [[g, f"img/{g}.jpg", raw.texts[g]] for g in guids]
-    rows += [["nofile", "img/missing.jpg", "hello"], ["broken", "img/broken.jpg", "hello"],
-             ["notext", f"img/{guids[0]}.jpg", "  "], ["short"]]
+    rows += [
+        ["nofile", "img/missing.jpg", "hello"],
+        ["broken", "img/broken.jpg", "hello"],
+        ["notext", f"img/{guids[0]}.jpg", "  "],
+        ["short"],
+    ]
     with (pairs / "pairs.csv").open("w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows)
     out = tmp_path / "pred.csv"
@@ -84,8 +106,24 @@ def test_csv_inputs_single_pair_and_bad_rows(trained, tmp_path, capsys):
     assert out_gb.read_text() == out.read_text()
     # the same pair alone, by --image/--text, in the course format
     one = tmp_path / "one.csv"
-    assert main(["predict", "--run", str(run), "--image", str(pairs / "img" / f"{guids[0]}.jpg"),
-                 "--text", raw.texts[guids[0]], "--out", str(one), "--format", "course"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--run",
+                str(run),
+                "--image",
+                str(pairs / "img" / f"{guids[0]}.jpg"),
+                "--text",
+                raw.texts[guids[0]],
+                "--out",
+                str(one),
+                "--format",
+                "course",
+            ]
+        )
+        == 0
+    )
     assert read_csv(one) == [{"guid": guids[0], "tag": got[0]["tag"]}]
 
 

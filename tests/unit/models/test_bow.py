@@ -1,4 +1,5 @@
 """The bag of n-grams' character n-grams: hashed per vocabulary token, saved with the weights."""
+
 from __future__ import annotations
 
 import math
@@ -7,18 +8,29 @@ import pytest
 import torch
 
 from msa_dist.config.schema import TextEncoderConfig, load_config
-from msa_dist.engine.run.artifacts import load_trained_model
 from msa_dist.engine.checkpoint.files import model_weights_path
+from msa_dist.engine.run.artifacts import load_trained_model
+from msa_dist.experiments.demo import DEMO_CONFIG
 from msa_dist.models.bow import MAX_CHAR_NGRAMS, char_ngram_buckets
 from msa_dist.models.text import build_text_encoder
-from msa_dist.experiments.demo import DEMO_CONFIG
 
 
 def tiny_cfg(shard_dir, *extra):
-    return load_config(base=DEMO_CONFIG, overrides=[
-        f"data.shards={shard_dir}", "data.image_size=32", "data.resize_size=32", "data.workers=0",
-        "train.epochs=1", "train.batch_size=4", "log.progress=false", "model.text.tiny_vocab_size=100",
-        "optim.warmup_steps=1", *extra])
+    return load_config(
+        base=DEMO_CONFIG,
+        overrides=[
+            f"data.shards={shard_dir}",
+            "data.image_size=32",
+            "data.resize_size=32",
+            "data.workers=0",
+            "train.epochs=1",
+            "train.batch_size=4",
+            "log.progress=false",
+            "model.text.tiny_vocab_size=100",
+            "optim.warmup_steps=1",
+            *extra,
+        ],
+    )
 
 
 def test_char_ngrams_of_related_tokens_overlap():
@@ -30,8 +42,9 @@ def test_char_ngrams_of_related_tokens_overlap():
 
 
 def test_token_states_include_their_char_ngrams_and_token_dropout_only_trains():
-    cfg = TextEncoderConfig(name="tiny", tiny_arch="bow", pooling="mean", tiny_hidden=8, tiny_char_buckets=64,
-                            tiny_token_dropout=0.5)
+    cfg = TextEncoderConfig(
+        name="tiny", tiny_arch="bow", pooling="mean", tiny_hidden=8, tiny_char_buckets=64, tiny_token_dropout=0.5
+    )
     encoder = build_text_encoder(cfg, vocab_size=4)
     ids, mask = torch.tensor([[1, 2]]), torch.ones(1, 2, dtype=torch.long)
     encoder.eval()
@@ -42,18 +55,24 @@ def test_token_states_include_their_char_ngrams_and_token_dropout_only_trains():
     assert torch.equal(encoder.forward_tokens(ids, mask), states)  # eval: no token dropout
     encoder.train()
     torch.manual_seed(0)
-    dropped = [encoder.forward_tokens(torch.tensor([[1] * 64]), torch.ones(1, 64, dtype=torch.long))
-               for _ in range(2)]
+    dropped = [encoder.forward_tokens(torch.tensor([[1] * 64]), torch.ones(1, 64, dtype=torch.long)) for _ in range(2)]
     assert (dropped[0].abs().sum(-1) == 0).any()  # some tokens dropped while training
 
 
 def test_a_trained_run_reloads_its_char_table(tmp_path, shard_dir):
     from msa_dist.engine.trainer import train
-    cfg = tiny_cfg(shard_dir, "model.text.tiny_arch=bow", "model.text.pooling=mean",
-                   "model.text.tiny_char_buckets=128", "model.text.tiny_bigram_buckets=64")
+
+    cfg = tiny_cfg(
+        shard_dir,
+        "model.text.tiny_arch=bow",
+        "model.text.pooling=mean",
+        "model.text.tiny_char_buckets=128",
+        "model.text.tiny_bigram_buckets=64",
+    )
     train(cfg, tmp_path / "run")
-    _, tokenizer, model = load_trained_model(tmp_path / "run", model_weights_path(tmp_path / "run", "latest"),
-                                             torch.device("cpu"))
+    _, tokenizer, model = load_trained_model(
+        tmp_path / "run", model_weights_path(tmp_path / "run", "latest"), torch.device("cpu")
+    )
     table = model.text_encoder.model.char_table
     hashtag = tokenizer.convert_tokens_to_ids("#")
     assert (table != 128).any() and table.shape[0] == len(tokenizer)
@@ -81,11 +100,19 @@ def test_idf_weighting_gives_tfidf_weighted_sums():
 
 def test_a_run_with_idf_fits_it_on_the_train_texts_and_reloads_it(tmp_path, shard_dir):
     from msa_dist.engine.trainer import train
-    cfg = tiny_cfg(shard_dir, "model.text.tiny_arch=bow", "model.text.pooling=mean", "model.text.tiny_idf=true",
-                   "model.text.tiny_char_buckets=128", "model.text.tiny_bigram_buckets=64")
+
+    cfg = tiny_cfg(
+        shard_dir,
+        "model.text.tiny_arch=bow",
+        "model.text.pooling=mean",
+        "model.text.tiny_idf=true",
+        "model.text.tiny_char_buckets=128",
+        "model.text.tiny_bigram_buckets=64",
+    )
     train(cfg, tmp_path / "run")
-    _, _, model = load_trained_model(tmp_path / "run", model_weights_path(tmp_path / "run", "latest"),
-                                     torch.device("cpu"))
+    _, _, model = load_trained_model(
+        tmp_path / "run", model_weights_path(tmp_path / "run", "latest"), torch.device("cpu")
+    )
     bow = model.text_encoder.model
     for name in ("idf_tokens", "idf_bigrams", "idf_chars"):
         idf = getattr(bow, name)

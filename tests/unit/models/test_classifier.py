@@ -1,5 +1,6 @@
 """Mixup of pooled vectors (train.mixup_alpha) in the classifier (models/classifier.py), and the fusion
 heads it refuses. The EMA of the weights: tests/unit/engine/test_ema.py."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,6 +15,7 @@ from msa_dist.models.fusion import FUSIONS
 def test_mixup_mixes_each_modality_vector_with_the_permuted_samples():
     from msa_dist.config.schema import ModelConfig
     from msa_dist.models import build_model
+
     cfg = ModelConfig(modality="both")
     cfg.text.name, cfg.text.tiny_hidden, cfg.text.tiny_layers, cfg.text.tiny_heads = "tiny", 8, 1, 1
     cfg.image.name, cfg.image.weights, cfg.image.tiny_width = "tiny", "none", 4

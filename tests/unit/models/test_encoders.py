@@ -1,4 +1,5 @@
 """Models on CPU with tiny configs: shapes, pooling, freezing, tokenizers, weight loading, offline errors."""
+
 import ast
 import urllib.error
 from pathlib import Path
@@ -10,17 +11,22 @@ import torchvision
 from transformers import BertConfig, BertModel
 
 import msa_dist.models
-from msa_dist.config.schema import HeadConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import NUM_CLASSES
+from msa_dist.config.schema import HeadConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
 from msa_dist.models import MultimodalSentimentClassifier, build_model
 from msa_dist.models.image import build_image_encoder
 from msa_dist.models.text import build_text_encoder, save_text_architecture
 from msa_dist.models.tokenizer import load_pretrained_tokenizer, train_wordpiece_tokenizer
 
 VOCAB = 60
-TEXTS = ["I love this sunny day at the beach!", "terrible service, never going back again",
-         "the cat sat on the mat", "what a wonderful view", "so sad and angry today"]
+TEXTS = [
+    "I love this sunny day at the beach!",
+    "terrible service, never going back again",
+    "the cat sat on the mat",
+    "what a wonderful view",
+    "so sad and angry today",
+]
 
 
 def tiny_text_cfg(**kw) -> TextEncoderConfig:
@@ -113,20 +119,23 @@ def test_cls_and_mean_pooling_differ_and_mean_ignores_padding():
 def test_gradient_checkpointing_gives_the_same_gradients_and_keeps_weight_names():
     """model.*.gradient_checkpointing recomputes activations in backward: same outputs and
     gradients (eval mode: no dropout), the same state_dict keys (checkpoints still load)."""
+
     def grads(checkpointing: bool):
         torch.manual_seed(0)
-        cfg = tiny_model_cfg(text=tiny_text_cfg(gradient_checkpointing=checkpointing),
-                             image=ImageEncoderConfig(name="resnet18", weights="none",
-                                                      gradient_checkpointing=checkpointing))
+        cfg = tiny_model_cfg(
+            text=tiny_text_cfg(gradient_checkpointing=checkpointing),
+            image=ImageEncoderConfig(name="resnet18", weights="none", gradient_checkpointing=checkpointing),
+        )
         model = build_model(cfg, vocab_size=VOCAB, pretrained=False).eval()
         input_ids, attention_mask = text_batch()
         images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
         model(input_ids=input_ids, attention_mask=attention_mask, images=images).sum().backward()
         return model, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
     plain, plain_grads = grads(False)
     checkpointed, checkpointed_grads = grads(True)
     assert checkpointed.text_encoder.model.is_gradient_checkpointing
-    assert 'checkpoint' in repr(checkpointed.image_encoder.backbone.layer1[0].forward)
+    assert "checkpoint" in repr(checkpointed.image_encoder.backbone.layer1[0].forward)
     assert plain.state_dict().keys() == checkpointed.state_dict().keys()
     assert plain_grads.keys() == checkpointed_grads.keys() and len(plain_grads) > 50
     for name, grad in plain_grads.items():
@@ -139,9 +148,13 @@ def test_freeze_flags_remove_params_from_groups():
     assert set(groups) == {"text", "image", "head"}
     assert len(groups["text"]) == len(list(model.text_encoder.parameters())) > 0
     assert len(groups["image"]) == len(list(model.image_encoder.parameters())) > 0
-    frozen = build_model(tiny_model_cfg(text=tiny_text_cfg(freeze=True),
-                                        image=ImageEncoderConfig(name="tiny", weights="none", tiny_width=8,
-                                                                 freeze=True)), vocab_size=VOCAB)
+    frozen = build_model(
+        tiny_model_cfg(
+            text=tiny_text_cfg(freeze=True),
+            image=ImageEncoderConfig(name="tiny", weights="none", tiny_width=8, freeze=True),
+        ),
+        vocab_size=VOCAB,
+    )
     frozen_groups = frozen.parameter_groups()
     assert frozen_groups["text"] == [] and frozen_groups["image"] == []
     assert len(frozen_groups["head"]) == len(groups["head"]) > 0
@@ -182,8 +195,9 @@ def test_wordpiece_tokenizer_pads_per_batch_truncates_and_roundtrips(tmp_path):
     tok.save_pretrained(tmp_path)
     reloaded = AutoTokenizer.from_pretrained(tmp_path)
     assert torch.equal(reloaded(TEXTS, **kw)["input_ids"], tok(TEXTS, **kw)["input_ids"])
-    assert torch.equal(load_pretrained_tokenizer(str(tmp_path))(TEXTS, **kw)["input_ids"],
-                       tok(TEXTS, **kw)["input_ids"])
+    assert torch.equal(
+        load_pretrained_tokenizer(str(tmp_path))(TEXTS, **kw)["input_ids"], tok(TEXTS, **kw)["input_ids"]
+    )
 
 
 @pytest.fixture
@@ -191,8 +205,16 @@ def local_bert_dir(tmp_path):
     """A tiny BERT (with its pooler, as on the hub) and tokenizer saved like a downloaded model."""
     torch.manual_seed(0)
     tok = train_wordpiece_tokenizer(TEXTS, vocab_size=VOCAB)
-    bert = BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                intermediate_size=64, max_position_embeddings=64))
+    bert = BertModel(
+        BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )
     directory = tmp_path / "local-bert"
     bert.save_pretrained(directory)
     tok.save_pretrained(directory)
@@ -217,14 +239,19 @@ def test_architecture_rebuilds_without_hub(local_bert_dir, tmp_path, offline):
     encoder = build_text_encoder(TextEncoderConfig(name=str(directory)), vocab_size=0)
     save_text_architecture(encoder, tmp_path / "text_config")
     # the run's text.name may be a hub name that is unreachable now: arch_dir is enough
-    rebuilt = build_text_encoder(TextEncoderConfig(name="msa-dist-test/not-on-this-machine"), vocab_size=0,
-                                 pretrained=False, arch_dir=str(tmp_path / "text_config"))
+    rebuilt = build_text_encoder(
+        TextEncoderConfig(name="msa-dist-test/not-on-this-machine"),
+        vocab_size=0,
+        pretrained=False,
+        arch_dir=str(tmp_path / "text_config"),
+    )
     shapes = {k: v.shape for k, v in encoder.state_dict().items()}
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == shapes
     rebuilt.load_state_dict(encoder.state_dict())
     with pytest.raises(MsaDistError, match="text_config_missing"):
-        build_text_encoder(TextEncoderConfig(name="x"), 0, pretrained=False,
-                           arch_dir=str(tmp_path / "text_config_missing"))
+        build_text_encoder(
+            TextEncoderConfig(name="x"), 0, pretrained=False, arch_dir=str(tmp_path / "text_config_missing")
+        )
 
 
 def test_hub_name_offline_raises_plain_error(offline):
@@ -288,6 +315,9 @@ def test_models_import_no_distributed_or_engine_code():
     files = sorted(Path(msa_dist.models.__file__).parent.glob("*.py"))
     assert len(files) >= 6
     for file in files:
-        bad = [m for m in _imported_modules(file.read_text())
-               if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_IMPORTS)]
+        bad = [
+            m
+            for m in _imported_modules(file.read_text())
+            if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_IMPORTS)
+        ]
         assert bad == [], f"{file.name} imports {bad}"

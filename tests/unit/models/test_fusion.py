@@ -1,6 +1,7 @@
 """Fusion heads, modality dropout, backbones (CLIP, timm, partial unfreezing, layer-wise lr decay), and
 every shipped config building its model (tiny stand-ins for absent weights). Losses:
 tests/unit/engine/test_losses.py; logit offsets: tests/unit/inference/test_calibration.py."""
+
 from __future__ import annotations
 
 import itertools
@@ -8,14 +9,28 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (BertConfig, BertModel, CLIPConfig, CLIPModel, DebertaV2Config, DebertaV2Model,
-                          RobertaConfig, RobertaModel)
+from transformers import (
+    BertConfig,
+    BertModel,
+    CLIPConfig,
+    CLIPModel,
+    DebertaV2Config,
+    DebertaV2Model,
+    RobertaConfig,
+    RobertaModel,
+)
 
-from msa_dist.config.schema import (HeadConfig, ImageEncoderConfig, ModelConfig, OptimConfig, TextEncoderConfig,
-                                    load_config)
-from msa_dist.engine.optim import build_optimizer, optimizer_param_groups
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import NUM_CLASSES
+from msa_dist.config.schema import (
+    HeadConfig,
+    ImageEncoderConfig,
+    ModelConfig,
+    OptimConfig,
+    TextEncoderConfig,
+    load_config,
+)
+from msa_dist.engine.optim import build_optimizer, optimizer_param_groups
 from msa_dist.models import build_model
 from msa_dist.models.fusion import FUSIONS, supports
 from msa_dist.models.image import build_image_encoder
@@ -43,8 +58,11 @@ def batch(n=4, seed=0, image_px=32):
     attention_mask = torch.ones(n, 7, dtype=torch.long)
     attention_mask[1, 4:] = 0
     input_ids[1, 4:] = 0
-    return {"input_ids": input_ids, "attention_mask": attention_mask,
-            "images": torch.randn(n, 3, image_px, image_px, generator=gen)}
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "images": torch.randn(n, 3, image_px, image_px, generator=gen),
+    }
 
 
 @pytest.mark.parametrize("fusion,modality", list(itertools.product(FUSIONS, ("both", "text", "image"))))
@@ -102,6 +120,7 @@ def test_modality_dropout_zeroes_one_modality_per_sample_in_training_only():
 
     def spy(module, args, kwargs):
         seen.update(kwargs)
+
     model.head.register_forward_pre_hook(spy, with_kwargs=True)
     torch.manual_seed(0)
     model.train()(**batch(n=64))
@@ -128,8 +147,9 @@ def test_parameter_depths_for_bert_resnet_and_tiny_cnn():
 
 def test_partial_unfreezing_and_layer_wise_lr_decay():
     cfg = tiny_cfg()
-    cfg.text = TextEncoderConfig(name="tiny", tiny_hidden=32, tiny_layers=3, tiny_heads=2,
-                                 unfreeze_last_n_layers=1, layer_decay=0.5)
+    cfg.text = TextEncoderConfig(
+        name="tiny", tiny_hidden=32, tiny_layers=3, tiny_heads=2, unfreeze_last_n_layers=1, layer_decay=0.5
+    )
     cfg.image = ImageEncoderConfig(name="resnet18", weights="none", unfreeze_last_n_layers=2)
     model = build_model(cfg, VOCAB)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -140,7 +160,7 @@ def test_partial_unfreezing_and_layer_wise_lr_decay():
     assert "image_encoder.backbone.layer2.0.conv1.weight" not in trainable
     groups = model.parameter_groups()
     assert list(groups)[-1] == "head" and groups["text"] == []
-    assert set(k for k in groups if k.startswith("text*")) == {"text*0.5"}  # only the top layer is trainable
+    assert {k for k in groups if k.startswith("text*")} == {"text*0.5"}  # only the top layer is trainable
     optim = OptimConfig(lr=1e-3, text_lr=1e-4, image_lr=2e-4)
     lrs = {g["name"]: g["lr"] for g in optimizer_param_groups(optim, groups)}
     assert lrs["text*0.5"] == pytest.approx(5e-5) and lrs["image"] == 2e-4 and lrs["head"] == 1e-3
@@ -159,11 +179,26 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     tok = train_wordpiece_tokenizer(["a happy day", "a sad rainy day", "the office"], vocab_size=VOCAB)
     config = CLIPConfig(
-        text_config=dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=2, max_position_embeddings=40, bos_token_id=2, eos_token_id=3),
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=16)
+        text_config=dict(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=40,
+            bos_token_id=2,
+            eos_token_id=3,
+        ),
+        vision_config=dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        ),
+        projection_dim=16,
+    )
     CLIPModel(config).save_pretrained(directory)
     tok.save_pretrained(directory)
     return directory
@@ -175,10 +210,14 @@ def test_clip_towers_from_one_checkpoint(tiny_clip_dir, tmp_path):
     cfg.text = TextEncoderConfig(name=f"clip:{tiny_clip_dir}", pooling="last")
     cfg.image = ImageEncoderConfig(name=f"clip:{tiny_clip_dir}", weights="none")
     model = build_model(cfg, vocab_size=0)
-    assert torch.equal(model.text_encoder.model.embeddings.token_embedding.weight,
-                       reference.text_model.embeddings.token_embedding.weight)
-    assert torch.equal(model.image_encoder.backbone.embeddings.patch_embedding.weight,
-                       reference.vision_model.embeddings.patch_embedding.weight)
+    assert torch.equal(
+        model.text_encoder.model.embeddings.token_embedding.weight,
+        reference.text_model.embeddings.token_embedding.weight,
+    )
+    assert torch.equal(
+        model.image_encoder.backbone.embeddings.patch_embedding.weight,
+        reference.vision_model.embeddings.patch_embedding.weight,
+    )
     tokenizer = load_pretrained_tokenizer(f"clip:{tiny_clip_dir}")
     enc = tokenizer(["a happy day", "sad"], padding="longest", return_tensors="pt")
     images = torch.randn(2, 3, 64, 64)  # not the checkpoint's 32 px: position embeddings are interpolated
@@ -215,8 +254,7 @@ def test_bag_of_ngrams_text_encoder_averages_token_and_bigram_embeddings():
 
 def test_timm_backbone_pooled_and_region_tokens():
     timm = pytest.importorskip("timm")
-    encoder = build_image_encoder(ImageEncoderConfig(name="timm:test_resnet", weights="none",
-                                                     unfreeze_last_n_layers=1))
+    encoder = build_image_encoder(ImageEncoderConfig(name="timm:test_resnet", weights="none", unfreeze_last_n_layers=1))
     images = torch.randn(2, 3, 64, 64)
     assert encoder(images).shape == (2, encoder.out_dim)
     tokens = encoder.forward_tokens(images)
@@ -236,8 +274,14 @@ TEXT_STAND_INS = {
 
 
 def _save_tiny(model_cls, config_cls, directory: Path) -> Path:
-    config = config_cls(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=80)
+    config = config_cls(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=80,
+    )
     model_cls(config).save_pretrained(directory)
     return directory
 
@@ -268,6 +312,7 @@ def test_every_shipped_config_builds_its_model(path, tiny_clip_dir, tmp_path):
 
 def test_late_fusion_with_a_linear_text_head_averages_its_logits_with_the_image_heads():
     from msa_dist.models.fusion import LateFusionHead
+
     head = LateFusionHead(HeadConfig(fusion="late", proj_dim=8, hidden=8, late_text_linear=True), 6, 5).eval()
     assert isinstance(head.text_head, torch.nn.Linear) and head.text_head.out_features == NUM_CLASSES
     text_emb, image_emb = torch.randn(3, 6), torch.randn(3, 5)

@@ -1,6 +1,7 @@
 """Packaged pretrained backbones (the `pretrained` extra, part of `test`): the real weights loaded by
 short name, their sha256 pins, one-line errors for a missing package or a changed file, the explicit
 EfficientNet-PyTorch -> timm key mapping, and that the weights do what they were trained for."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,13 +9,22 @@ import dataclasses
 import pytest
 import torch
 
-from msa_dist.config.schema import ImageEncoderConfig, TextEncoderConfig
 from msa_dist.common.errors import MsaDistError
-from msa_dist.models.efficientnet_lite import (EfficientNetLiteEncoder, build_efficientnet_lite,
-                                               map_efficientnet_pytorch_keys)
+from msa_dist.config.schema import ImageEncoderConfig, TextEncoderConfig
+from msa_dist.models.efficientnet_lite import (
+    EfficientNetLiteEncoder,
+    build_efficientnet_lite,
+    map_efficientnet_pytorch_keys,
+)
 from msa_dist.models.image import build_image_encoder
-from msa_dist.models.pretrained import (IMAGE_BACKBONES, TEXT_BACKBONES, image_weight_file, package_dir,
-                                        resolve_text_dir, verify_files)
+from msa_dist.models.pretrained import (
+    IMAGE_BACKBONES,
+    TEXT_BACKBONES,
+    image_weight_file,
+    package_dir,
+    resolve_text_dir,
+    verify_files,
+)
 from msa_dist.models.text import build_text_encoder
 from msa_dist.models.tokenizer import load_pretrained_tokenizer
 
@@ -73,6 +83,7 @@ def test_hub_names_and_directories_pass_through_unchanged(tmp_path):
 
 def test_efficientnet_pytorch_keys_map_explicitly_onto_timm():
     import timm
+
     state = torch.load(image_weight_file("efficientnet-lite0"), map_location="cpu", weights_only=True)
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     mapped = map_efficientnet_pytorch_keys(state, [len(stage) for stage in model.blocks])
@@ -80,13 +91,18 @@ def test_efficientnet_pytorch_keys_map_explicitly_onto_timm():
     assert set(mapped) == set(target)
     assert all(mapped[key].shape == target[key].shape for key in target)
     # spot checks of the renaming: stem, the expansion-free first block, an inverted residual, the head
-    pairs = {"_conv_stem.weight": "conv_stem.weight", "_bn0.running_var": "bn1.running_var",
-             "_blocks.0._depthwise_conv.weight": "blocks.0.0.conv_dw.weight",
-             "_blocks.0._project_conv.weight": "blocks.0.0.conv_pw.weight",
-             "_blocks.1._expand_conv.weight": "blocks.1.0.conv_pw.weight",
-             "_blocks.2._bn1.bias": "blocks.1.1.bn2.bias",
-             "_blocks.15._project_conv.weight": "blocks.6.0.conv_pwl.weight",
-             "_conv_head.weight": "conv_head.weight", "_bn1.weight": "bn2.weight", "_fc.bias": "classifier.bias"}
+    pairs = {
+        "_conv_stem.weight": "conv_stem.weight",
+        "_bn0.running_var": "bn1.running_var",
+        "_blocks.0._depthwise_conv.weight": "blocks.0.0.conv_dw.weight",
+        "_blocks.0._project_conv.weight": "blocks.0.0.conv_pw.weight",
+        "_blocks.1._expand_conv.weight": "blocks.1.0.conv_pw.weight",
+        "_blocks.2._bn1.bias": "blocks.1.1.bn2.bias",
+        "_blocks.15._project_conv.weight": "blocks.6.0.conv_pwl.weight",
+        "_conv_head.weight": "conv_head.weight",
+        "_bn1.weight": "bn2.weight",
+        "_fc.bias": "classifier.bias",
+    }
     for source, name in pairs.items():
         assert torch.equal(mapped[name], state[source]), (source, name)
 
@@ -103,6 +119,7 @@ def _sample_photo(size: int) -> torch.Tensor:
     normalised with ImageNet's mean and std as the loader does."""
     from PIL import Image
     from sklearn.datasets import load_sample_image
+
     image = Image.fromarray(load_sample_image("china.jpg"))
     scale = size / min(image.size)
     image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC)
@@ -132,8 +149,11 @@ def test_efficientnet_lite_encoder_gives_pooled_features():
 def test_minilm_by_name_puts_related_sentences_closer():
     tokenizer = load_pretrained_tokenizer("minilm-l6")
     encoder = build_text_encoder(TextEncoderConfig(name="minilm-l6", pooling="mean"), len(tokenizer)).eval()
-    sentences = ["A man is playing a guitar on stage.", "Someone performs a song with his guitar.",
-                 "The quarterly tax report is due on Monday."]
+    sentences = [
+        "A man is playing a guitar on stage.",
+        "Someone performs a song with his guitar.",
+        "The quarterly tax report is due on Monday.",
+    ]
     batch = tokenizer(sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
         emb = torch.nn.functional.normalize(encoder(batch["input_ids"], batch["attention_mask"]), dim=-1)

@@ -5,6 +5,7 @@ A run dir from elsewhere may hold links at the names msa-dist writes (`.lock`, `
 `.lock` and an append to `metrics.jsonl` refuse a link in one line; every other write goes through a
 new temp file and `os.replace`, which replaces the link itself (msa_dist/common/atomic.py).
 """
+
 from __future__ import annotations
 
 import os
@@ -12,14 +13,14 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from run_utils import finished_tiny_run
 from security_utils import no_hang
+
 from msa_dist.cli import main
+from msa_dist.common.atomic import atomic_open, temp_path, write_atomic
+from msa_dist.common.errors import MsaDistError
 from msa_dist.engine.run.rundir import RunDirLock
 from msa_dist.engine.trainer import MetricsLog
-from msa_dist.common.errors import MsaDistError
-from msa_dist.common.atomic import atomic_open, temp_path, write_atomic
 
 PRECIOUS = "a file of the user's, outside the run dir\n"
 
@@ -71,8 +72,12 @@ def test_a_link_planted_at_lock_is_refused_and_its_target_kept(finished_run, tmp
         (run_dir / ".lock").unlink(missing_ok=True)
         (run_dir / ".lock").symlink_to(targets["bashrc"])
     train = ["train", "--config", str(config), "--run-dir"]
-    for args in ([str(downloaded), "--resume", "auto"], [str(downloaded), "--overwrite"],
-                 [str(fresh)], [str(fresh), "backend.name=ddp"]):
+    for args in (
+        [str(downloaded), "--resume", "auto"],
+        [str(downloaded), "--overwrite"],
+        [str(fresh)],
+        [str(fresh), "backend.name=ddp"],
+    ):
         assert main(train + args) == 2
         assert ".lock is a symbolic link to" in _one_line_error(capsys)
     _untouched(targets)
@@ -99,13 +104,22 @@ def test_a_resumed_run_writes_through_no_planted_link(finished_run, tmp_path, ki
     shutil.copytree(source, run)
     (run / ".lock").unlink(missing_ok=True)
     ckpts = run / "checkpoints"
-    planted = {ckpts / "latest.tmp": targets["bashrc"], run / "report.md": targets["notes.md"],
-               run / "metrics.jsonl.tmp": targets["absent"], run / "run_info.json.tmp": targets["data.json"],
-               run / "config.yaml": targets["data.json"], run / "curves.png": targets["image.png"],
-               run / "confusion_matrix.png": targets["image.png"]}
+    planted = {
+        ckpts / "latest.tmp": targets["bashrc"],
+        run / "report.md": targets["notes.md"],
+        run / "metrics.jsonl.tmp": targets["absent"],
+        run / "run_info.json.tmp": targets["data.json"],
+        run / "config.yaml": targets["data.json"],
+        run / "curves.png": targets["image.png"],
+        run / "confusion_matrix.png": targets["image.png"],
+    }
     if kind == "folders":
-        planted = {ckpts / ".tmp-step-0000009": targets["folder"], ckpts / ".tmp-best": targets["folder"],
-                   ckpts / ".old-best": targets["folder"], run / ".tmp-text_config": targets["folder"]}
+        planted = {
+            ckpts / ".tmp-step-0000009": targets["folder"],
+            ckpts / ".tmp-best": targets["folder"],
+            ckpts / ".old-best": targets["folder"],
+            run / ".tmp-text_config": targets["folder"],
+        }
     for link, target in planted.items():
         link.unlink(missing_ok=True)
         link.symlink_to(target)
@@ -124,10 +138,13 @@ def test_a_fresh_run_writes_through_no_planted_link(finished_run, tmp_path):
     run = tmp_path / "fresh"
     for sub in ("tokenizer", "text_config"):
         (run / sub).mkdir(parents=True)
-    planted = {run / "config.yaml": targets["data.json"], run / "metrics.jsonl": targets["notes.md"],
-               run / "report.md": targets["absent"],
-               run / "tokenizer" / "tokenizer.json": targets["vocab.txt"],
-               run / "text_config" / "config.json": targets["data.json"]}
+    planted = {
+        run / "config.yaml": targets["data.json"],
+        run / "metrics.jsonl": targets["notes.md"],
+        run / "report.md": targets["absent"],
+        run / "tokenizer" / "tokenizer.json": targets["vocab.txt"],
+        run / "text_config" / "config.json": targets["data.json"],
+    }
     for link, target in planted.items():
         link.symlink_to(target)
     assert main(["train", "--config", str(config), "--run-dir", str(run), "train.epochs=1"]) == 0
