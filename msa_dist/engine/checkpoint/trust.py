@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import stat
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 from msa_dist.common.atomic import write_atomic
 from msa_dist.common.errors import MsaDistError
 
+log = logging.getLogger(__name__)
 RECORD = "trust.json"  # beside the DeepSpeed folder it vouches for
 FOLDER = "deepspeed"  # that folder in a step directory (the DeepSpeed backend's TAG)
 KEY_FILE = "checkpoint.key"
@@ -43,11 +45,18 @@ def _key(create: bool) -> bytes | None:
     """This user's key; made on first use when `create` (a race with another rank: its key wins)."""
     path = key_path()
     if create and not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             pass
+        except OSError as exc:  # an unwritable config dir must not fail the save itself
+            log.warning(
+                "cannot create the checkpoint key %s (%s): a resume of this checkpoint will need --trust-checkpoint",
+                path,
+                exc.strerror or exc,
+            )
+            return None
         else:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(os.urandom(32))
