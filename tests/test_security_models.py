@@ -1,0 +1,53 @@
+"""Issue 29: model files from elsewhere choose no code and no weights of their own (remote code, a planted
+torch hub cache file, a file planted beside a packaged backbone's pinned files)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from msa_dist.models.tokenizer import train_wordpiece_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+EVIL = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\nfrom transformers import {base}\nclass Evil({base}):\n    pass\n"
+
+
+def _remote_code_folders(root: Path, marker: Path) -> tuple[Path, Path]:
+    """A tokenizer folder and a model folder whose auto_map points at code that would write `marker`."""
+    from transformers import BertConfig
+    folder = root / "tokenizer"
+    train_wordpiece_tokenizer(["good bad great terrible"] * 5, 30).save_pretrained(str(folder))
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg.update(auto_map={"AutoTokenizer": [None, "evil.Evil"]}, tokenizer_class="Evil")
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (folder / "evil.py").write_text(EVIL.format(marker=str(marker), base="PreTrainedTokenizerFast"))
+    model = root / "model"
+    BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+               intermediate_size=16).save_pretrained(str(model))
+    model_cfg = json.loads((model / "config.json").read_text())
+    model_cfg.update(model_type="evil", auto_map={"AutoConfig": "evil.Evil", "AutoModel": "evil.Evil"})
+    (model / "config.json").write_text(json.dumps(model_cfg))
+    (model / "evil.py").write_text(EVIL.format(marker=str(marker), base="BertConfig"))
+    return folder, model
+
+
+CALLS = (
+    "from msa_dist.models.tokenizer import load_pretrained_tokenizer as f; f(TOKENIZER)",
+    "from msa_dist.models.text import _from_architecture as f; f('x', MODEL)",
+    "from msa_dist.models.text import _from_pretrained as f; f(MODEL)",
+)
+
+
+def test_a_folder_auto_map_runs_no_code_even_when_the_user_answers_yes(tmp_path):
+    marker = tmp_path / "marker"
+    tokenizer, model = _remote_code_folders(tmp_path, marker)
+    script = f"TOKENIZER, MODEL = {str(tokenizer)!r}, {str(model)!r}\n" + "".join(
+        f"try:\n    {call}\nexcept ValueError as exc:\n    print('refused:', exc)\n" for call in CALLS)
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], input="y\n" * 6, capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert "Do you wish to run the custom code" not in done.stdout + done.stderr
+    assert not marker.exists(), done.stdout + done.stderr
