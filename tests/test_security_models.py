@@ -51,3 +51,52 @@ def test_a_folder_auto_map_runs_no_code_even_when_the_user_answers_yes(tmp_path)
                           env=env, timeout=300)
     assert "Do you wish to run the custom code" not in done.stdout + done.stderr
     assert not marker.exists(), done.stdout + done.stderr
+
+
+class _Boom:
+    """Unpickling it writes a marker file: what a planted pickle would do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.write_text, (self.marker, "ran"))
+
+
+def test_a_planted_file_in_the_torch_hub_cache_is_refused_not_unpickled(tmp_path, monkeypatch):
+    import torch
+    import torchvision
+    from msa_dist.common.errors import MsaDistError
+    from msa_dist.config.schema import ImageEncoderConfig
+    from msa_dist.models.image import build_image_encoder
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    torch.save({"conv1.weight": _Boom(marker)}, cached)
+    with pytest.raises(MsaDistError) as err:
+        build_image_encoder(ImageEncoderConfig(name="resnet18", weights="imagenet"))
+    assert not marker.exists()
+    assert "\n" not in str(err.value) and str(cached) in str(err.value)
+
+
+def test_a_cached_file_with_the_named_hash_prefix_loads(tmp_path, monkeypatch):
+    import hashlib
+    import types
+    import torch
+    import torchvision
+    from msa_dist.config.schema import ImageEncoderConfig
+    from msa_dist.models.image import build_image_encoder
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    state = torchvision.models.resnet18().state_dict()
+    file = tmp_path / "weights.pth"
+    torch.save(state, file)
+    prefix = hashlib.sha256(file.read_bytes()).hexdigest()[:8]
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / f"resnet18-{prefix}.pth"
+    cached.parent.mkdir(parents=True)
+    file.rename(cached)
+    weights = types.SimpleNamespace(DEFAULT=types.SimpleNamespace(url=f"https://example.invalid/{cached.name}"))
+    monkeypatch.setattr(torchvision.models, "get_model_weights", lambda name: weights)
+    encoder = build_image_encoder(ImageEncoderConfig(name="resnet18", weights="imagenet"))
+    assert torch.equal(encoder.backbone.conv1.weight, state["conv1.weight"])
