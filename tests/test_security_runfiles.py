@@ -1,0 +1,60 @@
+"""Issue 29: what a run dir (or a shard folder) from elsewhere may choose: train.init_from copies only the
+source run's tokenizer files, a shard folder never holds the tokenizer cache, broken run files are one line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from msa_dist.common.errors import MsaDistError
+from msa_dist.engine.checkpoint.files import copy_source_tokenizer
+
+
+def _weights(run: Path) -> Path:
+    step = run / "checkpoints" / "step-0000003"
+    step.mkdir(parents=True)
+    (step / "model.pt").write_bytes(b"weights")
+    return step / "model.pt"
+
+
+def _tokenizer(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "tokenizer_config.json").write_text("{}")
+    (folder / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    return folder
+
+
+def test_init_from_copies_the_source_runs_tokenizer_files_only(tmp_path):
+    tokenizer = _tokenizer(tmp_path / "src" / "tokenizer")
+    (tokenizer / "notes.sh").write_text("echo hi")
+    (tokenizer / "sub").mkdir()
+    copy_source_tokenizer(str(_weights(tmp_path / "src")), tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run" / "tokenizer").iterdir()) == ["tokenizer_config.json", "vocab.txt"]
+
+
+def test_init_from_takes_no_tokenizer_from_a_parent_of_the_run(tmp_path):
+    _tokenizer(tmp_path / "tokenizer")  # e.g. in the home folder, above every run
+    copy_source_tokenizer(str(_weights(tmp_path / "runs" / "src")), tmp_path / "run")
+    assert not (tmp_path / "run" / "tokenizer").exists()
+
+
+@pytest.mark.parametrize("which", ["vocab.txt", "folder"])
+def test_init_from_refuses_a_link_in_the_source_tokenizer(tmp_path, which):
+    secret = tmp_path / "id_rsa"
+    secret.write_text("PRIVATE KEY")
+    if which == "folder":
+        _tokenizer(tmp_path / "elsewhere")
+        (tmp_path / "elsewhere" / "tokenizer.json").symlink_to(secret)
+        (tmp_path / "src").mkdir()
+        (tmp_path / "src" / "tokenizer").symlink_to(tmp_path / "elsewhere")
+    else:
+        tokenizer = _tokenizer(tmp_path / "src" / "tokenizer")
+        (tokenizer / "vocab.txt").unlink()
+        (tokenizer / "vocab.txt").symlink_to(secret)
+    weights = _weights(tmp_path / "src")
+    with pytest.raises(MsaDistError) as err:
+        copy_source_tokenizer(str(weights), tmp_path / "run")
+    assert "\n" not in str(err.value) and "symbolic link" in str(err.value)
+    copied = [p.read_text() for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert "PRIVATE KEY" not in copied
