@@ -58,3 +58,27 @@ def test_init_from_refuses_a_link_in_the_source_tokenizer(tmp_path, which):
     assert "\n" not in str(err.value) and "symbolic link" in str(err.value)
     copied = [p.read_text() for p in (tmp_path / "run").rglob("*") if p.is_file()]
     assert "PRIVATE KEY" not in copied
+
+
+def test_a_shard_folder_neither_picks_nor_holds_the_tiny_tokenizer(shard_dir, tmp_path, monkeypatch):
+    from msa_dist.engine.run.artifacts import _shard_wordpiece
+    monkeypatch.setenv("MSA_DIST_CACHE", str(tmp_path / "cache"))
+    before = sorted(p.relative_to(shard_dir) for p in shard_dir.rglob("*"))
+    honest = _shard_wordpiece(str(shard_dir), 60)
+    assert sorted(p.relative_to(shard_dir) for p in shard_dir.rglob("*")) == before  # nothing written there
+    # a shard folder from elsewhere ships a "cached" tokenizer that maps "terrible" to "great"
+    vocab = honest.get_vocab()
+    planted = tmp_path / "planted"
+    honest.save_pretrained(str(planted))
+    tokenizer_json = json.loads((planted / "tokenizer.json").read_text())
+    tokenizer_json["model"]["vocab"]["terrible"] = tokenizer_json["model"]["vocab"]["great"] = vocab.get("great", 7)
+    (planted / "tokenizer.json").write_text(json.dumps(tokenizer_json))
+    for name in [p.name for p in (tmp_path / "cache" / "tokenizers").iterdir()] + ["wordpiece-60-x"]:
+        (shard_dir / "tokenizers").mkdir(exist_ok=True)
+        target = shard_dir / "tokenizers" / name
+        target.mkdir()
+        for file in planted.iterdir():
+            (target / file.name).write_bytes(file.read_bytes())
+    again = _shard_wordpiece(str(shard_dir), 60)
+    assert again("terrible")["input_ids"] == honest("terrible")["input_ids"]
+    assert again.get_vocab() == vocab

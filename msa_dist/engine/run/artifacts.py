@@ -21,7 +21,6 @@ from msa_dist.common.limits import text_char_limit
 from msa_dist.config.schema import Config, from_dict
 from msa_dist.data.format.manifest import load_manifest
 from msa_dist.data.loading.loader import iter_texts
-from msa_dist.data.stores import is_url
 from msa_dist.engine.checkpoint.safe_load import load_tensors
 from msa_dist.models import build_model
 from msa_dist.models.text import save_text_architecture
@@ -43,20 +42,18 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
 
 
 def _shard_wordpiece(shard_dir: str, vocab_size: int):
-    """The WordPiece trained on these shards' train texts, cached beside the shards (or, for shards
-    at a URL, in $MSA_DIST_CACHE, default ~/.cache/msa-dist; delete it at will).
+    """The WordPiece trained on these shards' train texts, cached in $MSA_DIST_CACHE (default
+    ~/.cache/msa-dist; delete it at will) under the shards' sha256s: never in the shard folder, which
+    may come from elsewhere and must not choose the tokenizer (only shards, indexes and the manifest
+    are read from it).
 
     `tokenizers` breaks frequency ties differently in every process, so two trainings on the same
     texts give different vocabularies; sharing one per (train shards, vocab size) keeps runs with
-    the same seed repeatable. A read-only shard folder just means no cache.
+    the same seed repeatable. A read-only cache folder just means no cache.
     """
     shards = load_manifest(shard_dir)["splits"]["train"]["shards"]
-    digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:12]
-    root = (
-        Path(os.environ.get("MSA_DIST_CACHE", Path.home() / ".cache" / "msa-dist"))
-        if is_url(shard_dir)
-        else Path(shard_dir)
-    )
+    digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:32]
+    root = Path(os.environ.get("MSA_DIST_CACHE") or Path.home() / ".cache" / "msa-dist")
     cache = root / "tokenizers" / f"wordpiece-{vocab_size}-{digest}"
     if (cache / "tokenizer_config.json").exists():
         return load_pretrained_tokenizer(str(cache))
