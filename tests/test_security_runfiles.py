@@ -82,3 +82,42 @@ def test_a_shard_folder_neither_picks_nor_holds_the_tiny_tokenizer(shard_dir, tm
     again = _shard_wordpiece(str(shard_dir), 60)
     assert again("terrible")["input_ids"] == honest("terrible")["input_ids"]
     assert again.get_vocab() == vocab
+
+
+BROKEN = [b"{not json", b"[1, 2]", b"\xff\xfe", b"", b'{"offsets": {"negative": "x"}, "data": 3}']
+
+
+@pytest.mark.parametrize("content", BROKEN)
+def test_a_broken_run_info_or_offsets_file_is_one_line_naming_it(tmp_path, content):
+    from msa_dist.engine.run.provenance import read_run_info
+    from msa_dist.inference.calibration import load_offsets
+    for name, read in (("run_info.json", read_run_info), ("logit_offsets.json", load_offsets)):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(MsaDistError) as err:
+            read(tmp_path)
+        assert "\n" not in str(err.value) and name in str(err.value)
+
+
+@pytest.mark.parametrize("content", BROKEN)
+def test_broken_val_metrics_are_a_reported_skip_in_export(tmp_path, content, caplog):
+    from msa_dist.inference.export import _card, _val_metrics
+    weights = _weights(tmp_path)
+    (weights.parent / "metrics.json").write_bytes(content)
+    (tmp_path / "metrics.jsonl").write_bytes(content + b'\n{"type": "eval", "accuracy": "high"}\n')
+    metrics = _val_metrics(tmp_path, weights)
+    assert metrics is not None or "metrics.json" in caplog.text  # a valid object is used, a broken file reported
+    card = {"labels": ["a"], "model": {"modality": "both", "text": {"name": "t"}, "image": {"name": "i"},
+                                       "head": {"fusion": "concat"}}}
+    assert "# msa-dist model" in _card(tmp_path, "best", metrics, card)
+
+
+def test_links_in_place_of_run_json_files_are_not_followed(tmp_path):
+    from msa_dist.engine.run.provenance import read_run_info
+    secret = tmp_path / "elsewhere.json"
+    secret.write_text(json.dumps({"data": {}, "git": {}}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run_info.json").symlink_to(secret)
+    with pytest.raises(MsaDistError) as err:
+        read_run_info(run)
+    assert "symbolic link" in str(err.value)
