@@ -121,3 +121,13 @@ def test_links_in_place_of_run_json_files_are_not_followed(tmp_path):
     with pytest.raises(MsaDistError) as err:
         read_run_info(run)
     assert "symbolic link" in str(err.value)
+
+
+@pytest.mark.parametrize("override", ["model.text.tiny_hidden=16384", "model.text.tiny_layers=64",
+                                      "model.text.tiny_vocab_size=100000000", "model.head.hidden=1000000",
+                                      "train.batch_size=100000000", "model.image.tiny_width=100000"])
+def test_config_numbers_that_size_a_model_or_batch_are_bounded(override):
+    from msa_dist.config.schema import load_config
+    with pytest.raises(MsaDistError) as err:
+        load_config(None, ["model.text.name=tiny", "model.image.name=tiny", override])
+    assert "\n" not in str(err.value) and override.split("=")[0] in str(err.value)

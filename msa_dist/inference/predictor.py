@@ -172,15 +172,20 @@ def _load_exported(path: Path, device: torch.device, adjust: bool) -> Predictor:
     from safetensors import SafetensorError
     from safetensors.torch import load_model as load_safetensors
 
+    from msa_dist.engine.run.artifacts import check_model_size
     from msa_dist.models import build_model
     from msa_dist.models.tokenizer import load_pretrained_tokenizer
 
     card, cfg, preprocessing = read_card(path)
     tokenizer = load_pretrained_tokenizer(str(path / "tokenizer"))
     arch_dir = path / "text_config"
-    model = build_model(
-        cfg.model, vocab_size=len(tokenizer), pretrained=False, arch_dir=str(arch_dir) if arch_dir.is_dir() else None
-    )
+
+    def build():
+        arch = str(arch_dir) if arch_dir.is_dir() else None
+        return build_model(cfg.model, vocab_size=len(tokenizer), pretrained=False, arch_dir=arch)
+
+    check_model_size(build, path / "model.safetensors")
+    model = build()
     try:
         load_safetensors(model, str(path / "model.safetensors"), device="cpu")
     except (SafetensorError, RuntimeError, OSError, ValueError) as exc:  # truncated, foreign, or another model's

@@ -108,14 +108,38 @@ def load_run_config(run_dir: Path) -> Config:
         raise MsaDistError(f"{path}: {exc}") from None
 
 
+def check_model_size(build, weights: Path) -> None:
+    """One line when the model a config describes is far larger than its weights file: it is built on
+    the meta device first (no memory), so a config asking for an 800 GB model fails before allocating."""
+    try:
+        stored = os.stat(weights).st_size
+        with torch.device("meta"):
+            meta = build()
+    except MsaDistError:
+        raise
+    except Exception:  # a missing file or an unusual model: the real build and load report it
+        return
+    tensors = {id(t): t for t in [*meta.parameters(), *meta.buffers()]}.values()
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    if needed > 2 * stored + (64 << 20):
+        raise MsaDistError(
+            f"{weights.parent}: its config describes a model of {needed / 2**30:.1f} GiB but {weights.name} "
+            f"holds {stored / 2**30:.3f} GiB: the config does not belong to these weights"
+        )
+
+
 def load_trained_model(run_dir: Path, weights: Path, device: torch.device):
     """Rebuild the architecture from the run dir (no hub access) and load plain weights."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     tokenizer = load_pretrained_tokenizer(str(run_dir / "tokenizer"))
     arch_dir = run_dir / "text_config"
-    model = build_model(
-        cfg.model, vocab_size=len(tokenizer), pretrained=False, arch_dir=str(arch_dir) if arch_dir.exists() else None
-    )
+
+    def build():
+        arch = str(arch_dir) if arch_dir.exists() else None
+        return build_model(cfg.model, vocab_size=len(tokenizer), pretrained=False, arch_dir=arch)
+
+    check_model_size(build, Path(weights))
+    model = build()
     model.load_state_dict(load_tensors(weights))
     return cfg, tokenizer, model.to(device).eval()
