@@ -37,7 +37,8 @@ def read_run_bytes(path: str | Path, limit: int = MAX_RUN_JSON_BYTES) -> bytes:
         os.close(fd)
 
 
-def _reason(exc: Exception) -> str:
+def file_error(exc: Exception) -> str:
+    """A short reason for an error reading or parsing a small file."""
     if isinstance(exc, OSError) and exc.errno == errno.ELOOP:
         return "a symbolic link"
     if isinstance(exc, OSError) and exc.strerror:
@@ -51,7 +52,7 @@ def read_json_object(path: str | Path) -> dict:
     try:
         value = json.loads(read_run_bytes(path))
     except (OSError, ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError: ValueErrors
-        raise MsaDistError(f"{path} is not readable JSON ({_reason(exc)}): fix or delete it") from None
+        raise MsaDistError(f"{path} is not readable JSON ({file_error(exc)}): fix or delete it") from None
     if not isinstance(value, dict):
         raise MsaDistError(f"{path} holds {type(value).__name__}, not a JSON object: fix or delete it")
     return value
@@ -63,7 +64,7 @@ def read_json_records(path: str | Path) -> tuple[list[dict], int]:
     try:
         text = read_run_bytes(path).decode("utf-8", errors="replace")
     except OSError as exc:
-        raise MsaDistError(f"{path} is not readable ({_reason(exc)})") from None
+        raise MsaDistError(f"{path} is not readable ({file_error(exc)})") from None
     records, broken = [], 0
     for line in text.splitlines():
         try:

@@ -17,6 +17,7 @@ import yaml
 
 from msa_dist.common.atomic import atomic_dir, temp_path
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.jsonfile import file_error, read_run_bytes
 from msa_dist.common.limits import text_char_limit
 from msa_dist.config.schema import Config, from_dict
 from msa_dist.data.format.manifest import load_manifest
@@ -91,14 +92,14 @@ def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.
 def load_run_config(run_dir: Path) -> Config:
     """The resolved config saved by `msa-dist train`."""
     path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise MsaDistError(
             f"{run_dir} is not a run directory (no config.yaml): pass the --run-dir of a `msa-dist train`"
         )
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        values = yaml.safe_load(read_run_bytes(path).decode("utf-8"))  # a regular file, not a link
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        reason = file_error(exc)
         raise MsaDistError(f"{path} is not readable YAML ({reason})") from None
     if not isinstance(values, dict):
         raise MsaDistError(f"{path} holds no config (a YAML mapping of sections)")

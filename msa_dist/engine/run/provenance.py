@@ -167,7 +167,7 @@ def write_run_info(cfg, run_dir: str | Path, env, backend_name: str) -> None:
     if not env.is_main:
         return
     path = Path(run_dir) / RUN_INFO
-    if path.is_file() or path.is_symlink():
+    if path.exists() or path.is_symlink():  # a broken one (or a folder, a link) is one line
         first = read_run_info(run_dir) or {}
         resumed = first.get("resumed")
         first["resumed"] = [*(resumed if isinstance(resumed, list) else []), info]
