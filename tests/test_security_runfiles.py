@@ -131,3 +131,14 @@ def test_config_numbers_that_size_a_model_or_batch_are_bounded(override):
     with pytest.raises(MsaDistError) as err:
         load_config(None, ["model.text.name=tiny", "model.image.name=tiny", override])
     assert "\n" not in str(err.value) and override.split("=")[0] in str(err.value)
+
+
+def test_a_latest_link_out_of_the_run_is_not_read(tmp_path):
+    from msa_dist.engine.checkpoint.files import latest_checkpoint
+    secret = tmp_path / "secret.txt"
+    secret.write_text("SECRET-OUTSIDE-THE-RUN")
+    (tmp_path / "run" / "checkpoints" / "step-0000001").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "latest").symlink_to(secret)
+    with pytest.raises(MsaDistError) as err:
+        latest_checkpoint(tmp_path / "run" / "checkpoints")
+    assert "SECRET" not in str(err.value) and "symbolic link" in str(err.value)

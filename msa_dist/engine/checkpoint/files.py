@@ -143,6 +143,8 @@ def latest_checkpoint(ckpt_root: Path, check: Callable[[Path], None] | None = No
 def _pointer(ckpt_root: Path) -> str | None:
     """The name in `latest`, which must be a step directory directly inside checkpoints/."""
     pointer = ckpt_root / "latest"
+    if pointer.is_symlink():  # never read what it points to (its text would be quoted below)
+        raise MsaDistError(f"{pointer} is a symbolic link, not the file msa-dist writes: not followed; delete it")
     if not pointer.is_file():
         return None
     with pointer.open("rb") as handle:  # a step name is short: never read more of whatever this is
