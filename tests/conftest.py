@@ -26,6 +26,8 @@ def checkpoint_key_dir(tmp_path_factory) -> Iterator[Path]:
     key_dir = tmp_path_factory.mktemp("msa-dist-config")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MSA_DIST_CONFIG_DIR", str(key_dir))
+        # the tiny model's WordPiece cache (engine/run/artifacts.py), never in the real home either
+        patch.setenv("MSA_DIST_CACHE", str(tmp_path_factory.mktemp("msa-dist-cache")))
         yield key_dir
 
 

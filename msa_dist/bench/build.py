@@ -66,7 +66,7 @@ def text_architecture(name: str):
             )
         return KNOWN_TEXT_ARCHS[name]()
     try:
-        return AutoConfig.from_pretrained(source)
+        return AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError):
         pass
     if name in KNOWN_TEXT_ARCHS:

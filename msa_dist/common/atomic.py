@@ -59,7 +59,10 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
     try:
         with handle:
             yield handle
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except IsADirectoryError:  # a folder planted where a run file belongs
+            raise MsaDistError(f"{path} is a folder, not a file: move it away") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

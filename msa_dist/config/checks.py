@@ -62,6 +62,12 @@ def at_least(key: str, low: int) -> Check:
     return Check(key, lambda v, _: v >= low, f"must be >= {low}")
 
 
+def between(key: str, low: int, high: int) -> Check:
+    """An int in [low, high]: the upper bounds keep a config (one from elsewhere included) from asking for
+    a model or a batch that cannot be allocated (a 16,384-wide, 64-layer "tiny" BERT is 800 GB)."""
+    return Check(key, lambda v, _: low <= v <= high, f"must be >= {low} and <= {high}")
+
+
 def fraction(key: str, low_open: bool = False, high_open: bool = True) -> Check:
     """A value in [0, 1) by default; (0, 1] with low_open=True, high_open=False."""
 
@@ -81,9 +87,9 @@ def _unknown_tracker(value, _) -> str:
 
 
 CHECKS: tuple[Check, ...] = (
-    at_least("data.image_size", 1),
-    at_least("data.resize_size", 1),
-    at_least("data.max_length", 1),
+    between("data.image_size", 1, 4096),
+    between("data.resize_size", 1, 4096),
+    between("data.max_length", 1, 8192),
     at_least("data.pad_to_multiple_of", 1),
     Check(
         "data.pad_to_multiple_of",
@@ -127,18 +133,18 @@ CHECKS: tuple[Check, ...] = (
         name="bow",
     ),
     one_of("model.text.tiny_arch", TINY_ARCHS),
-    at_least("model.text.tiny_hidden", 1),
-    at_least("model.text.tiny_layers", 1),
-    at_least("model.text.tiny_heads", 1),
+    between("model.text.tiny_hidden", 1, 2048),
+    between("model.text.tiny_layers", 1, 24),
+    between("model.text.tiny_heads", 1, 64),
     Check(
         "model.text.tiny_heads",
         lambda v, text: text.tiny_hidden % v == 0 or not _is_tiny("bert")(text),
         "must divide model.text.tiny_hidden={tiny_hidden}",
         name="divides",
     ),
-    at_least("model.text.tiny_vocab_size", MIN_TINY_VOCAB),
-    at_least("model.text.tiny_bigram_buckets", 0),
-    at_least("model.text.tiny_char_buckets", 0),
+    between("model.text.tiny_vocab_size", MIN_TINY_VOCAB, 1 << 20),
+    between("model.text.tiny_bigram_buckets", 0, 1 << 22),
+    between("model.text.tiny_char_buckets", 0, 1 << 22),
     fraction("model.text.tiny_token_dropout"),
     fraction("model.text.tiny_dropout"),
     Check("model.text.tiny_init_std", lambda v, _: v > 0, "must be > 0"),
@@ -149,13 +155,13 @@ CHECKS: tuple[Check, ...] = (
     ),
     at_least("model.text.unfreeze_last_n_layers", -1),
     fraction("model.text.layer_decay", low_open=True, high_open=False),
-    at_least("model.image.tiny_width", 1),
+    between("model.image.tiny_width", 1, 512),
     at_least("model.image.unfreeze_last_n_layers", -1),
     fraction("model.image.layer_decay", low_open=True, high_open=False),
     one_of("model.head.fusion", tuple(FUSION_MODALITIES)),
-    at_least("model.head.proj_dim", 1),
-    at_least("model.head.hidden", 1),
-    at_least("model.head.layers", 0),
+    between("model.head.proj_dim", 1, 16384),
+    between("model.head.hidden", 1, 16384),
+    between("model.head.layers", 0, 64),
     fraction("model.head.dropout"),
     fraction("model.head.modality_dropout"),
     at_least("model.head.attn_layers", 1),
@@ -181,10 +187,10 @@ CHECKS: tuple[Check, ...] = (
     fraction("optim.min_lr_ratio", high_open=False),
     at_least("optim.grad_clip", 0),
     at_least("train.epochs", 1),
-    at_least("train.batch_size", 1),
+    between("train.batch_size", 1, 1 << 16),
     at_least("train.grad_accum_steps", 1),
     Check("train.seed", lambda v, _: 0 <= v < 2**63, "must be in [0, 2**63): torch and numpy take seeds of 64 bits"),
-    at_least("train.global_batch_size", 0),
+    between("train.global_batch_size", 0, 1 << 24),
     Check(
         "train.global_batch_size",
         lambda v, train: v % train.batch_size == 0,

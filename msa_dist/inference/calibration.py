@@ -9,12 +9,14 @@ measured on val are optimistic: report the tuned numbers on another split.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
 
 from msa_dist.common.atomic import write_atomic
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.jsonfile import read_json_object
 from msa_dist.common.labels import LABELS, NUM_CLASSES
 from msa_dist.engine.evaluation import split_outputs
 from msa_dist.engine.metrics import confusion_matrix, metrics_from_confusion
@@ -81,9 +83,14 @@ def save_offsets(run_dir: str | Path, offsets: torch.Tensor, info: dict) -> Path
 
 
 def load_offsets(run_dir: str | Path) -> torch.Tensor | None:
-    """The saved offsets in LABELS order, or None."""
+    """The saved offsets in LABELS order, or None; one line naming the file when it is broken."""
     path = Path(run_dir) / OFFSETS_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
-    saved = json.loads(path.read_text())["offsets"]
-    return torch.tensor([float(saved[name]) for name in LABELS])
+    saved = read_json_object(path).get("offsets")
+    values = [saved.get(name) for name in LABELS] if isinstance(saved, dict) else []
+    if len(values) != len(LABELS) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and abs(v) <= 100 for v in values
+    ):
+        raise MsaDistError(f"{path}: 'offsets' must map {', '.join(LABELS)} to numbers: fix or delete the file")
+    return torch.tensor([float(v) for v in values])

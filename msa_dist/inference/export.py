@@ -10,6 +10,7 @@ OUT/README.md           a model card with the val metrics and three lines of Pyt
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -17,22 +18,36 @@ from pathlib import Path
 import yaml
 
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.jsonfile import read_json_object, read_json_records
 from msa_dist.common.labels import LABELS
 from msa_dist.config.schema import to_dict
 from msa_dist.engine.checkpoint.files import model_weights_path
 from msa_dist.engine.run.artifacts import load_run_config
 from msa_dist.engine.run.provenance import read_run_info
 
+log = logging.getLogger(__name__)
+
 
 def _val_metrics(run_dir: Path, weights: Path) -> dict | None:
-    """The checkpoint's val metrics (saved beside `best`), else the run's last eval record."""
+    """The checkpoint's val metrics (saved beside `best`), else the run's last eval record; a broken
+    file is skipped with a warning (the card then lacks the metrics), never a traceback."""
     saved = weights.parent / "metrics.json"
-    if saved.is_file():
-        return json.loads(saved.read_text())
-    log = run_dir / "metrics.jsonl"
-    evals = (
-        [r for r in map(json.loads, log.read_text().splitlines()) if r.get("type") == "eval"] if log.is_file() else []
-    )
+    if saved.is_file() or saved.is_symlink():
+        try:
+            return read_json_object(saved)
+        except MsaDistError as exc:
+            log.warning("export: no val metrics in the model card: %s", exc)
+    path = run_dir / "metrics.jsonl"
+    if not (path.is_file() or path.is_symlink()):
+        return None
+    try:
+        records, broken = read_json_records(path)
+    except MsaDistError as exc:
+        log.warning("export: no val metrics in the model card: %s", exc)
+        return None
+    if broken:
+        log.warning("export: skipped %d broken line(s) of %s", broken, path)
+    evals = [r for r in records if r.get("type") == "eval"]
     return evals[-1] if evals else None
 
 
@@ -47,8 +62,9 @@ def _card(run_dir: Path, which: str, metrics: dict | None, card: dict) -> str:
     ]
     if metrics:
         lines += ["## Validation metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {metrics[k]:.4f} |" for k in ("accuracy", "macro_f1", "weighted_f1") if k in metrics]
-        lines += [f"| samples | {metrics.get('samples', '?')} |", ""]
+        numbers = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        lines += [f"| {k} | {numbers[k]:.4f} |" for k in ("accuracy", "macro_f1", "weighted_f1") if k in numbers]
+        lines += [f"| samples | {numbers.get('samples', '?')} |", ""]
     lines += [
         "## Use",
         "",

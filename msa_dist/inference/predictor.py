@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.jsonfile import file_error, read_run_bytes
 from msa_dist.common.labels import LABELS
 from msa_dist.common.limits import MAX_IMAGE_BYTES, read_input
 from msa_dist.config.schema import Config, DataConfig, from_dict
@@ -172,15 +173,20 @@ def _load_exported(path: Path, device: torch.device, adjust: bool) -> Predictor:
     from safetensors import SafetensorError
     from safetensors.torch import load_model as load_safetensors
 
+    from msa_dist.engine.run.artifacts import check_model_size
     from msa_dist.models import build_model
     from msa_dist.models.tokenizer import load_pretrained_tokenizer
 
     card, cfg, preprocessing = read_card(path)
     tokenizer = load_pretrained_tokenizer(str(path / "tokenizer"))
     arch_dir = path / "text_config"
-    model = build_model(
-        cfg.model, vocab_size=len(tokenizer), pretrained=False, arch_dir=str(arch_dir) if arch_dir.is_dir() else None
-    )
+
+    def build():
+        arch = str(arch_dir) if arch_dir.is_dir() else None
+        return build_model(cfg.model, vocab_size=len(tokenizer), pretrained=False, arch_dir=arch)
+
+    check_model_size(build, path / "model.safetensors")
+    model = build()
     try:
         load_safetensors(model, str(path / "model.safetensors"), device="cpu")
     except (SafetensorError, RuntimeError, OSError, ValueError) as exc:  # truncated, foreign, or another model's
@@ -204,9 +210,9 @@ def read_card(path: Path) -> tuple[dict, Config, Preprocessing]:
     """An exported folder's config.yaml: (the card, its model config, its preprocessing), or one line."""
     where = path / "config.yaml"
     try:
-        card = yaml.safe_load(where.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        card = yaml.safe_load(read_run_bytes(where).decode("utf-8"))  # a regular file, not a link
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        reason = file_error(exc)
         raise MsaDistError(
             f"{where} is not readable YAML ({reason}): is {path} a folder written by `msa-dist export`?"
         ) from None

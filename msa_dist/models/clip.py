@@ -42,7 +42,7 @@ def load_clip_tower(tower: str, source: str, pretrained: bool = True) -> nn.Modu
     model_cls, config_cls = TOWERS[tower]
     key = f"model.{tower}.name"
     try:
-        model_type = AutoConfig.from_pretrained(source).model_type
+        model_type = AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
     except (OSError, ValueError):
         where = "directory" if Path(source).is_dir() else "hub name"
         raise MsaDistError(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import io
 import warnings
 from pathlib import Path
 
@@ -95,17 +97,35 @@ def _read_state_dict(path: str) -> dict:
 
 
 def _download_imagenet(name: str) -> dict:
+    """The ImageNet state_dict, from $TORCH_HOME/hub/checkpoints (downloaded there if missing): its sha256
+    must start with the prefix in torchvision's file name, and it is unpickled with weights_only=True, so
+    a file planted in the cache is refused instead of run."""
     weights = torchvision.models.get_model_weights(name).DEFAULT
     filename = weights.url.rsplit("/", 1)[-1]
+    path = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    match = torch.hub.HASH_REGEX.search(filename)
+    prefix = match.group(1) if match else ""
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(path), hash_prefix=prefix or None, progress=False)
+        except (OSError, RuntimeError):
+            raise MsaDistError(
+                f"could not download the ImageNet weights for {name} (no network access?). "
+                f"Download {weights.url} where there is internet, put the file on disk here "
+                f"and set model.image.weights=/path/to/{filename}"
+            ) from None
     try:
-        # uses $TORCH_HOME/hub/checkpoints when the file is already there
-        return torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=False, check_hash=True)
-    except (OSError, RuntimeError):
+        data = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+    except OSError as exc:
+        raise MsaDistError(f"could not read the ImageNet weights {path}: {exc.strerror or exc}") from None
+    digest = hashlib.sha256(data).hexdigest() if data is not None else ""
+    if data is None or len(prefix) < 8 or not digest.startswith(prefix):
         raise MsaDistError(
-            f"could not download the ImageNet weights for {name} (no network access?). "
-            f"Download {weights.url} where there is internet, put the file on disk here "
-            f"and set model.image.weights=/path/to/{filename}"
-        ) from None
+            f"{path} is not the file torchvision publishes for {name} (sha256 {digest[:12] or 'n/a'}, not a "
+            f"regular file or not starting with {prefix or 'a known hash'}): delete it to download it again"
+        )
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def _load_weights(model: nn.Module, state: dict, head_prefix: str | None, name: str, source: str) -> None:

@@ -8,8 +8,11 @@ fails with one line instead of training on unknown weights.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,11 +123,23 @@ def verify_files(spec: PackagedBackbone, folder: Path, name: str) -> Path:
 
 
 def resolve_text_dir(name: str, folder: Path | None = None) -> str:
-    """`minilm-l6` -> the verified model folder inside its package; any other name is returned as it is."""
+    """`minilm-l6` -> a private folder holding links to only its verified pinned files (so a file planted
+    beside them, such as an added_tokens.json, is never read); any other name is returned as it is."""
     spec = TEXT_BACKBONES.get(name)
     if spec is None:
         return name
-    return str(verify_files(spec, folder if folder is not None else package_dir(spec), name))
+    source = verify_files(spec, folder if folder is not None else package_dir(spec), name)
+    key = (name, str(source.resolve()))
+    if key not in _PINNED_DIRS or not Path(_PINNED_DIRS[key]).is_dir():
+        pinned = Path(tempfile.mkdtemp(prefix=f"msa-dist-{name}-"))
+        atexit.register(shutil.rmtree, pinned, True)
+        for file_name in spec.sha256:
+            (pinned / file_name).symlink_to((source / file_name).resolve())
+        _PINNED_DIRS[key] = str(pinned)
+    return _PINNED_DIRS[key]
+
+
+_PINNED_DIRS: dict = {}  # (name, package folder) -> this process's folder of links to the pinned files
 
 
 def image_weight_file(name: str, folder: Path | None = None) -> Path:

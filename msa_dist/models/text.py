@@ -82,7 +82,7 @@ def _from_pretrained(name: str) -> nn.Module:
         return load_clip_tower("text", name.removeprefix(CLIP_PREFIX), pretrained=True)
     name = resolve_text_dir(name)  # a packaged backbone's short name -> its verified folder
     try:
-        model = AutoModel.from_pretrained(name)
+        model = AutoModel.from_pretrained(name, trust_remote_code=False)  # never a folder's own code
     except (OSError, ValueError) as exc:
         if Path(name).is_dir():
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -99,7 +99,7 @@ def _from_architecture(name: str, arch_dir: str | None) -> nn.Module:
         return load_clip_tower("text", name.removeprefix(CLIP_PREFIX), pretrained=False)
     source = arch_dir or resolve_text_dir(name)
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError):
         if arch_dir is not None:
             raise MsaDistError(
@@ -107,7 +107,7 @@ def _from_architecture(name: str, arch_dir: str | None) -> nn.Module:
                 "written by save_text_architecture)"
             ) from None
         raise MsaDistError(offline_hint("text model config", name)) from None
-    return AutoModel.from_config(config).float()
+    return AutoModel.from_config(config, trust_remote_code=False).float()
 
 
 def build_text_encoder(

@@ -61,7 +61,8 @@ def load_pretrained_tokenizer(name_or_dir: str) -> PreTrainedTokenizerFast:
     name_or_dir = name_or_dir.removeprefix("clip:")  # model.text.name of a CLIP text tower
     name_or_dir = resolve_text_dir(name_or_dir)  # a packaged backbone's short name -> its verified folder
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
+        # never the folder's own code (an auto_map would otherwise prompt, and "y" runs it)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_dir, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         if Path(name_or_dir).is_dir():
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

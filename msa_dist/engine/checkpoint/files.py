@@ -27,6 +27,7 @@ import torch
 
 from msa_dist.common import atomic
 from msa_dist.common.errors import USER_OS_ERRORS, MsaDistError
+from msa_dist.common.limits import read_input
 from msa_dist.engine.backends import saved_format
 from msa_dist.engine.checkpoint import trust
 from msa_dist.engine.checkpoint.safe_load import UnreadableFile, load_tensors
@@ -142,6 +143,8 @@ def latest_checkpoint(ckpt_root: Path, check: Callable[[Path], None] | None = No
 def _pointer(ckpt_root: Path) -> str | None:
     """The name in `latest`, which must be a step directory directly inside checkpoints/."""
     pointer = ckpt_root / "latest"
+    if pointer.is_symlink():  # never read what it points to (its text would be quoted below)
+        raise MsaDistError(f"{pointer} is a symbolic link, not the file msa-dist writes: not followed; delete it")
     if not pointer.is_file():
         return None
     with pointer.open("rb") as handle:  # a step name is short: never read more of whatever this is
@@ -196,12 +199,60 @@ def load_checkpoint(backend, ckpt_dir: Path) -> dict:
     return client
 
 
+# What a saved tokenizer folder may hold (transformers' file names); anything else is left behind.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+MAX_TOKENIZER_FILE_BYTES = 64 << 20  # a large tokenizer.json (250k tokens) is ~20 MB
+
+
+def source_run_dir(weights: str) -> Path:
+    """The run dir of train.init_from's weights: the folder holding the `checkpoints/` above them,
+    else the weights' own folder (a consolidated model.pt), never any further parent."""
+    path = Path(weights).absolute()
+    for parent in path.parents:
+        if parent.name == "checkpoints":
+            return parent.parent
+    return path.parent
+
+
 def copy_source_tokenizer(weights: str, run_dir: Path) -> None:
-    """train.init_from: token ids must mean what they meant to the weights, so reuse that run's tokenizer."""
-    source = next((p / "tokenizer" for p in Path(weights).resolve().parents if (p / "tokenizer").is_dir()), None)
-    if source is not None and not (run_dir / "tokenizer").exists():
+    """train.init_from: token ids must mean what they meant to the weights, so reuse that run's tokenizer
+    (its regular files of known names only, each of bounded size; a link there is one line)."""
+    source = source_run_dir(weights) / "tokenizer"
+    if source.is_symlink():
+        raise MsaDistError(f"train.init_from: {source} is a symbolic link; copy the tokenizer folder itself there")
+    if not source.is_dir() or (run_dir / "tokenizer").exists():
+        return
+    files = {}
+    for name in TOKENIZER_FILES:
+        path = source / name
+        if path.is_symlink():
+            raise MsaDistError(
+                f"train.init_from: {path} is a symbolic link, not a tokenizer file; replace it by the file"
+            )
+        if not path.exists():
+            continue
+        try:
+            files[name] = read_input(path, MAX_TOKENIZER_FILE_BYTES)
+        except OSError as exc:
+            raise MsaDistError(f"train.init_from: cannot copy {path}: {exc.strerror or exc}") from None
+    ignored = sorted(p.name for p in source.iterdir() if p.name not in files)
+    if ignored:
+        log.warning("train.init_from: not copied from %s (not a tokenizer file): %s", source, ", ".join(ignored[:5]))
+    if files:
         atomic.remove(run_dir / "tokenizer")  # a dangling link
-        shutil.copytree(source, run_dir / "tokenizer")
+        with atomic.atomic_dir(run_dir / "tokenizer") as fresh:
+            for name, data in files.items():
+                atomic.write_atomic(fresh / name, data)
 
 
 def load_init_weights(model: torch.nn.Module, path: str) -> None:

@@ -17,11 +17,11 @@ import yaml
 
 from msa_dist.common.atomic import atomic_dir, temp_path
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.jsonfile import file_error, read_run_bytes
 from msa_dist.common.limits import text_char_limit
 from msa_dist.config.schema import Config, from_dict
 from msa_dist.data.format.manifest import load_manifest
 from msa_dist.data.loading.loader import iter_texts
-from msa_dist.data.stores import is_url
 from msa_dist.engine.checkpoint.safe_load import load_tensors
 from msa_dist.models import build_model
 from msa_dist.models.text import save_text_architecture
@@ -43,20 +43,18 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
 
 
 def _shard_wordpiece(shard_dir: str, vocab_size: int):
-    """The WordPiece trained on these shards' train texts, cached beside the shards (or, for shards
-    at a URL, in $MSA_DIST_CACHE, default ~/.cache/msa-dist; delete it at will).
+    """The WordPiece trained on these shards' train texts, cached in $MSA_DIST_CACHE (default
+    ~/.cache/msa-dist; delete it at will) under the shards' sha256s: never in the shard folder, which
+    may come from elsewhere and must not choose the tokenizer (only shards, indexes and the manifest
+    are read from it).
 
     `tokenizers` breaks frequency ties differently in every process, so two trainings on the same
     texts give different vocabularies; sharing one per (train shards, vocab size) keeps runs with
-    the same seed repeatable. A read-only shard folder just means no cache.
+    the same seed repeatable. A read-only cache folder just means no cache.
     """
     shards = load_manifest(shard_dir)["splits"]["train"]["shards"]
-    digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:12]
-    root = (
-        Path(os.environ.get("MSA_DIST_CACHE", Path.home() / ".cache" / "msa-dist"))
-        if is_url(shard_dir)
-        else Path(shard_dir)
-    )
+    digest = hashlib.sha256("".join(s["sha256"] for s in shards).encode()).hexdigest()[:32]
+    root = Path(os.environ.get("MSA_DIST_CACHE") or Path.home() / ".cache" / "msa-dist")
     cache = root / "tokenizers" / f"wordpiece-{vocab_size}-{digest}"
     if (cache / "tokenizer_config.json").exists():
         return load_pretrained_tokenizer(str(cache))
@@ -94,14 +92,14 @@ def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.
 def load_run_config(run_dir: Path) -> Config:
     """The resolved config saved by `msa-dist train`."""
     path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
+    if not path.is_file() and not path.is_symlink():
         raise MsaDistError(
             f"{run_dir} is not a run directory (no config.yaml): pass the --run-dir of a `msa-dist train`"
         )
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        values = yaml.safe_load(read_run_bytes(path).decode("utf-8"))  # a regular file, not a link
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
+        reason = file_error(exc)
         raise MsaDistError(f"{path} is not readable YAML ({reason})") from None
     if not isinstance(values, dict):
         raise MsaDistError(f"{path} holds no config (a YAML mapping of sections)")
@@ -111,14 +109,38 @@ def load_run_config(run_dir: Path) -> Config:
         raise MsaDistError(f"{path}: {exc}") from None
 
 
+def check_model_size(build, weights: Path) -> None:
+    """One line when the model a config describes is far larger than its weights file: it is built on
+    the meta device first (no memory), so a config asking for an 800 GB model fails before allocating."""
+    try:
+        stored = os.stat(weights).st_size
+        with torch.device("meta"):
+            meta = build()
+    except MsaDistError:
+        raise
+    except Exception:  # a missing file or an unusual model: the real build and load report it
+        return
+    tensors = {id(t): t for t in [*meta.parameters(), *meta.buffers()]}.values()
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    if needed > 2 * stored + (64 << 20):
+        raise MsaDistError(
+            f"{weights.parent}: its config describes a model of {needed / 2**30:.1f} GiB but {weights.name} "
+            f"holds {stored / 2**30:.3f} GiB: the config does not belong to these weights"
+        )
+
+
 def load_trained_model(run_dir: Path, weights: Path, device: torch.device):
     """Rebuild the architecture from the run dir (no hub access) and load plain weights."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
     tokenizer = load_pretrained_tokenizer(str(run_dir / "tokenizer"))
     arch_dir = run_dir / "text_config"
-    model = build_model(
-        cfg.model, vocab_size=len(tokenizer), pretrained=False, arch_dir=str(arch_dir) if arch_dir.exists() else None
-    )
+
+    def build():
+        arch = str(arch_dir) if arch_dir.exists() else None
+        return build_model(cfg.model, vocab_size=len(tokenizer), pretrained=False, arch_dir=arch)
+
+    check_model_size(build, Path(weights))
+    model = build()
     model.load_state_dict(load_tensors(weights))
     return cfg, tokenizer, model.to(device).eval()

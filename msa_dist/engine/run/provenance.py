@@ -20,6 +20,7 @@ from pathlib import Path
 
 from msa_dist.common.atomic import write_atomic
 from msa_dist.common.errors import MsaDistError
+from msa_dist.common.jsonfile import read_json_object
 from msa_dist.common.urls import redact_text, redact_url
 from msa_dist.data.format.manifest import MANIFEST_NAME
 
@@ -166,17 +167,26 @@ def write_run_info(cfg, run_dir: str | Path, env, backend_name: str) -> None:
     if not env.is_main:
         return
     path = Path(run_dir) / RUN_INFO
-    if path.is_file():
-        first = json.loads(path.read_text())
-        first.setdefault("resumed", []).append(info)
+    if path.exists() or path.is_symlink():  # a broken one (or a folder, a link) is one line
+        first = read_run_info(run_dir) or {}
+        resumed = first.get("resumed")
+        first["resumed"] = [*(resumed if isinstance(resumed, list) else []), info]
         info = first
     write_atomic(path, json.dumps(info, indent=1) + "\n")
 
 
 def read_run_info(run_dir: str | Path) -> dict | None:
-    """RUN_DIR/run_info.json, or None for a run made before it existed."""
+    """RUN_DIR/run_info.json, or None for a run made before it existed; one line naming it when broken."""
     path = Path(run_dir) / RUN_INFO
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.exists() and not path.is_symlink():
+        return None
+    info = read_json_object(path)
+    for section in ("data", "git"):
+        if not isinstance(info.get(section, {}), dict):
+            raise MsaDistError(f"{path}: '{section}' is not a JSON object: fix or delete the file")
+    if not isinstance(info.get("data", {}).get("shard_options", {}), dict):
+        raise MsaDistError(f"{path}: 'data.shard_options' is not a JSON object: fix or delete the file")
+    return info
 
 
 def check_shards(run_dir: str | Path, shard_dir: str | Path, split: str) -> str | None:
