@@ -96,7 +96,7 @@ def run_shards_command(args: argparse.Namespace) -> int:
 
         run_serve(args, console)
     else:
-        from msa_dist.data.shards import print_verify_summary, verify_shards
+        from msa_dist.data.verify import print_verify_summary, verify_shards
 
         print_verify_summary(verify_shards(args.shard_dir), console)
     return 0

@@ -12,7 +12,7 @@ import importlib
 
 _PUBLIC = {
     "build_shards": "msa_dist.data.shards",
-    "verify_shards": "msa_dist.data.shards",
+    "verify_shards": "msa_dist.data.verify",
     "load_manifest": "msa_dist.data.format.manifest",
     "open_store": "msa_dist.data.stores",
     "ShardSet": "msa_dist.data.loading.reader",

@@ -1,8 +1,7 @@
 """A cluster on one machine: no orphaned workers, one writer per run dir, two torchrun nodes on
-loopback reading shards over HTTP, and a node lost mid-epoch.
-
-Every torchrun here runs 2 ranks in all with the tiny model of dist_utils; each agent is started
-in a session of its own, as on separate hosts, so a test can SIGKILL one node's whole tree.
+loopback reading shards over HTTP, and a node lost mid-epoch. Every torchrun here runs 2 ranks in
+all with the tiny model of dist_utils; each agent is started in a session of its own, as on
+separate hosts, so a test can SIGKILL one node's whole tree.
 """
 
 from __future__ import annotations

@@ -20,9 +20,10 @@ from msa_dist.data.format.manifest import load_manifest
 from msa_dist.data.indexer import index_shard_set
 from msa_dist.data.loading.loader import StreamSpec, build_loader, iter_texts
 from msa_dist.data.loading.reader import SampleReader, ShardSet
-from msa_dist.data.shards import build_shards, verify_shards
+from msa_dist.data.shards import build_shards
 from msa_dist.data.stores.serve import RangeHandler, serving
 from msa_dist.data.synthetic import write_synthetic_dataset
+from msa_dist.data.verify import verify_shards
 from msa_dist.engine import trainer
 from msa_dist.inference.evaluate import predict
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer

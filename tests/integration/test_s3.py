@@ -17,8 +17,9 @@ from msa_dist.config.schema import load_config
 from msa_dist.data.indexer import index_shard_set
 from msa_dist.data.loading.loader import StreamSpec, build_loader, iter_texts
 from msa_dist.data.loading.reader import ShardSet
-from msa_dist.data.shards import build_shards, verify_shards
+from msa_dist.data.shards import build_shards
 from msa_dist.data.synthetic import write_synthetic_dataset
+from msa_dist.data.verify import verify_shards
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 FAULTS = {"deny": False, "throttle": 0, "answered_503": 0}

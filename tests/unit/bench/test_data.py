@@ -20,7 +20,7 @@ from msa_dist.bench.replicate import replicate_shards
 from msa_dist.bench.seed_loader import seed_style_samples_per_s
 from msa_dist.cli import main
 from msa_dist.config.schema import load_config
-from msa_dist.data.shards import verify_shards
+from msa_dist.data.verify import verify_shards
 
 ROOT = Path(__file__).resolve().parents[3]
 

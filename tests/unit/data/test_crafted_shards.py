@@ -25,9 +25,9 @@ from msa_dist.data.format.manifest import MANIFEST_NAME, check_manifest, load_ma
 from msa_dist.data.indexer import index_shard_set
 from msa_dist.data.loading.loader import StreamSpec, build_loader, iter_texts
 from msa_dist.data.loading.reader import ShardSet
-from msa_dist.data.shards import verify_shards
 from msa_dist.data.stores import open_store
 from msa_dist.data.synthetic import write_synthetic_dataset
+from msa_dist.data.verify import verify_shards
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 REPO = Path(__file__).resolve().parents[3]
@@ -96,7 +96,7 @@ def test_a_build_is_byte_identical_in_any_process_and_verifies_under_any_hash_se
     assert names == sorted(p.name for p in copies[1].iterdir()) and MANIFEST_NAME in names
     for name in names:
         assert (copies[0] / name).read_bytes() == (copies[1] / name).read_bytes(), name
-    verify = "import sys; from msa_dist.data.shards import verify_shards; print(verify_shards(sys.argv[1])['samples'])"
+    verify = "import sys; from msa_dist.data.verify import verify_shards; print(verify_shards(sys.argv[1])['samples'])"
     for seed in range(6):  # the old index order failed for most seeds
         result = _run(verify, seed, str(copies[0]))
         assert result.returncode == 0 and result.stdout.strip() == "34", (seed, result.stderr[-500:])

@@ -18,22 +18,23 @@ import json
 import os
 import resource
 import signal
-import tarfile
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tar_craft import members, pax_block, pax_record, with_header_field
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import DataConfig
 from msa_dist.data.format.manifest import write_manifest
 from msa_dist.data.indexer import index_shard_set
 from msa_dist.data.loading.loader import StreamSpec, build_loader
-from msa_dist.data.shards import build_shards, verify_shards
+from msa_dist.data.shards import build_shards
 from msa_dist.data.show import show_samples
 from msa_dist.data.synthetic import write_synthetic_dataset
+from msa_dist.data.verify import verify_shards
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "30"))
@@ -137,31 +138,6 @@ def json_edit(draw, doc):
     return doc
 
 
-def _members(tar: bytes) -> list[int]:
-    """Offsets of the tar's header blocks ([0] when tarfile cannot list them: an already mutated tar)."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
-            return [info.offset for info in tf] or [0]
-    except Exception:
-        return [0]
-
-
-def _with_header_field(tar: bytearray, at: int, lo: int, hi: int, value: bytes) -> None:
-    tar[at + lo : at + hi] = value.ljust(hi - lo, b"\0")[: hi - lo]
-    header = tar[at : at + 512]
-    header[148:156] = b" " * 8
-    tar[at + 148 : at + 156] = b"%06o\0 " % sum(header)
-
-
-def _pax_block(records: bytes) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
-        info = tarfile.TarInfo("pax")
-        info.type, info.size = tarfile.XHDTYPE, len(records)
-        tf.addfile(info, io.BytesIO(records))
-    return buf.getvalue()[: 512 + len(records) + (-len(records) % 512)]
-
-
 SIZE_FIELDS = st.one_of(
     st.integers(min_value=0, max_value=8**11 - 1).map(lambda n: b"%011o" % n),
     st.sampled_from([b"-0000001", b"\xff" * 12, b"\x80" + b"\xff" * 11, b"99999999999", b"", b" 1 2"]),
@@ -169,18 +145,9 @@ SIZE_FIELDS = st.one_of(
 )
 
 
-def _pax_record(key: str, value: str, slack: int = 0) -> bytes:
-    """A "LEN key=value\n" record; `slack` makes its length wrong."""
-    body = f" {key}={value}\n".encode()
-    n = len(body) + 1
-    while len(str(n)) + len(body) != n:
-        n += 1
-    return str(n + slack).encode() + body
-
-
 PAX_RECORDS = st.one_of(
     st.builds(
-        _pax_record,
+        pax_record,
         st.sampled_from(["size", "path"]),
         st.one_of(st.integers(-(2**40), 2**70).map(str), st.text(max_size=30)),
         st.sampled_from([0, 0, 0, -1, 1, -100, 10**6]),
@@ -195,15 +162,15 @@ def tar_edit(draw, tar: bytes) -> bytes:
     overwritten, or its end cut off."""
     out = bytearray(tar)
     kind = draw(st.sampled_from(["size", "typeflag", "pax", "bytes", "truncate"]))
-    at = draw(st.sampled_from(_members(tar)))
+    at = draw(st.sampled_from(members(tar)))
     if len(out) < at + 512:
         out.extend(bytes(at + 512 - len(out)))
     if kind == "size":
-        _with_header_field(out, at, 124, 136, draw(SIZE_FIELDS))
+        with_header_field(out, at, 124, 136, draw(SIZE_FIELDS))
     elif kind == "typeflag":
-        _with_header_field(out, at, 156, 157, draw(st.sampled_from([b"x", b"L", b"g", b"5", b"2", b"K", b"\0"])))
+        with_header_field(out, at, 156, 157, draw(st.sampled_from([b"x", b"L", b"g", b"5", b"2", b"K", b"\0"])))
     elif kind == "pax":
-        out[at:at] = _pax_block(draw(PAX_RECORDS))
+        out[at:at] = pax_block(draw(PAX_RECORDS))
     elif kind == "bytes":
         for _ in range(draw(st.integers(min_value=1, max_value=8))):
             pos = draw(st.integers(min_value=0, max_value=len(out) - 1))

@@ -22,8 +22,9 @@ from msa_dist.data.format.index_bin import (
 from msa_dist.data.format.manifest import load_manifest
 from msa_dist.data.loading.loader import StreamSpec, build_loader
 from msa_dist.data.loading.reader import ShardSet
-from msa_dist.data.shards import build_shards, verify_shards
+from msa_dist.data.shards import build_shards
 from msa_dist.data.stores import LocalStore
+from msa_dist.data.verify import verify_shards
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
 

@@ -20,7 +20,7 @@ from msa_dist.data.format.index_bin import CompactIndex, binary_name, load_index
 from msa_dist.data.stores import open_store
 from msa_dist.data.stores.serve import serving
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 SHARD_BYTES = 96 << 20
 
 

@@ -16,7 +16,7 @@ from misbehaving_http import Answer, MisbehavingServer, honest
 from msa_dist.data.format.index import index_name, scan_tar
 from msa_dist.data.format.manifest import write_manifest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 
 READ_ONE_BATCH_AND_EXIT = textwrap.dedent("""
     import sys

@@ -1,5 +1,6 @@
 """Issue 29: what a run dir (or a shard folder) from elsewhere may choose: train.init_from copies only the
 source run's tokenizer files, a shard folder never holds the tokenizer cache, broken run files are one line."""
+
 from __future__ import annotations
 
 import json
@@ -62,6 +63,7 @@ def test_init_from_refuses_a_link_in_the_source_tokenizer(tmp_path, which):
 
 def test_a_shard_folder_neither_picks_nor_holds_the_tiny_tokenizer(shard_dir, tmp_path, monkeypatch):
     from msa_dist.engine.run.artifacts import _shard_wordpiece
+
     monkeypatch.setenv("MSA_DIST_CACHE", str(tmp_path / "cache"))
     before = sorted(p.relative_to(shard_dir) for p in shard_dir.rglob("*"))
     honest = _shard_wordpiece(str(shard_dir), 60)
@@ -91,6 +93,7 @@ BROKEN = [b"{not json", b"[1, 2]", b"\xff\xfe", b"", b'{"offsets": {"negative": 
 def test_a_broken_run_info_or_offsets_file_is_one_line_naming_it(tmp_path, content):
     from msa_dist.engine.run.provenance import read_run_info
     from msa_dist.inference.calibration import load_offsets
+
     for name, read in (("run_info.json", read_run_info), ("logit_offsets.json", load_offsets)):
         (tmp_path / name).write_bytes(content)
         with pytest.raises(MsaDistError) as err:
@@ -101,18 +104,22 @@ def test_a_broken_run_info_or_offsets_file_is_one_line_naming_it(tmp_path, conte
 @pytest.mark.parametrize("content", BROKEN)
 def test_broken_val_metrics_are_a_reported_skip_in_export(tmp_path, content, caplog):
     from msa_dist.inference.export import _card, _val_metrics
+
     weights = _weights(tmp_path)
     (weights.parent / "metrics.json").write_bytes(content)
     (tmp_path / "metrics.jsonl").write_bytes(content + b'\n{"type": "eval", "accuracy": "high"}\n')
     metrics = _val_metrics(tmp_path, weights)
     assert metrics is not None or "metrics.json" in caplog.text  # a valid object is used, a broken file reported
-    card = {"labels": ["a"], "model": {"modality": "both", "text": {"name": "t"}, "image": {"name": "i"},
-                                       "head": {"fusion": "concat"}}}
+    card = {
+        "labels": ["a"],
+        "model": {"modality": "both", "text": {"name": "t"}, "image": {"name": "i"}, "head": {"fusion": "concat"}},
+    }
     assert "# msa-dist model" in _card(tmp_path, "best", metrics, card)
 
 
 def test_links_in_place_of_run_json_files_are_not_followed(tmp_path):
     from msa_dist.engine.run.provenance import read_run_info
+
     secret = tmp_path / "elsewhere.json"
     secret.write_text(json.dumps({"data": {}, "git": {}}))
     run = tmp_path / "run"
@@ -123,11 +130,20 @@ def test_links_in_place_of_run_json_files_are_not_followed(tmp_path):
     assert "symbolic link" in str(err.value)
 
 
-@pytest.mark.parametrize("override", ["model.text.tiny_hidden=16384", "model.text.tiny_layers=64",
-                                      "model.text.tiny_vocab_size=100000000", "model.head.hidden=1000000",
-                                      "train.batch_size=100000000", "model.image.tiny_width=100000"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.text.tiny_hidden=16384",
+        "model.text.tiny_layers=64",
+        "model.text.tiny_vocab_size=100000000",
+        "model.head.hidden=1000000",
+        "train.batch_size=100000000",
+        "model.image.tiny_width=100000",
+    ],
+)
 def test_config_numbers_that_size_a_model_or_batch_are_bounded(override):
     from msa_dist.config.schema import load_config
+
     with pytest.raises(MsaDistError) as err:
         load_config(None, ["model.text.name=tiny", "model.image.name=tiny", override])
     assert "\n" not in str(err.value) and override.split("=")[0] in str(err.value)
@@ -135,6 +151,7 @@ def test_config_numbers_that_size_a_model_or_batch_are_bounded(override):
 
 def test_a_latest_link_out_of_the_run_is_not_read(tmp_path):
     from msa_dist.engine.checkpoint.files import latest_checkpoint
+
     secret = tmp_path / "secret.txt"
     secret.write_text("SECRET-OUTSIDE-THE-RUN")
     (tmp_path / "run" / "checkpoints" / "step-0000001").mkdir(parents=True)

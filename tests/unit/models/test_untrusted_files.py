@@ -1,5 +1,6 @@
 """Issue 29: model files from elsewhere choose no code and no weights of their own (remote code, a planted
 torch hub cache file, a file planted beside a packaged backbone's pinned files)."""
+
 from __future__ import annotations
 
 import json
@@ -11,13 +12,17 @@ import pytest
 
 from msa_dist.models.tokenizer import train_wordpiece_tokenizer
 
-ROOT = Path(__file__).resolve().parents[1]
-EVIL = "import pathlib\npathlib.Path({marker!r}).write_text('ran')\nfrom transformers import {base}\nclass Evil({base}):\n    pass\n"
+ROOT = Path(__file__).resolve().parents[3]
+EVIL = (
+    "import pathlib\npathlib.Path({marker!r}).write_text('ran')\n"
+    "from transformers import {base}\nclass Evil({base}):\n    pass\n"
+)
 
 
 def _remote_code_folders(root: Path, marker: Path) -> tuple[Path, Path]:
     """A tokenizer folder and a model folder whose auto_map points at code that would write `marker`."""
     from transformers import BertConfig
+
     folder = root / "tokenizer"
     train_wordpiece_tokenizer(["good bad great terrible"] * 5, 30).save_pretrained(str(folder))
     cfg = json.loads((folder / "tokenizer_config.json").read_text())
@@ -25,8 +30,9 @@ def _remote_code_folders(root: Path, marker: Path) -> tuple[Path, Path]:
     (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
     (folder / "evil.py").write_text(EVIL.format(marker=str(marker), base="PreTrainedTokenizerFast"))
     model = root / "model"
-    BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
-               intermediate_size=16).save_pretrained(str(model))
+    BertConfig(
+        vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16
+    ).save_pretrained(str(model))
     model_cfg = json.loads((model / "config.json").read_text())
     model_cfg.update(model_type="evil", auto_map={"AutoConfig": "evil.Evil", "AutoModel": "evil.Evil"})
     (model / "config.json").write_text(json.dumps(model_cfg))
@@ -45,10 +51,12 @@ def test_a_folder_auto_map_runs_no_code_even_when_the_user_answers_yes(tmp_path)
     marker = tmp_path / "marker"
     tokenizer, model = _remote_code_folders(tmp_path, marker)
     script = f"TOKENIZER, MODEL = {str(tokenizer)!r}, {str(model)!r}\n" + "".join(
-        f"try:\n    {call}\nexcept ValueError as exc:\n    print('refused:', exc)\n" for call in CALLS)
+        f"try:\n    {call}\nexcept ValueError as exc:\n    print('refused:', exc)\n" for call in CALLS
+    )
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-c", script], input="y\n" * 6, capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", script], input="y\n" * 6, capture_output=True, text=True, env=env, timeout=300
+    )
     assert "Do you wish to run the custom code" not in done.stdout + done.stderr
     assert not marker.exists(), done.stdout + done.stderr
 
@@ -66,9 +74,11 @@ class _Boom:
 def test_a_planted_file_in_the_torch_hub_cache_is_refused_not_unpickled(tmp_path, monkeypatch):
     import torch
     import torchvision
+
     from msa_dist.common.errors import MsaDistError
     from msa_dist.config.schema import ImageEncoderConfig
     from msa_dist.models.image import build_image_encoder
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
     cached = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
@@ -84,10 +94,13 @@ def test_a_planted_file_in_the_torch_hub_cache_is_refused_not_unpickled(tmp_path
 def test_a_cached_file_with_the_named_hash_prefix_loads(tmp_path, monkeypatch):
     import hashlib
     import types
+
     import torch
     import torchvision
+
     from msa_dist.config.schema import ImageEncoderConfig
     from msa_dist.models.image import build_image_encoder
+
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     state = torchvision.models.resnet18().state_dict()
     file = tmp_path / "weights.pth"
@@ -105,6 +118,7 @@ def test_a_cached_file_with_the_named_hash_prefix_loads(tmp_path, monkeypatch):
 def test_a_file_planted_beside_the_pinned_minilm_files_is_not_read(tmp_path, monkeypatch):
     from msa_dist.models import pretrained
     from msa_dist.models.tokenizer import load_pretrained_tokenizer
+
     spec = pretrained.TEXT_BACKBONES["minilm-l6"]
     try:
         installed = pretrained.package_dir(spec)

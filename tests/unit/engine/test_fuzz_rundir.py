@@ -8,6 +8,7 @@ in another exception, and no link is followed out of the folder.
 Derandomized (a fixed seed: the same examples every run), a few per target; `FUZZ_EXAMPLES=500` is
 the long run.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,23 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from msa_dist.common.errors import MsaDistError
 from run_utils import finished_tiny_run, tiny_config
 from test_fuzz_data import bounded
 
+from msa_dist.common.errors import MsaDistError
+
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
-FUZZ = settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None,
-                suppress_health_check=list(HealthCheck))
-RUN_FILES = ["config.yaml", "run_info.json", "metrics.jsonl", "checkpoints/latest",
-             "checkpoints/best/metrics.json", "logit_offsets.json"]
+FUZZ = settings(
+    max_examples=EXAMPLES, derandomize=True, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
+RUN_FILES = [
+    "config.yaml",
+    "run_info.json",
+    "metrics.jsonl",
+    "checkpoints/latest",
+    "checkpoints/best/metrics.json",
+    "logit_offsets.json",
+]
 SECRET = "SECRET-OUTSIDE-THE-RUN"
 JSON_VALUES = st.sampled_from([None, True, -1, 0, 1e308, float("nan"), "x", [], {}, [1, 2], {"a": {}}, 2**70])
 
@@ -35,9 +43,11 @@ JSON_VALUES = st.sampled_from([None, True, -1, 0, 1e308, float("nan"), "x", [], 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     """(shards, run dir, exported folder), with logit offsets saved: made once, copied per example."""
+    import torch
+
     from msa_dist.inference.calibration import save_offsets
     from msa_dist.inference.export import export_run
-    import torch
+
     root = tmp_path_factory.mktemp("fuzz-run")
     shards, _, run = finished_tiny_run(root)
     save_offsets(run, torch.zeros(3), {"split": "val"})
@@ -60,15 +70,16 @@ def _mutate(path: Path, kind: str, data, secret: Path) -> None:
         path.write_bytes(raw[: data.draw(st.integers(0, max(len(raw) - 1, 0)))])
     elif kind == "flip":
         at = data.draw(st.integers(0, max(len(raw) - 1, 0)))
-        path.write_bytes(raw[:at] + bytes([data.draw(st.integers(0, 255))]) + raw[at + 1:])
+        path.write_bytes(raw[:at] + bytes([data.draw(st.integers(0, 255))]) + raw[at + 1 :])
     else:  # a JSON / YAML value replaced, the document kept well formed
         path.write_text(json.dumps(_replace(_parse(raw), data)))
 
 
 def _parse(raw: bytes):
     import yaml
+
     try:
-        return yaml.safe_load(raw.decode("utf-8", "replace").splitlines()[-1] if raw.startswith(b"{\"") else raw)
+        return yaml.safe_load(raw.decode("utf-8", "replace").splitlines()[-1] if raw.startswith(b'{"') else raw)
     except yaml.YAMLError:
         return {}
 
@@ -80,7 +91,7 @@ def _replace(value, data):
         return {**value, key: _replace(value[key], data)}
     if isinstance(value, list) and value and data.draw(st.booleans()):
         at = data.draw(st.integers(0, len(value) - 1))
-        return value[:at] + [_replace(value[at], data)] + value[at + 1:]
+        return value[:at] + [_replace(value[at], data)] + value[at + 1 :]
     return data.draw(JSON_VALUES)
 
 
@@ -117,6 +128,7 @@ def test_fuzzed_run_dirs_load_evaluate_and_export_or_fail_in_one_line(finished, 
     from msa_dist.inference.evaluate import evaluate
     from msa_dist.inference.export import _val_metrics, export_run
     from msa_dist.inference.predictor import load_model
+
     shards, run, _ = finished
     work = tmp_path_factory.mktemp("fuzz")
     copy = _copy(run, work / "run")
@@ -138,6 +150,7 @@ def test_fuzzed_run_dirs_load_evaluate_and_export_or_fail_in_one_line(finished, 
 @given(data=st.data(), kind=KINDS)
 def test_fuzzed_exported_configs_load_or_fail_in_one_line(finished, tmp_path_factory, data, kind):
     from msa_dist.inference.predictor import load_model
+
     _, _, export = finished
     copy = _copy(export, tmp_path_factory.mktemp("fuzz") / "export")
     _mutate(copy / "config.yaml", kind, data, export.parent / "secret.json")
@@ -148,16 +161,20 @@ def test_fuzzed_exported_configs_load_or_fail_in_one_line(finished, tmp_path_fac
 @given(data=st.data(), name=st.sampled_from(["run_info.json", "metrics.jsonl", "checkpoints/latest"]), kind=KINDS)
 def test_fuzzed_run_dirs_resume_or_fail_in_one_line(finished, tmp_path_factory, data, name, kind):
     from msa_dist.engine.trainer import train
+
     shards, run, _ = finished
     copy = _copy(run, tmp_path_factory.mktemp("fuzz") / "run")
     _mutate(copy / name, kind, data, run.parent / "secret.json")
-    _one_line_or_done(lambda: train(tiny_config(shards, "train.epochs=3", "train.max_steps_per_epoch=1"), copy,
-                                    resume="auto"))
+    _one_line_or_done(
+        lambda: train(tiny_config(shards, "train.epochs=3", "train.max_steps_per_epoch=1"), copy, resume="auto")
+    )
 
 
 def test_an_exported_config_asking_for_a_huge_model_is_one_line_before_allocating(finished, tmp_path):
     import yaml
+
     from msa_dist.inference.predictor import load_model
+
     _, _, export = finished
     copy = _copy(export, tmp_path / "export")
     card = yaml.safe_load((copy / "config.yaml").read_text())
