@@ -76,7 +76,7 @@ class SyntheticStore:
         sizes[-1] = self.samples - (shards - 1) * self.shard_samples
         return sizes
 
-    def read(self, name: str) -> bytes:
+    def read(self, name: str, limit: int | None = None) -> bytes:  # synthetic: far below any limit
         if not name.endswith(BINARY_SUFFIX):
             raise MsaDistError(f"{name}: the synthetic store serves binary indexes only")
         number = int(name.split("-")[1].split(".")[0])
