@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 
 import numpy as np
 
 from msa_dist.data.loading.blocks import BlockEpoch, BlockTrainPlan
-from msa_dist.data.loading.readahead import Run
+from msa_dist.data.loading.readahead import ReadPool, Run
 from msa_dist.data.loading.shuffle_buffer import ShuffleBuffer
 
 
@@ -48,7 +48,7 @@ class _PartitionReads:
         start, end = index.starts[int(self.segments.lo[seg])], index.ends[int(self.segments.hi[seg]) - 1]
         return start, self.reader.read(shard, start, end)
 
-    def _submit(self, pool: ThreadPoolExecutor) -> None:
+    def _submit(self, pool: ReadPool) -> None:
         """Keep in flight every block the next piece can take samples from (the buffer enters at most
         capacity + batch samples past those emitted) and `read_ahead_blocks` more."""
         reach = self.buffer.emitted + self.buffer.capacity + self.plan.batch_size
@@ -74,7 +74,7 @@ class _PartitionReads:
         self.reader.samples(run, data, start, out)
         return out
 
-    def take(self, pool: ThreadPoolExecutor) -> list:
+    def take(self, pool: ReadPool) -> list:
         """The next piece's raw samples (or the exceptions that stand for them)."""
         picked = self.buffer.take(self.plan.batch_size)
         self._submit(pool)
@@ -97,7 +97,7 @@ class BlockReads:
         self.reader, self.plan, self.threads = reader, plan, max(1, threads)
 
     def __call__(self, worker: int, workers: int) -> Iterator[tuple[tuple, list]]:
-        pool = ThreadPoolExecutor(self.threads, thread_name_prefix="msa-block")
+        pool = ReadPool(self.threads, "msa-block")  # daemon threads: an abandoned pass cannot hold the process
         self._orders: dict[int, BlockEpoch] = {}
         self._partitions: dict[tuple[int, int], _PartitionReads] = {}
         where = [self.plan.locate(t) for t in (worker, worker + workers)]
@@ -112,9 +112,9 @@ class BlockReads:
                 yield (*where[0], ids), samples
                 where = [where[1], self.plan.locate(t)]
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.shutdown()
 
-    def _open(self, where: tuple[int, int], pool: ThreadPoolExecutor) -> _PartitionReads:
+    def _open(self, where: tuple[int, int], pool: ReadPool) -> _PartitionReads:
         """The reads of the partition micro batch `where` = (epoch, batch) comes from, at its piece."""
         epoch, batch = where
         if epoch not in self._orders:  # a new epoch: those before the previous one are dropped, with their reads

@@ -17,10 +17,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from fuzz_bounds import bounded
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from run_utils import finished_tiny_run, tiny_config
-from test_fuzz_data import bounded
 
 from msa_dist.common.errors import MsaDistError
 

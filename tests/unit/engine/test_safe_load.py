@@ -187,6 +187,7 @@ def test_the_trust_record_fails_on_any_change_to_the_files_or_the_key(tmp_path, 
     assert not checkpoint_trust.made_here(folder.parent, "deepspeed")
 
 
+@pytest.mark.slow
 def test_resume_auto_of_a_downloaded_deepspeed_run_unpickles_nothing(finished_run, tmp_path):
     """issue 29: `--resume auto`, a torchrun restart (auto implied) and a step dir inside the run
     each refuse in one line; before, the payload ran and the run ended in a TypeError traceback."""
