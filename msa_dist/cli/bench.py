@@ -10,7 +10,16 @@ def add_bench_parser(sub) -> None:
     bench = sub.add_parser("bench", help="measure loader and training throughput")
     bench.set_defaults(handler="msa_dist.cli.bench:run_bench")
     bsub = bench.add_subparsers(dest="bench_command", required=True)
+    _add_data(bsub)
+    _add_train(bsub)
+    _add_memory_and_replicate(bsub)
+    _add_plan(bsub)
+    s = bsub.add_parser("summary", help="one table (and Markdown) of several result JSON files")
+    s.add_argument("results", nargs="+", help="result JSON files written by `bench data/train --json`")
+    s.add_argument("--out", default=None, help="also write them together into this JSON file")
 
+
+def _add_data(bsub) -> None:
     d = bsub.add_parser("data", help="samples/s per worker core that the training loader delivers")
     d.add_argument("--shards", required=True, help="a shard directory (msa-dist shards build)")
     d.add_argument("--split", default="train", help="the split to read (default %(default)s)")
@@ -30,6 +39,8 @@ def add_bench_parser(sub) -> None:
     d.add_argument("--json", default=None, help="write the result to this JSON file")
     d.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.image_size=96")
 
+
+def _add_train(bsub) -> None:
     t = bsub.add_parser("train", help="timed training steps: samples/s, tokens/s, data wait, memory, MFU")
     t.add_argument("--config", required=True, help="the YAML config to time (its data.shards must exist)")
     t.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
@@ -55,6 +66,8 @@ def add_bench_parser(sub) -> None:
     t.add_argument("--json", default=None, help="write the result to this JSON file")
     t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.shards=DIR backend.precision=bf16")
 
+
+def _add_memory_and_replicate(bsub) -> None:
     m = bsub.add_parser("memory", help="the largest micro batch whose training step fits on the GPU")
     m.add_argument("--config", required=True, help="the YAML config (its data.shards: for a stand-in tokenizer)")
     m.add_argument("--start", type=int, default=64, help="the first batch tried; doubled until one fails")
@@ -68,6 +81,8 @@ def add_bench_parser(sub) -> None:
     r.add_argument("--out", required=True, help="the new shard directory")
     r.add_argument("--copies", type=int, default=10, help="copies of every split (default %(default)s)")
 
+
+def _add_plan(bsub) -> None:
     p = bsub.add_parser(
         "plan", help="per-process memory and start-up, per-node request and byte rates at a scale (no data)"
     )
@@ -87,10 +102,6 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--sample-bytes", type=int, default=16384, help="mean sample size in the shards")
     p.add_argument("--no-manifest", action="store_true", help="skip parsing a synthetic manifest of that many shards")
     p.add_argument("--json", default=None, help="write the result to this JSON file")
-
-    s = bsub.add_parser("summary", help="one table (and Markdown) of several result JSON files")
-    s.add_argument("results", nargs="+", help="result JSON files written by `bench data/train --json`")
-    s.add_argument("--out", default=None, help="also write them together into this JSON file")
 
 
 def run_bench(args: argparse.Namespace) -> int:

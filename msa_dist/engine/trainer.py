@@ -141,20 +141,7 @@ def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, e
     )
     if start is not None:
         _restore(checkpointer, start, stream, env)
-    # A resumed run cuts the log back to its checkpoint; a new run, or a restart before any
-    # checkpoint, starts it afresh.
-    log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else 0)
-    log = open_tracker(cfg, run_dir, log, env.is_main, state.step if start else (0 if resume else None))
-    if start is not None:
-        log.write(
-            {
-                "type": "resume",
-                "epoch": state.epoch,
-                "step": state.step,
-                "from": start.name,
-                "world_size": env.world_size,
-            }
-        )
+    log = _open_log(cfg, run_dir, env, state, start, resume)
     train_step = TrainStep(
         backend, build_loss(tcfg, class_weights(cfg.data.shards).to(env.device)), cfg.model.modality, tcfg.mixup_alpha
     )
@@ -188,17 +175,8 @@ def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, e
                 speed = seen / max(time.perf_counter() - t0, 1e-9)
                 progress.update(task, completed=stream.batches_done, speed=speed, loss=ledger.window_mean())
                 if log_now:
-                    log.write(
-                        {
-                            "type": "train",
-                            "epoch": state.epoch,
-                            "step": state.step,
-                            "lr": backend.lr(),
-                            "samples_per_s": speed,
-                            "data_wait": waits.take(),
-                            **ledger.take_record(),
-                        }
-                    )
+                    record = {"epoch": state.epoch, "step": state.step, "lr": backend.lr(), "samples_per_s": speed}
+                    log.write({"type": "train", **record, "data_wait": waits.take(), **ledger.take_record()})
                 if checkpointer.should_save(stop=ledger.stop):
                     ledger.settle()
                     _save(checkpointer, state, log)
@@ -211,8 +189,24 @@ def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, e
             with ema.averaged():
                 summary["val"] = metrics = _validate(cfg, backend, tokenizer, env, state, log, val_loader)
             _save(checkpointer, state, log, metrics)
+    return _finish(summary, state, stream, env, backend, tcfg.epochs)
+
+
+def _open_log(cfg: Config, run_dir: Path, env, state: TrainState, start: Path | None, resume: str | None):
+    """metrics.jsonl and the trackers. A resumed run cuts the log back to its checkpoint; a new run,
+    or a restart before any checkpoint, starts it afresh."""
+    log = MetricsLog(run_dir / "metrics.jsonl", env.is_main, state.log_lines if start else 0)
+    log = open_tracker(cfg, run_dir, log, env.is_main, state.step if start else (0 if resume else None))
+    if start is not None:
+        record = {"epoch": state.epoch, "step": state.step, "from": start.name, "world_size": env.world_size}
+        log.write({"type": "resume", **record})
+    return log
+
+
+def _finish(summary: dict, state: TrainState, stream: TrainStream, env, backend, epochs: int) -> dict:
+    """The finished run's summary: its last val metrics printed, unreadable samples summed over ranks."""
     if env.is_main and summary.get("val"):
-        print_metrics(summary["val"], f"val metrics after {tcfg.epochs} epochs")
+        print_metrics(summary["val"], f"val metrics after {epochs} epochs")
     corrupt = int(backend.all_reduce_sum(torch.tensor([float(stream.corrupt_samples)], device=env.device))[0])
     if env.is_main and corrupt:
         console.print(f"[yellow]skipped {corrupt} unreadable samples[/] (warnings above name them)")

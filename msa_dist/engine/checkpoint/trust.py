@@ -1,6 +1,6 @@
 """Which DeepSpeed checkpoints were made here: an HMAC of their files under a key kept outside any run dir.
 
-DeepSpeed reads its own files with `torch.load(weights_only=False)`, which runs whatever a file
+DeepSpeed reads its own files with an unrestricted `torch.load` (full pickle), which runs whatever a file
 asks for, so msa-dist lets it read a DeepSpeed checkpoint only if this user on this machine saved
 it, or with `train --trust-checkpoint`. Where a checkpoint lies says nothing (a run dir can be
 downloaded whole); what proves it is `trust.json` beside the DeepSpeed folder: an HMAC-SHA256, under
