@@ -1,4 +1,4 @@
-"""The config reference: every key with its default and the one-line comment beside it in schema.py
+"""The config reference: every key with its default and the one-line comment beside it in the section dataclasses
 (`msa-dist config reference`, docs/configuration.md)."""
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.common.jsonfile import file_error, read_run_bytes
 from msa_dist.common.labels import LABELS
 from msa_dist.common.limits import MAX_IMAGE_BYTES, read_input
-from msa_dist.config.schema import Config, DataConfig, from_dict
+from msa_dist.config.data_section import DataConfig
+from msa_dist.config.schema import Config, from_dict
 from msa_dist.data.loading.images import ImageCropper, stored_size
 from msa_dist.data.raw import reencode_image
 from msa_dist.engine.batch import model_inputs

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from msa_dist.config.schema import ModelConfig
+from msa_dist.config.model_section import ModelConfig
 from msa_dist.models.fusion import FUSIONS, build_head
 from msa_dist.models.image import build_image_encoder
 from msa_dist.models.image_base import ImageEncoder

@@ -14,7 +14,7 @@ from torch import nn
 
 from msa_dist.common.labels import NUM_CLASSES
 from msa_dist.config.checks import FUSION_MODALITIES
-from msa_dist.config.schema import HeadConfig
+from msa_dist.config.model_section import HeadConfig
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU}
 

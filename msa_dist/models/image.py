@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.config.schema import ImageEncoderConfig
+from msa_dist.config.model_section import ImageEncoderConfig
 from msa_dist.models.clip import ClipImageEncoder, load_clip_tower
 from msa_dist.models.efficientnet_lite import build_lite_encoder
 from msa_dist.models.image_base import ImageEncoder

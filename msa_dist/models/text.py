@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.checks import POOLINGS
-from msa_dist.config.schema import TextEncoderConfig
+from msa_dist.config.model_section import TextEncoderConfig
 from msa_dist.models.bow import BagOfNgrams, BagOfNgramsConfig
 from msa_dist.models.clip import load_clip_tower
 from msa_dist.models.layers import unfreeze_last_layers

@@ -16,7 +16,7 @@ import torch
 
 from msa_dist.common.labels import NUM_CLASSES
 from msa_dist.common.limits import MAX_IMAGE_BYTES, cut_text
-from msa_dist.config.schema import DataConfig
+from msa_dist.config.data_section import DataConfig
 from msa_dist.data.loading.images import ImageCropper, as_jpeg, stored_size
 from msa_dist.data.loading.order import stable_int
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.config.schema import DataConfig
+from msa_dist.config.data_section import DataConfig
 from msa_dist.data.format.index_bin import shards_to_preload
 from msa_dist.data.loading.batching import BatchMaker, BlockPool
 from msa_dist.data.loading.block_reads import BlockReads

@@ -25,7 +25,7 @@ import torch
 from torch.multiprocessing.reductions import StorageWeakRef
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.config.schema import DataConfig
+from msa_dist.config.data_section import DataConfig
 from msa_dist.data.format.index_bin import shards_to_preload
 from msa_dist.data.loading.blocks import BlockTrainPlan, block_key
 from msa_dist.data.loading.loader import StreamSpec, _Batches, _data_loader, _train_plan, as_shard_set

@@ -10,7 +10,8 @@ import yaml
 from msa_dist.cli import main
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.checks import CHECKS, MIN_TINY_VOCAB
-from msa_dist.config.schema import Config, TextEncoderConfig, load_config, set_dotted, validate
+from msa_dist.config.model_section import TextEncoderConfig
+from msa_dist.config.schema import Config, load_config, set_dotted, validate
 
 # check id -> (overrides that break only that check, a piece of the message that says why)
 CASES = {

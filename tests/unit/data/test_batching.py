@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from msa_dist.config.schema import DataConfig
+from msa_dist.config.data_section import DataConfig
 from msa_dist.data.format.manifest import shard_urls
 from msa_dist.data.format.tario import tar_samples
 from msa_dist.data.loading.batching import IMAGENET_STD, Collate, SampleTransform

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.config.schema import DataConfig
+from msa_dist.config.data_section import DataConfig
 from msa_dist.data.loading.blocks import BlockEpoch, BlockTable, BlockTrainPlan, resolve_partitions
 from msa_dist.data.loading.loader import StreamSpec, build_loader
 from msa_dist.data.loading.reader import ShardSet

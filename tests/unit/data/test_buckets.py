@@ -11,7 +11,8 @@ import pytest
 from raw_data import make_raw_dataset
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.config.schema import DataConfig, load_config
+from msa_dist.config.data_section import DataConfig
+from msa_dist.config.schema import load_config
 from msa_dist.data.loading.buckets import bucket_window
 from msa_dist.data.loading.loader import StreamSpec, build_loader
 from msa_dist.data.loading.stream import TrainStream

@@ -19,7 +19,7 @@ from security_utils import no_hang, small_jpeg
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import cut_text, text_char_limit
-from msa_dist.config.schema import DataConfig
+from msa_dist.config.data_section import DataConfig
 from msa_dist.data.format.index import index_name, read_index, scan_tar
 from msa_dist.data.format.manifest import MANIFEST_NAME, check_manifest, load_manifest, write_manifest
 from msa_dist.data.indexer import index_shard_set

@@ -11,7 +11,8 @@ import os
 import pytest
 import torch
 
-from msa_dist.config.schema import Config, DataConfig
+from msa_dist.config.data_section import DataConfig
+from msa_dist.config.schema import Config
 from msa_dist.data.loading.loader import EvalLoader, StreamSpec, build_loader
 from msa_dist.data.loading.stream import TrainStream
 from msa_dist.data.shards import build_shards

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from tar_craft import members, pax_block, pax_record, with_header_field
 
-from msa_dist.config.schema import DataConfig
+from msa_dist.config.data_section import DataConfig
 from msa_dist.data.format.manifest import write_manifest
 from msa_dist.data.indexer import index_shard_set
 from msa_dist.data.loading.loader import StreamSpec, build_loader

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.config.schema import DataConfig
+from msa_dist.config.data_section import DataConfig
 from msa_dist.data.format.index import index_name, read_index
 from msa_dist.data.format.index_bin import (
     CompactIndex,

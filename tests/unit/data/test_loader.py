@@ -13,7 +13,7 @@ import torch
 import webdataset as wds
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.config.schema import DataConfig
+from msa_dist.config.data_section import DataConfig
 from msa_dist.data import stores as storage
 from msa_dist.data.format.index import index_name, scan_tar
 from msa_dist.data.format.index_bin import binary_name

@@ -53,7 +53,8 @@ def test_a_step_whose_every_loss_is_nonfinite_changes_no_weight_but_batchnorm_st
     """Defect (d): the skipped micro batch contributes nothing to the weights or AdamW's moments
     (fused: decided on the device via `found_inf`; otherwise read back once per step), yet its
     forward pass, in train mode, has updated BatchNorm's running statistics."""
-    from msa_dist.config.schema import BackendConfig, ImageEncoderConfig, ModelConfig, OptimConfig
+    from msa_dist.config.model_section import ImageEncoderConfig, ModelConfig
+    from msa_dist.config.schema import BackendConfig, OptimConfig
     from msa_dist.engine.backends import build_backend
     from msa_dist.engine.runtime import read_env
     from msa_dist.engine.step import TrainStep

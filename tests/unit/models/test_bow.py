@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from msa_dist.config.schema import TextEncoderConfig, load_config
+from msa_dist.config.model_section import TextEncoderConfig
+from msa_dist.config.schema import load_config
 from msa_dist.engine.checkpoint.files import model_weights_path
 from msa_dist.engine.run.artifacts import load_trained_model
 from msa_dist.experiments.demo import DEMO_CONFIG

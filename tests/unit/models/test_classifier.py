@@ -13,7 +13,7 @@ from msa_dist.models.fusion import FUSIONS
 
 
 def test_mixup_mixes_each_modality_vector_with_the_permuted_samples():
-    from msa_dist.config.schema import ModelConfig
+    from msa_dist.config.model_section import ModelConfig
     from msa_dist.models import build_model
 
     cfg = ModelConfig(modality="both")

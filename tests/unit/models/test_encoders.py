@@ -13,7 +13,7 @@ from transformers import BertConfig, BertModel
 import msa_dist.models
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import NUM_CLASSES
-from msa_dist.config.schema import HeadConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
+from msa_dist.config.model_section import HeadConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
 from msa_dist.models import MultimodalSentimentClassifier, build_model
 from msa_dist.models.image import build_image_encoder
 from msa_dist.models.text import build_text_encoder, save_text_architecture

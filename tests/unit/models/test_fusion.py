@@ -22,14 +22,8 @@ from transformers import (
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import NUM_CLASSES
-from msa_dist.config.schema import (
-    HeadConfig,
-    ImageEncoderConfig,
-    ModelConfig,
-    OptimConfig,
-    TextEncoderConfig,
-    load_config,
-)
+from msa_dist.config.model_section import HeadConfig, ImageEncoderConfig, ModelConfig, TextEncoderConfig
+from msa_dist.config.schema import OptimConfig, load_config
 from msa_dist.engine.optim import build_optimizer, optimizer_param_groups
 from msa_dist.models import build_model
 from msa_dist.models.fusion import FUSIONS, supports

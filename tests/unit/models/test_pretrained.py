@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.config.schema import ImageEncoderConfig, TextEncoderConfig
+from msa_dist.config.model_section import ImageEncoderConfig, TextEncoderConfig
 from msa_dist.models.efficientnet_lite import (
     EfficientNetLiteEncoder,
     build_efficientnet_lite,

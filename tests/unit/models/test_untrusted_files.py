@@ -76,7 +76,7 @@ def test_a_planted_file_in_the_torch_hub_cache_is_refused_not_unpickled(tmp_path
     import torchvision
 
     from msa_dist.common.errors import MsaDistError
-    from msa_dist.config.schema import ImageEncoderConfig
+    from msa_dist.config.model_section import ImageEncoderConfig
     from msa_dist.models.image import build_image_encoder
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
@@ -98,7 +98,7 @@ def test_a_cached_file_with_the_named_hash_prefix_loads(tmp_path, monkeypatch):
     import torch
     import torchvision
 
-    from msa_dist.config.schema import ImageEncoderConfig
+    from msa_dist.config.model_section import ImageEncoderConfig
     from msa_dist.models.image import build_image_encoder
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
