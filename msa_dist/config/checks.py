@@ -205,6 +205,9 @@ CHECKS: tuple[Check, ...] = (
     at_least("train.max_steps_per_epoch", 0),
     one_of("train.best_metric", BEST_METRICS),
     at_least("train.max_nonfinite_steps", 1),
+    at_least("train.early_stop.patience", 0),
+    one_of("train.early_stop.metric", BEST_METRICS),
+    at_least("train.early_stop.min_delta", 0),
     fraction("train.ema_decay"),
     at_least("train.mixup_alpha", 0),
     Check(

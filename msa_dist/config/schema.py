@@ -39,6 +39,16 @@ class OptimConfig:
 
 
 @dataclass
+class EarlyStopConfig:
+    patience: int = 0  # evaluations without improvement before the run stops (0 = never stop early)
+    metric: str = "macro_f1"  # accuracy | macro_f1 | weighted_f1: the val metric watched (higher is better)
+    min_delta: float = 0.0  # an evaluation improves only if it beats the best so far by more than this
+
+    def __post_init__(self):
+        check_section(self, "train.early_stop")
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 3  # passes over the train split
     batch_size: int = 32  # micro batch per rank
@@ -62,6 +72,8 @@ class TrainConfig:
     detect_anomaly: bool = False  # autograd anomaly detection (debug mode; slow)
     # plain model.pt to start a new run from (weights only; e.g. a consolidated DeepSpeed checkpoint)
     init_from: str = ""
+    # stop when the val metric has not improved for `patience` evaluations (engine/early_stop.py)
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
 
     def __post_init__(self):
         check_section(self, "train")

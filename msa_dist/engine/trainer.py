@@ -22,6 +22,7 @@ from msa_dist.data.loading.stream import TrainStream
 from msa_dist.engine.backends import build_backend
 from msa_dist.engine.checkpoint import files as ckpt
 from msa_dist.engine.checkpoint.checkpointer import Checkpointer, TrainState, resume_point
+from msa_dist.engine.early_stop import EarlyStopper
 from msa_dist.engine.ema import WeightAverage
 from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.losses import build_loss
@@ -128,7 +129,7 @@ def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, e
     tcfg = cfg.train
     tokenizer, stream, val_loader = _setup(cfg, run_dir, start, env, backend)
     state, accum = TrainState(), tcfg.grad_accum_steps
-    ema = WeightAverage(backend.module, tcfg.ema_decay)
+    ema, early_stop = WeightAverage(backend.module, tcfg.ema_decay), EarlyStopper(tcfg.early_stop)
     checkpointer = Checkpointer(
         backend,
         run_dir / "checkpoints",
@@ -136,7 +137,7 @@ def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, e
         tcfg.best_metric,
         ema,
         state,
-        states={"data": stream},
+        states={"data": stream, "early_stop": early_stop},
         static={"config": to_dict(cfg), "layout": _layout(cfg, env, backend)},
     )
     if start is not None:
@@ -153,7 +154,7 @@ def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, e
     }
     progress, waits = progress_bar(cfg.log.progress and env.is_main), DataWait()
     with progress, closing(log), closing(stream), closing(val_loader):
-        while state.epoch < tcfg.epochs:
+        while state.epoch < tcfg.epochs and early_stop.stopped_epoch is None:  # a stopped run stays stopped
             task = progress.add_task(
                 f"epoch {state.epoch + 1}/{tcfg.epochs}",
                 total=stream.batches_per_epoch,
@@ -188,8 +189,12 @@ def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, e
             state.epoch += 1
             with ema.averaged():
                 summary["val"] = metrics = _validate(cfg, backend, tokenizer, env, state, log, val_loader)
+            if early_stop.should_stop(metrics, state.epoch):  # before the save, which holds its count
+                log.write({"type": "early_stop", "epoch": state.epoch, "step": state.step, **early_stop.summary()})
             _save(checkpointer, state, log, metrics)
-    return _finish(summary, state, stream, env, backend, tcfg.epochs)
+    if early_stop.stopped_epoch is not None:
+        summary["early_stop"] = early_stop.summary()
+    return _finish(summary, state, stream, env, backend, state.epoch)
 
 
 def _open_log(cfg: Config, run_dir: Path, env, state: TrainState, start: Path | None, resume: str | None):
@@ -207,6 +212,9 @@ def _finish(summary: dict, state: TrainState, stream: TrainStream, env, backend,
     """The finished run's summary: its last val metrics printed, unreadable samples summed over ranks."""
     if env.is_main and summary.get("val"):
         print_metrics(summary["val"], f"val metrics after {epochs} epochs")
+        if summary.get("early_stop"):
+            stop = summary["early_stop"]
+            console.print(f"early stop: val {stop['metric']} did not improve for {stop['patience']} evaluations")
     corrupt = int(backend.all_reduce_sum(torch.tensor([float(stream.corrupt_samples)], device=env.device))[0])
     if env.is_main and corrupt:
         console.print(f"[yellow]skipped {corrupt} unreadable samples[/] (warnings above name them)")
