@@ -29,7 +29,7 @@ DEVICES = ("auto", "cpu", "cuda")
 COMPILE_SCOPES = ("model", "encoders")  # what backend.compile compiles
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 TRAIN_CROPS = ("random", "random_resized", "center")
-REPORT_TO = ("jsonl", "tensorboard", "wandb")
+REPORT_TO = ("jsonl", "tensorboard", "wandb", "mlflow")
 MIN_TINY_VOCAB = 6  # a WordPiece vocabulary holds more than models/tokenizer.py's 5 special tokens
 
 

@@ -115,7 +115,7 @@ class LogConfig:
     progress: bool = True  # rich progress bar (off for non-interactive runs, e.g. tests)
     every_steps: int = 10  # write a train record to metrics.jsonl every N optimizer steps
     # trackers on rank 0: jsonl (metrics.jsonl, always on) | tensorboard (RUN_DIR/tensorboard) | wandb (pip install
-    # 'msa-dist[wandb]')
+    # 'msa-dist[wandb]') | mlflow (pip install 'msa-dist[mlflow]'; MLFLOW_TRACKING_URI or RUN_DIR/mlflow.db)
     report_to: list[str] = field(default_factory=lambda: ["jsonl"])
 
     def __post_init__(self):

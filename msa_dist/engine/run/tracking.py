@@ -1,10 +1,11 @@
-"""Live tracking on rank 0: metrics.jsonl (always), TensorBoard and W&B when `log.report_to` names them.
+"""Live tracking on rank 0: metrics.jsonl (always), TensorBoard, W&B and MLflow (mlflow_sink.py) when
+`log.report_to` names them.
 
 The trainer writes one record dict per event (`train`, `eval`, `resume`) to a `Tracker`; each
 sink turns it into its own form. A resumed run cuts every sink back to the checkpoint's step, so
 curves continue without duplicate steps: metrics.jsonl by its line count, TensorBoard by
 rewriting its event files without the later events, W&B by resuming the same run id (W&B itself
-drops steps it has already seen).
+drops steps it has already seen), MLflow by skipping the steps its store already holds.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ class WandbSink:
 
 
 def check_report_to(report_to: list) -> None:
-    """Fail fast, on every rank, for a tracker that cannot start: tensorboard or W&B missing, W&B not logged
+    """Fail fast, on every rank, for a tracker that cannot start: tensorboard, W&B or MLflow missing, W&B not logged
     in (the config already checked the names)."""
     if "tensorboard" in report_to:
         try:
@@ -216,6 +217,14 @@ def check_report_to(report_to: list) -> None:
                 "log.report_to has wandb but W&B is not logged in: run `wandb login`, "
                 "set WANDB_API_KEY, or set WANDB_MODE=offline"
             )
+
+    if "mlflow" in report_to:
+        try:
+            import mlflow  # noqa: F401
+        except ImportError:
+            raise MsaDistError(
+                "log.report_to has mlflow but the mlflow package is missing: pip install 'msa-dist[mlflow]'"
+            ) from None
 
 
 def _wandb_logged_in(wandb) -> bool:
@@ -259,6 +268,10 @@ def open_tracker(cfg: Config, run_dir: Path, jsonl, is_main: bool, resume_step: 
             sinks.append(TensorBoardSink(cfg, Path(run_dir), resume_step))
         if "wandb" in cfg.log.report_to:
             sinks.append(WandbSink(cfg, Path(run_dir)))
+        if "mlflow" in cfg.log.report_to:
+            from msa_dist.engine.run.mlflow_sink import MlflowSink  # it imports this module's helpers
+
+            sinks.append(MlflowSink(cfg, Path(run_dir), resume_step))
     except BaseException:
         for sink in sinks:
             sink.close()
