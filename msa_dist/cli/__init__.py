@@ -22,6 +22,7 @@ from msa_dist.cli.evaluate import add_evaluate_parser
 from msa_dist.cli.experiments import add_experiment_parsers, add_report_parser
 from msa_dist.cli.export import add_export_parser
 from msa_dist.cli.predict import add_predict_parser
+from msa_dist.cli.search import add_search_parser
 from msa_dist.cli.shards import add_shards_parser
 from msa_dist.cli.train import add_train_parser
 from msa_dist.common.errors import USER_OS_ERRORS, MsaDistError, user_message
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     add_config_parser(sub)
     add_experiment_parsers(sub)
     add_cv_parser(sub)
+    add_search_parser(sub)
     add_report_parser(sub)
     add_demo_parser(sub)
     add_export_parser(sub)

@@ -90,12 +90,18 @@ def class_weights(shard_dir: str) -> torch.Tensor:
 
 
 def train(
-    cfg: Config, run_dir: str | Path, resume: str | None = None, overwrite: bool = False, trust_checkpoint: bool = False
+    cfg: Config,
+    run_dir: str | Path,
+    resume: str | None = None,
+    overwrite: bool = False,
+    trust_checkpoint: bool = False,
+    judge=None,
 ) -> dict:
     """Train, evaluate every epoch, keep `latest` and `best`; returns a summary.
 
     A new run (no `resume`) refuses a run dir holding checkpoints unless `overwrite`;
-    `trust_checkpoint` accepts a DeepSpeed checkpoint not saved here (checkpoint/trust.py)."""
+    `trust_checkpoint` accepts a DeepSpeed checkpoint not saved here (checkpoint/trust.py);
+    `judge(metrics, epoch) -> stop?`, asked at each evaluation, is a search's pruner (early_stop.py)."""
     run_dir = Path(run_dir)
     if resume and overwrite:
         raise MsaDistError("--resume continues the run in the run dir and --overwrite deletes it: give one of them")
@@ -118,10 +124,12 @@ def train(
             console.print(f"--resume {resume}: no checkpoint in {run_dir / 'checkpoints'} yet, starting at step 0")
         backend.init_process_group()  # joins once per command; engine.group leaves it when the command ends
         with StopFlag() as stop:
-            return _train(cfg, run_dir, resume, start, env, backend, stop)
+            return _train(cfg, run_dir, resume, start, env, backend, stop, judge)
 
 
-def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, env, backend, stop: StopFlag) -> dict:
+def _train(
+    cfg: Config, run_dir: Path, resume: str | None, start: Path | None, env, backend, stop: StopFlag, judge=None
+) -> dict:
     """Epochs of `train_step`; the ledger reads its numbers a step late; log, save, validate.
 
     Every rank folds the same steps at the same points (`StepLedger`), so all stop together.
@@ -129,7 +137,7 @@ def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, e
     tcfg = cfg.train
     tokenizer, stream, val_loader = _setup(cfg, run_dir, start, env, backend)
     state, accum = TrainState(), tcfg.grad_accum_steps
-    ema, early_stop = WeightAverage(backend.module, tcfg.ema_decay), EarlyStopper(tcfg.early_stop)
+    ema, early_stop = WeightAverage(backend.module, tcfg.ema_decay), EarlyStopper(tcfg.early_stop, judge)
     checkpointer = Checkpointer(
         backend,
         run_dir / "checkpoints",
@@ -212,8 +220,8 @@ def _finish(summary: dict, state: TrainState, stream: TrainStream, env, backend,
     """The finished run's summary: its last val metrics printed, unreadable samples summed over ranks."""
     if env.is_main and summary.get("val"):
         print_metrics(summary["val"], f"val metrics after {epochs} epochs")
-        if summary.get("early_stop"):
-            stop = summary["early_stop"]
+        stop = summary.get("early_stop") or {}
+        if stop.get("by") == "early_stop":
             console.print(f"early stop: val {stop['metric']} did not improve for {stop['patience']} evaluations")
     corrupt = int(backend.all_reduce_sum(torch.tensor([float(stream.corrupt_samples)], device=env.device))[0])
     if env.is_main and corrupt:

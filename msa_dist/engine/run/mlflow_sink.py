@@ -16,7 +16,7 @@ from pathlib import Path
 
 from msa_dist.common.atomic import write_atomic
 from msa_dist.config.schema import Config
-from msa_dist.engine.run.tracking import EVAL_SCALARS, TRAIN_SCALARS, confusion_image, flat_hparams
+from msa_dist.engine.run.scalars import EVAL_SCALARS, TRAIN_SCALARS, confusion_image, flat_hparams
 
 RUN_ID_FILE = "mlflow_run_id"
 DB_FILE = "mlflow.db"

@@ -20,11 +20,9 @@ import yaml
 
 from msa_dist.common.atomic import write_atomic
 from msa_dist.common.errors import MsaDistError
-from msa_dist.common.labels import LABELS
 from msa_dist.config.schema import Config, to_dict
+from msa_dist.engine.run.scalars import EVAL_SCALARS, TRAIN_SCALARS, confusion_image, flat_hparams
 
-TRAIN_SCALARS = ("loss", "lr", "grad_norm", "samples_per_s", "data_wait", "nonfinite_total")
-EVAL_SCALARS = ("accuracy", "macro_f1", "weighted_f1")
 TB_DIR = "tensorboard"
 WANDB_ID_FILE = "wandb_run_id"
 
@@ -53,46 +51,6 @@ class DataWait:
         fraction = self.waited / max(now - self.since, 1e-9)
         self.waited, self.since = 0.0, now
         return min(fraction, 1.0)
-
-
-def flat_hparams(cfg: Config) -> dict:
-    """The resolved config as dotted keys with TensorBoard-friendly values (lists become strings)."""
-    out = {}
-
-    def walk(prefix: str, value) -> None:
-        if isinstance(value, dict):
-            for key, sub in value.items():
-                walk(f"{prefix}{key}." if isinstance(sub, dict) else f"{prefix}{key}", sub)
-            return
-        out[prefix] = value if isinstance(value, (int, float, str, bool)) else str(value)
-
-    walk("", to_dict(cfg))
-    return out
-
-
-def confusion_image(matrix: list[list[int]], title: str):
-    """An RGB uint8 [H, W, 3] picture of a [true, predicted] count matrix (matplotlib's Agg canvas,
-    no pyplot state: neither TensorBoard's add_figure nor wandb's figure support work without pyplot)."""
-    import numpy as np
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.6, 3.2), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.imshow(matrix, cmap="Blues")
-    high = max(max(row) for row in matrix) / 2
-    for i, row in enumerate(matrix):
-        for j, count in enumerate(row):
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=9, color="white" if count > high else "black")
-    ax.set_xticks(range(len(LABELS)), LABELS, fontsize=8)
-    ax.set_yticks(range(len(LABELS)), LABELS, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.canvas.draw()
-    return np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
 
 
 def cut_back_events(tb_dir: Path, keep_step: int) -> None:
@@ -269,7 +227,7 @@ def open_tracker(cfg: Config, run_dir: Path, jsonl, is_main: bool, resume_step: 
         if "wandb" in cfg.log.report_to:
             sinks.append(WandbSink(cfg, Path(run_dir)))
         if "mlflow" in cfg.log.report_to:
-            from msa_dist.engine.run.mlflow_sink import MlflowSink  # it imports this module's helpers
+            from msa_dist.engine.run.mlflow_sink import MlflowSink
 
             sinks.append(MlflowSink(cfg, Path(run_dir), resume_step))
     except BaseException:

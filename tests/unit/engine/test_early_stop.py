@@ -18,12 +18,15 @@ def test_it_stops_after_patience_evaluations_without_an_improvement_beyond_min_d
     assert decisions == [False, False, False, False] and stopper.best == 0.7  # 0.605 is within min_delta
     assert stopper.should_stop(None, 5) is False  # no evaluation this epoch: nothing counts
     assert [stopper.should_stop({"accuracy": 0.69}, e) for e in (6, 7)] == [False, True]
-    assert stopper.summary() == {"metric": "accuracy", "best": 0.7, "epoch": 7, "patience": 2}
+    assert stopper.summary() == {"metric": "accuracy", "best": 0.7, "epoch": 7, "patience": 2, "by": "early_stop"}
     restored = EarlyStopper(stopper.cfg)
     restored.load_state_dict(json.loads(json.dumps(stopper.state_dict())))
     assert restored.state_dict() == stopper.state_dict()
     off = EarlyStopper(EarlyStopConfig())  # patience 0: never
     assert not any(off.should_stop({"macro_f1": 0.0}, e) for e in range(10))
+    pruned = EarlyStopper(EarlyStopConfig(), judge=lambda metrics, epoch: epoch == 2)  # a search's pruner
+    assert [pruned.should_stop({"macro_f1": 0.5}, e) for e in (1, 2)] == [False, True]
+    assert pruned.summary()["by"] == "pruned" and pruned.summary()["epoch"] == 2
 
 
 def _step_dirs(run):
