@@ -140,7 +140,7 @@ CASES = {
     "checkpoint.keep_last": (["checkpoint.keep_last=0"], "must be >= 1"),
     "checkpoint.every_steps": (["checkpoint.every_steps=-1"], "must be >= 0"),
     "log.every_steps": (["log.every_steps=0"], "must be >= 1"),
-    "log.report_to": (["log.report_to=[jsonl,mlflow]"], "unknown tracker 'mlflow'"),
+    "log.report_to": (["log.report_to=[jsonl,comet]"], "unknown tracker 'comet'"),
 }
 
 
