@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from msa_dist.common.atomic import write_atomic
 from msa_dist.common.display import console
@@ -70,6 +71,8 @@ def plot_search(rows: list[dict], metric: str, step_name: str, path: Path) -> Pa
             steps = [int(s) for s in r["intermediate"]]
             style = "--" if r["state"] == "PRUNED" else "-"
             curves.plot(steps, list(r["intermediate"].values()), style, marker=".", alpha=0.7)
+    for ax in (history, curves):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     curves.set_xlabel(step_name)
     curves.set_ylabel(f"{metric} reported")
     curves.set_title("intermediate values (dashed: pruned)", fontsize=9)
@@ -86,7 +89,7 @@ def write_search_report(study, cfg: Config, run_dir: Path, metric: str, n_trials
         + [Column(f"param:{k}", k.rsplit(".", 1)[-1], _fmt) for k in keys]
         + [
             Column("value", metric, _fmt, True),
-            Column("last_step", "fold" if cv else "epoch", str, True),
+            Column("last_step", "last fold" if cv else "last epoch", str, True),
             Column("train_seconds", "seconds", lambda v: f"{v:.0f}", True),
         ]
     )
@@ -94,7 +97,9 @@ def write_search_report(study, cfg: Config, run_dir: Path, metric: str, n_trials
     scored = f"{cv}-fold CV mean" if cv else "best val"
     title = f"search: {done}/{n_trials} trials finished or pruned, ranked by {scored} {metric}"
     console.print(rich_table(title, columns, rows))
-    lines = [f"# Search\n\n{title} (Optuna TPE; the study: {run_dir / 'study.db'}).\n", markdown_table(columns, rows)]
+    note = "a pruned trial's value is the last one it reported, at its last " + ("fold" if cv else "epoch")
+    lines = [f"# Search\n\n{title} (Optuna TPE; {note}; the study: {run_dir / 'study.db'}).\n"]
+    lines.append(markdown_table(columns, rows))
     best = next((r for r in rows if r["state"] == "COMPLETE"), None)
     if best is not None:
         save_config(apply_params(cfg, best["params"]), run_dir / "best_config.yaml")
