@@ -22,6 +22,7 @@ TINY_ARCHS = ("bert", "bow")
 SCHEDULES = ("cosine", "linear", "constant")
 LOSSES = ("ce", "focal")
 BEST_METRICS = ("accuracy", "macro_f1", "weighted_f1")  # the val metrics that can pick the best checkpoint
+EARLY_STOP_METRICS = (*BEST_METRICS, "loss")  # loss (val cross-entropy) is better lower, the others higher
 BACKENDS = ("single", "ddp", "deepspeed")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 1, 2, 3)
@@ -206,7 +207,7 @@ CHECKS: tuple[Check, ...] = (
     one_of("train.best_metric", BEST_METRICS),
     at_least("train.max_nonfinite_steps", 1),
     at_least("train.early_stop.patience", 0),
-    one_of("train.early_stop.metric", BEST_METRICS),
+    one_of("train.early_stop.metric", EARLY_STOP_METRICS),
     at_least("train.early_stop.min_delta", 0),
     fraction("train.ema_decay"),
     at_least("train.mixup_alpha", 0),

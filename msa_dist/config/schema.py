@@ -41,7 +41,7 @@ class OptimConfig:
 @dataclass
 class EarlyStopConfig:
     patience: int = 0  # evaluations without improvement before the run stops (0 = never stop early)
-    metric: str = "macro_f1"  # accuracy | macro_f1 | weighted_f1: the val metric watched (higher is better)
+    metric: str = "macro_f1"  # accuracy | macro_f1 | weighted_f1 (higher is better) | loss (val cross-entropy, lower)
     min_delta: float = 0.0  # an evaluation improves only if it beats the best so far by more than this
 
     def __post_init__(self):

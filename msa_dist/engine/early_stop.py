@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 from msa_dist.config.schema import EarlyStopConfig
 
+LOWER_IS_BETTER = ("loss",)  # the val cross-entropy; accuracy and the F1s are better higher
+
 
 class EarlyStopper:
     """Counts evaluations that do not beat the best by more than `min_delta`; stops at `patience`."""
@@ -31,7 +33,7 @@ class EarlyStopper:
         if metrics is None:
             return False
         if self.cfg.patience > 0:
-            value = float(metrics[self.cfg.metric])  # every metric it watches is better when higher
+            value = float(metrics[self.cfg.metric]) * (-1.0 if self.cfg.metric in LOWER_IS_BETTER else 1.0)
             if self.best is None or value > self.best + self.cfg.min_delta:
                 self.best, self.bad_evals = value, 0
             else:
@@ -43,9 +45,10 @@ class EarlyStopper:
         return self.stopped_epoch is not None
 
     def summary(self) -> dict:
-        """What the run's summary and log say about the stop."""
+        """What the run's summary and log say about the stop (`best` in the metric's own sign)."""
         cfg = self.cfg
-        stop = {"metric": cfg.metric, "best": self.best, "epoch": self.stopped_epoch, "patience": cfg.patience}
+        best = -self.best if self.best is not None and cfg.metric in LOWER_IS_BETTER else self.best
+        stop = {"metric": cfg.metric, "best": best, "epoch": self.stopped_epoch, "patience": cfg.patience}
         return {**stop, "by": self.by}
 
     def state_dict(self) -> dict:

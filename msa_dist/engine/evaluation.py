@@ -121,11 +121,18 @@ def run_split(
     loader: EvalLoader | None = None,
     complete: bool = False,
 ) -> tuple[dict | None, list]:
-    """Metrics (of the labelled samples; reduced across ranks) and this rank's (key, probs) predictions;
+    """Metrics (of the labelled samples, `loss` their mean cross-entropy; reduced across ranks) and this rank's
+    (key, probs) predictions;
     `complete`: MsaDistError unless every sample of this rank's share was read (split_outputs)."""
     out = split_outputs(cfg, model, tokenizer, env, split, batch_size, shard_dir, autocast, loader, complete)
     labelled = out.labels >= 0
     cm = confusion_matrix(out.labels[labelled], out.logits[labelled].argmax(-1))
     cm = backend.all_reduce_sum(cm.to(env.device)).cpu() if backend else cm
     metrics = metrics_from_confusion(cm) if cm.sum() > 0 else None
+    # the mean cross-entropy of the labelled samples (unweighted, unsmoothed): summed over ranks first
+    nll = torch.nn.functional.cross_entropy(out.logits[labelled], out.labels[labelled], reduction="sum")
+    nll = torch.stack([nll.double(), torch.tensor(float(labelled.sum()), dtype=torch.float64)])
+    nll = backend.all_reduce_sum(nll.to(env.device)).cpu() if backend else nll
+    if metrics is not None:
+        metrics["loss"] = float(nll[0] / nll[1])
     return metrics, list(zip(out.keys, torch.softmax(out.logits, dim=-1).tolist()))

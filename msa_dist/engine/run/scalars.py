@@ -7,7 +7,7 @@ from msa_dist.common.labels import LABELS
 from msa_dist.config.schema import Config, to_dict
 
 TRAIN_SCALARS = ("loss", "lr", "grad_norm", "samples_per_s", "data_wait", "nonfinite_total")
-EVAL_SCALARS = ("accuracy", "macro_f1", "weighted_f1")
+EVAL_SCALARS = ("accuracy", "macro_f1", "weighted_f1", "loss")  # loss: the val cross-entropy
 
 
 def flat_hparams(cfg: Config) -> dict:

@@ -110,7 +110,7 @@ CASES = {
     "train.best_metric": (["train.best_metric=loss"], "one of accuracy, macro_f1, weighted_f1"),
     "train.max_nonfinite_steps": (["train.max_nonfinite_steps=0"], "must be >= 1"),
     "train.early_stop.patience": (["train.early_stop.patience=-1"], "must be >= 0"),
-    "train.early_stop.metric": (["train.early_stop.metric=loss"], "must be one of"),
+    "train.early_stop.metric": (["train.early_stop.metric=neutral_f1"], "must be one of"),
     "train.early_stop.min_delta": (["train.early_stop.min_delta=-0.1"], "must be >= 0"),
     "train.ema_decay": (["train.ema_decay=1.0"], "must be in [0, 1)"),
     "train.ema_decay[deepspeed]": (

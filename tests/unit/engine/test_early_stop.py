@@ -24,6 +24,9 @@ def test_it_stops_after_patience_evaluations_without_an_improvement_beyond_min_d
     assert restored.state_dict() == stopper.state_dict()
     off = EarlyStopper(EarlyStopConfig())  # patience 0: never
     assert not any(off.should_stop({"macro_f1": 0.0}, e) for e in range(10))
+    loss = EarlyStopper(EarlyStopConfig(patience=1, metric="loss", min_delta=0.01))  # lower is better
+    assert [loss.should_stop({"loss": v}, e) for e, v in enumerate([1.0, 0.9, 0.895], 1)] == [False, False, True]
+    assert loss.summary()["best"] == 0.9
     pruned = EarlyStopper(EarlyStopConfig(), judge=lambda metrics, epoch: epoch == 2)  # a search's pruner
     assert [pruned.should_stop({"macro_f1": 0.5}, e) for e in (1, 2)] == [False, True]
     assert pruned.summary()["by"] == "pruned" and pruned.summary()["epoch"] == 2
@@ -47,6 +50,7 @@ def test_a_run_resumed_from_a_checkpoint_stops_at_the_same_step_as_an_uninterrup
     assert whole["status"] == "finished" and whole["early_stop"]["epoch"] == 3 and whole["step"] == 3
     records = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records if r["type"] == "eval"] == [1, 2, 3]
+    assert all(r["loss"] > 0 for r in records if r["type"] == "eval")  # the val cross-entropy, for metric=loss
     assert [r["step"] for r in records if r["type"] == "early_stop"] == [3]
 
     shutil.copytree(tmp_path / "whole", tmp_path / "killed")  # as if killed right after epoch 2's save
