@@ -14,6 +14,7 @@ def add_bench_parser(sub) -> None:
     _add_train(bsub)
     _add_memory_and_replicate(bsub)
     _add_plan(bsub)
+    _add_requests(bsub)
     s = bsub.add_parser("summary", help="one table (and Markdown) of several result JSON files")
     s.add_argument("results", nargs="+", help="result JSON files written by `bench data/train --json`")
     s.add_argument("--out", default=None, help="also write them together into this JSON file")
@@ -104,6 +105,17 @@ def _add_plan(bsub) -> None:
     p.add_argument("--json", default=None, help="write the result to this JSON file")
 
 
+def _add_requests(bsub) -> None:
+    q = bsub.add_parser("requests", help="requests of one blocks-mode epoch over HTTP, counted, beside the plan")
+    q.add_argument("shards", help="a local shard directory (served on 127.0.0.1 for the count)")
+    q.add_argument("--world", type=int, default=1, help="ranks (each with data.workers loader workers)")
+    q.add_argument("--batch-size", type=int, default=32, help="micro batch per rank")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--index-cache-bytes", type=int, default=None, help="a smaller index cache (a split too large)")
+    q.add_argument("--json", default=None, help="write the result to this JSON file")
+    q.add_argument("overrides", nargs="*", help="dotted data overrides, e.g. data.block_bytes=1048576")
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Run one `msa-dist bench` subcommand."""
     import os
@@ -165,6 +177,15 @@ def run_bench(args: argparse.Namespace) -> int:
         )
         report.write_json(result, args.json)
         print_plan(result, console)
+    elif args.bench_command == "requests":
+        from msa_dist.bench.requests import print_requests, run_requests_bench
+
+        cfg = load_config(None, args.overrides)
+        result = run_requests_bench(
+            args.shards, cfg.data, args.world, args.batch_size, args.seed, args.index_cache_bytes
+        )
+        report.write_json(result, args.json)
+        print_requests(result, console)
     elif args.bench_command == "replicate":
         from msa_dist.bench.replicate import replicate_shards
 

@@ -12,6 +12,7 @@ import collections
 import hashlib
 import itertools
 import multiprocessing
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -45,6 +46,14 @@ class ShardSet:
         )  # e.g. a web server without Range support: say so before any worker starts
         self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
         self._indexes = IndexCache()  # bounded: the least recently used go (index_bin.py)
+        self._loading: dict[str, threading.Lock] = {}  # an index being read: other threads wait for it
+        self._loading_lock = threading.Lock()
+
+    def __getstate__(self):  # a spawned worker: fresh locks
+        return {k: v for k, v in self.__dict__.items() if k not in ("_loading", "_loading_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _loading={}, _loading_lock=threading.Lock())
 
     def shards(self, split: str) -> list[dict]:
         """The split's shard entries (name, samples, ...); MsaDistError if absent or empty."""
@@ -66,14 +75,24 @@ class ShardSet:
         """A shard's index (read once), checked against the manifest's sample count."""
         name = shard["name"]
         index = self._indexes.get(name)
-        if index is None:
-            index = load_index(self.store, name)  # the binary sidecar, else the JSON one
-            if len(index) != shard["samples"]:
-                raise MsaDistError(
-                    f"index of {self.store.url(name)} lists {len(index)} samples, the manifest "
-                    f"{shard['samples']}: run `msa-dist shards index {self.location}` again"
-                )
-            self._indexes[name] = index
+        if index is not None:
+            return index
+        with self._loading_lock:  # one read per index: two blocks of a shard read at once wait for one
+            lock = self._loading.setdefault(name, threading.Lock())
+        try:
+            with lock:
+                index = self._indexes.get(name)
+                if index is None:
+                    index = load_index(self.store, name)  # the binary sidecar, else the JSON one
+                    if len(index) != shard["samples"]:
+                        raise MsaDistError(
+                            f"index of {self.store.url(name)} lists {len(index)} samples, the manifest "
+                            f"{shard['samples']}: run `msa-dist shards index {self.location}` again"
+                        )
+                    self._indexes[name] = index
+        finally:
+            with self._loading_lock:
+                self._loading.pop(name, None)
         return index
 
 
