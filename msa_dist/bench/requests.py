@@ -21,6 +21,7 @@ from collections import Counter
 from msa_dist.bench.plan_blocks import epoch_reads
 from msa_dist.config.data_section import DataConfig
 from msa_dist.data.format.index_bin import IndexCache, shards_to_preload
+from msa_dist.data.format.shard_table import shard_column
 from msa_dist.data.loading.block_reads import BlockReads
 from msa_dist.data.loading.blocks import BlockEpoch, BlockTable, block_train_plan, resolve_partitions
 from msa_dist.data.loading.loader import StreamSpec
@@ -78,7 +79,7 @@ def read_epoch(location: str, cfg: DataConfig, world: int, batch_size: int, seed
 
 def planned(shards: list[dict], cfg: DataConfig, world: int, preloaded: bool, seed: int = 0) -> dict:
     """The plan's requests for one epoch of every rank (accumulation 1)."""
-    table = BlockTable([s["samples"] for s in shards], [s.get("bytes", 0) for s in shards], cfg.block_bytes)
+    table = BlockTable(shard_column(shards, "samples"), shard_column(shards, "bytes"), cfg.block_bytes)
     partitions = resolve_partitions(cfg.canonical_partitions, world, 1, cfg.workers)
     reads = epoch_reads(BlockEpoch(table, seed, 0, partitions), world, cfg.workers)
     # the indexes read before the workers fork (all, or the first: the workers then hold it), and without
@@ -92,8 +93,8 @@ def uniform_plan(shards: list[dict], cfg: DataConfig, world: int, batch_size: in
     sample count, mean shard samples and mean sample bytes: its requests for one epoch."""
     from msa_dist.bench.plan import run_plan_bench
 
-    samples = sum(int(s["samples"]) for s in shards)
-    sample_bytes = max(1, round(sum(int(s.get("bytes", 0)) for s in shards) / samples))
+    samples = int(shard_column(shards, "samples").sum())
+    sample_bytes = max(1, round(int(shard_column(shards, "bytes").sum()) / samples))
     blocks = {"block_bytes": cfg.block_bytes, "buffer_samples": cfg.shuffle_buffer_samples}
     blocks["partitions"] = cfg.canonical_partitions
     result = run_plan_bench(

@@ -15,6 +15,12 @@ def add_bench_parser(sub) -> None:
     _add_memory_and_replicate(bsub)
     _add_plan(bsub)
     _add_requests(bsub)
+    g = bsub.add_parser("manifest", help="write a manifest of many shards (a binary shard table) and time opening it")
+    g.add_argument("--out", required=True, help="the folder to write manifest.json and train.shards.bin into")
+    g.add_argument("--shards", type=float, default=1e6, help="train shards (default %(default)g)")
+    g.add_argument("--shard-samples", type=int, default=1000, help="samples per shard (default %(default)s)")
+    g.add_argument("--sample-bytes", type=int, default=16384, help="mean sample size, for the shard sizes")
+    g.add_argument("--json", default=None, help="write the result to this JSON file")
     s = bsub.add_parser("summary", help="one table (and Markdown) of several result JSON files")
     s.add_argument("results", nargs="+", help="result JSON files written by `bench data/train --json`")
     s.add_argument("--out", default=None, help="also write them together into this JSON file")
@@ -186,6 +192,12 @@ def run_bench(args: argparse.Namespace) -> int:
         )
         report.write_json(result, args.json)
         print_requests(result, console)
+    elif args.bench_command == "manifest":
+        from msa_dist.bench.manifest import print_manifest, run_manifest_bench
+
+        result = run_manifest_bench(args.out, int(args.shards), args.shard_samples, args.sample_bytes)
+        report.write_json(result, args.json)
+        print_manifest(result, console)
     elif args.bench_command == "replicate":
         from msa_dist.bench.replicate import replicate_shards
 

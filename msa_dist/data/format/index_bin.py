@@ -31,6 +31,7 @@ import numpy as np
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import MAX_INDEX_BYTES, MAX_SAMPLE_BYTES
 from msa_dist.data.format.index import ShardIndex, read_index
+from msa_dist.data.format.shard_table import shard_column
 
 BINARY_SUFFIX = ".idx.bin"
 MAGIC = b"MSAIDX\x00\x01"
@@ -275,5 +276,5 @@ def shards_to_preload(shard_set, shards: list[dict]) -> list[dict]:
     first = shard_set.index(shards[0])
     cache = getattr(shard_set, "_indexes", None)
     limit = cache.max_bytes if isinstance(cache, IndexCache) else INDEX_CACHE_BYTES
-    split_bytes = first.memory_bytes / max(1, len(first)) * sum(int(s["samples"]) for s in shards)
+    split_bytes = first.memory_bytes / max(1, len(first)) * int(shard_column(shards, "samples").sum())
     return shards if split_bytes <= limit else shards[:1]

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from msa_dist.common.errors import MsaDistError
+from msa_dist.data.format.shard_table import shard_column
 from msa_dist.data.loading.order import KeyedPermutation, TrainPlan, stable_int
 
 MARK_SLOTS = 64  # an epoch keeps the samples up to every 64th slot; a slot between is found in one window
@@ -210,7 +211,7 @@ def block_train_plan(cfg, shards: list[dict], spec, **kw) -> BlockTrainPlan:
             "data.read_mode=blocks reads each block once per epoch in its own order: set data.resampled=false "
             "and data.length_bucket_batches=0"
         )
-    table = BlockTable([s["samples"] for s in shards], [s.get("bytes", 0) for s in shards], cfg.block_bytes)
+    table = BlockTable(shard_column(shards, "samples"), shard_column(shards, "bytes"), cfg.block_bytes)
     partitions = resolve_partitions(cfg.canonical_partitions, spec.world_size, spec.grad_accum_steps, cfg.workers)
     return BlockTrainPlan(
         table.size,

@@ -22,7 +22,8 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.common.urls import redact_url
 from msa_dist.data.format.index import ShardIndex
 from msa_dist.data.format.index_bin import IndexCache, load_index
-from msa_dist.data.format.manifest import MANIFEST_NAME, check_manifest, split_shards
+from msa_dist.data.format.manifest import MANIFEST_NAME, attach_tables, check_manifest, split_shards
+from msa_dist.data.format.shard_table import shard_column
 from msa_dist.data.loading.readahead import ReadAhead, ReadPool, Run
 from msa_dist.data.stores import MissingFile, ShardStore, open_store
 
@@ -40,7 +41,7 @@ class ShardSet:
                 f"no {MANIFEST_NAME} at {self.location}: build shards with `msa-dist shards build "
                 f"DATA_ROOT --out DIR` or index a webdataset set with `msa-dist shards index DIR`"
             ) from None
-        self.manifest = check_manifest(raw, self.store.url(MANIFEST_NAME))
+        self.manifest = attach_tables(check_manifest(raw, self.store.url(MANIFEST_NAME)), self.store)
         self.store.check_ranges(
             MANIFEST_NAME
         )  # e.g. a web server without Range support: say so before any worker starts
@@ -102,7 +103,7 @@ class SampleReader:
     def __init__(self, shard_set: ShardSet, split: str):
         self.shard_set, self.split = shard_set, split
         self.shards = shard_set.shards(split)
-        self.sizes = [int(s["samples"]) for s in self.shards]
+        self.sizes = shard_column(self.shards, "samples")  # an array: no object per shard
         self._first_id = np.concatenate([[0], np.cumsum(self.sizes)])
         self._samples_read = multiprocessing.Value("q", 0)  # shared with the loader's forked workers
 
