@@ -46,8 +46,10 @@ def write_manifest_only(out: str | Path, shards: int, shard_samples: int, sample
     names = np.char.add(np.char.add("train-", np.char.zfill(np.arange(shards).astype(str), 7)), ".tar").astype("S")
     samples = np.full(shards, shard_samples, dtype=np.int64)
     digests = np.random.default_rng(seed).bytes(32 * shards)
-    data = pack_table(names, samples, samples * sample_bytes + 1024, digests)
-    reference = table_reference("train", data, shards)
+    fields = ["cls", "jpg", "txt"]  # where each binary index's records lie (its header: 32 bytes + names)
+    at = 32 + (np.char.str_len(names.astype(str)) + 12 + 7) // 8 * 8
+    data = pack_table(names, samples, samples * sample_bytes + 1024, digests, (at, np.full(shards, 52)))
+    reference = table_reference("train", data, shards, fields)
     (out / reference["file"]).write_bytes(data)
     split = {"samples": shards * shard_samples, "labelled": shards * shard_samples, "shard_table": reference}
     manifest = {"format": MANIFEST_FORMAT, "labels": ["negative", "neutral", "positive"], "splits": {"train": split}}

@@ -259,7 +259,8 @@ def run_plan_bench(
     if manifest:
         result.update(manifest_cost(proc["shards"], shard_samples))
     node_rate = gpus * samples_per_s_per_gpu
-    index_bytes = proc["index_record_bytes"] * shard_samples
+    # bytes of one index read: a whole shard's records, or (blocks mode) a segment's alone
+    index_bytes = proc["index_record_bytes"] * node.get("index_load_samples", shard_samples)
     result["node_samples_per_s"] = node_rate
     result["node_requests_per_s"] = node_rate * (node["requests_per_sample"] + node["index_loads_per_sample"])
     result["node_bytes_per_s"] = node_rate * (sample_bytes + node["index_loads_per_sample"] * index_bytes)

@@ -70,7 +70,9 @@ def node_minute_blocks(
         "epoch_s": t_epoch,
         "requests_per_sample": segments / consumed,
         "shard_visits_per_sample": shard_visits / consumed,
-        "index_loads_per_sample": 0.0 if indexes_preloaded else shard_visits / consumed,
+        # a segment's index records alone, one ranged read each (block_reads.py; the manifest says where they lie)
+        "index_loads_per_sample": 0.0 if indexes_preloaded else segments / consumed,
+        "index_load_samples": 0.0 if indexes_preloaded else consumed / segments,  # records per index read
         "samples_per_minute": int(node_rate * 60),
         "shards_touched": reads[
             "shards_touched"
@@ -90,7 +92,7 @@ def epoch_reads(epoch: BlockEpoch, world: int, workers: int, ranks=None, minute:
     read before the workers forked). `shards_touched`: those the first `minute` share of each
     partition's segments meets."""
     readers, partitions = max(1, workers), epoch.partitions
-    segments = shard_visits = consumed = meeting_first = 0
+    segments = shard_visits = consumed = meeting_first = first_segments = 0
     touched: set[int] = set()
     for rank in range(world) if ranks is None else ranks:
         for worker in range(readers):
@@ -102,6 +104,7 @@ def epoch_reads(epoch: BlockEpoch, world: int, workers: int, ranks=None, minute:
                 segments += len(seg)
                 consumed += int((seg.hi - seg.lo).sum())
                 shards_met.update(seg.shard.tolist())
+                first_segments += int((seg.shard == 0).sum())
                 touched.update(seg.shard[: math.ceil(minute * len(seg))].tolist())
             shard_visits += len(shards_met)
             meeting_first += 0 in shards_met
@@ -112,6 +115,7 @@ def epoch_reads(epoch: BlockEpoch, world: int, workers: int, ranks=None, minute:
         "shards_touched": len(touched),
         "partitions_per_worker": partitions // world // readers,
         "workers_meeting_first": meeting_first,  # workers meeting shard 0, whose index each rank reads first
+        "segments_of_first": first_segments,  # segments in shard 0 (its whole index: read before the fork)
     }
 
 

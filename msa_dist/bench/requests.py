@@ -83,8 +83,14 @@ def planned(shards: list[dict], cfg: DataConfig, world: int, preloaded: bool, se
     partitions = resolve_partitions(cfg.canonical_partitions, world, 1, cfg.workers)
     reads = epoch_reads(BlockEpoch(table, seed, 0, partitions), world, cfg.workers)
     # the indexes read before the workers fork (all, or the first: the workers then hold it), and without
-    # those, the distinct shards each worker meets (a worker whose cache drops one reads it again: uncounted)
-    index = world * len(shards) if preloaded else world + reads["shard_visits"] - reads["workers_meeting_first"]
+    # those, each segment's records (one ranged read; the manifest says where they lie), or for a manifest
+    # without that, the distinct shards each worker meets (one whose cache drops one reads it again: uncounted)
+    if preloaded:
+        index = world * len(shards)
+    elif all(isinstance(s.get("index"), dict) for s in shards):
+        index = world + reads["segments"] - reads["segments_of_first"]
+    else:
+        index = world + reads["shard_visits"] - reads["workers_meeting_first"]
     return {"data": reads["segments"], "index": index, "samples": reads["samples"], "partitions": partitions}
 
 
@@ -101,8 +107,8 @@ def uniform_plan(shards: list[dict], cfg: DataConfig, world: int, batch_size: in
         samples, round(samples / len(shards)), 1, world, cfg.workers, 0.0, 1.0, batch_size=batch_size,
         sample_bytes=sample_bytes, manifest=False, blocks=blocks,
     )  # fmt: skip
-    # the indexes read before the workers fork (all, or the first), and without those each worker's shards
-    visits = 0.0 if preloaded else result["shard_visits_per_sample"] * samples
+    # the indexes read before the workers fork (all, or the first), and without those a read per segment
+    visits = 0.0 if preloaded else result["index_loads_per_sample"] * samples
     per_epoch = {
         "data": result["requests_per_sample"] * samples,
         "index": visits + world * (len(shards) if preloaded else 1),

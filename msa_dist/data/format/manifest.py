@@ -21,7 +21,13 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from msa_dist.common import atomic
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import is_count
-from msa_dist.data.format.shard_table import TABLE_ABOVE_SHARDS, ShardTable, table_reference, to_table
+from msa_dist.data.format.shard_table import (
+    TABLE_ABOVE_SHARDS,
+    ShardTable,
+    index_fields,
+    table_reference,
+    to_table,
+)
 from msa_dist.data.stores import is_url, open_store
 
 MANIFEST_NAME = "manifest.json"
@@ -161,7 +167,8 @@ def write_manifest(directory: str | Path, manifest: dict, table_above: int = TAB
         if isinstance(shards, ShardTable) or (shards is not None and len(shards) > table_above):
             data = to_table(shards)
             atomic.write_atomic(Path(directory) / table_reference(split, data, 0)["file"], data)
-            info["shard_table"] = table_reference(split, data, len(shards))
+            fields = shards.fields if isinstance(shards, ShardTable) else index_fields(shards)
+            info["shard_table"] = table_reference(split, data, len(shards), fields)
             info.pop("shards"), info.pop("guids", None)
         out["splits"][split] = info
     path = Path(directory) / MANIFEST_NAME

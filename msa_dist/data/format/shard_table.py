@@ -5,10 +5,13 @@ objects in every process (1.8 s). A split of more than `TABLE_ABOVE_SHARDS` shar
     "splits": {split: {"samples": n, ..., "shard_table": {"file": "train.shards.bin", "shards": S,
                        "bytes": size, "sha256": hex}}}       # no "shards" list and no "guids"
 and this file, little-endian:
-    header   "<8sQII": magic, shards S, name width w, 0
-    samples  S x u4      bytes  S x u8      names  S x S{w} (UTF-8, zero-padded)      sha256  S x 32 bytes
-Opening it reads the header and the first three columns (one read or one ranged request: 12 + w bytes
-a shard, 28 MB at 10^6 shards of 16-character names) into numpy arrays; the checksums, needed only to
+    header   "<8sQII": magic, shards S, name width w, flags (1: the index columns are there)
+    samples  S x u4      bytes  S x u8      names  S x S{w} (UTF-8, zero-padded)
+    [index_at S x u4     index_record S x u2]   where each binary index's records lie ("index_fields" in the
+                                                manifest's reference: the field names, the same for every shard)
+    sha256   S x 32 bytes
+Opening it reads the header and the columns before the checksums (one read or one ranged request: 18 + w
+bytes a shard, 32 MB at 10^6 shards of 17-character names) as numpy views; the checksums, needed only to
 verify shards, are read a page at a time when asked for. `ShardTable` reads like the list of entries it
 replaces (len, index, iteration: entries built on demand), and gives the loader its columns whole
 (`samples`, `nbytes`), so no per-shard Python object stays in memory. Today's manifests, with "shards"
@@ -36,35 +39,46 @@ def table_name(split: str) -> str:
     return split + TABLE_SUFFIX
 
 
+def index_fields(shards: Sequence[dict]) -> list[str] | None:
+    """The field names every entry's "index" layout shares, or None (then the table has no index columns)."""
+    layouts = [s.get("index") for s in shards]
+    if not layouts or not all(isinstance(x, dict) and x.get("fields") == layouts[0]["fields"] for x in layouts):
+        return None
+    return list(layouts[0]["fields"])
+
+
 def to_table(shards: Sequence[dict]) -> bytes:
-    """The binary table of a list of shard entries (name, samples, bytes, sha256)."""
+    """The binary table of a list of shard entries (name, samples, bytes, sha256, index layout)."""
+    layout = None
+    if index_fields(shards) is not None:
+        layout = ([s["index"]["at"] for s in shards], [s["index"]["record"] for s in shards])
     return pack_table(
         np.asarray([s["name"].encode("utf-8") for s in shards]),
         shard_column(shards, "samples"),
         shard_column(shards, "bytes"),
         b"".join(bytes.fromhex(s.get("sha256") or "00" * 32) for s in shards),
+        layout,
     )
 
 
-def pack_table(names: np.ndarray, samples, nbytes, digests: bytes) -> bytes:
-    """The table's bytes from its columns (names: a numpy bytes array; digests: 32 bytes a shard)."""
+def pack_table(names: np.ndarray, samples, nbytes, digests: bytes, layout=None) -> bytes:
+    """The table's bytes from its columns (names: a numpy bytes array; digests: 32 bytes a shard; layout:
+    (index_at, index_record) columns, or None)."""
     if len(digests) != 32 * len(names) or np.asarray(samples).max(initial=0) >= 1 << 32:
         raise ValueError("a shard table needs 32-byte checksums and fewer than 2^32 samples a shard")
     width = max(1, names.dtype.itemsize)
-    return b"".join(
-        [
-            _HEADER.pack(MAGIC, len(names), width, 0),
-            np.asarray(samples, "<u4").tobytes(),
-            np.asarray(nbytes, "<u8").tobytes(),
-            names.astype(f"S{width}").tobytes(),
-            digests,
-        ]
-    )
+    columns = [np.asarray(samples, "<u4").tobytes(), np.asarray(nbytes, "<u8").tobytes()]
+    columns.append(names.astype(f"S{width}").tobytes())
+    if layout is not None:
+        columns += [np.asarray(layout[0], "<u4").tobytes(), np.asarray(layout[1], "<u2").tobytes()]
+    return b"".join([_HEADER.pack(MAGIC, len(names), width, int(layout is not None)), *columns, digests])
 
 
-def table_reference(split: str, data: bytes, shards: int) -> dict:
-    """The manifest's "shard_table" entry for table bytes `data`."""
-    return {"file": table_name(split), "shards": shards, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+def table_reference(split: str, data: bytes, shards: int, fields: list[str] | None = None) -> dict:
+    """The manifest's "shard_table" entry for table bytes `data` (`fields`: its index columns' field names)."""
+    reference = {"file": table_name(split), "shards": shards, "bytes": len(data)}
+    reference["sha256"] = hashlib.sha256(data).hexdigest()
+    return reference if fields is None else {**reference, "index_fields": fields}
 
 
 class ShardTable(Sequence):
@@ -76,12 +90,13 @@ class ShardTable(Sequence):
         shards = int(reference["shards"])
         head = self._read(0, _HEADER.size)
         try:
-            magic, count, width, _ = _HEADER.unpack(head)
+            magic, count, width, flags = _HEADER.unpack(head)
         except struct.error:
             raise MsaDistError(f"{where} is cut short: rebuild the shards' manifest") from None
-        if magic != MAGIC or count != shards or not 0 < width <= 4096:
+        self.fields = reference.get("index_fields") if flags & 1 else None
+        if magic != MAGIC or count != shards or not 0 < width <= 4096 or (flags & 1 and not self.fields):
             raise MsaDistError(f"{where} is not the shard table the manifest names ({shards} shards)")
-        self._sha_at = _HEADER.size + count * (12 + width)
+        self._sha_at = _HEADER.size + count * (12 + width + 6 * (flags & 1))
         if reference.get("bytes") not in (None, self._sha_at + 32 * count):
             raise MsaDistError(f"{where} does not have the size the manifest gives: rebuild the manifest")
         body = self._read(_HEADER.size, self._sha_at)
@@ -89,6 +104,9 @@ class ShardTable(Sequence):
         self.samples = np.frombuffer(body, "<u4", count, 0)
         self.nbytes = np.frombuffer(body, "<u8", count, 4 * count)
         self.names = np.frombuffer(body, f"S{width}", count, 12 * count)
+        if self.fields:
+            self.index_at = np.frombuffer(body, "<u4", count, (12 + width) * count)
+            self.index_record = np.frombuffer(body, "<u2", count, (16 + width) * count)
         self._pages: dict[int, bytes] = {}
 
     def _read(self, start: int, end: int) -> bytes:
@@ -122,14 +140,17 @@ class ShardTable(Sequence):
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         i %= len(self)
-        return _Entry(self, i, name=self.name(i), samples=int(self.samples[i]), bytes=int(self.nbytes[i]))
+        entry = _Entry(self, i, name=self.name(i), samples=int(self.samples[i]), bytes=int(self.nbytes[i]))
+        if self.fields:
+            entry["index"] = {"at": int(self.index_at[i]), "record": int(self.index_record[i]), "fields": self.fields}
+        return entry
 
     def __iter__(self) -> Iterator[dict]:
         return (self[i] for i in range(len(self)))
 
     @property
     def memory_bytes(self) -> int:
-        return self.samples.nbytes + self.nbytes.nbytes + self.names.nbytes + sum(map(len, self._pages.values()))
+        return self._sha_at + sum(map(len, self._pages.values()))
 
 
 class _Entry(dict):

@@ -72,6 +72,10 @@ class ShardSet:
         for shard in missing:
             self.index(shard)
 
+    def cached(self, name: str):
+        """The index of shard `name` if this process holds it (nothing is read)."""
+        return self._indexes.get(name)
+
     def index(self, shard: dict) -> ShardIndex:
         """A shard's index (read once), checked against the manifest's sample count."""
         name = shard["name"]
@@ -154,11 +158,13 @@ class SampleReader:
         """Bytes [start, end) of the split's shard number `shard`, in one request."""
         return self.shard_set.store.read_range(self.shards[shard]["name"], start, end)
 
-    def samples(self, run: Run, data: bytes, base: int, out: list) -> None:
-        """Cut the samples of `run` out of `data` (the shard's bytes from `base` on) into their slots."""
-        index = self.shard_set.index(self.shards[run.shard])
+    def samples(self, run: Run, data: bytes, base: int, out: list, index=None, first: int = 0) -> None:
+        """Cut the samples of `run` out of `data` (the shard's bytes from `base` on) into their slots (with
+        `index`: the records of samples `first`, ... of the shard, else its whole index)."""
+        index = self.shard_set.index(self.shards[run.shard]) if index is None else index
         url = self.shard_set.store.url(self.shards[run.shard]["name"])
         for i, slot in run.samples:
+            i -= first
             sample = {"__key__": index.keys[i], "__url__": url}
             for field, offset, size in index.members(i):
                 sample[field] = data[offset - base : offset - base + size]

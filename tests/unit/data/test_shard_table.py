@@ -40,6 +40,7 @@ def test_the_table_round_trips_and_reads_like_the_list(sets):
     assert [dict(s) for s in listed] == [{**s, "sha256": s["sha256"]} for s in table]
     assert table[-1]["name"] == listed[-1]["name"] and table[3].get("sha256") == listed[3]["sha256"]
     assert shard_column(table, "bytes").tolist() == [s["bytes"] for s in listed]
+    assert table.fields == ["cls", "jpg", "txt"] and table[7]["index"] == listed[7]["index"]  # records' layout
     write_manifest(new, load_manifest(new), table_above=5)  # a loaded table is written back as one
     assert ShardSet(str(new)).shards("train")[5]["sha256"] == listed[5]["sha256"]
 
