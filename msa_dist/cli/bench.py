@@ -104,7 +104,9 @@ def _add_plan(bsub) -> None:
     p.add_argument("--read-mode", choices=["chunks", "blocks"], default="chunks", help="data.read_mode")
     p.add_argument("--block-bytes", type=int, default=4 << 20, help="data.block_bytes (blocks mode)")
     p.add_argument("--shuffle-buffer-samples", type=int, default=4096, help="data.shuffle_buffer_samples")
-    p.add_argument("--partitions", type=int, default=0, help="data.canonical_partitions (0: nodes x gpus x workers)")
+    p.add_argument(
+        "--partitions", type=int, default=0, help="data.canonical_partitions (0: lcm(nodes x gpus, 8) x workers)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="micro batch per rank")
     p.add_argument("--sample-bytes", type=int, default=16384, help="mean sample size in the shards")
     p.add_argument("--no-manifest", action="store_true", help="skip parsing a synthetic manifest of that many shards")
