@@ -107,8 +107,11 @@ def uniform_plan(shards: list[dict], cfg: DataConfig, world: int, batch_size: in
         samples, round(samples / len(shards)), 1, world, cfg.workers, 0.0, 1.0, batch_size=batch_size,
         sample_bytes=sample_bytes, manifest=False, blocks=blocks,
     )  # fmt: skip
-    # the indexes read before the workers fork (all, or the first), and without those a read per segment
-    visits = 0.0 if preloaded else result["index_loads_per_sample"] * samples
+    # the indexes read before the workers fork (all, or the first), and without those a ranged read per
+    # segment (or, for a manifest that does not say where the records lie, one per shard a worker meets)
+    ranged = all(isinstance(s.get("index"), dict) for s in shards)
+    per_sample = result["requests_per_sample"] if ranged else result["shard_visits_per_sample"]
+    visits = 0.0 if preloaded else per_sample * samples
     per_epoch = {
         "data": result["requests_per_sample"] * samples,
         "index": visits + world * (len(shards) if preloaded else 1),
