@@ -313,7 +313,7 @@ def print_plan(result: dict, console) -> None:
         f"{result['startup_request_rounds']} rounds of requests at {result['latency_ms']:g} ms, 16 in flight)",
         f"each node sustains: {result['node_samples_per_s']:,.0f} samples/s, {result['node_requests_per_s']:,.0f} "
         f"requests/s ({result['requests_per_sample']:.3f} data + {result['index_loads_per_sample']:.3f} index per "
-        f"sample), {result['node_bytes_per_s'] / mib:,.0f} MiB/s (index reads +{result['index_bytes_share']:.0%})",
+        f"sample), {result['node_bytes_per_s'] / mib:,.0f} MiB/s (index reads +{result['index_bytes_share']:.1%})",
         f"each worker keeps ~{result['in_flight_per_worker']:.1f} requests in flight; a node touches "
         f"{result['shards_per_minute']:,} shards per minute ({result['shards_per_minute'] / result['shards']:.1%} "
         f"of the split)",
