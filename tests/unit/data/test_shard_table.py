@@ -3,6 +3,7 @@ read like the JSON list (the loader's batches, verification by shard); today's m
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -41,6 +42,11 @@ def test_the_table_round_trips_and_reads_like_the_list(sets):
     assert table[-1]["name"] == listed[-1]["name"] and table[3].get("sha256") == listed[3]["sha256"]
     assert shard_column(table, "bytes").tolist() == [s["bytes"] for s in listed]
     assert table.fields == ["cls", "jpg", "txt"] and table[7]["index"] == listed[7]["index"]  # records' layout
+    from msa_dist.engine.run.provenance import split_sha256
+
+    assert (
+        split_sha256(new, "train") == hashlib.sha256(json.dumps(written["shard_table"]["sha256"]).encode()).hexdigest()
+    )
     write_manifest(new, load_manifest(new), table_above=5)  # a loaded table is written back as one
     assert ShardSet(str(new)).shards("train")[5]["sha256"] == listed[5]["sha256"]
 
