@@ -124,6 +124,28 @@ def _add_requests(bsub) -> None:
     q.add_argument("overrides", nargs="*", help="dotted data overrides, e.g. data.block_bytes=1048576")
 
 
+def _run_scale_bench(args: argparse.Namespace, console) -> None:
+    """`bench requests` and `bench manifest` (docs/data-scale.md)."""
+    from msa_dist.bench import report
+
+    if args.bench_command == "requests":
+        from msa_dist.bench.requests import print_requests, run_requests_bench
+        from msa_dist.config.schema import load_config
+
+        cfg = load_config(None, args.overrides)
+        result = run_requests_bench(
+            args.shards, cfg.data, args.world, args.batch_size, args.seed, args.index_cache_bytes
+        )
+        report.write_json(result, args.json)
+        print_requests(result, console)
+    else:
+        from msa_dist.bench.manifest import print_manifest, run_manifest_bench
+
+        result = run_manifest_bench(args.out, int(args.shards), args.shard_samples, args.sample_bytes)
+        report.write_json(result, args.json)
+        print_manifest(result, console)
+
+
 def run_bench(args: argparse.Namespace) -> int:
     """Run one `msa-dist bench` subcommand."""
     import os
@@ -185,21 +207,8 @@ def run_bench(args: argparse.Namespace) -> int:
         )
         report.write_json(result, args.json)
         print_plan(result, console)
-    elif args.bench_command == "requests":
-        from msa_dist.bench.requests import print_requests, run_requests_bench
-
-        cfg = load_config(None, args.overrides)
-        result = run_requests_bench(
-            args.shards, cfg.data, args.world, args.batch_size, args.seed, args.index_cache_bytes
-        )
-        report.write_json(result, args.json)
-        print_requests(result, console)
-    elif args.bench_command == "manifest":
-        from msa_dist.bench.manifest import print_manifest, run_manifest_bench
-
-        result = run_manifest_bench(args.out, int(args.shards), args.shard_samples, args.sample_bytes)
-        report.write_json(result, args.json)
-        print_manifest(result, console)
+    elif args.bench_command in ("requests", "manifest"):
+        _run_scale_bench(args, console)
     elif args.bench_command == "replicate":
         from msa_dist.bench.replicate import replicate_shards
 
