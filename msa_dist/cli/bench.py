@@ -118,7 +118,7 @@ def _add_requests(bsub) -> None:
     q.add_argument("shards", help="a local shard directory (served on 127.0.0.1 for the count)")
     q.add_argument("--world", type=int, default=1, help="ranks (each with data.workers loader workers)")
     q.add_argument("--batch-size", type=int, default=32, help="micro batch per rank")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0, help="the order's seed (default %(default)s)")
     q.add_argument("--index-cache-bytes", type=int, default=None, help="a smaller index cache (a split too large)")
     q.add_argument("--json", default=None, help="write the result to this JSON file")
     q.add_argument("overrides", nargs="*", help="dotted data overrides, e.g. data.block_bytes=1048576")
