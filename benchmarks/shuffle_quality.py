@@ -1,12 +1,18 @@
-"""How well each train read mode mixes a split: chunks vs blocks + shuffle buffer, on sample ids alone.
+"""How well each train read mode mixes a split: chunks vs blocks + shuffle buffer, and webdataset and
+MosaicML Streaming at the same buffer memory, on sample ids alone.
 
     python benchmarks/shuffle_quality.py [--shards 256] [--shard-samples 500] [--sample-bytes 16384]
-        [--chunks 4,64] [--block-bytes 2097152] [--buffers 256,1024,4096,16384] [--partitions 16]
-        [--batch-size 32] [--seeds 0,1,2] [--json out.json]
+        [--chunks 4,64] [--block-bytes 2097152] [--buffers 1024,4096,16384] [--workers 4] [--partitions 4]
+        [--batch-size 32] [--seeds 0,1,2] [--shardshuffle 100] [--streaming UNZIPPED_WHEEL]
+        [--streaming-algos py1e,py1br] [--json out.json]
 
 No data and no training: the epoch orders are the loader's own (order.py's `EpochOrder` for chunks;
-blocks.py's block epoch, shuffle_buffer.py's buffers and the micro batch layout for blocks), evaluated on
-ids of a synthetic split of equal shards. For each mode, averaged over the seeds (epoch 0):
+blocks.py's block epoch, shuffle_buffer.py's buffers and the micro batch layout for blocks), webdataset's
+and Streaming's own code (shuffle_others.py), evaluated on ids of a synthetic split of equal shards, one
+rank with `--workers` DataLoader workers. Equal memory: each buffer size k is per loader worker: msa-dist
+blocks with one partition per worker (partitions = workers) and buffer k, webdataset's `.shuffle(k)` in
+each worker, Streaming's `shuffle_block_size` = k x workers (the node's shuffle window, whose shards its
+cache holds). For each mode, averaged over the seeds (epoch 0):
 - same_shard_pairs: of the pairs of samples within one micro batch, the fraction from one shard
   (a perfect shuffle: about 1 / shards);
 - same_block_pairs: the same for one block of `--block-bytes` (chunks: for a run of back-to-back samples of
@@ -31,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from msa_dist.data.loading.blocks import BlockEpoch, BlockTable
 from msa_dist.data.loading.order import EpochOrder
 from msa_dist.data.loading.shuffle_buffer import ShuffleBuffer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from shuffle_others import load_streaming, streaming_order, webdataset_order
 
 
 def blocks_order(table: BlockTable, buffer: int, partitions: int, batch: int, seed: int) -> tuple[np.ndarray, int]:
@@ -80,40 +89,65 @@ def measure(order: np.ndarray, shard_samples: int, block_samples: int, batch: in
     }
 
 
-def main(argv=None) -> list[dict]:
+def _args(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shards", type=int, default=256)
     p.add_argument("--shard-samples", type=int, default=500)
     p.add_argument("--sample-bytes", type=int, default=16384)
     p.add_argument("--chunks", default="4,64", help="data.chunk_samples values")
     p.add_argument("--block-bytes", type=int, default=2 << 20)
-    p.add_argument("--buffers", default="256,1024,4096,16384", help="data.shuffle_buffer_samples values")
-    p.add_argument("--partitions", type=int, default=16, help="data.canonical_partitions")
+    p.add_argument("--buffers", default="1024,4096,16384", help="buffer samples per loader worker")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers (one rank)")
+    p.add_argument("--partitions", type=int, default=0, help="data.canonical_partitions (0: one per worker)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--shardshuffle", type=int, default=100, help="webdataset's shard shuffle buffer (True = 100)")
+    p.add_argument("--streaming", default=None, help="an unzipped mosaicml-streaming wheel (none: no Streaming rows)")
+    p.add_argument("--streaming-algos", default="py1e,py1br")
     p.add_argument("--json", default=None)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def _configs(args) -> list[tuple[str, int]]:
+    buffers = [int(b) for b in args.buffers.split(",")]
+    configs = [("chunks", int(c)) for c in args.chunks.split(",")]
+    configs += [("blocks", b) for b in buffers] + [("webdataset", b) for b in buffers]
+    if args.streaming:
+        configs += [(algo, b) for algo in args.streaming_algos.split(",") for b in buffers]
+    return configs
+
+
+def _order(mode: str, value: int, args, table: BlockTable, streaming, seed: int) -> tuple[np.ndarray, float]:
+    """(the epoch's ids in batch order, data requests per sample) of one mode and seed."""
+    n, batch, samples = args.shard_samples, args.batch_size, args.shards * args.shard_samples
+    if mode == "chunks":
+        order = EpochOrder(samples, value, seed, 0).ids(0, samples)
+        return order, runs_per_sample(order, n, batch)
+    if mode == "blocks":
+        partitions = args.partitions or args.workers
+        order, segments = blocks_order(table, value * args.workers // partitions, partitions, batch, seed)
+        return order, segments / samples
+    if mode == "webdataset":  # one request per shard
+        return webdataset_order(args.shards, n, args.workers, batch, value, args.shardshuffle, seed), 1 / n
+    order = streaming_order(streaming, args.shards, n, args.workers, batch, value * args.workers, mode, seed)
+    return order, 1 / n  # Streaming downloads whole shards
+
+
+def main(argv=None) -> list[dict]:
+    args = _args(argv)
     samples, n, batch = args.shards * args.shard_samples, args.shard_samples, args.batch_size
     table = BlockTable([n] * args.shards, [n * args.sample_bytes + 1024] * args.shards, args.block_bytes)
     block_samples = int(table.block_samples.max())
-    seeds = [int(s) for s in args.seeds.split(",")]
+    streaming = load_streaming(args.streaming) if args.streaming else None
     rows = []
-    configs = [("chunks", int(c)) for c in args.chunks.split(",")] + [
-        ("blocks", int(b)) for b in args.buffers.split(",")
-    ]
-    for mode, value in configs:
+    for mode, value in _configs(args):
         got = []
-        for seed in seeds:
-            if mode == "chunks":
-                order = EpochOrder(samples, value, seed, 0).ids(0, samples)
-                requests = runs_per_sample(order, n, batch)
-            else:
-                order, segments = blocks_order(table, value, args.partitions, batch, seed)
-                requests = segments / samples
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            order, requests = _order(mode, value, args, table, streaming, seed)
             got.append({**measure(order, n, block_samples, batch), "requests_per_sample": requests})
-        row = {"mode": mode, "chunk_samples" if mode == "chunks" else "shuffle_buffer_samples": value}
+        row = {"mode": mode, "chunk_samples" if mode == "chunks" else "buffer_samples_per_worker": value}
         row.update({k: float(np.mean([g[k] for g in got])) for k in got[0]})
-        row["buffer_mib_per_partition"] = value * args.sample_bytes / 2**20 if mode == "blocks" else 0.0
+        row["buffer_mib_per_worker"] = 0.0 if mode == "chunks" else value * args.sample_bytes / 2**20
         rows.append(row)
         label = f"{mode} {'C' if mode == 'chunks' else 'buffer'}={value}"
         print(
@@ -124,8 +158,9 @@ def main(argv=None) -> list[dict]:
         )
     print(
         f"split: {samples:,} samples in {args.shards} shards of {n}; blocks of {args.block_bytes / 2**20:g} MiB "
-        f"({block_samples} samples); {args.partitions} partitions; micro batch {batch}; seeds {args.seeds}; "
-        f"a perfect shuffle: same-shard pairs ~{1 / args.shards:.4f}, same-block ~{block_samples / samples:.4f}"
+        f"({block_samples} samples); {args.workers} workers, {args.partitions or args.workers} partitions; micro "
+        f"batch {batch}; seeds {args.seeds}; a perfect shuffle: same-shard pairs ~{1 / args.shards:.4f}, "
+        f"same-block ~{block_samples / samples:.4f}"
     )
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))

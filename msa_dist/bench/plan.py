@@ -259,7 +259,8 @@ def run_plan_bench(
     if manifest:
         result.update(manifest_cost(proc["shards"], shard_samples))
     node_rate = gpus * samples_per_s_per_gpu
-    index_bytes = proc["index_record_bytes"] * shard_samples
+    # bytes of one index read: a whole shard's records, or (blocks mode) a segment's alone
+    index_bytes = proc["index_record_bytes"] * node.get("index_load_samples", shard_samples)
     result["node_samples_per_s"] = node_rate
     result["node_requests_per_s"] = node_rate * (node["requests_per_sample"] + node["index_loads_per_sample"])
     result["node_bytes_per_s"] = node_rate * (sample_bytes + node["index_loads_per_sample"] * index_bytes)
@@ -312,7 +313,7 @@ def print_plan(result: dict, console) -> None:
         f"{result['startup_request_rounds']} rounds of requests at {result['latency_ms']:g} ms, 16 in flight)",
         f"each node sustains: {result['node_samples_per_s']:,.0f} samples/s, {result['node_requests_per_s']:,.0f} "
         f"requests/s ({result['requests_per_sample']:.3f} data + {result['index_loads_per_sample']:.3f} index per "
-        f"sample), {result['node_bytes_per_s'] / mib:,.0f} MiB/s (index reads +{result['index_bytes_share']:.0%})",
+        f"sample), {result['node_bytes_per_s'] / mib:,.0f} MiB/s (index reads +{result['index_bytes_share']:.1%})",
         f"each worker keeps ~{result['in_flight_per_worker']:.1f} requests in flight; a node touches "
         f"{result['shards_per_minute']:,} shards per minute ({result['shards_per_minute'] / result['shards']:.1%} "
         f"of the split)",

@@ -49,20 +49,9 @@ def node_minute_blocks(
     node_rate = gpus * samples_per_s_per_gpu
     node_samples = samples * gpus // world
     minute = min(1.0, node_rate * 60 / max(1, node_samples))
-    segments = shard_visits = consumed = 0
-    touched: set[int] = set()
-    for rank in range(gpus):
-        for worker in range(readers):
-            # rank r's micro batch i is partition (i x world + r) mod P; worker w makes i = w, w + W, ...
-            owned = {(i * world + rank) % partitions for i in range(worker, partitions // world, readers)}
-            shards_met: set[int] = set()
-            for q in owned:
-                seg = epoch.segments(q)
-                segments += len(seg)
-                consumed += int((seg.hi - seg.lo).sum())
-                shards_met.update(seg.shard.tolist())
-                touched.update(seg.shard[: math.ceil(minute * len(seg))].tolist())
-            shard_visits += len(shards_met)
+    reads = epoch_reads(epoch, world, workers, ranks=range(gpus), minute=minute)
+    segments, shard_visits, consumed = reads["segments"], reads["shard_visits"], reads["samples"]
+    owned = reads["partitions_per_worker"]
     block_samples = float(table.block_samples.mean())
     fill_blocks = math.ceil(min(buffer_samples, samples // partitions) / block_samples) + 1
     return {
@@ -81,15 +70,52 @@ def node_minute_blocks(
         "epoch_s": t_epoch,
         "requests_per_sample": segments / consumed,
         "shard_visits_per_sample": shard_visits / consumed,
-        "index_loads_per_sample": 0.0 if indexes_preloaded else shard_visits / consumed,
+        # a segment's index records alone, one ranged read each (block_reads.py; the manifest says where they lie)
+        "index_loads_per_sample": 0.0 if indexes_preloaded else segments / consumed,
+        "index_load_samples": 0.0 if indexes_preloaded else consumed / segments,  # records per index read
         "samples_per_minute": int(node_rate * 60),
-        "shards_touched": len(touched),  # in one minute, or in the node's share of an epoch if that is shorter
+        "shards_touched": reads[
+            "shards_touched"
+        ],  # in one minute, or in the node's share of an epoch if that is shorter
         "epochs_per_minute": node_rate * 60 / max(1, node_samples),
         "shards": shards,
         # before its first batch a worker fills its buffer: that many blocks, each an index read then a data read
         "first_batch_blocks": fill_blocks,
-        "buffer_bytes_per_worker": (buffer_samples + block_samples) * sample_bytes * len(owned),
+        "buffer_bytes_per_worker": (buffer_samples + block_samples) * sample_bytes * owned,
         "block_seconds": block_samples / (node_rate / (gpus * readers)),  # how long one block feeds a worker
+    }
+
+
+def epoch_reads(epoch: BlockEpoch, world: int, workers: int, ranks=None, minute: float = 1.0) -> dict:
+    """The reads of one epoch by the loader workers of `ranks` (default: all), accumulation 1: one request
+    per segment, and the distinct shards each worker meets (its index reads when the indexes were not
+    read before the workers forked). `shards_touched`: those the first `minute` share of each
+    partition's segments meets."""
+    readers, partitions = max(1, workers), epoch.partitions
+    segments = shard_visits = consumed = meeting_first = first_segments = 0
+    touched: set[int] = set()
+    for rank in range(world) if ranks is None else ranks:
+        for worker in range(readers):
+            # rank r's micro batch i is partition (i x world + r) mod P; worker w makes i = w, w + W, ...
+            owned = {(i * world + rank) % partitions for i in range(worker, partitions // world, readers)}
+            shards_met: set[int] = set()
+            for q in owned:
+                seg = epoch.segments(q)
+                segments += len(seg)
+                consumed += int((seg.hi - seg.lo).sum())
+                shards_met.update(seg.shard.tolist())
+                first_segments += int((seg.shard == 0).sum())
+                touched.update(seg.shard[: math.ceil(minute * len(seg))].tolist())
+            shard_visits += len(shards_met)
+            meeting_first += 0 in shards_met
+    return {
+        "segments": segments,
+        "shard_visits": shard_visits,
+        "samples": consumed,
+        "shards_touched": len(touched),
+        "partitions_per_worker": partitions // world // readers,
+        "workers_meeting_first": meeting_first,  # workers meeting shard 0, whose index each rank reads first
+        "segments_of_first": first_segments,  # segments in shard 0 (its whole index: read before the fork)
     }
 
 

@@ -14,6 +14,13 @@ def add_bench_parser(sub) -> None:
     _add_train(bsub)
     _add_memory_and_replicate(bsub)
     _add_plan(bsub)
+    _add_requests(bsub)
+    g = bsub.add_parser("manifest", help="write a manifest of many shards (a binary shard table) and time opening it")
+    g.add_argument("--out", required=True, help="the folder to write manifest.json and train.shards.bin into")
+    g.add_argument("--shards", type=float, default=1e6, help="train shards (default %(default)g)")
+    g.add_argument("--shard-samples", type=int, default=1000, help="samples per shard (default %(default)s)")
+    g.add_argument("--sample-bytes", type=int, default=16384, help="mean sample size, for the shard sizes")
+    g.add_argument("--json", default=None, help="write the result to this JSON file")
     s = bsub.add_parser("summary", help="one table (and Markdown) of several result JSON files")
     s.add_argument("results", nargs="+", help="result JSON files written by `bench data/train --json`")
     s.add_argument("--out", default=None, help="also write them together into this JSON file")
@@ -97,11 +104,46 @@ def _add_plan(bsub) -> None:
     p.add_argument("--read-mode", choices=["chunks", "blocks"], default="chunks", help="data.read_mode")
     p.add_argument("--block-bytes", type=int, default=4 << 20, help="data.block_bytes (blocks mode)")
     p.add_argument("--shuffle-buffer-samples", type=int, default=4096, help="data.shuffle_buffer_samples")
-    p.add_argument("--partitions", type=int, default=0, help="data.canonical_partitions (0: nodes x gpus x workers)")
+    p.add_argument(
+        "--partitions", type=int, default=0, help="data.canonical_partitions (0: lcm(nodes x gpus, 8) x workers)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="micro batch per rank")
     p.add_argument("--sample-bytes", type=int, default=16384, help="mean sample size in the shards")
     p.add_argument("--no-manifest", action="store_true", help="skip parsing a synthetic manifest of that many shards")
     p.add_argument("--json", default=None, help="write the result to this JSON file")
+
+
+def _add_requests(bsub) -> None:
+    q = bsub.add_parser("requests", help="requests of one blocks-mode epoch over HTTP, counted, beside the plan")
+    q.add_argument("shards", help="a local shard directory (served on 127.0.0.1 for the count)")
+    q.add_argument("--world", type=int, default=1, help="ranks (each with data.workers loader workers)")
+    q.add_argument("--batch-size", type=int, default=32, help="micro batch per rank")
+    q.add_argument("--seed", type=int, default=0, help="the order's seed (default %(default)s)")
+    q.add_argument("--index-cache-bytes", type=int, default=None, help="a smaller index cache (a split too large)")
+    q.add_argument("--json", default=None, help="write the result to this JSON file")
+    q.add_argument("overrides", nargs="*", help="dotted data overrides, e.g. data.block_bytes=1048576")
+
+
+def _run_scale_bench(args: argparse.Namespace, console) -> None:
+    """`bench requests` and `bench manifest` (docs/data-scale.md)."""
+    from msa_dist.bench import report
+
+    if args.bench_command == "requests":
+        from msa_dist.bench.requests import print_requests, run_requests_bench
+        from msa_dist.config.schema import load_config
+
+        cfg = load_config(None, args.overrides)
+        result = run_requests_bench(
+            args.shards, cfg.data, args.world, args.batch_size, args.seed, args.index_cache_bytes
+        )
+        report.write_json(result, args.json)
+        print_requests(result, console)
+    else:
+        from msa_dist.bench.manifest import print_manifest, run_manifest_bench
+
+        result = run_manifest_bench(args.out, int(args.shards), args.shard_samples, args.sample_bytes)
+        report.write_json(result, args.json)
+        print_manifest(result, console)
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -165,6 +207,8 @@ def run_bench(args: argparse.Namespace) -> int:
         )
         report.write_json(result, args.json)
         print_plan(result, console)
+    elif args.bench_command in ("requests", "manifest"):
+        _run_scale_bench(args, console)
     elif args.bench_command == "replicate":
         from msa_dist.bench.replicate import replicate_shards
 

@@ -26,7 +26,8 @@ class DataConfig:
     blocks_above_shards: int = 1000  # read_mode=auto: a train split of more shards than this is read in blocks
     block_bytes: int = 4 << 20  # blocks mode: bytes of one block (one ranged read); a shard is cut into equal blocks
     shuffle_buffer_samples: int = 4096  # blocks mode: samples in each partition's shuffle buffer (per worker)
-    # blocks mode: the order's partitions, the same for layouts whose world x lcm(accum, workers) divides it (0: ours)
+    # blocks mode: the order's partitions, the same for layouts whose world x lcm(accum, workers) divides it
+    # (0: lcm(world, 8) x lcm(accum, workers): 1, 2, 4 and 8 ranks share one order and resume each other exactly)
     canonical_partitions: int = 0
     block_read_ahead: int = 2  # blocks mode: blocks of a partition read ahead of its shuffle buffer
     # ranged reads each loader worker keeps in flight (threads, each with its own connection): hides a remote store's

@@ -17,7 +17,7 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
 from msa_dist.common.limits import MAX_SHARD_BYTES
 from msa_dist.data.format.index import index_name, scan_tar, shard_size
-from msa_dist.data.format.index_bin import binary_name, to_binary
+from msa_dist.data.format.index_bin import binary_name, records_layout, to_binary
 from msa_dist.data.format.manifest import MANIFEST_FORMAT, MANIFEST_NAME, check_manifest, shard_name_problem
 from msa_dist.data.stores import FsspecStore, LocalStore, ShardStore, open_store
 
@@ -82,10 +82,11 @@ def index_shard_set(location: str) -> dict:
             data = store.read(name, MAX_SHARD_BYTES)
             index = scan_tar(data, name)
             store.write(index_name(name), index.to_json())
-            store.write(binary_name(name), to_binary(index))  # the compact form (index_bin.py)
-            entry["shards"].append(
-                {"name": name, "samples": len(index), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-            )
+            binary = to_binary(index)
+            store.write(binary_name(name), binary)  # the compact form (index_bin.py)
+            digest = hashlib.sha256(data).hexdigest()
+            shard = {"name": name, "samples": len(index), "bytes": len(data), "sha256": digest}
+            entry["shards"].append({**shard, "index": records_layout(binary)})  # where its records lie
             entry["samples"] += len(index)
             entry["guids"] += index.keys
             by_class = _class_counts(data, index)

@@ -27,7 +27,7 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.common.labels import LABELS
 from msa_dist.common.limits import MAX_IMAGE_BYTES, read_input
 from msa_dist.data.format.index import INDEX_SUFFIX, index_name, scan_tar
-from msa_dist.data.format.index_bin import BINARY_SUFFIX, binary_name, to_binary
+from msa_dist.data.format.index_bin import BINARY_SUFFIX, binary_name, records_layout, to_binary
 from msa_dist.data.format.manifest import DEFAULT_JPEG_QUALITY, MANIFEST_FORMAT, MANIFEST_NAME, write_manifest
 from msa_dist.data.raw import (
     DATA_DIR,
@@ -225,8 +225,17 @@ def describe_shard(tmp: Path, shard_name: str, samples: int) -> dict:
     data = (tmp / shard_name).read_bytes()
     index = scan_tar(data, shard_name)
     (tmp / index_name(shard_name)).write_bytes(index.to_json())
-    (tmp / binary_name(shard_name)).write_bytes(to_binary(index))  # the compact form (index_bin.py)
-    return {"name": shard_name, "samples": samples, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    binary = to_binary(index)
+    (tmp / binary_name(shard_name)).write_bytes(binary)  # the compact form (index_bin.py)
+    digest = hashlib.sha256(data).hexdigest()
+    # "index": where its records lie, so a block's records are read alone (block_reads.py)
+    return {
+        "name": shard_name,
+        "samples": samples,
+        "bytes": len(data),
+        "sha256": digest,
+        "index": records_layout(binary),
+    }
 
 
 def _to_webdataset(sample: Sample, image_size: int, jpeg_quality: int) -> dict:

@@ -24,6 +24,8 @@ def verify_shards(shard_dir: str) -> dict:
     summary = {"shards": 0, "samples": 0, "splits": {}, "unlisted": []}
     listed = set()
     for split, info in shard_set.manifest["splits"].items():
+        if "shard_table" in info:
+            _verify_table(shard_set, info["shard_table"])
         keys: list[str] = []
         for shard in info["shards"]:
             listed.add(shard["name"])
@@ -44,6 +46,16 @@ def verify_shards(shard_dir: str) -> dict:
             p.name for p in Path(shard_dir).iterdir() if SHARD_NAME_RE.match(p.name) and p.name not in listed
         )
     return summary
+
+
+def _verify_table(shard_set: ShardSet, reference: dict) -> None:
+    """A split's binary shard table against the checksum the manifest gives it."""
+    data = shard_set.store.read(reference["file"], MAX_SHARD_BYTES)
+    if hashlib.sha256(data).hexdigest() != reference.get("sha256"):
+        raise MsaDistError(
+            f"shard table {shard_set.store.url(reference['file'])}: sha256 differs from the manifest's "
+            "(file changed or corrupt)"
+        )
 
 
 def _verify_shard(shard_set: ShardSet, split: str, shard: dict) -> list[str]:

@@ -31,6 +31,7 @@ import numpy as np
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import MAX_INDEX_BYTES, MAX_SAMPLE_BYTES
 from msa_dist.data.format.index import ShardIndex, read_index
+from msa_dist.data.format.shard_table import shard_column
 
 BINARY_SUFFIX = ".idx.bin"
 MAGIC = b"MSAIDX\x00\x01"
@@ -185,6 +186,41 @@ class CompactIndex:
             ) from None
 
 
+def records_layout(binary: bytes) -> dict:
+    """Where a binary index's records lie, for the manifest's shard entry ("index"): their offset, the bytes
+    of one record and the field names, so a reader can fetch the records of samples [lo, hi) alone."""
+    _, _, _, width, blob_len, _ = _HEADER.unpack_from(binary, 0)
+    names = bytes(binary[_HEADER.size : _HEADER.size + blob_len]).decode("utf-8").split("\n")[1:]
+    at = _HEADER.size + blob_len + (-blob_len % 8)
+    return {"at": at, "record": _dtype(len(names), width).itemsize, "fields": names}
+
+
+def read_records(store, shard: dict, lo: int, hi: int) -> CompactIndex | None:
+    """The index records of samples [lo, hi) of `shard` (a manifest entry), in one ranged read of its binary
+    sidecar; record i of the result is sample lo + i. None when the entry does not say where they lie."""
+    layout = shard.get("index")
+    if not isinstance(layout, dict):
+        return None
+    name, where = shard["name"], store.url(binary_name(shard["name"]))
+    try:
+        fields, at, record = [str(f) for f in layout["fields"]], int(layout["at"]), int(layout["record"])
+        dtype = _dtype(len(fields), record - 16 - 8 * len(fields))
+        if at < _HEADER.size or dtype.itemsize != record or not 0 <= lo <= hi <= int(shard["samples"]):
+            raise ValueError("inconsistent")
+    except (KeyError, TypeError, ValueError):
+        raise MsaDistError(f"the manifest's index entry for {name} is not valid: run `msa-dist shards index`") from None
+    data = store.read_range(binary_name(name), at + lo * record, at + hi * record)
+    if len(data) != (hi - lo) * record:
+        raise MsaDistError(f"{where} is shorter than the manifest says: run `msa-dist shards index` again")
+    records = np.frombuffer(data, dtype, hi - lo) if hi > lo else np.zeros(0, dtype)
+    try:
+        return CompactIndex(name, int(shard.get("bytes") or 0) or 1 << 62, fields, records).check()
+    except ValueError as exc:
+        raise MsaDistError(
+            f"{where} is not a valid shard index ({exc}): rebuild it with `msa-dist shards index`"
+        ) from None
+
+
 def _open_local(store, shard: str) -> CompactIndex | None:
     """A local binary sidecar, read into memory (not mapped: see above); None if there is none."""
     path, where = store.root / binary_name(shard), store.url(binary_name(shard))
@@ -275,5 +311,5 @@ def shards_to_preload(shard_set, shards: list[dict]) -> list[dict]:
     first = shard_set.index(shards[0])
     cache = getattr(shard_set, "_indexes", None)
     limit = cache.max_bytes if isinstance(cache, IndexCache) else INDEX_CACHE_BYTES
-    split_bytes = first.memory_bytes / max(1, len(first)) * sum(int(s["samples"]) for s in shards)
+    split_bytes = first.memory_bytes / max(1, len(first)) * int(shard_column(shards, "samples").sum())
     return shards if split_bytes <= limit else shards[:1]

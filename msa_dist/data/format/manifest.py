@@ -8,7 +8,9 @@ Layout (format 1):
      "decodings": {"utf-8": n, "gb18030": n},
      "skipped": [{"guid": ..., "split": ..., "source": ..., "line": n, "reason": ..., "detail": ...}]}
 Each shard has a sample index beside it (`NAME.tar.idx.json`, see index.py); the folder may be a
-URL (stores/).
+URL (stores/). A split of more than TABLE_ABOVE_SHARDS shards keeps its shard list in a binary table
+beside the manifest instead ("shard_table" in place of "shards" and "guids": shard_table.py); readers
+see the table as the split's "shards" (`attach_tables`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from msa_dist.common import atomic
 from msa_dist.common.errors import MsaDistError
 from msa_dist.common.limits import is_count
+from msa_dist.data.format.shard_table import (
+    TABLE_ABOVE_SHARDS,
+    ShardTable,
+    index_fields,
+    table_reference,
+    to_table,
+)
 from msa_dist.data.stores import is_url, open_store
 
 MANIFEST_NAME = "manifest.json"
@@ -38,7 +47,7 @@ def load_manifest(shard_dir: str | Path) -> dict:
     if is_url(str(shard_dir)):
         store = open_store(str(shard_dir))
         try:
-            return check_manifest(store.read(MANIFEST_NAME), store.url(MANIFEST_NAME))
+            return attach_tables(check_manifest(store.read(MANIFEST_NAME), store.url(MANIFEST_NAME)), store)
         except MsaDistError as exc:
             raise MsaDistError(f"{exc}: {_build_hint(shard_dir)}") from None
     shard_dir = Path(shard_dir)
@@ -51,7 +60,15 @@ def load_manifest(shard_dir: str | Path) -> dict:
         raw = path.read_bytes()
     except OSError as exc:
         raise MsaDistError(f"{path} is not readable ({exc}): {_build_hint(shard_dir)}") from None
-    return check_manifest(raw, str(path))
+    return attach_tables(check_manifest(raw, str(path)), open_store(str(shard_dir)))
+
+
+def attach_tables(manifest: dict, store) -> dict:
+    """Each split written as a binary shard table gets it as its "shards" (read now: shard_table.py)."""
+    for info in manifest["splits"].values():
+        if "shard_table" in info:
+            info["shards"] = ShardTable(store, info["shard_table"])
+    return manifest
 
 
 def check_manifest(raw: bytes, where: str) -> dict:
@@ -96,8 +113,13 @@ def _split_problem(info) -> str | None:
     """What is wrong with one split's entry (its counts, its shard list); None if nothing."""
     if not isinstance(info, dict):
         return "is not a mapping"
-    if "samples" not in info or "shards" not in info:
+    if "samples" not in info or ("shards" not in info and "shard_table" not in info):
         return "lacks 'samples' or 'shards'"
+    if "shard_table" in info:
+        ref = info["shard_table"]
+        if not isinstance(ref, dict) or shard_name_problem(ref.get("file")) or not is_count(ref.get("shards")):
+            return "has a bad 'shard_table' entry (file: a plain name, shards: a count)"
+        return None
     for key in ("samples", "labelled"):
         if key in info and not is_count(info[key]):
             return f"has {key} {info[key]!r}, not a count"
@@ -135,10 +157,22 @@ def split_shards(manifest: dict, split: str, location: str) -> list[dict]:
     return shards
 
 
-def write_manifest(directory: str | Path, manifest: dict) -> Path:
-    """Write `manifest.json` atomically (temp file + os.replace) so readers never see half of it."""
+def write_manifest(directory: str | Path, manifest: dict, table_above: int = TABLE_ABOVE_SHARDS) -> Path:
+    """Write `manifest.json` atomically (temp file + os.replace) so readers never see half of it; a split of
+    more than `table_above` shards goes to a binary shard table first (without its guids)."""
+    out = {**manifest, "splits": {}}
+    for split, info in manifest["splits"].items():
+        info = dict(info)
+        shards = info.get("shards")
+        if isinstance(shards, ShardTable) or (shards is not None and len(shards) > table_above):
+            data = to_table(shards)
+            atomic.write_atomic(Path(directory) / table_reference(split, data, 0)["file"], data)
+            fields = shards.fields if isinstance(shards, ShardTable) else index_fields(shards)
+            info["shard_table"] = table_reference(split, data, len(shards), fields)
+            info.pop("shards"), info.pop("guids", None)
+        out["splits"][split] = info
     path = Path(directory) / MANIFEST_NAME
-    return atomic.write_atomic(path, json.dumps(manifest, indent=1, ensure_ascii=False) + "\n")
+    return atomic.write_atomic(path, json.dumps(out, indent=1, ensure_ascii=False) + "\n")
 
 
 def shard_urls(shard_dir: str | Path, split: str, manifest: dict | None = None) -> list[str]:

@@ -19,6 +19,7 @@ from concurrent.futures import Future
 
 import numpy as np
 
+from msa_dist.data.format.index_bin import read_records
 from msa_dist.data.loading.blocks import BlockEpoch, BlockTrainPlan
 from msa_dist.data.loading.readahead import ReadPool, Run
 from msa_dist.data.loading.shuffle_buffer import ShuffleBuffer
@@ -42,11 +43,19 @@ class _PartitionReads:
         self._ends = np.cumsum(self.segments.hi - self.segments.lo)  # samples up to and including each segment
         self._submit(pool)  # the blocks the first piece needs (the buffer's fill), before it asks for them
 
-    def _read(self, seg: int) -> tuple[int, bytes]:
-        shard = int(self.segments.shard[seg])
-        index = self.reader.shard_set.index(self.reader.shards[shard])  # the shard's index: once per worker
-        start, end = index.starts[int(self.segments.lo[seg])], index.ends[int(self.segments.hi[seg]) - 1]
-        return start, self.reader.read(shard, start, end)
+    def _read(self, seg: int) -> tuple[int, bytes, object, int]:
+        """(start, bytes, index, first sample of the index) of a segment: the index records are the ones this
+        worker holds (all the split's, read before it forked, if they fit), else the segment's alone (one
+        ranged read of the binary sidecar, where the manifest says they lie), else the whole index."""
+        shard, lo, hi = int(self.segments.shard[seg]), int(self.segments.lo[seg]), int(self.segments.hi[seg])
+        entry, first = self.reader.shards[shard], 0
+        index = self.reader.shard_set.cached(entry["name"])
+        if index is None:
+            index, first = read_records(self.reader.shard_set.store, entry, lo, hi), lo
+        if index is None:
+            index, first = self.reader.shard_set.index(entry), 0  # the shard's index: once per worker
+        start, end = index.starts[lo - first], index.ends[hi - 1 - first]
+        return start, self.reader.read(shard, start, end), index, first
 
     def _submit(self, pool: ReadPool) -> None:
         """Keep in flight every block the next piece can take samples from (the buffer enters at most
@@ -66,12 +75,12 @@ class _PartitionReads:
         offsets = self._wanted.pop(seg, None) or range(hi - lo)
         out: dict = {}
         try:
-            start, data = self._reads.pop(seg).result()
+            start, data, index, first = self._reads.pop(seg).result()
         except OSError as exc:  # a short read or a failed request: these samples are reported and skipped
             return dict.fromkeys(offsets, exc)
         shard = int(self.segments.shard[seg])
         run = Run(shard, [(lo + offset, offset) for offset in offsets], start, start + len(data))
-        self.reader.samples(run, data, start, out)
+        self.reader.samples(run, data, start, out, index, first)
         return out
 
     def take(self, pool: ReadPool) -> list:

@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from msa_dist.common.errors import MsaDistError
+from msa_dist.data.format.shard_table import shard_column
 from msa_dist.data.loading.order import KeyedPermutation, TrainPlan, stable_int
 
 MARK_SLOTS = 64  # an epoch keeps the samples up to every 64th slot; a slot between is found in one window
+SAME_ORDER_RANKS = 8  # canonical_partitions=0: every world size dividing this gets the same order
 BLOCKS_VERSION = 1  # bumped whenever the rule above changes: an old position then restarts its epoch
 
 
@@ -139,10 +141,12 @@ def lcm(a: int, b: int) -> int:
 
 
 def resolve_partitions(partitions: int, world_size: int, grad_accum_steps: int, workers: int) -> int:
-    """`data.canonical_partitions`, 0 meaning the smallest this layout allows (then the order depends on it)."""
+    """`data.canonical_partitions`; 0: lcm(world, SAME_ORDER_RANKS) x lcm(accumulation, workers), so 1, 2, 4 and 8
+    ranks (one node, or a part of it) share one order and resume each other's positions exactly, and a world
+    that is a multiple of 8 has exactly one partition per worker's turn (no more buffers than it needs)."""
     step = world_size * lcm(grad_accum_steps, max(1, workers))
     if partitions == 0:
-        return step
+        return lcm(world_size, SAME_ORDER_RANKS) * lcm(grad_accum_steps, max(1, workers))
     if partitions % step:
         raise MsaDistError(
             f"data.canonical_partitions={partitions} must be a multiple of world size x lcm(accumulation steps, "
@@ -210,7 +214,7 @@ def block_train_plan(cfg, shards: list[dict], spec, **kw) -> BlockTrainPlan:
             "data.read_mode=blocks reads each block once per epoch in its own order: set data.resampled=false "
             "and data.length_bucket_batches=0"
         )
-    table = BlockTable([s["samples"] for s in shards], [s.get("bytes", 0) for s in shards], cfg.block_bytes)
+    table = BlockTable(shard_column(shards, "samples"), shard_column(shards, "bytes"), cfg.block_bytes)
     partitions = resolve_partitions(cfg.canonical_partitions, spec.world_size, spec.grad_accum_steps, cfg.workers)
     return BlockTrainPlan(
         table.size,

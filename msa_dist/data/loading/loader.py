@@ -179,7 +179,7 @@ def build_loader(
     if spec.train:
         plan = _train_plan(cfg, reader, spec, end_epoch=spec.epoch + 1)
     else:
-        plan = EvalPlan(sum(reader.sizes), spec.batch_size, spec.rank, spec.world_size)
+        plan = EvalPlan(int(reader.sizes.sum()), spec.batch_size, spec.rank, spec.world_size)
     dataset = _Batches(cfg, reader, plan, tokenizer, spec)
     loader = _data_loader(dataset, cfg, pin_memory and cfg.pin_memory)
     loader.plan, loader.corrupt, loader.listed = plan, dataset.corrupt, reader.shard_set.samples(spec.split)
@@ -204,7 +204,7 @@ class EvalLoader:
         reader = SampleReader(as_shard_set(shards), spec.split)
         # read here (all, if they fit the index cache): the forked workers inherit them
         reader.shard_set.preload(shards_to_preload(reader.shard_set, reader.shards))
-        self.plan = EvalPlan(sum(reader.sizes), spec.batch_size, spec.rank, spec.world_size)
+        self.plan = EvalPlan(int(reader.sizes.sum()), spec.batch_size, spec.rank, spec.world_size)
         dataset = _Batches(cfg, reader, self.plan, tokenizer, spec)
         self.corrupt, self.listed = dataset.corrupt, reader.shard_set.samples(spec.split)
         self._loader = _data_loader(dataset, cfg, pinned=False, persistent=True)
@@ -229,7 +229,7 @@ def _train_plan(cfg: DataConfig, reader: SampleReader, spec: StreamSpec, **kw) -
     if train_read_mode(cfg, reader.shards) == "blocks":
         return block_train_plan(cfg, reader.shards, spec, **kw)
     return TrainPlan(
-        int(sum(reader.sizes)),
+        int(reader.sizes.sum()),
         cfg.chunk_samples,
         cfg.resampled,
         spec.seed,

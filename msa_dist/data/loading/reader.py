@@ -12,6 +12,7 @@ import collections
 import hashlib
 import itertools
 import multiprocessing
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,7 +22,8 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.common.urls import redact_url
 from msa_dist.data.format.index import ShardIndex
 from msa_dist.data.format.index_bin import IndexCache, load_index
-from msa_dist.data.format.manifest import MANIFEST_NAME, check_manifest, split_shards
+from msa_dist.data.format.manifest import MANIFEST_NAME, attach_tables, check_manifest, split_shards
+from msa_dist.data.format.shard_table import shard_column
 from msa_dist.data.loading.readahead import ReadAhead, ReadPool, Run
 from msa_dist.data.stores import MissingFile, ShardStore, open_store
 
@@ -39,12 +41,20 @@ class ShardSet:
                 f"no {MANIFEST_NAME} at {self.location}: build shards with `msa-dist shards build "
                 f"DATA_ROOT --out DIR` or index a webdataset set with `msa-dist shards index DIR`"
             ) from None
-        self.manifest = check_manifest(raw, self.store.url(MANIFEST_NAME))
+        self.manifest = attach_tables(check_manifest(raw, self.store.url(MANIFEST_NAME)), self.store)
         self.store.check_ranges(
             MANIFEST_NAME
         )  # e.g. a web server without Range support: say so before any worker starts
         self.manifest_sha256 = hashlib.sha256(raw).hexdigest()
         self._indexes = IndexCache()  # bounded: the least recently used go (index_bin.py)
+        self._loading: dict[str, threading.Lock] = {}  # an index being read: other threads wait for it
+        self._loading_lock = threading.Lock()
+
+    def __getstate__(self):  # a spawned worker: fresh locks
+        return {k: v for k, v in self.__dict__.items() if k not in ("_loading", "_loading_lock")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _loading={}, _loading_lock=threading.Lock())
 
     def shards(self, split: str) -> list[dict]:
         """The split's shard entries (name, samples, ...); MsaDistError if absent or empty."""
@@ -62,18 +72,32 @@ class ShardSet:
         for shard in missing:
             self.index(shard)
 
+    def cached(self, name: str):
+        """The index of shard `name` if this process holds it (nothing is read)."""
+        return self._indexes.get(name)
+
     def index(self, shard: dict) -> ShardIndex:
         """A shard's index (read once), checked against the manifest's sample count."""
         name = shard["name"]
         index = self._indexes.get(name)
-        if index is None:
-            index = load_index(self.store, name)  # the binary sidecar, else the JSON one
-            if len(index) != shard["samples"]:
-                raise MsaDistError(
-                    f"index of {self.store.url(name)} lists {len(index)} samples, the manifest "
-                    f"{shard['samples']}: run `msa-dist shards index {self.location}` again"
-                )
-            self._indexes[name] = index
+        if index is not None:
+            return index
+        with self._loading_lock:  # one read per index: two blocks of a shard read at once wait for one
+            lock = self._loading.setdefault(name, threading.Lock())
+        try:
+            with lock:
+                index = self._indexes.get(name)
+                if index is None:
+                    index = load_index(self.store, name)  # the binary sidecar, else the JSON one
+                    if len(index) != shard["samples"]:
+                        raise MsaDistError(
+                            f"index of {self.store.url(name)} lists {len(index)} samples, the manifest "
+                            f"{shard['samples']}: run `msa-dist shards index {self.location}` again"
+                        )
+                    self._indexes[name] = index
+        finally:
+            with self._loading_lock:
+                self._loading.pop(name, None)
         return index
 
 
@@ -83,7 +107,7 @@ class SampleReader:
     def __init__(self, shard_set: ShardSet, split: str):
         self.shard_set, self.split = shard_set, split
         self.shards = shard_set.shards(split)
-        self.sizes = [int(s["samples"]) for s in self.shards]
+        self.sizes = shard_column(self.shards, "samples")  # an array: no object per shard
         self._first_id = np.concatenate([[0], np.cumsum(self.sizes)])
         self._samples_read = multiprocessing.Value("q", 0)  # shared with the loader's forked workers
 
@@ -134,11 +158,13 @@ class SampleReader:
         """Bytes [start, end) of the split's shard number `shard`, in one request."""
         return self.shard_set.store.read_range(self.shards[shard]["name"], start, end)
 
-    def samples(self, run: Run, data: bytes, base: int, out: list) -> None:
-        """Cut the samples of `run` out of `data` (the shard's bytes from `base` on) into their slots."""
-        index = self.shard_set.index(self.shards[run.shard])
+    def samples(self, run: Run, data: bytes, base: int, out: list, index=None, first: int = 0) -> None:
+        """Cut the samples of `run` out of `data` (the shard's bytes from `base` on) into their slots (with
+        `index`: the records of samples `first`, ... of the shard, else its whole index)."""
+        index = self.shard_set.index(self.shards[run.shard]) if index is None else index
         url = self.shard_set.store.url(self.shards[run.shard]["name"])
         for i, slot in run.samples:
+            i -= first
             sample = {"__key__": index.keys[i], "__url__": url}
             for field, offset, size in index.members(i):
                 sample[field] = data[offset - base : offset - base + size]

@@ -62,7 +62,7 @@ class TrainStream:
         self.plan = _train_plan(cfg, self.reader, spec, end_epoch=epochs, max_batches_per_epoch=batches_per_epoch)
         if self.plan.batches_per_epoch == 0:
             raise MsaDistError(
-                f"split '{spec.split}' ({sum(self.reader.sizes)} samples) has no whole global batch of "
+                f"split '{spec.split}' ({int(self.reader.sizes.sum())} samples) has no whole global batch of "
                 f"{spec.batch_size} x {spec.grad_accum_steps} accumulation x {spec.world_size} ranks: "
                 "lower train.batch_size"
             )
@@ -102,7 +102,7 @@ class TrainStream:
         key = {
             "order": ORDER_VERSION,
             "split": self.spec.split,
-            "samples": sum(self.reader.sizes),
+            "samples": int(self.reader.sizes.sum()),
             "seed": self.spec.seed,
             "chunk_samples": self.cfg.chunk_samples,
             "resampled": self.cfg.resampled,

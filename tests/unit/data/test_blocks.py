@@ -118,7 +118,9 @@ def test_every_sample_once_and_the_same_batches_on_each_layout_dividing_the_part
 
 
 def test_a_layout_that_does_not_divide_the_partitions_is_one_clear_error(split, tokenizer):
-    assert resolve_partitions(0, world_size=4, grad_accum_steps=2, workers=3) == 24
+    assert resolve_partitions(0, world_size=4, grad_accum_steps=2, workers=3) == 48  # lcm(4, 8) x lcm(2, 3)
+    assert resolve_partitions(0, world_size=1, grad_accum_steps=1, workers=2) == 16  # 1, 2, 4, 8 ranks: one order
+    assert resolve_partitions(0, world_size=24, grad_accum_steps=1, workers=2) == 48
     with pytest.raises(MsaDistError, match="canonical_partitions=8 must be a multiple"):
         build_loader(_cfg(workers=3), str(split), StreamSpec("train", True, 4), tokenizer)
     with pytest.raises(MsaDistError, match="data.resampled=false"):
