@@ -1,0 +1,133 @@
+"""LoRA adapters on both towers (model.*.lora, models/lora.py with peft), on the real MiniLM and
+EfficientNet-Lite0 weights: what trains, what a step changes, merging for export, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from msa_dist.common.errors import MsaDistError
+from msa_dist.config.schema import load_config
+from msa_dist.models import build_model
+from msa_dist.models.lora import has_lora, merge_lora
+
+PRETRAINED = [
+    "model.text.name=minilm-l6",
+    "model.text.pooling=mean",
+    "model.image.name=efficientnet-lite0",
+    "model.head.proj_dim=32",
+    "model.head.hidden=32",
+]
+LORA = ["model.text.lora.r=8", "model.image.lora.r=4", "model.image.lora.alpha=8"]
+
+
+def _model(*overrides: str):
+    torch.manual_seed(0)
+    return build_model(load_config(None, [*PRETRAINED, *overrides]).model, vocab_size=0)
+
+
+def _adapter_size(module: nn.Module, r: int) -> int:
+    """LoRA's A (r x in) and B (out x r) of a linear layer or a 1x1 conv."""
+    if isinstance(module, nn.Linear):
+        return r * (module.in_features + module.out_features)
+    assert isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1) and module.groups == 1
+    return r * (module.in_channels + module.out_channels)
+
+
+def _batch():
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(1000, 20000, (3, 10), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[2, 6:] = 0
+    return ids, mask, torch.randn(3, 3, 64, 64, generator=generator)
+
+
+def test_only_the_adapters_and_the_head_train_with_the_expected_counts():
+    plain, adapted = _model(), _model(*LORA)
+    plain_modules = dict(plain.named_modules())
+    expected = {"text": 0, "image": 0}
+    for part, prefix, names, r in (
+        ("text", "text_encoder.model.", ("query", "value"), 8),
+        ("image", "image_encoder.backbone.", ("conv_pw", "conv_pwl", "conv_head"), 4),
+    ):
+        for name, module in plain_modules.items():
+            if name.startswith(prefix) and name.rsplit(".", 1)[-1] in names:
+                expected[part] += _adapter_size(module, r)
+    groups = adapted.parameter_groups()
+    counts = {part: sum(p.numel() for p in groups[part]) for part in ("text", "image", "head")}
+    # MiniLM: 6 layers x (query + value) x 8 x (384 + 384)
+    assert counts["text"] == expected["text"] == 6 * 2 * 8 * 768
+    assert counts["image"] == expected["image"] > 0
+    assert counts["head"] == sum(p.numel() for p in plain.head.parameters())
+    trainable = {name for name, p in adapted.named_parameters() if p.requires_grad}
+    assert all("lora_" in name or name.startswith("head.") for name in trainable)
+    # the backbones' own weights are all still there, frozen, beside the adapters
+    frozen = sum(p.numel() for p in adapted.parameters() if not p.requires_grad)
+    assert frozen == sum(p.numel() for n, p in plain.named_parameters() if not n.startswith("head.")) > 25_000_000
+
+
+def test_a_step_changes_only_the_adapters_and_the_head():
+    model = _model(*LORA, "model.text.lora.dropout=0.1")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    groups = model.parameter_groups()
+    optimizer = torch.optim.AdamW([p for params in groups.values() for p in params], lr=1e-2, weight_decay=0.0)
+    model.train()
+    for _ in range(2):  # lora_B starts at zero, so lora_A first gets a gradient on the second step
+        loss = model(*_batch()).logsumexp(dim=-1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    changed = {name for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+    assert changed and all("lora_" in name or name.startswith("head.") for name in changed)
+    assert any("text_encoder" in n and "lora_A" in n for n in changed)
+    assert any("image_encoder" in n and "lora_B" in n for n in changed)
+    assert any(n.startswith("head.") for n in changed)
+
+
+def test_merging_gives_the_adapter_model_s_outputs_and_a_plain_model():
+    model = _model(*LORA).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:  # trained adapters are not zero
+                param.normal_(std=0.02)
+        adapted = model(*_batch())
+    plain_keys = set(_model().state_dict())
+    assert has_lora(model) and set(model.state_dict()) != plain_keys
+    merge_lora(model)
+    assert not has_lora(model) and set(model.state_dict()) == plain_keys
+    with torch.no_grad():
+        merged = model(*_batch())
+    assert (adapted - _model().eval()(*_batch())).abs().max() > 1e-3  # the adapters do change the outputs
+    torch.testing.assert_close(merged, adapted, rtol=1e-4, atol=1e-5)
+
+
+def test_a_bad_target_name_is_one_line():
+    with pytest.raises(MsaDistError) as err:
+        _model("model.text.lora.r=4", "model.text.lora.targets=[query,no_such_layer]")
+    message = str(err.value)
+    assert "\n" not in message and message.startswith("model.text.lora.targets=query,no_such_layer:")
+    assert "no module named 'no_such_layer' in bert" in message
+
+
+def test_an_architecture_without_defaults_asks_for_targets():
+    with pytest.raises(MsaDistError, match=r"^model.image.lora.targets: no default LoRA targets for TinyCNN"):
+        build_model(
+            load_config(None, ["model.modality=image", "model.image.name=tiny", "model.image.lora.r=4"]).model, 50
+        )
+
+
+@pytest.mark.parametrize(
+    ("override", "says"),
+    [
+        ("model.text.lora.r=-1", "model.text.lora.r=-1: must be >= 0"),
+        ("model.image.lora.alpha=0", "model.image.lora.alpha=0.0: must be > 0"),
+        ("model.text.lora.dropout=1", "model.text.lora.dropout=1.0: must be in [0, 1)"),
+        ("model.text.lora.targets=[a/b]", "model.text.lora.targets=[a/b]: must be module names"),
+        ("model.image.unfreeze_last_n_layers=2", "leave model.image.unfreeze_last_n_layers=-1"),
+    ],
+)
+def test_bad_lora_settings_are_one_line_at_load(override, says):
+    with pytest.raises(MsaDistError) as err:
+        load_config(None, ["model.image.lora.r=4", override])
+    assert says in str(err.value) and "\n" not in str(err.value)
