@@ -4,6 +4,7 @@ OUT/model.safetensors   the weights (safetensors: no code runs when they are loa
 OUT/config.yaml         the model config, label names, preprocessing, logit offsets, provenance
 OUT/tokenizer/          the run's tokenizer
 OUT/text_config/        the text backbone's architecture (no hub access when loading)
+OUT/model.onnx          with --onnx: the same model as an ONNX graph (onnx_export.py), for `predict --onnx`
 OUT/README.md           a model card with the val metrics and three lines of Python to predict
 """
 
@@ -103,8 +104,8 @@ def _merge_adapters(model, model_card: dict) -> dict | None:
     return merged
 
 
-def export_run(run_dir: str | Path, out: str | Path, which: str = "best") -> Path:
-    """Write the portable folder for `which` checkpoint of `run_dir`; returns `out`."""
+def export_run(run_dir: str | Path, out: str | Path, which: str = "best", onnx: bool = False) -> Path:
+    """Write the portable folder for `which` checkpoint of `run_dir` (and model.onnx with `onnx`); returns `out`."""
     from safetensors.torch import save_model
 
     from msa_dist.inference.predictor import load_model
@@ -143,6 +144,11 @@ def export_run(run_dir: str | Path, out: str | Path, which: str = "best") -> Pat
     predictor.tokenizer.save_pretrained(str(out / "tokenizer"))
     if (run_dir / "text_config").is_dir():
         shutil.copytree(run_dir / "text_config", out / "text_config")
+    if onnx:
+        from msa_dist.inference.onnx_export import ONNX_FILE, export_onnx
+
+        p = predictor.preprocessing
+        export_onnx(predictor.model, cfg.model.modality, p.image_size, p.max_length, out / ONNX_FILE)
     (out / "README.md").write_text(_card(run_dir, which, _val_metrics(run_dir, weights), card))
     return out
 
@@ -168,7 +174,7 @@ def run_export_command(args) -> int:
     """`msa-dist export`: write the folder, then push it when --push-to-hub is given."""
     from msa_dist.common.display import console
 
-    out = export_run(args.run, args.out, args.checkpoint)
+    out = export_run(args.run, args.out, args.checkpoint, onnx=args.onnx)
     console.print(f"exported the {args.checkpoint} checkpoint of {args.run} to {out}")
     if args.push_to_hub:
         console.print(f"uploaded to {push_to_hub(out, args.push_to_hub)}")
