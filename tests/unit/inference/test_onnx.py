@@ -53,6 +53,7 @@ def _text(guid: str) -> str:
     return decode_text((REAL / "data" / f"{guid}.txt").read_bytes())[0].strip()
 
 
+@pytest.mark.slow
 def test_onnx_gives_pytorch_s_class_and_probabilities_on_every_real_val_pair(exported):
     run, out, pairs = exported
     assert len(pairs) == 30
@@ -69,6 +70,7 @@ def test_onnx_gives_pytorch_s_class_and_probabilities_on_every_real_val_pair(exp
     assert [i.name for i in onnx_model.session.get_inputs()] == ["input_ids", "attention_mask", "images"]
 
 
+@pytest.mark.slow
 def test_predict_onnx_writes_the_classes_predict_writes(exported, tmp_path):
     run, out, pairs = exported
     data = tmp_path / "pairs"

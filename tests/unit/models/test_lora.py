@@ -131,3 +131,91 @@ def test_bad_lora_settings_are_one_line_at_load(override, says):
     with pytest.raises(MsaDistError) as err:
         load_config(None, ["model.image.lora.r=4", override])
     assert says in str(err.value) and "\n" not in str(err.value)
+
+
+TINY_LORA = [
+    "model.text.lora.r=4",
+    "model.image.lora.r=2",
+    "model.image.lora.targets=[features.2.0,features.3.0]",
+    "checkpoint.every_steps=2",
+    "checkpoint.keep_last=10",
+]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    """A finished 2-epoch tiny run (6 steps) with LoRA on both towers, a checkpoint every 2 steps."""
+    from raw_data import make_raw_dataset
+    from run_utils import tiny_config
+
+    from msa_dist.data.shards import build_shards
+    from msa_dist.engine.trainer import train
+
+    root = tmp_path_factory.mktemp("lora-run")
+    build_shards(make_raw_dataset(root / "raw").root, root / "shards", val_fraction=1 / 3, seed=0, shard_size=4)
+    train(tiny_config(root / "shards", *TINY_LORA), root / "run")
+    return root / "shards", root / "run"
+
+
+def test_a_lora_run_resumed_mid_epoch_ends_with_the_same_weights(lora_run, tmp_path):
+    import shutil
+
+    from dist_utils import final_weights
+    from run_utils import tiny_config
+
+    from msa_dist.engine.trainer import train
+
+    shards, run = lora_run
+    saved = torch.load(run / "checkpoints" / "step-0000002" / "model.pt", weights_only=True)
+    assert any("lora_A" in key for key in saved)  # the checkpoint holds the adapters (and the frozen base)
+    resumed = tmp_path / "run"
+    shutil.copytree(run, resumed)
+    for step in resumed.glob("checkpoints/step-*"):
+        if step.name != "step-0000002":  # step 2 of 3 in the first epoch
+            shutil.rmtree(step)
+    (resumed / "checkpoints" / "latest").write_text("step-0000002")
+    train(tiny_config(shards, *TINY_LORA), resumed, resume="auto")
+    expected, got = final_weights(run), final_weights(resumed)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+@pytest.mark.slow
+def test_an_exported_lora_run_loads_without_peft_and_gives_the_run_s_logits(lora_run, tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    import yaml
+
+    import msa_dist
+    from msa_dist.cli import main
+
+    _, run = lora_run
+    out = tmp_path / "exported"
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    card = yaml.safe_load((out / "config.yaml").read_text())
+    assert card["model"]["text"]["lora"]["r"] == 0 and card["merged_lora"]["text"]["r"] == 4
+    predictor = msa_dist.load_model(run)
+    assert has_lora(predictor.model)
+    ids = torch.randint(5, 100, (3, 12), generator=torch.Generator().manual_seed(0))
+    batch = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "images": torch.full((3, 3, 32, 32), 128, dtype=torch.uint8),
+    }
+    torch.save({"batch": batch, "logits": predictor.logits(batch)}, tmp_path / "batch.pt")
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["peft"] = None  # any import of peft fails
+        import torch, msa_dist
+        saved = torch.load({str(tmp_path / "batch.pt")!r})
+        model = msa_dist.load_model({str(out)!r})
+        diff = (model.logits(saved["batch"]) - saved["logits"]).abs().max().item()
+        assert diff <= 1e-5, diff
+        assert "peft" not in {{name.split(".")[0] for name in sys.modules if sys.modules[name] is not None}}
+        print("max abs logit difference", diff)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "max abs logit difference" in done.stdout
