@@ -18,8 +18,8 @@ class LoraAdapterConfig:
     # CLIP: q_proj, v_proj; EfficientNet-Lite: conv_pw, conv_pwl, conv_head; timm ViTs: qkv)
     targets: list[str] = field(default_factory=list)
 
-    # no checks of its own: model.text and model.image check their `lora` (config/checks.py), as the two
-    # sections' keys have different dotted names
+    def __post_init__(self):
+        pass  # checked by model.text and model.image (config/checks.py): the two have different dotted names
 
 
 @dataclass
