@@ -113,7 +113,11 @@ def test_a_bad_target_name_is_one_line():
 def test_an_architecture_without_defaults_asks_for_targets():
     with pytest.raises(MsaDistError, match=r"^model.image.lora.targets: no default LoRA targets for TinyCNN"):
         build_model(
-            load_config(None, ["model.modality=image", "model.image.name=tiny", "model.image.lora.r=4"]).model, 50
+            load_config(
+                None,
+                ["model.modality=image", "model.image.name=tiny", "model.image.weights=none", "model.image.lora.r=4"],
+            ).model,
+            50,
         )
 
 
