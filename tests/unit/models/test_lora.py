@@ -207,3 +207,17 @@ def test_an_exported_lora_run_loads_without_peft_and_gives_the_run_s_logits(lora
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "max abs logit difference" in done.stdout
+
+
+def test_default_targets_on_a_timm_vit_and_a_clip_vision_tower(tmp_path):
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    tiny = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32)
+    CLIPVisionModel(CLIPVisionConfig(patch_size=16, **tiny)).save_pretrained(tmp_path / "clip")
+    for name, adapted in (("timm:vit_tiny_patch16_224", ("qkv",)), (f"clip:{tmp_path / 'clip'}", ("q_proj", "v_proj"))):
+        cfg = load_config(None, ["model.modality=image", f"model.image.name={name}", "model.image.weights=none"])
+        cfg.model.image.lora.r = 2
+        model = build_model(cfg.model, 0)
+        trainable = {n for n, p in model.image_encoder.named_parameters() if p.requires_grad}
+        assert trainable and all("lora_" in n for n in trainable)
+        assert {n.split(".lora_")[0].rsplit(".", 1)[-1] for n in trainable} == set(adapted)
