@@ -67,6 +67,7 @@ def test_only_the_adapters_and_the_head_train_with_the_expected_counts():
     assert frozen == sum(p.numel() for n, p in plain.named_parameters() if not n.startswith("head.")) > 25_000_000
 
 
+@pytest.mark.slow
 def test_a_step_changes_only_the_adapters_and_the_head():
     model = _model(*LORA, "model.text.lora.dropout=0.1")
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
