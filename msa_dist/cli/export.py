@@ -13,6 +13,11 @@ def add_export_parser(sub) -> None:
     ex.add_argument("--out", required=True, help="the folder to write (new or empty)")
     ex.add_argument("--checkpoint", default="best", help="best | latest | step-NNNNNNN (default %(default)s)")
     ex.add_argument(
+        "--onnx",
+        action="store_true",
+        help="also write model.onnx (dynamic batch and text length) for `predict --onnx` (needs msa-dist[onnx])",
+    )
+    ex.add_argument(
         "--push-to-hub",
         default=None,
         metavar="REPO",

@@ -35,6 +35,11 @@ def add_predict_parser(sub) -> None:
     pr.add_argument("--batch-size", type=int, default=64, help="pairs per forward pass (default %(default)s)")
     pr.add_argument("--checkpoint", default="best", help="best | latest | step-NNNNNNN (run dirs only)")
     pr.add_argument(
+        "--onnx",
+        action="store_true",
+        help="run --run's model.onnx (a folder written by `export --onnx`) with ONNX Runtime (needs msa-dist[onnx])",
+    )
+    pr.add_argument(
         "--adjust",
         action="store_true",
         help="add per-class logit offsets tuned on the val split for macro-F1 (RUN/logit_offsets.json)",

@@ -7,6 +7,7 @@ or model is built. Builders import the allowed sets from here and do not check a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,33 @@ def _unknown_tracker(value, _) -> str:
     return f"unknown tracker {unknown!r}; use {', '.join(REPORT_TO)}"
 
 
+_LORA_TARGET = re.compile(r"[A-Za-z0-9_.]+")
+
+
+def _lora_checks(tower: str) -> tuple[Check, ...]:
+    """model.<tower>.lora's keys, checked in model.<tower> (the sub-section has no prefix of its own)."""
+    where, key = f"model.{tower}", f"model.{tower}.lora"
+    return (
+        Check(f"{key}.r", lambda v, _: 0 <= v <= 4096, "must be >= 0 and <= 4096 (0 = off)", where=where),
+        Check(f"{key}.alpha", lambda v, _: v > 0, "must be > 0", where=where),
+        Check(f"{key}.dropout", lambda v, _: 0 <= v < 1, "must be in [0, 1)", where=where),
+        Check(
+            f"{key}.targets",
+            lambda v, _: all(_LORA_TARGET.fullmatch(name) for name in v),
+            "must be module names (letters, digits, _ and .), e.g. query,value",
+            where=where,
+        ),
+        Check(
+            f"{key}.r",
+            lambda v, sec: not v or (sec.unfreeze_last_n_layers == -1 and not sec.freeze),
+            f"LoRA keeps the backbone fixed and trains only its adapters: leave {where}.unfreeze_last_n_layers=-1 "
+            f"and {where}.freeze=false",
+            where=where,
+            name="what_trains",
+        ),
+    )
+
+
 CHECKS: tuple[Check, ...] = (
     between("data.image_size", 1, 4096),
     between("data.resize_size", 1, 4096),
@@ -155,9 +183,11 @@ CHECKS: tuple[Check, ...] = (
         "needs model.text.name=tiny and model.text.tiny_arch=bow",
     ),
     at_least("model.text.unfreeze_last_n_layers", -1),
+    *_lora_checks("text"),
     fraction("model.text.layer_decay", low_open=True, high_open=False),
     between("model.image.tiny_width", 1, 512),
     at_least("model.image.unfreeze_last_n_layers", -1),
+    *_lora_checks("image"),
     fraction("model.image.layer_decay", low_open=True, high_open=False),
     one_of("model.head.fusion", tuple(FUSION_MODALITIES)),
     between("model.head.proj_dim", 1, 16384),

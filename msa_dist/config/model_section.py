@@ -8,6 +8,21 @@ from msa_dist.config.checks import check_section
 
 
 @dataclass
+class LoraAdapterConfig:
+    """LoRA adapters on one tower (peft): the backbone's weights stay fixed, only the adapters train."""
+
+    r: int = 0  # rank of each adapter; 0 = off (the backbone trains as its other keys say)
+    alpha: float = 16.0  # scaling: an adapter's update is multiplied by alpha / r
+    dropout: float = 0.0  # dropout on an adapter's input (training only)
+    # module names (or name suffixes) that get adapters; empty = the architecture's usual ones (BERT: query, value;
+    # CLIP: q_proj, v_proj; EfficientNet-Lite: conv_pw, conv_pwl, conv_head; timm ViTs: qkv)
+    targets: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        pass  # checked by model.text and model.image (config/checks.py): the two have different dotted names
+
+
+@dataclass
 class TextEncoderConfig:
     # a packaged backbone ("minilm-l6", sha256-checked), Hugging Face hub name, local directory, or "tiny" (from
     # scratch)
@@ -34,6 +49,7 @@ class TextEncoderConfig:
     layer_decay: float = 1.0  # layer-wise lr decay: each layer below the top gets this factor more; 1 = off
     # recompute each layer's activations in backward: less memory, ~1/3 more compute
     gradient_checkpointing: bool = False
+    lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)  # LoRA adapters on the text backbone
 
     def __post_init__(self):
         check_section(self, "model.text")
@@ -51,6 +67,7 @@ class ImageEncoderConfig:
     unfreeze_last_n_layers: int = -1  # train only the top N stages/blocks (and what follows them); -1 = all
     layer_decay: float = 1.0  # layer-wise lr decay: each stage/block below the top gets this factor more; 1 = off
     gradient_checkpointing: bool = False  # ResNets: recompute each residual block's activations in backward
+    lora: LoraAdapterConfig = field(default_factory=LoraAdapterConfig)  # LoRA adapters on the image backbone
 
     def __post_init__(self):
         check_section(self, "model.image")

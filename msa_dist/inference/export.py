@@ -1,9 +1,10 @@
 """`msa-dist export`: a run's model as a portable folder that needs neither the run dir nor a pickle.
 
-OUT/model.safetensors   the weights (safetensors: no code runs when they are loaded)
+OUT/model.safetensors   the weights (safetensors: no code runs when they are loaded); LoRA adapters merged in
 OUT/config.yaml         the model config, label names, preprocessing, logit offsets, provenance
 OUT/tokenizer/          the run's tokenizer
 OUT/text_config/        the text backbone's architecture (no hub access when loading)
+OUT/model.onnx          with --onnx: the same model as an ONNX graph (onnx_export.py), for `predict --onnx`
 OUT/README.md           a model card with the val metrics and three lines of Python to predict
 """
 
@@ -86,8 +87,25 @@ def _card(run_dir: Path, which: str, metrics: dict | None, card: dict) -> str:
     return "\n".join(lines)
 
 
-def export_run(run_dir: str | Path, out: str | Path, which: str = "best") -> Path:
-    """Write the portable folder for `which` checkpoint of `run_dir`; returns `out`."""
+def _merge_adapters(model, model_card: dict) -> dict | None:
+    """Fold LoRA adapters into their base layers, in place, and set the card's model config to lora.r=0, so
+    the exported folder is a plain model (`load_model` builds it without peft); returns the merged settings."""
+    from msa_dist.models.lora import has_lora, merge_lora
+
+    if not has_lora(model):
+        return None
+    merge_lora(model)
+    merged = {}
+    for tower in ("text", "image"):
+        lora = model_card[tower]["lora"]
+        if lora["r"]:
+            merged[tower] = {**lora}
+            lora["r"] = 0
+    return merged
+
+
+def export_run(run_dir: str | Path, out: str | Path, which: str = "best", onnx: bool = False) -> Path:
+    """Write the portable folder for `which` checkpoint of `run_dir` (and model.onnx with `onnx`); returns `out`."""
     from safetensors.torch import save_model
 
     from msa_dist.inference.predictor import load_model
@@ -98,6 +116,8 @@ def export_run(run_dir: str | Path, out: str | Path, which: str = "best") -> Pat
     cfg = load_run_config(run_dir)
     weights = model_weights_path(run_dir, which)
     predictor = load_model(run_dir, device="cpu", checkpoint=which)
+    model_card = to_dict(cfg)["model"]
+    merged_lora = _merge_adapters(predictor.model, model_card)
     info = read_run_info(run_dir) or {}
     from msa_dist.inference.calibration import load_offsets
 
@@ -105,9 +125,10 @@ def export_run(run_dir: str | Path, out: str | Path, which: str = "best") -> Pat
     card = {
         "format": 1,
         "labels": list(LABELS),
-        "model": to_dict(cfg)["model"],
+        "model": model_card,
         "preprocessing": asdict(predictor.preprocessing),
         "logit_offsets": offsets.tolist() if offsets is not None else None,  # used by load_model(adjust=True)
+        "merged_lora": merged_lora,  # the LoRA adapters folded into the weights (model.*.lora.r is 0 here)
         "source": {
             "run": str(run_dir.resolve()),
             "checkpoint": which,
@@ -123,6 +144,11 @@ def export_run(run_dir: str | Path, out: str | Path, which: str = "best") -> Pat
     predictor.tokenizer.save_pretrained(str(out / "tokenizer"))
     if (run_dir / "text_config").is_dir():
         shutil.copytree(run_dir / "text_config", out / "text_config")
+    if onnx:
+        from msa_dist.inference.onnx_export import ONNX_FILE, export_onnx
+
+        p = predictor.preprocessing
+        export_onnx(predictor.model, cfg.model.modality, p.image_size, p.max_length, out / ONNX_FILE)
     (out / "README.md").write_text(_card(run_dir, which, _val_metrics(run_dir, weights), card))
     return out
 
@@ -148,7 +174,7 @@ def run_export_command(args) -> int:
     """`msa-dist export`: write the folder, then push it when --push-to-hub is given."""
     from msa_dist.common.display import console
 
-    out = export_run(args.run, args.out, args.checkpoint)
+    out = export_run(args.run, args.out, args.checkpoint, onnx=args.onnx)
     console.print(f"exported the {args.checkpoint} checkpoint of {args.run} to {out}")
     if args.push_to_hub:
         console.print(f"uploaded to {push_to_hub(out, args.push_to_hub)}")

@@ -155,8 +155,10 @@ def predict_raw(
     shard_dir: str | None = None,
     batch_size: int = 64,
     device: str = "auto",
+    onnx: bool = False,
 ) -> tuple[int, list[BadRow]]:
-    """Predict raw pairs with a run's model; returns (pairs written, bad rows skipped)."""
+    """Predict raw pairs with a run's model (an exported folder's model.onnx on ONNX Runtime with `onnx`);
+    returns (pairs written, bad rows skipped)."""
     if sum(x is not None for x in (inputs, image, data_root)) != 1 or (image is None) != (text is None):
         raise MsaDistError("give one input: --inputs CSV, --image FILE with --text TEXT, or --data DATA_ROOT")
     if inputs is not None:
@@ -168,6 +170,13 @@ def predict_raw(
     from msa_dist.engine.runtime import read_env
     from msa_dist.inference.predictor import load_model
 
+    if onnx:
+        from msa_dist.inference.onnx_model import load_onnx_model
+
+        predictor = load_onnx_model(run_dir, adjust)
+        rows = predict_pairs(predictor, pairs, batch_size)
+        write_predictions(out, rows, predictor.labels, fmt)
+        return len(rows), bad
     if adjust and not (Path(run_dir) / "model.safetensors").is_file():
         from msa_dist.inference.calibration import load_offsets
 
@@ -187,7 +196,7 @@ def run_predict_command(args) -> int:
 
     exported = (Path(args.run) / "model.safetensors").is_file()
     if all(x is None for x in (args.inputs, args.image, args.text, args.data)):
-        if exported:
+        if exported or args.onnx:
             raise MsaDistError(
                 f"{args.run} is an exported model: it predicts raw pairs "
                 "(--inputs CSV, --image FILE --text TEXT, or --data DATA_ROOT), not shards"
@@ -217,6 +226,7 @@ def run_predict_command(args) -> int:
         adjust=args.adjust,
         shard_dir=shard_dir,
         batch_size=args.batch_size,
+        onnx=args.onnx,
     )
     for row in bad[:20]:
         print(f"msa-dist: skipped {row.message()}", file=sys.stderr)

@@ -19,6 +19,7 @@ from msa_dist.models.clip import ClipImageEncoder, load_clip_tower
 from msa_dist.models.efficientnet_lite import build_lite_encoder
 from msa_dist.models.image_base import ImageEncoder
 from msa_dist.models.layers import unfreeze_last_layers
+from msa_dist.models.lora import add_lora
 from msa_dist.models.pretrained import IMAGE_BACKBONES
 from msa_dist.models.timm_image import build_timm_encoder
 
@@ -193,6 +194,10 @@ def build_image_encoder(cfg: ImageEncoderConfig, pretrained: bool = True) -> Ima
     unfreeze_last_layers(
         encoder.backbone, -1 if cfg.freeze else cfg.unfreeze_last_n_layers, "model.image.unfreeze_last_n_layers"
     )
+    if cfg.lora.r:
+        add_lora(encoder.backbone, cfg.lora, "model.image.lora")
+        if cfg.channels_last:  # the adapters' convs too
+            encoder.backbone = encoder.backbone.to(memory_format=torch.channels_last)
     return encoder
 
 

@@ -14,6 +14,7 @@ from msa_dist.config.model_section import TextEncoderConfig
 from msa_dist.models.bow import BagOfNgrams, BagOfNgramsConfig
 from msa_dist.models.clip import load_clip_tower
 from msa_dist.models.layers import unfreeze_last_layers
+from msa_dist.models.lora import add_lora
 from msa_dist.models.pretrained import resolve_text_dir
 from msa_dist.models.tokenizer import offline_hint
 
@@ -151,6 +152,8 @@ def build_text_encoder(
     unfreeze_last_layers(
         encoder.model, -1 if cfg.freeze else cfg.unfreeze_last_n_layers, "model.text.unfreeze_last_n_layers"
     )
+    if cfg.lora.r:
+        add_lora(encoder.model, cfg.lora, "model.text.lora")
     return encoder
 
 

@@ -38,6 +38,20 @@ CASES = {
         "does not work with model.modality=text",
     ),
     "model.text.pooling": (["model.text.pooling=max"], "one of cls, mean, last"),
+    **{
+        case: value
+        for tower in ("text", "image")
+        for case, value in {
+            f"model.{tower}.lora.r": ([f"model.{tower}.lora.r=-1"], "must be >= 0 and <= 4096"),
+            f"model.{tower}.lora.r[what_trains]": (
+                [f"model.{tower}.lora.r=4", f"model.{tower}.unfreeze_last_n_layers=2"],
+                f"leave model.{tower}.unfreeze_last_n_layers=-1",
+            ),
+            f"model.{tower}.lora.alpha": ([f"model.{tower}.lora.alpha=0"], "must be > 0"),
+            f"model.{tower}.lora.dropout": ([f"model.{tower}.lora.dropout=1"], "must be in [0, 1)"),
+            f"model.{tower}.lora.targets": ([f"model.{tower}.lora.targets=[a/b]"], "must be module names"),
+        }.items()
+    },
     "model.text.pooling[bow]": (
         ["model.text.name=tiny", "model.text.tiny_arch=bow", "model.text.pooling=cls"],
         "tiny_arch=bow needs model.text.pooling=mean",
