@@ -62,12 +62,16 @@ class FSDPBackend(ProcessGroupBackend):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        if self.cfg.precision == "bf16":
-            policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        else:
-            policy = MixedPrecisionPolicy()
         mesh = init_device_mesh(self.env.device.type, (self.env.world_size,))
-        options = {"mesh": mesh, "mp_policy": policy, "reshard_after_forward": self.cfg.fsdp_reshard_after_forward}
+        options = {"mesh": mesh, "reshard_after_forward": self.cfg.fsdp_reshard_after_forward}
+        if self.cfg.precision == "bf16":
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+            # BatchNorm keeps fp32 running statistics and its kernels want weights of their dtype:
+            # each is a unit of its own that stays fp32 (its input cast up, its output back to bf16).
+            fp32_norm = MixedPrecisionPolicy(param_dtype=torch.float32, output_dtype=torch.bfloat16)
+            for norm in [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]:
+                if norm.affine:
+                    fully_shard(norm, **{**options, "mp_policy": fp32_norm})
         for encoder in (module.text_encoder, module.image_encoder):
             for block in block_modules(encoder) if encoder is not None else ():
                 fully_shard(block, **options)
@@ -106,7 +110,7 @@ class FSDPBackend(ProcessGroupBackend):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
 
         client = dict(client_state)
-        ema = client.pop("ema", None) or {}  # the EMA's other weights: sharded like the model's
+        ema = {k: self._from_rank_0(v) for k, v in (client.pop("ema", None) or {}).items()}
         model_state, optim_state = get_state_dict(self.module, self.optimizer)
         sharded = {"model": model_state, "optimizer": optim_state, **({"ema": ema} if ema else {})}
         dcp.save(sharded, checkpoint_id=ckpt_dir / TAG)
@@ -116,6 +120,16 @@ class FSDPBackend(ProcessGroupBackend):
             torch.save(
                 {"scheduler": self.scheduler.state_dict(), "has_ema": bool(ema), **client}, ckpt_dir / "state.pt"
             )
+
+    def _from_rank_0(self, tensor: torch.Tensor) -> torch.Tensor:
+        """A shard as it is; a plain tensor (the EMA's trained BatchNorm statistics, which each
+        rank updates from its own batches) as rank 0 holds it: DCP saves one copy of a replicated
+        tensor, from whichever rank its de-duplication picks, and model.pt holds rank 0's."""
+        if isinstance(tensor, DTensor):
+            return tensor
+        copy = tensor.to(self.env.device, copy=True)
+        torch.distributed.broadcast(copy, src=0)
+        return copy
 
     def load_state(self, ckpt_dir: Path) -> dict:
         import torch.distributed.checkpoint as dcp
