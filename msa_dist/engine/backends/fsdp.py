@@ -27,7 +27,7 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from msa_dist.common.errors import MsaDistError
-from msa_dist.engine.backends.base import ProcessGroupBackend, join_process_group
+from msa_dist.engine.backends.base import ProcessGroupBackend, contiguous_params, join_process_group
 from msa_dist.engine.checkpoint.safe_load import load_tensors
 from msa_dist.models.layers import block_modules
 
@@ -62,6 +62,7 @@ class FSDPBackend(ProcessGroupBackend):
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        module = contiguous_params(module, self.name, "its parameter shards")
         mesh = init_device_mesh(self.env.device.type, (self.env.world_size,))
         options = {"mesh": mesh, "reshard_after_forward": self.cfg.fsdp_reshard_after_forward}
         if self.cfg.precision == "bf16":

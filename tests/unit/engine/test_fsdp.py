@@ -71,3 +71,12 @@ def test_a_dropped_micro_batch_leaves_the_gradient_shards_as_they_were(one_rank_
     first_dropped = _grads(cfg, batches, [True, False])  # no gradient yet when the first is dropped
     second_only = _grads(cfg, batches[1:], [False])
     assert all(torch.equal(second_only[k], first_dropped[k]) for k in first_dropped)
+
+
+def test_channels_last_goes_back_to_the_default_layout_with_a_warning(one_rank_group):
+    """FSDP shards only contiguous parameters (a channels_last conv weight raises in fully_shard)."""
+    cfg = load_config(base=TINY, overrides=["backend.name=fsdp", "model.image.channels_last=true"])
+    backend = build_backend(cfg.backend, CPU, join=False)
+    with pytest.warns(UserWarning, match="channels_last has no effect with backend.name=fsdp"):
+        backend.prepare(build_model(cfg.model, vocab_size=200, pretrained=False), cfg.optim, 10, 1, 4)
+    assert all(p.to_local().is_contiguous() for p in backend.module.parameters())
