@@ -115,7 +115,12 @@ def print_train_result(result: dict, console: Console) -> None:
             "warm-up s / first step s (data wait)",
             f"{result['warmup_s']:.2f} / {result['first_step_s']:.2f} ({result['first_step_data_wait_s']:.2f})",
         ),
-        (f"peak memory ({result['peak_memory_kind']}, GiB)", f"{result['peak_memory_bytes'] / GIB:.2f}"),
+        (
+            f"peak memory ({result['peak_memory_kind']}, GiB, per rank)",
+            " / ".join(
+                f"{b / GIB:.2f}" for b in result.get("peak_memory_bytes_per_rank") or [result["peak_memory_bytes"]]
+            ),
+        ),
         ("train GFLOPs per sample", f"{result['train_flops_per_sample'] / 1e9:.2f}"),
         ("achieved FLOP/s per rank", _flops_rate(result["achieved_tflops_per_rank"])),
         (

@@ -66,6 +66,10 @@ def run_train_bench(
         if env.device.type == "cuda"
         else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     )
+    per_rank = [int(peak_memory)]
+    if env.world_size > 1:  # sharding backends (ZeRO-3, FSDP) differ in what each rank holds
+        per_rank = [None] * env.world_size
+        torch.distributed.all_gather_object(per_rank, int(peak_memory))
     device_peak, device_name = gpu_peak_tflops(env.device)
     result = summarise(records, flop_model, peak_tflops or device_peak, env.world_size, timing["drain_s"])
     result.update(step_distribution(records))
@@ -90,6 +94,7 @@ def run_train_bench(
         cudnn_benchmark=cudnn_benchmark,
         optimizer_steps_skipped=getattr(getattr(backend, "engine", None), "skipped_steps", None),
         peak_memory_bytes=int(peak_memory),
+        peak_memory_bytes_per_rank=per_rank,
         peak_memory_kind="torch.cuda.max_memory_allocated" if env.device.type == "cuda" else "process peak RSS",
         flops=flop_model.describe(),
         warmup_s=timing["warmup_s"],

@@ -168,7 +168,8 @@ def run_bench(args: argparse.Namespace) -> int:
 
         cfg = load_config(args.config, args.overrides)
         result = run_train_bench(cfg, args.steps, args.warmup, args.peak_tflops, args.cudnn_benchmark, args.profile)
-        report.write_json(result, args.json)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 writes (it holds every rank's peak)
+            report.write_json(result, args.json)
         report.print_train_result(result, console)
     elif args.bench_command == "memory":
         from msa_dist.bench.build import bench_tokenizer

@@ -24,7 +24,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 LOSSES = ("ce", "focal")
 BEST_METRICS = ("accuracy", "macro_f1", "weighted_f1")  # the val metrics that can pick the best checkpoint
 EARLY_STOP_METRICS = (*BEST_METRICS, "loss")  # loss (val cross-entropy) is better lower, the others higher
-BACKENDS = ("single", "ddp", "deepspeed")
+BACKENDS = ("single", "ddp", "deepspeed", "fsdp")
 PRECISIONS = ("fp32", "bf16", "fp16")
 ZERO_STAGES = (0, 1, 2, 3)
 DEVICES = ("auto", "cpu", "cuda")
@@ -267,6 +267,12 @@ CHECKS: tuple[Check, ...] = (
         "backend.compile",
         lambda v, backend: not (v and backend.name == "deepspeed"),
         "is not supported with backend.name=deepspeed: set backend.compile=false or use backend.name=ddp",
+    ),
+    Check(
+        "backend.precision",
+        lambda v, backend: not (v == "fp16" and backend.name == "fsdp"),
+        "is not supported with backend.name=fsdp (no sharded loss scaler here): use backend.precision=bf16 or fp32",
+        name="fsdp",
     ),
     one_of("backend.compile_scope", COMPILE_SCOPES),
     one_of("backend.compile_mode", COMPILE_MODES),

@@ -81,7 +81,7 @@ class TrainConfig:
 
 @dataclass
 class BackendConfig:
-    name: str = "single"  # single | ddp | deepspeed
+    name: str = "single"  # single | ddp | deepspeed | fsdp (PyTorch FSDP2: fully_shard per encoder block)
     precision: str = "fp32"  # fp32 | bf16 | fp16
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3
     deepspeed_config: str = ""  # optional DeepSpeed JSON merged over the generated one
@@ -96,6 +96,8 @@ class BackendConfig:
     # GPUs: let scaled-dot-product attention use cuDNN's kernel (it builds a plan per new shape)
     cudnn_sdpa: bool = True
     timeout_s: int = 1800  # process-group timeout: a rank waiting longer for a peer in a collective fails the run
+    # fsdp: free each block's gathered weights after its forward (gathered again for backward) or keep them
+    fsdp_reshard_after_forward: bool = True
 
     def __post_init__(self):
         check_section(self, "backend")

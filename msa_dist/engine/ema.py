@@ -30,6 +30,12 @@ class WeightAverage:
                     self.names.append(name)
                     self.live.append(tensor.data)  # the module's own storage: updated in place by the optimizer
         self.shadow = [t.detach().clone() for t in self.live]
+        # one fused update per kind of tensor: FSDP's sharded parameters (DTensors) and its plain buffers
+        self._kinds: dict[type, tuple[list, list]] = {}
+        for shadow, live in zip(self.shadow, self.live):
+            pair = self._kinds.setdefault(type(live), ([], []))
+            pair[0].append(shadow)
+            pair[1].append(live)
 
     @property
     def enabled(self) -> bool:
@@ -41,7 +47,8 @@ class WeightAverage:
             return
         decay = min(self.decay, (1.0 + step) / (10.0 + step))
         with torch.no_grad():
-            torch._foreach_lerp_(self.shadow, self.live, 1.0 - decay)
+            for shadow, live in self._kinds.values():
+                torch._foreach_lerp_(shadow, live, 1.0 - decay)
 
     def _swap(self) -> None:
         with torch.no_grad():

@@ -38,6 +38,20 @@ def parameter_depths(module: nn.Module) -> tuple[dict[str, int], int]:
     return depths, num_blocks
 
 
+def block_modules(module: nn.Module) -> list[nn.Module]:
+    """The blocks of a backbone as modules (those `parameter_depths` numbers 1..N), outermost only (a
+    timm stage, not also its blocks): the units a sharded backend gathers one at a time."""
+    blocks, taken = [], []
+    for name, child in module.named_modules():
+        if any(name.startswith(prefix) for prefix in taken):
+            continue
+        match = _BLOCK.search(name)
+        if match and match.end() == len(name) and any(True for _ in child.parameters()):
+            blocks.append(child)
+            taken.append(f"{name}.")
+    return blocks
+
+
 def unfreeze_last_layers(module: nn.Module, n: int, key: str) -> None:
     """Keep gradients only for the top `n` blocks and what follows them; n < 0 leaves everything trainable."""
     if n < 0:

@@ -1,4 +1,4 @@
-"""Backends: the one place that differs between one process, DDP and DeepSpeed.
+"""Backends: the one place that differs between one process, DDP, DeepSpeed and FSDP2.
 
 `build_backend(cfg.backend, env)` picks one at setup. Each backend chooses its precision once
 (disabled pieces are no-ops: `nullcontext()`, `GradScaler(enabled=False)`), so the training loop
@@ -20,10 +20,13 @@ from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import BackendConfig
 from msa_dist.engine.backends.base import Backend
 from msa_dist.engine.backends.ddp import DDPBackend
+from msa_dist.engine.backends.deepspeed import TAG as DEEPSPEED_TAG
 from msa_dist.engine.backends.deepspeed import DeepSpeedBackend
+from msa_dist.engine.backends.fsdp import TAG as FSDP_TAG
+from msa_dist.engine.backends.fsdp import FSDPBackend
 from msa_dist.engine.runtime import DistEnv
 
-__all__ = ["Backend", "DDPBackend", "DeepSpeedBackend", "build_backend"]
+__all__ = ["Backend", "DDPBackend", "DeepSpeedBackend", "FSDPBackend", "build_backend", "saved_format"]
 
 
 def build_backend(cfg: BackendConfig, env: DistEnv, join: bool = True) -> Backend:
@@ -34,7 +37,7 @@ def build_backend(cfg: BackendConfig, env: DistEnv, join: bool = True) -> Backen
         if env.world_size > 1:
             raise MsaDistError(
                 f"backend.name=single but WORLD_SIZE={env.world_size}: "
-                "use backend.name=ddp or backend.name=deepspeed under torchrun"
+                "use backend.name=ddp, deepspeed or fsdp under torchrun"
             )
         if cfg.zero_stage:
             warnings.warn("backend.zero_stage has no effect with backend.name=single", stacklevel=2)
@@ -43,10 +46,18 @@ def build_backend(cfg: BackendConfig, env: DistEnv, join: bool = True) -> Backen
         if cfg.zero_stage:
             warnings.warn("backend.zero_stage has no effect with backend.name=ddp", stacklevel=2)
         backend = DDPBackend(cfg, env)
+    elif cfg.name == "fsdp":
+        if cfg.zero_stage:
+            warnings.warn("backend.zero_stage has no effect with backend.name=fsdp (it always shards)", stacklevel=2)
+        if cfg.ddp_static_graph or cfg.ddp_bucket_mb != BackendConfig.ddp_bucket_mb:
+            warnings.warn("backend.ddp_* options have no effect with backend.name=fsdp", stacklevel=2)
+        backend = FSDPBackend(cfg, env)
     else:
         if cfg.ddp_static_graph or cfg.ddp_bucket_mb != BackendConfig.ddp_bucket_mb:
             warnings.warn("backend.ddp_* options have no effect with backend.name=deepspeed", stacklevel=2)
         backend = DeepSpeedBackend(cfg, env)
+    if cfg.name != "fsdp" and not cfg.fsdp_reshard_after_forward:
+        warnings.warn(f"backend.fsdp_reshard_after_forward has no effect with backend.name={cfg.name}", stacklevel=2)
     if cfg.name != "deepspeed":
         if cfg.deepspeed_config:
             warnings.warn(f"backend.deepspeed_config has no effect with backend.name={cfg.name}", stacklevel=2)
@@ -59,5 +70,14 @@ def build_backend(cfg: BackendConfig, env: DistEnv, join: bool = True) -> Backen
 
 def saved_format(step_dir: Path) -> str:
     """The checkpoint format of a saved step directory, as the backend that writes it recognises it:
-    'deepspeed' (DeepSpeed's own files, which it unpickles) or 'torch' (tensors and plain data)."""
-    return DeepSpeedBackend.checkpoint_format if DeepSpeedBackend.wrote(step_dir) else Backend.checkpoint_format
+    'deepspeed' (DeepSpeed's own files, which it unpickles), 'fsdp' (a DCP folder, whose index DCP
+    unpickles) or 'torch' (tensors and plain data)."""
+    for backend in (DeepSpeedBackend, FSDPBackend):
+        if backend.wrote(step_dir):
+            return backend.checkpoint_format
+    return Backend.checkpoint_format
+
+
+def format_folder(step_dir: Path) -> str | None:
+    """The folder of `step_dir` that its backend's loader unpickles (trust.py vouches for it), or None."""
+    return {"deepspeed": DEEPSPEED_TAG, "fsdp": FSDP_TAG}.get(saved_format(step_dir))

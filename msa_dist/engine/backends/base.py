@@ -195,6 +195,22 @@ def compile_model(cfg: BackendConfig, model: torch.nn.Module) -> torch.nn.Module
     return model
 
 
+def contiguous_params(model: torch.nn.Module, backend: str, why: str) -> torch.nn.Module:
+    """The model with every parameter in the default memory layout: DeepSpeed's flat buffers and
+    FSDP's shards take plain contiguous memory (a channels_last conv weight fails in both), so
+    image encoders go back to it, with a warning."""
+    if all(p.is_contiguous() for p in model.parameters()):
+        return model
+    warnings.warn(
+        f"model.image.channels_last has no effect with backend.name={backend}: {why} need the default memory layout",
+        stacklevel=3,
+    )
+    for module in model.modules():
+        if getattr(module, "channels_last", False):
+            module.channels_last = False
+    return model.to(memory_format=torch.contiguous_format)
+
+
 def join_process_group(env: DistEnv, timeout_s: float = PROCESS_GROUP_TIMEOUT.total_seconds()) -> None:
     """init_process_group from the launcher's environment: NCCL on GPUs, gloo on CPUs.
 

@@ -26,7 +26,7 @@ import torch
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import BackendConfig, OptimConfig
 from msa_dist.config.values import deep_merge
-from msa_dist.engine.backends.base import ProcessGroupBackend, join_process_group, skip_update
+from msa_dist.engine.backends.base import ProcessGroupBackend, contiguous_params, join_process_group, skip_update
 from msa_dist.engine.backends.universal import convert_to_universal, repair_stage3_load
 from msa_dist.engine.optim import build_scheduler, optimizer_param_groups
 from msa_dist.engine.runtime import DistEnv
@@ -120,22 +120,6 @@ def deepspeed_config(
     return deep_merge(generated, user)
 
 
-def _contiguous(model: torch.nn.Module) -> torch.nn.Module:
-    """DeepSpeed broadcasts and flattens parameters as plain contiguous memory (a channels_last
-    weight fails in its `_broadcast_model`), so image encoders go back to the default layout."""
-    if all(p.is_contiguous() for p in model.parameters()):
-        return model
-    warnings.warn(
-        "model.image.channels_last has no effect with backend.name=deepspeed: "
-        "its flat parameter buffers need the default memory layout",
-        stacklevel=2,
-    )
-    for module in model.modules():
-        if getattr(module, "channels_last", False):
-            module.channels_last = False
-    return model.to(memory_format=torch.contiguous_format)
-
-
 class DeepSpeedBackend(ProcessGroupBackend):
     """`deepspeed.initialize` with ZeRO 0-3; runs under torchrun, the deepspeed launcher, or alone."""
 
@@ -178,7 +162,7 @@ class DeepSpeedBackend(ProcessGroupBackend):
     ) -> None:
         """deepspeed.initialize with our AdamW parameter groups (each part keeps its own lr)."""
         self.grad_accum_steps, self.grad_clip = grad_accum_steps, optim_cfg.grad_clip
-        self.module = _contiguous(model).to(self.env.device)
+        self.module = contiguous_params(model, self.name, "its flat parameter buffers").to(self.env.device)
         self.ds_config = deepspeed_config(
             self.cfg, optim_cfg, micro_batch_size, grad_accum_steps, self.env.world_size, self.env.device.type == "cuda"
         )

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import CheckpointConfig
-from msa_dist.engine.backends import saved_format
+from msa_dist.engine.backends import format_folder
 from msa_dist.engine.checkpoint import files as ckpt
 from msa_dist.engine.checkpoint import trust as checkpoint_trust
 from msa_dist.engine.ema import WeightAverage
@@ -107,7 +107,7 @@ class Checkpointer:
 def resume_point(ckpt_root: Path, resume: str | None, trust: bool = False) -> Path | None:
     """The step directory `--resume` names: `auto` is the latest complete one that loads (None if
     there is none; an unreadable one falls back to the one before, with a warning). A named
-    directory must load as it is. DeepSpeed unpickles its own files, so a DeepSpeed checkpoint, on
+    directory must load as it is. DeepSpeed unpickles its own files (DCP its index), so such a checkpoint, on
     either branch, needs to have been saved here (trust.py) or `trust` (--trust-checkpoint)."""
     if not resume:
         return None
@@ -118,6 +118,7 @@ def resume_point(ckpt_root: Path, resume: str | None, trust: bool = False) -> Pa
         if not path.is_dir():
             raise MsaDistError(f"--resume {resume}: no such checkpoint directory (use 'auto' or a step-NNNNNNN dir)")
         ckpt.check_readable(path)  # one line if it is torn, truncated or carries a payload
-    if path is not None and saved_format(path) == "deepspeed":
-        checkpoint_trust.require_made_here(path, checkpoint_trust.FOLDER, trust, f"--resume {resume}")
+    folder = format_folder(path) if path is not None else None
+    if folder:
+        checkpoint_trust.require_made_here(path, folder, trust, f"--resume {resume}")
     return path

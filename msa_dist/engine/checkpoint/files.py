@@ -3,7 +3,8 @@
 Layout under RUN_DIR/checkpoints/:
   step-000120/   model.pt (plain weights, read by evaluate/predict without any backend),
                  the backend's own state files, rng-rank{R}.pt, client.json; with DeepSpeed,
-                 deepspeed/ and trust.json (the HMAC that says this user saved it: trust.py)
+                 deepspeed/ and trust.json (the HMAC that says this user saved it: trust.py);
+                 with FSDP, fsdp/ (DCP's shards and index) and trust.json
   best/          model.pt + metrics.json of the best evaluation so far
   latest         text file naming the newest complete step directory (a `step-N` name: nothing
                  outside checkpoints/ is followed)
@@ -28,7 +29,7 @@ import torch
 from msa_dist.common import atomic
 from msa_dist.common.errors import USER_OS_ERRORS, MsaDistError
 from msa_dist.common.limits import read_input
-from msa_dist.engine.backends import saved_format
+from msa_dist.engine.backends import format_folder, saved_format
 from msa_dist.engine.checkpoint import trust
 from msa_dist.engine.checkpoint.safe_load import UnreadableFile, load_tensors
 
@@ -77,8 +78,8 @@ def _save_and_publish(backend, ckpt_root: Path, tmp: Path, final: Path, client_s
     torch.save(rng_state(), tmp / f"rng-rank{backend.env.rank}.pt")
     backend.barrier()
     if backend.env.is_main:
-        if saved_format(tmp) == "deepspeed":  # DeepSpeed's pickles: vouch for them (trust.py)
-            trust.sign(tmp, trust.FOLDER)
+        if folder := format_folder(tmp):  # DeepSpeed's pickles, DCP's index: vouch for them (trust.py)
+            trust.sign(tmp, folder)
         # client.json is written last: a directory that has it is complete.
         # (without the config, and without the EMA's weights: tensors, kept in the backend's state)
         (tmp / "client.json").write_text(
@@ -167,10 +168,10 @@ def _complete(ckpt_root: Path, path: Path) -> bool:
 def check_readable(step_dir: Path) -> None:
     """Our files of a step directory load as tensors and plain data (mapped, not read): else
     `UnreadableFile` (truncated, torn) or `UnsafeFile` (a pickle payload). DeepSpeed's own files
-    are not ours to read: see docs/security.md."""
+    and DCP's are not ours to read: see docs/security.md."""
     read_client(step_dir)
     names = ["model.pt", *sorted(p.name for p in step_dir.glob("rng-rank*.pt"))]
-    if saved_format(step_dir) == "torch":
+    if saved_format(step_dir) in ("torch", "fsdp"):
         names.append("state.pt")
     for name in names:
         load_tensors(step_dir / name, mmap=True)

@@ -1,12 +1,14 @@
-"""Which DeepSpeed checkpoints were made here: an HMAC of their files under a key kept outside any run dir.
+"""Which DeepSpeed (and DCP) checkpoints were made here: an HMAC of their files under a key kept outside any run dir.
 
 DeepSpeed reads its own files with an unrestricted `torch.load` (full pickle), which runs whatever a file
 asks for, so msa-dist lets it read a DeepSpeed checkpoint only if this user on this machine saved
-it, or with `train --trust-checkpoint`. Where a checkpoint lies says nothing (a run dir can be
-downloaded whole); what proves it is `trust.json` beside the DeepSpeed folder: an HMAC-SHA256, under
-a key only this user can read, of the name, size and SHA-256 of every file in the folder. Rank 0
-writes it after a save (and after a universal conversion); a resume (`auto`, a torchrun restart, or
-a named directory) checks it before DeepSpeed reads anything. Each costs one pass over the files.
+it, or with `train --trust-checkpoint`; the same holds for the FSDP backend's DCP folder, whose
+`.metadata` index torch.distributed.checkpoint reads with `pickle.load`. Where a checkpoint lies
+says nothing (a run dir can be downloaded whole); what proves it is `trust.json` beside the
+DeepSpeed (or DCP) folder: an HMAC-SHA256, under a key only this user can read, of the name, size
+and SHA-256 of every file in the folder. Rank 0 writes it after a save (and after a universal
+conversion); a resume (`auto`, a torchrun restart, or a named directory) checks it before DeepSpeed
+(or DCP) reads anything. Each costs one pass over the files.
 
 The key: KEY_FILE in $MSA_DIST_CONFIG_DIR, else $XDG_CONFIG_HOME/msa-dist, else ~/.config/msa-dist;
 32 random bytes, created (mode 0600) on first use. Ranks on other hosts need the same key: a shared
@@ -29,6 +31,7 @@ from msa_dist.common.errors import MsaDistError
 log = logging.getLogger(__name__)
 RECORD = "trust.json"  # beside the DeepSpeed folder it vouches for
 FOLDER = "deepspeed"  # that folder in a step directory (the DeepSpeed backend's TAG)
+READERS = {"deepspeed": "DeepSpeed", "fsdp": "torch.distributed.checkpoint"}  # who unpickles which folder
 KEY_FILE = "checkpoint.key"
 _CHUNK = 1 << 20
 
@@ -120,13 +123,15 @@ def made_here(root: Path, name: str) -> bool:
 
 
 def require_made_here(step_dir: Path, name: str, trust: bool, what: str) -> None:
-    """MsaDistError (one line) unless `step_dir/name` holds no DeepSpeed checkpoint, `trust`, or it was made here."""
+    """MsaDistError (one line) unless `step_dir/name` holds no DeepSpeed (or DCP) checkpoint, `trust`,
+    or it was made here."""
     step_dir = Path(step_dir)
     if trust or not (step_dir / name).is_dir() or made_here(step_dir, name):
         return
+    reader = READERS.get(name, name)
     raise MsaDistError(
-        f"{what}: {step_dir} holds a DeepSpeed checkpoint that was not saved by this user on this "
-        f"machine (its {RECORD} does not verify under {key_path()}), and DeepSpeed unpickles its "
+        f"{what}: {step_dir} holds a {reader} checkpoint that was not saved by this user on this "
+        f"machine (its {RECORD} does not verify under {key_path()}), and {reader} unpickles its "
         "files, which can run code: pass --trust-checkpoint if you made it or trust who did, or "
         f"start a new run from its plain weights with train.init_from={step_dir / 'model.pt'}"
     )
