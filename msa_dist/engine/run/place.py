@@ -93,9 +93,10 @@ class RunPlace:
         if self.store is None:
             return True
         reason = self._try(lambda: remote.upload_part(self.store, step_dir, self.env.rank))
-        if not self._all_ok(backend, reason) or not self._all_ok(backend, self._commit(step_dir, best)):
+        if not self._all_ok(backend, reason):
             return self._not_saved(step, reason)
-        return True
+        reason = self._commit(step_dir, best)  # rank 0 only; the others learn its answer below
+        return self._all_ok(backend, reason) or self._not_saved(step, reason)
 
     def _commit(self, step_dir: Path, best: bool) -> str | None:
         if not self.env.is_main:
