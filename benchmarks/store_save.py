@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+PART_BYTES = 1 << 30
 OVERRIDES = [
     "model.text.name=bert-base-random",
     "model.image.weights=none",
@@ -107,6 +108,11 @@ def main() -> None:
         AWS_DEFAULT_REGION="us-east-1",
         AWS_ENDPOINT_URL_S3=f"http://{host}:{port}",
     )
+    import fsspec
+
+    # moto's server fails CompleteMultipartUpload of a ~1 GB file sent in s3fs's default 50 MB parts
+    # ("seek of closed file" inside moto); both kinds here send 1 GiB parts (a real bucket takes either)
+    fsspec.config.conf["s3"] = {"default_block_size": PART_BYTES}
     try:
         boto3.client("s3").create_bucket(Bucket="bench")
         cfg = load_config(str(REPO / "configs" / "bert_resnet50.yaml"), OVERRIDES)
@@ -117,6 +123,8 @@ def main() -> None:
         _one_step(backend, cfg)
         url = "s3://bench/run"
         store = RunStore(url)
+        put_file = store.fs.put_file
+        store.fs.put_file = lambda lpath, rpath, **kw: put_file(lpath, rpath, chunksize=PART_BYTES, **kw)
         with tempfile.TemporaryDirectory(prefix="store-save-") as scratch:
             for i in range(args.repeats):
                 for kind in ("project", "dcp"):

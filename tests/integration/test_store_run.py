@@ -38,7 +38,7 @@ ARGS = (
     "checkpoint.lock_lease_s=3",
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.distributed]
+pytestmark = pytest.mark.slow
 
 
 def _client(env: dict):
@@ -113,6 +113,33 @@ def shards(tmp_path_factory):
     return root / "shards"
 
 
+def test_a_bucket_that_refuses_writes_and_a_second_job_are_one_line_at_start(shards, tmp_path):
+    """No bucket (or no right to write to it): one line before any training. A live lease on the
+    prefix: a second `msa-dist train` is refused in one line, naming the holder."""
+    from msa_dist.engine.run.store import RunStore
+    from msa_dist.engine.run.store_lock import StoreLock
+
+    config = write_config(tmp_path / "c.yaml", shards, "train.epochs=1")
+    with moto_s3("runs") as env:
+        cmd = [sys.executable, "-m", "msa_dist", "train", "--config", str(config), "--scratch", str(tmp_path / "s")]
+        result = run([*cmd, "--run-dir", "s3://no-such-bucket/r"], timeout=120, **env)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+        assert "cannot write to the run dir s3://no-such-bucket/r" in result.stderr
+        os.environ.update(env)  # this process plays the live run: its lease on s3://runs/r
+        try:
+            with StoreLock(RunStore(RUN), lease_s=60):
+                result = run([*cmd, "--run-dir", RUN, "--resume", "auto"], timeout=120, **env)
+        finally:
+            for key in env:
+                os.environ.pop(key, None)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert result.stderr.strip().count("\n") == 0, result.stderr
+        assert f"s3://runs/r is in use by a live run (host={socket.gethostname()} pid={os.getpid()}" in result.stderr
+
+
+@pytest.mark.cluster
+@pytest.mark.distributed
 def test_nodes_lost_and_replaced_resume_from_s3_bit_equal(shards, tmp_path):
     with moto_s3("runs", "data") as env:
         client = _client(env)

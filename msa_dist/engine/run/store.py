@@ -112,15 +112,22 @@ class RunStore:
                 log.warning("%s failed (%s); retrying", what, type(exc).__name__)
                 time.sleep(self.pause_s * 2 ** (attempt - 1))
 
+    def _write(self, what: str, call) -> None:
+        """A write; a missing bucket (FileNotFoundError) is one line too."""
+        try:
+            self._retry(what, call)
+        except FileNotFoundError as exc:
+            raise StoreError(f"{what}: {str(exc).splitlines()[0] if str(exc) else 'no such bucket'}") from None
+
     def put_file(self, local: Path, name: str) -> None:
-        self._retry(f"cannot upload {self.where(name)}", lambda: self.fs.put_file(str(local), self.path(name)))
+        self._write(f"cannot upload {self.where(name)}", lambda: self.fs.put_file(str(local), self.path(name)))
 
     def get_file(self, name: str, local: Path) -> None:
         local.parent.mkdir(parents=True, exist_ok=True)
         self._retry(f"cannot download {self.where(name)}", lambda: self.fs.get_file(self.path(name), str(local)))
 
     def write(self, name: str, data: bytes) -> None:
-        self._retry(f"cannot write {self.where(name)}", lambda: self.fs.pipe_file(self.path(name), data))
+        self._write(f"cannot write {self.where(name)}", lambda: self.fs.pipe_file(self.path(name), data))
 
     def read(self, name: str) -> bytes | None:
         """The object's bytes, None if there is none."""
