@@ -23,6 +23,7 @@ from pathlib import Path
 
 from msa_dist.common import atomic
 from msa_dist.common.errors import MsaDistError
+from msa_dist.engine.checkpoint import trust
 from msa_dist.engine.run.store import RunStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,24 @@ def commit(store: RunStore, step_name: str, world_size: int, keep_last: int) -> 
         if raw is None:
             raise StoreError(f"{store.where(prefix)}: the upload of rank {rank} left no list of its files")
         files.update(json.loads(raw))
+    _vouch(store, prefix, files)
     store.write(f"{prefix}/{COMMIT}", json.dumps({"step": step_name, "files": files}, indent=1).encode())
     store.write("checkpoints/latest", step_name.encode())
     steps = [name for name in store.children("checkpoints") if _STEP.fullmatch(name)]
     for old in sorted(steps)[: -max(keep_last, 1)]:
         store.delete(f"checkpoints/{old}/{COMMIT}")  # no longer complete before anything of it goes
         store.remove(f"checkpoints/{old}")
+
+
+def _vouch(store: RunStore, prefix: str, files: dict) -> None:
+    """DeepSpeed's folder holds every rank's files only on the store: rank 0 signs the whole
+    (trust.py) from the listed sizes and sha256s, and lists trust.json with the rest."""
+    folder = trust.FOLDER + "/"
+    rows = sorted([rel[len(folder) :], e["size"], e["sha256"]] for rel, e in files.items() if rel.startswith(folder))
+    record = trust.record_for(trust.FOLDER, rows) if rows else None
+    if record is not None:
+        store.write(f"{prefix}/{trust.RECORD}", record)
+        files[trust.RECORD] = {"size": len(record), "sha256": hashlib.sha256(record).hexdigest()}
 
 
 def upload_best(store: RunStore, best_dir: Path) -> None:

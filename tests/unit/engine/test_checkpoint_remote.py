@@ -124,3 +124,21 @@ def test_no_commit_when_another_rank_failed(store, tmp_path):
     assert place.publish(FakeBackend(others_failed=1.0), _step(tmp_path, 0), 4, best=False) is False
     assert store.read("checkpoints/step-0000004/commit.json") is None
     assert store.read("checkpoints/latest") is None
+
+
+def test_a_deepspeed_step_uploaded_in_parts_is_vouched_for_whole(store, tmp_path, monkeypatch):
+    """Each rank's scratch holds its own ZeRO shard only: rank 0 signs the whole folder from the
+    commit's list, so the downloaded step verifies under this user's key (trust.py)."""
+    from msa_dist.engine.checkpoint import trust
+
+    monkeypatch.setenv("MSA_DIST_CONFIG_DIR", str(tmp_path / "key"))
+    for rank in (0, 1):
+        step_dir = _step(tmp_path, rank)
+        (step_dir / "deepspeed").mkdir()
+        (step_dir / "deepspeed" / f"zero_pp_rank_{rank}_optim_states.pt").write_bytes(b"z" * (10 + rank))
+        remote.upload_part(store, step_dir, rank)
+    remote.commit(store, "step-0000004", 2, keep_last=2)
+    step = remote.fetch_latest(store, tmp_path / "fresh")
+    assert trust.made_here(step, trust.FOLDER)
+    (step / "deepspeed" / "zero_pp_rank_1_optim_states.pt").write_bytes(b"y" * 11)
+    assert not trust.made_here(step, trust.FOLDER)
