@@ -142,6 +142,8 @@ def open_place(run_dir: str | Path, scratch: str | None, cfg: CheckpointConfig, 
     """The run dir `--run-dir` names; for a store, this rank's fresh scratch and a write probe."""
     check_run_dir(str(run_dir))
     if not is_remote(str(run_dir)):
+        if scratch and env.is_main:
+            console.print("[yellow]--scratch has no effect with a local --run-dir[/] (it is for a run dir on a store)")
         return RunPlace(Path(run_dir), None, cfg, env)
     store = RunStore(str(run_dir), attempts=cfg.upload_attempts)
     store.probe(env.rank)

@@ -111,3 +111,31 @@ def test_a_renewal_fails_once_another_writer_replaced_the_lock(store):
         stale = lock._etag
         assert store.replace_if(LOCK, lock._record(), stale)  # what each round of _renew does
         assert not store.replace_if(LOCK, b"{}", stale)  # the ETag it held is no longer the object's
+
+
+def test_scratch_with_a_local_run_dir_warns(tmp_path, capsys):
+    import torch
+
+    from msa_dist.config.schema import CheckpointConfig
+    from msa_dist.engine.run.place import open_place
+    from msa_dist.engine.runtime import DistEnv
+
+    env = DistEnv(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    place = open_place(tmp_path / "run", str(tmp_path / "s"), CheckpointConfig(), env)
+    assert place.store is None and place.local == tmp_path / "run"
+    assert "--scratch has no effect" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_store_run_dir_gets_a_fresh_scratch_per_rank(tmp_path, request):
+    import torch
+
+    from msa_dist.config.schema import CheckpointConfig
+    from msa_dist.engine.run.place import open_place
+    from msa_dist.engine.runtime import DistEnv
+
+    (tmp_path / "msa-dist-rank1").mkdir()
+    (tmp_path / "msa-dist-rank1" / "stale").write_text("an earlier run")
+    env = DistEnv(rank=1, local_rank=1, world_size=2, device=torch.device("cpu"))
+    place = open_place(f"memory://runs/{request.node.name}", str(tmp_path), CheckpointConfig(), env)
+    assert place.local == tmp_path / "msa-dist-rank1" and not any(place.local.iterdir())
+    assert place.store.sizes(".probe") == {}  # the write probe cleaned up after itself
