@@ -91,9 +91,8 @@ class Checkpointer:
                 **self.static,
                 "ema": self.ema.state_dict(),
             }
-            step_dir = ckpt.save_checkpoint(
-                self.backend, self.root, state.step, client, self.cfg.keep_last, private=self.private
-            )
+            options = {"private": True} if self.private else {}  # a run dir on a store only
+            step_dir = ckpt.save_checkpoint(self.backend, self.root, state.step, client, self.cfg.keep_last, **options)
         if better:
             ckpt.save_best(self.backend, self.root, step_dir, metrics)
         if self.place is not None:
