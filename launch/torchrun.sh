@@ -28,6 +28,7 @@ fi
 # A value set before calling this script wins (README: "When a multi-node job hangs").
 run_dir=/tmp
 for (( i = 1; i < $#; i++ )); do [[ "${!i}" == --run-dir ]] && { j=$((i + 1)); run_dir=${!j}; }; done
+[[ "$run_dir" == *://* ]] && run_dir=/tmp  # a run dir on a store (s3://...): traces in /tmp, no local folder
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-3}
 export TORCH_FR_BUFFER_SIZE=${TORCH_FR_BUFFER_SIZE:-${TORCH_NCCL_TRACE_BUFFER_SIZE:-2000}}  # the old name counts too
 export TORCH_NCCL_DUMP_ON_TIMEOUT=${TORCH_NCCL_DUMP_ON_TIMEOUT:-1}

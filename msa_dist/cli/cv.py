@@ -41,12 +41,12 @@ def add_cv_parser(sub) -> None:
 
 def run_cv_command(args: argparse.Namespace) -> int:
     """Load the config and run the cross-validation."""
-    from msa_dist.cli.runs import default_run_dir
+    from msa_dist.cli.runs import default_run_dir, local_run_dir
     from msa_dist.config.schema import load_config
     from msa_dist.experiments.cv import run_cv
 
     cfg = load_config(args.config, args.overrides)
-    run_dir = args.run_dir or default_run_dir(args.config, "cv")
+    run_dir = local_run_dir(args.run_dir or default_run_dir(args.config, "cv"), "cv")
     run_cv(cfg, run_dir, args.folds, _seeds(args.seeds), args.fold_seed, args.predict, args.adjust)
     return 0
 

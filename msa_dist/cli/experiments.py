@@ -39,11 +39,11 @@ def add_report_parser(sub) -> None:
 
 
 def _config_and_dir(args: argparse.Namespace):
-    from msa_dist.cli.runs import default_run_dir
+    from msa_dist.cli.runs import default_run_dir, local_run_dir
     from msa_dist.config.schema import load_config
 
     cfg = load_config(args.config, args.overrides)
-    return cfg, args.run_dir or default_run_dir(args.config, args.command)
+    return cfg, local_run_dir(args.run_dir or default_run_dir(args.config, args.command), args.command)
 
 
 def run_ablate_command(args: argparse.Namespace) -> int:

@@ -14,6 +14,12 @@ def add_train_parser(sub) -> None:
         "--run-dir", default=None, help="where checkpoints, logs and run_info.json go (default: runs/<config name>)"
     )
     t.add_argument(
+        "--scratch",
+        default=None,
+        help="with --run-dir on a store (s3://BUCKET/PREFIX): the local folder each rank works in "
+        "(SCRATCH/msa-dist-rankR, emptied at start; default: a new temp folder)",
+    )
+    t.add_argument(
         "--resume",
         default=None,
         help="'auto' (the run's latest checkpoint) or a checkpoint dir; after a torchrun restart 'auto' is implied",
@@ -43,9 +49,18 @@ def run_train_command(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or default_run_dir(args.config)
-    summary = train(cfg, run_dir, resume=args.resume, overwrite=args.overwrite, trust_checkpoint=args.trust_checkpoint)
+    summary = train(
+        cfg,
+        run_dir,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        trust_checkpoint=args.trust_checkpoint,
+        scratch=args.scratch,
+    )
     if read_env(cfg.backend.device).is_main and summary["status"] == "finished":
+        from msa_dist.engine.run.place import upload_report
         from msa_dist.experiments.report import write_run_report
 
-        write_run_report(run_dir)  # confusion_matrix.png, curves.png, report.md
+        write_run_report(summary["local_run_dir"])  # confusion_matrix.png, curves.png, report.md
+        upload_report(run_dir, summary["local_run_dir"], cfg.checkpoint)  # a run dir on a store
     return 0 if summary["status"] in ("finished", "preempted") else 1

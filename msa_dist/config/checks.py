@@ -32,6 +32,7 @@ COMPILE_SCOPES = ("model", "encoders")  # what backend.compile compiles
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 TRAIN_CROPS = ("random", "random_resized", "center")
 REPORT_TO = ("jsonl", "tensorboard", "wandb", "mlflow")
+UPLOAD_FAILURES = ("continue", "stop")  # what a run on a store does when a checkpoint could not be uploaded
 MIN_TINY_VOCAB = 6  # a WordPiece vocabulary holds more than models/tokenizer.py's 5 special tokens
 
 
@@ -278,6 +279,9 @@ CHECKS: tuple[Check, ...] = (
     one_of("backend.compile_mode", COMPILE_MODES),
     at_least("checkpoint.keep_last", 1),
     at_least("checkpoint.every_steps", 0),
+    one_of("checkpoint.upload_failure", UPLOAD_FAILURES),
+    at_least("checkpoint.upload_attempts", 1),
+    at_least("checkpoint.lock_lease_s", 3),
     at_least("log.every_steps", 1),
     Check("log.report_to", lambda v, _: all(name in REPORT_TO for name in v), _unknown_tracker),
 )

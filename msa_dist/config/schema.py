@@ -107,6 +107,11 @@ class BackendConfig:
 class CheckpointConfig:
     keep_last: int = 2  # step checkpoints kept besides `best`
     every_steps: int = 0  # also save every N optimizer steps (0 = only at epoch ends)
+    # a run dir on a store (s3://...): continue | stop when a checkpoint's upload failed past its attempts
+    upload_failure: str = "continue"
+    upload_attempts: int = 3  # a run dir on a store: tries of each upload (pause doubling from 1 s)
+    # a run dir on a store: seconds the run dir's lock lasts unless renewed (every third of it) by its holder
+    lock_lease_s: int = 60
 
     def __post_init__(self):
         check_section(self, "checkpoint")

@@ -27,8 +27,9 @@ from msa_dist.engine.ema import WeightAverage
 from msa_dist.engine.evaluation import run_split
 from msa_dist.engine.losses import build_loss
 from msa_dist.engine.run.artifacts import build_run_model, prepare_tokenizer
+from msa_dist.engine.run.place import RunPlace, open_place
 from msa_dist.engine.run.provenance import write_run_info
-from msa_dist.engine.run.rundir import RunDirLock, claim_run_dir, die_with_launcher
+from msa_dist.engine.run.rundir import die_with_launcher
 from msa_dist.engine.run.tracking import DataWait, open_tracker
 from msa_dist.engine.runtime import StopFlag, elastic_restart_count, read_env, resolve_global_batch
 from msa_dist.engine.step import StepLedger, TrainStep
@@ -95,14 +96,15 @@ def train(
     resume: str | None = None,
     overwrite: bool = False,
     trust_checkpoint: bool = False,
+    scratch: str | None = None,
     judge=None,
 ) -> dict:
     """Train, evaluate every epoch, keep `latest` and `best`; returns a summary.
 
     A new run (no `resume`) refuses a run dir holding checkpoints unless `overwrite`;
-    `trust_checkpoint` accepts a DeepSpeed checkpoint not saved here (checkpoint/trust.py);
+    `trust_checkpoint` accepts a DeepSpeed checkpoint not saved here (checkpoint/trust.py). A run
+    dir on a store (`s3://...`) works in `scratch` (run/place.py) and uploads to the store.
     `judge(metrics, epoch) -> stop?`, asked at each evaluation, is a search's pruner (early_stop.py)."""
-    run_dir = Path(run_dir)
     if resume and overwrite:
         raise MsaDistError("--resume continues the run in the run dir and --overwrite deletes it: give one of them")
     die_with_launcher()  # a worker does not outlive its torchrun agent
@@ -113,10 +115,13 @@ def train(
     if cfg.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.autograd.set_detect_anomaly(cfg.train.detect_anomaly)
+    place = open_place(run_dir, scratch, cfg.checkpoint, env)  # a store that denies writes: one line now
+    run_dir = place.local
     backend = build_backend(cfg.backend, env, join=False)
-    with RunDirLock(run_dir, enabled=env.is_main):  # one live writer per run dir: rank 0 holds it
+    with place.lock():  # one live writer per run dir: rank 0 holds it
         if not resume:
-            claim_run_dir(run_dir, overwrite, env.is_main)
+            place.claim(overwrite)
+        place.fetch(resume)  # a store: its newest complete checkpoint into scratch
         start = resume_point(run_dir / "checkpoints", resume, trust_checkpoint)
         if start:
             backend.check_resume(ckpt.read_client(start).get("layout", {}), start)  # fail fast, in one line
@@ -124,18 +129,20 @@ def train(
             console.print(f"--resume {resume}: no checkpoint in {run_dir / 'checkpoints'} yet, starting at step 0")
         backend.init_process_group()  # joins once per command; engine.group leaves it when the command ends
         with StopFlag() as stop:
-            return _train(cfg, run_dir, resume, start, env, backend, stop, judge)
+            summary = _train(cfg, place, resume, start, env, backend, stop, judge)
+        place.upload_outputs()
+        return {**summary, "run_dir": place.name, "local_run_dir": str(run_dir)}
 
 
 def _train(
-    cfg: Config, run_dir: Path, resume: str | None, start: Path | None, env, backend, stop: StopFlag, judge=None
+    cfg: Config, place: RunPlace, resume: str | None, start: Path | None, env, backend, stop: StopFlag, judge=None
 ) -> dict:
     """Epochs of `train_step`; the ledger reads its numbers a step late; log, save, validate.
 
     Every rank folds the same steps at the same points (`StepLedger`), so all stop together.
     """
-    tcfg = cfg.train
-    tokenizer, stream, val_loader = _setup(cfg, run_dir, start, env, backend)
+    tcfg, run_dir = cfg.train, place.local
+    tokenizer, stream, val_loader = _setup(cfg, place, start, env, backend)
     state, accum = TrainState(), tcfg.grad_accum_steps
     ema, early_stop = WeightAverage(backend.module, tcfg.ema_decay), EarlyStopper(tcfg.early_stop, judge)
     checkpointer = Checkpointer(
@@ -147,6 +154,7 @@ def _train(
         state,
         states={"data": stream, "early_stop": early_stop},
         static={"config": to_dict(cfg), "layout": _layout(cfg, env, backend)},
+        place=place,
     )
     if start is not None:
         _restore(checkpointer, start, stream, env)
@@ -259,9 +267,9 @@ def _save(checkpointer: Checkpointer, state: TrainState, log, metrics: dict | No
     checkpointer.save(metrics)
 
 
-def _setup(cfg: Config, run_dir: Path, start: Path | None, env, backend) -> tuple:
+def _setup(cfg: Config, place: RunPlace, start: Path | None, env, backend) -> tuple:
     """Run dir, tokenizer, model (from `train.init_from` for a new run), backend; the training stream."""
-    tcfg = cfg.train
+    tcfg, run_dir = cfg.train, place.local
     seed_everything(tcfg.seed)
     if env.is_main:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -270,7 +278,7 @@ def _setup(cfg: Config, run_dir: Path, start: Path | None, env, backend) -> tupl
             ckpt.copy_source_tokenizer(tcfg.init_from, run_dir)
     backend.barrier()
     write_run_info(cfg, run_dir, env, backend.name)  # all ranks: it gathers the host names
-    tokenizer = prepare_tokenizer(cfg, run_dir, backend)
+    tokenizer = prepare_tokenizer(cfg, run_dir, backend, share=place.share)
     model = build_run_model(cfg, run_dir, tokenizer, backend)
     if tcfg.init_from and start is None:
         ckpt.load_init_weights(model, tcfg.init_from)
@@ -303,7 +311,7 @@ def _setup(cfg: Config, run_dir: Path, start: Path | None, env, backend) -> tupl
             f"[bold]msa-dist train[/] backend={backend.name} precision={cfg.backend.precision} "
             f"world: {env.describe()} | global batch {tcfg.batch_size * tcfg.grad_accum_steps * env.world_size}"
             f" = {tcfg.batch_size} micro x {tcfg.grad_accum_steps} accum x {env.world_size} ranks | "
-            f"{steps_per_epoch} steps/epoch x {tcfg.epochs} epochs | run dir {run_dir}"
+            f"{steps_per_epoch} steps/epoch x {tcfg.epochs} epochs | run dir {place.name}"
         )
     return tokenizer, stream, val_loader
 

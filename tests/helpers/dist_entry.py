@@ -45,8 +45,8 @@ def nan_loss_builder(nan_calls: set[int], nan_rank: str | None = None):
 def per_rank_weights(real_save_checkpoint):
     """Wrap checkpoint.save_checkpoint to also write each rank's parameters and buffers."""
 
-    def save_checkpoint(backend, ckpt_root, step, client_state, keep_last):
-        step_dir = real_save_checkpoint(backend, ckpt_root, step, client_state, keep_last)
+    def save_checkpoint(backend, ckpt_root, step, client_state, keep_last, **options):
+        step_dir = real_save_checkpoint(backend, ckpt_root, step, client_state, keep_last, **options)
         module = backend.module
         tensors = {
             n: t.detach().cpu().clone()

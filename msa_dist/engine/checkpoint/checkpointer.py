@@ -66,9 +66,12 @@ class Checkpointer:
         train_state: TrainState,
         states: dict[str, Stateful],
         static: dict,
+        place=None,
     ):
         self.backend, self.root, self.cfg, self.best_metric, self.ema = backend, Path(root), cfg, best_metric, ema
         self.train_state, self.states, self.static = train_state, states, static
+        self.place = place  # a run dir on a store (run/place.py): each save is uploaded and committed
+        self.private = place is not None and place.store is not None  # each rank saves into its own scratch
 
     def should_save(self, stop: bool = False) -> bool:
         """A save after this optimizer step: a stop was requested, or `checkpoint.every_steps` is due."""
@@ -88,9 +91,12 @@ class Checkpointer:
                 **self.static,
                 "ema": self.ema.state_dict(),
             }
-            step_dir = ckpt.save_checkpoint(self.backend, self.root, state.step, client, self.cfg.keep_last)
+            options = {"private": True} if self.private else {}  # a run dir on a store only
+            step_dir = ckpt.save_checkpoint(self.backend, self.root, state.step, client, self.cfg.keep_last, **options)
         if better:
             ckpt.save_best(self.backend, self.root, step_dir, metrics)
+        if self.place is not None:
+            self.place.publish(self.backend, step_dir, state.step, best=better)
         return step_dir
 
     def restore(self, start: Path) -> None:

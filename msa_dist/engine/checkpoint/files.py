@@ -51,12 +51,15 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, keep_last: int) -> Path:
-    """Save on every rank (DeepSpeed needs all of them); rank 0 publishes and prunes."""
+def save_checkpoint(
+    backend, ckpt_root: Path, step: int, client_state: dict, keep_last: int, private: bool = False
+) -> Path:
+    """Save on every rank (DeepSpeed needs all of them); rank 0 publishes and prunes. `private`: each
+    rank has a ckpt_root of its own (a run dir on a store: local scratch), holding its part only."""
     final = ckpt_root / f"step-{step:07d}"
     tmp = ckpt_root / f".tmp-step-{step:07d}"
     try:
-        _save_and_publish(backend, ckpt_root, tmp, final, client_state, keep_last)
+        _save_and_publish(backend, ckpt_root, tmp, final, client_state, keep_last, private)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)  # what was written of it: its space is needed
         if exc.errno not in USER_OS_ERRORS:
@@ -69,8 +72,10 @@ def save_checkpoint(backend, ckpt_root: Path, step: int, client_state: dict, kee
     return final
 
 
-def _save_and_publish(backend, ckpt_root: Path, tmp: Path, final: Path, client_state: dict, keep_last: int) -> None:
-    if backend.env.is_main:
+def _save_and_publish(
+    backend, ckpt_root: Path, tmp: Path, final: Path, client_state: dict, keep_last: int, private: bool
+) -> None:
+    if backend.env.is_main or private:
         atomic.fresh_dir(tmp)
     backend.sync_buffers()  # ranks agree on BatchNorm statistics, so any rank's restore is rank 0's
     backend.barrier()
@@ -87,6 +92,9 @@ def _save_and_publish(backend, ckpt_root: Path, tmp: Path, final: Path, client_s
         )
         atomic.swap_dir(tmp, final)  # `final` exists when the same step is saved again (epoch end after a step)
         atomic.write_atomic(ckpt_root / "latest", final.name)
+        _prune(ckpt_root, keep_last)
+    elif private:
+        atomic.swap_dir(tmp, final)
         _prune(ckpt_root, keep_last)
     backend.barrier()
 

@@ -107,6 +107,15 @@ def sign(root: Path, name: str) -> None:
     write_atomic(Path(root) / RECORD, json.dumps(record, indent=1))
 
 
+def record_for(name: str, rows: list) -> bytes | None:
+    """trust.json for a folder known by its [name, size, sha256] rows (a checkpoint whose ranks each
+    uploaded their part to a store: rank 0 vouches for the whole from the commit's list); None without a key."""
+    key = _key(create=True)
+    if key is None:
+        return None
+    return json.dumps({"folder": name, "files": rows, "hmac": _mac(key, name, rows)}, indent=1).encode()
+
+
 def made_here(root: Path, name: str) -> bool:
     """True if `root/trust.json` vouches, under this user's key, for `root/name` exactly as it is now."""
     root = Path(root)

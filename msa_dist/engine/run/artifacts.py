@@ -28,8 +28,9 @@ from msa_dist.models.text import save_text_architecture
 from msa_dist.models.tokenizer import load_pretrained_tokenizer, train_wordpiece_tokenizer
 
 
-def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
-    """Rank 0 trains (tiny) or loads (pretrained) the tokenizer into the run dir; all ranks load it."""
+def prepare_tokenizer(cfg: Config, run_dir: Path, backend, share=None):
+    """Rank 0 trains (tiny) or loads (pretrained) the tokenizer into the run dir; all ranks load it
+    (`share(name, backend)`: with no folder shared between ranks, rank 0's copy reaches the others)."""
     tok_dir = run_dir / "tokenizer"
     if backend.env.is_main and not (tok_dir / "tokenizer_config.json").exists():
         if cfg.model.text.name == "tiny":
@@ -39,6 +40,8 @@ def prepare_tokenizer(cfg: Config, run_dir: Path, backend):
         with atomic_dir(tok_dir) as fresh:  # not into what lies there: links planted in it would be followed
             tokenizer.save_pretrained(str(fresh))
     backend.barrier()
+    if share is not None:
+        share("tokenizer", backend)
     return load_pretrained_tokenizer(str(tok_dir))
 
 

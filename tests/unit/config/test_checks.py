@@ -154,6 +154,9 @@ CASES = {
     ),
     "checkpoint.keep_last": (["checkpoint.keep_last=0"], "must be >= 1"),
     "checkpoint.every_steps": (["checkpoint.every_steps=-1"], "must be >= 0"),
+    "checkpoint.upload_failure": (["checkpoint.upload_failure=retry"], "must be one of continue, stop"),
+    "checkpoint.upload_attempts": (["checkpoint.upload_attempts=0"], "must be >= 1"),
+    "checkpoint.lock_lease_s": (["checkpoint.lock_lease_s=1"], "must be >= 3"),
     "log.every_steps": (["log.every_steps=0"], "must be >= 1"),
     "log.report_to": (["log.report_to=[jsonl,comet]"], "unknown tracker 'comet'"),
 }
