@@ -62,6 +62,11 @@ class TrainConfig:
     detect_anomaly: bool = False  # autograd anomaly detection (debug mode; slow)
     # plain model.pt to start a new run from (weights only; e.g. a consolidated DeepSpeed checkpoint)
     init_from: str = ""
+    # JSON file of a teacher's class probabilities per train sample guid (written by `msa-dist distill`):
+    # the loss blends the hard labels with a KL divergence to it; "" trains on the labels alone
+    teacher: str = ""
+    distill_weight: float = 0.5  # with train.teacher: the KL term's share; the hard-label loss gets 1 - this
+    distill_temperature: float = 2.0  # with train.teacher: softens teacher and student alike; the KL is scaled by T^2
 
     def __post_init__(self):
         check_section(self, "train")

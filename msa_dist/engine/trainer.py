@@ -24,7 +24,7 @@ from msa_dist.engine.checkpoint import files as ckpt
 from msa_dist.engine.checkpoint.checkpointer import Checkpointer, TrainState, resume_point
 from msa_dist.engine.ema import WeightAverage
 from msa_dist.engine.evaluation import run_split
-from msa_dist.engine.losses import build_loss
+from msa_dist.engine.losses import build_loss, build_objective
 from msa_dist.engine.run.artifacts import build_run_model, prepare_tokenizer
 from msa_dist.engine.run.provenance import write_run_info
 from msa_dist.engine.run.rundir import RunDirLock, claim_run_dir, die_with_launcher
@@ -142,9 +142,9 @@ def _train(cfg: Config, run_dir: Path, resume: str | None, start: Path | None, e
     if start is not None:
         _restore(checkpointer, start, stream, env)
     log = _open_log(cfg, run_dir, env, state, start, resume)
-    train_step = TrainStep(
-        backend, build_loss(tcfg, class_weights(cfg.data.shards).to(env.device)), cfg.model.modality, tcfg.mixup_alpha
-    )
+    hard_loss = build_loss(tcfg, class_weights(cfg.data.shards).to(env.device))
+    loss_fn, targets = build_objective(tcfg, hard_loss, cfg.data.shards)  # with train.teacher: distillation
+    train_step = TrainStep(backend, loss_fn, cfg.model.modality, tcfg.mixup_alpha, targets)
     ledger = StepLedger(state, tcfg.max_nonfinite_steps)
     summary = {
         "run_dir": str(run_dir),
