@@ -88,3 +88,19 @@ def test_a_student_with_a_broken_teacher_file_stops_in_one_line(tmp_path, shard_
     bad.write_text('{"format": "msa-dist-teacher", "version": 1}')
     with pytest.raises(MsaDistError, match="teacher file .* is not usable"):
         train(tiny_config(shard_dir, f"train.teacher={bad}"), tmp_path / "run")
+
+
+def test_a_student_trains_end_to_end_on_a_teacher_file(tmp_path, shard_dir):
+    """The teacher's rows reach the loss: the same run with and without them logs different losses."""
+    from msa_dist.engine.teacher import write_teacher_file
+
+    guids = load_manifest(shard_dir)["splits"]["train"]["guids"]
+    path = tmp_path / "teacher.json"
+    write_teacher_file(path, guids, torch.tensor([[0.1, 0.8, 0.1]]).repeat(len(guids), 1), {"note": "synthetic"})
+    losses = {}
+    for name, extra in (("plain", ()), ("student", (f"train.teacher={path}", "train.distill_weight=0.9"))):
+        summary = train(tiny_config(shard_dir, "train.epochs=1", *extra), tmp_path / name)
+        assert summary["status"] == "finished" and summary["val"]["accuracy"] >= 0
+        records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        losses[name] = [r["loss"] for r in records if r["type"] == "train"]
+    assert len(losses["plain"]) == len(losses["student"]) and losses["plain"][0] != losses["student"][0]
