@@ -22,6 +22,7 @@ import torch
 from msa_dist.bench.build import bench_model, bench_tokenizer
 from msa_dist.bench.steps import run_step
 from msa_dist.bench.train import train_batches
+from msa_dist.common.display import console
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import Config, to_dict
 from msa_dist.engine.backends import build_backend
@@ -82,6 +83,8 @@ def run_overhead_bench(cfg: Config, steps: int = 10, rounds: int = 6, warmup: in
         for name in order:
             record[name] = sides[name].block(fixed, env)
         records.append(record)
+        times = ", ".join(f"{name} {record[name]['total_s']:.2f} s" for name in order)
+        console.print(f"round {r + 1}/{rounds}: {times}", highlight=False)  # a long run shows it is alive
     result = summarise_rounds(records, steps)
     if profile:
         result["profile_extra_ops"] = profile_both(sides, fixed, env, profile)
