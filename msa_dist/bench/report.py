@@ -135,6 +135,29 @@ def print_train_result(result: dict, console: Console) -> None:
     console.print(table)
 
 
+def print_overhead_result(result: dict, console: Console) -> None:
+    """`bench train --plain-loop`: each round's two blocks and the trainer's overhead over the plain loop."""
+    cfg = result["config"]
+    table = Table(
+        title=f"trainer step vs plain PyTorch loop: {cfg['model']['text']['name']} + {cfg['model']['image']['name']}, "
+        f"batch {result['samples_per_step']}, {result['rounds']} rounds x {result['steps_per_block']} steps per side"
+    )
+    for column in ("round", "order", "trainer s", "plain s", "ratio"):
+        table.add_column(column, justify="right")
+    for i, r in enumerate(result["round_records"]):
+        table.add_row(str(i), r["order"], f"{r['trainer_s']:.3f}", f"{r['plain_s']:.3f}", f"{r['ratio']:.4f}")
+    console.print(table)
+    console.print(
+        f"overhead {100 * result['overhead']:+.2f}% (rounds: median {100 * result['overhead_median_round']:+.2f}%, "
+        f"{100 * result['overhead_min_round']:+.2f}% .. {100 * result['overhead_max_round']:+.2f}%; of the median "
+        f"steps {100 * result['overhead_of_medians']:+.2f}%); step ms median trainer "
+        f"{1e3 * result['trainer_step_s_median']:.1f}, plain {1e3 * result['plain_step_s_median']:.1f}; load "
+        f"{' '.join(f'{x:.2f}' for x in result['load_avg_before'])} -> "
+        f"{' '.join(f'{x:.2f}' for x in result['load_avg_after'])} on {result['cpu_count']} cores",
+        highlight=False,
+    )
+
+
 def _slow_steps(result: dict) -> str:
     if not result["slow_steps"]:
         return "0"

@@ -57,7 +57,7 @@ def run_train_bench(
     tcfg = cfg.train
     backend.prepare(model, cfg.optim, warmup + steps, tcfg.grad_accum_steps, tcfg.batch_size)
     loss_fn = build_loss(tcfg, class_weights(cfg.data.shards).to(env.device))
-    batches = _batches(cfg, env, tokenizer)
+    batches = train_batches(cfg, env, tokenizer)
     seen_lens: set[int] = set()  # padded text lengths this process has trained on, warm-up included
     timing = _timed_steps(cfg, env, backend, loss_fn, batches, steps, warmup, seen_lens)
     records = timing.pop("records")
@@ -108,7 +108,7 @@ def run_train_bench(
     return result
 
 
-def _batches(cfg: Config, env, tokenizer) -> Iterator[dict]:
+def train_batches(cfg: Config, env, tokenizer) -> Iterator[dict]:
     """Training batches without end, from the trainer's stream."""
     first = StreamSpec(
         "train",

@@ -18,6 +18,7 @@ from msa_dist.cli.bench import add_bench_parser
 from msa_dist.cli.config import add_config_parser
 from msa_dist.cli.cv import add_cv_parser
 from msa_dist.cli.demo import add_demo_parser
+from msa_dist.cli.distill import add_distill_parser
 from msa_dist.cli.evaluate import add_evaluate_parser
 from msa_dist.cli.experiments import add_experiment_parsers, add_report_parser
 from msa_dist.cli.export import add_export_parser
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     add_experiment_parsers(sub)
     add_cv_parser(sub)
     add_search_parser(sub)
+    add_distill_parser(sub)
     add_report_parser(sub)
     add_demo_parser(sub)
     add_export_parser(sub)

@@ -70,6 +70,13 @@ def _add_train(bsub) -> None:
         help="also profile 3 more steps (torch.profiler) and write the top operators to FILE, then "
         "4 steps one by one (every second padded to a new text length): the slowest one's",
     )
+    t.add_argument(
+        "--plain-loop",
+        action="store_true",
+        help="time the trainer's step beside a plain PyTorch loop (same model, optimizer and batches), "
+        "in alternating blocks of --steps steps; prints the trainer's overhead",
+    )
+    t.add_argument("--rounds", type=int, default=6, help="with --plain-loop: blocks of each side (default %(default)s)")
     t.add_argument("--json", default=None, help="write the result to this JSON file")
     t.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. data.shards=DIR backend.precision=bf16")
 
@@ -163,6 +170,13 @@ def run_bench(args: argparse.Namespace) -> int:
         result = run_data_bench(cfg, args.split, args.seconds, args.workers, reference=args.reference)
         report.write_json(result, args.json)
         report.print_data_result(result, console)
+    elif args.bench_command == "train" and args.plain_loop:
+        from msa_dist.bench.overhead import run_overhead_bench
+
+        cfg = load_config(args.config, args.overrides)
+        result = run_overhead_bench(cfg, args.steps, args.rounds, args.warmup, args.profile)
+        report.write_json(result, args.json)
+        report.print_overhead_result(result, console)
     elif args.bench_command == "train":
         from msa_dist.bench.train import run_train_bench
 

@@ -242,6 +242,8 @@ CHECKS: tuple[Check, ...] = (
     at_least("train.early_stop.min_delta", 0),
     fraction("train.ema_decay"),
     at_least("train.mixup_alpha", 0),
+    Check("train.distill_weight", lambda v, _: 0 <= v <= 1, "must be in [0, 1]: the KL term's share of the loss"),
+    Check("train.distill_temperature", lambda v, _: 0 < v <= 100, "must be in (0, 100]"),
     Check(
         "train.ema_decay",
         lambda v, cfg: not (v and cfg.backend.name == "deepspeed"),

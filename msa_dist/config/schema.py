@@ -74,6 +74,11 @@ class TrainConfig:
     init_from: str = ""
     # stop when the val metric has not improved for `patience` evaluations (engine/early_stop.py)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    # JSON file of a teacher's class probabilities per train sample guid (written by `msa-dist distill`):
+    # the loss blends the hard labels with a KL divergence to it; "" trains on the labels alone
+    teacher: str = ""
+    distill_weight: float = 0.5  # with train.teacher: the KL term's share; the hard-label loss gets 1 - this
+    distill_temperature: float = 2.0  # with train.teacher: softens teacher and student alike; the KL is scaled by T^2
 
     def __post_init__(self):
         check_section(self, "train")

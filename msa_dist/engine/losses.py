@@ -1,4 +1,5 @@
-"""The training loss, chosen by config: cross-entropy or focal loss, either class-weighted and label-smoothed."""
+"""The training loss, chosen by config: cross-entropy or focal loss, either class-weighted and label-smoothed;
+with `train.teacher`, blended with a KL divergence to a teacher's probabilities (distillation)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from msa_dist.config.schema import TrainConfig
+from msa_dist.data.format.manifest import load_manifest
+from msa_dist.engine.teacher import SoftTargets, hard_labels, load_teacher
 
 
 class FocalLoss(torch.nn.Module):
@@ -39,3 +42,30 @@ def build_loss(cfg: TrainConfig, class_weights: torch.Tensor | None) -> torch.nn
     if cfg.loss == "focal":
         return FocalLoss(cfg.focal_gamma, weight, cfg.label_smoothing)
     return torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+
+
+class DistillLoss(torch.nn.Module):
+    """(1 - weight) x the hard-label loss + weight x T^2 x KL(teacher_T || student_T) (Hinton et al., 2015).
+
+    Both distributions are softened at temperature T: the student's as softmax(logits / T), the
+    teacher's as softmax(log p / T). T^2 keeps the KL term's gradients on the hard loss's scale.
+    Class weights and label smoothing act on the hard loss only."""
+
+    def __init__(self, hard: torch.nn.Module, weight: float, temperature: float):
+        super().__init__()
+        self.hard, self.weight, self.temperature = hard, weight, temperature
+
+    def forward(self, logits: torch.Tensor, target: SoftTargets) -> torch.Tensor:
+        t = self.temperature
+        teacher = torch.softmax(target.probs.clamp(min=1e-8).log() / t, dim=-1)
+        soft = F.kl_div(F.log_softmax(logits / t, dim=-1), teacher, reduction="batchmean") * (t * t)
+        return (1.0 - self.weight) * self.hard(logits, target.labels) + self.weight * soft
+
+
+def build_objective(cfg: TrainConfig, hard: torch.nn.Module, shard_dir: str) -> tuple:
+    """(loss, targets) for `TrainStep`: the hard-label loss `hard` and `hard_labels`, or with `train.teacher`
+    the distillation loss around it and the teacher's rows (checked to cover every guid of the train split)."""
+    if not cfg.teacher:
+        return hard, hard_labels
+    guids = load_manifest(shard_dir)["splits"].get("train", {}).get("guids", [])
+    return DistillLoss(hard, cfg.distill_weight, cfg.distill_temperature), load_teacher(cfg.teacher, guids)

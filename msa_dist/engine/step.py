@@ -24,6 +24,7 @@ import torch
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.engine.batch import model_inputs
+from msa_dist.engine.teacher import hard_labels
 
 # The numbers one optimizer step leaves on the device, in this order.
 FIELDS = ("micro", "nonfinite", "trailing_nonfinite", "loss_sum", "finite", "stop", "corrupt", "grad_norm")
@@ -53,8 +54,11 @@ class StepResult:
 class TrainStep:
     """Forward, loss, backward and (at a boundary) the optimizer step; returns a `StepResult` at a boundary."""
 
-    def __init__(self, backend, loss_fn: Callable, modality: str, mixup_alpha: float = 0.0):
-        self.backend, self.loss_fn, self.modality = backend, loss_fn, modality
+    def __init__(
+        self, backend, loss_fn: Callable, modality: str, mixup_alpha: float = 0.0, targets: Callable = hard_labels
+    ):
+        # targets(batch, device): what loss_fn compares the logits with (labels; or labels and a teacher's rows)
+        self.backend, self.loss_fn, self.modality, self.targets = backend, loss_fn, modality, targets
         # mixup: lambda ~ Beta(alpha, alpha), drawn from torch's CPU generator (saved with every checkpoint)
         self.mixup = torch.distributions.Beta(mixup_alpha, mixup_alpha) if mixup_alpha > 0 else None
         device = backend.env.device
@@ -83,7 +87,7 @@ class TrainStep:
     def _loss(self, batch: dict, device: torch.device) -> torch.Tensor:
         """The micro batch's loss; with mixup, of the model's output for mixed pairs (both labels weighed)."""
         inputs = model_inputs(batch, device, self.modality)
-        labels = batch["labels"].to(device, non_blocking=device.type == "cuda")
+        labels = self.targets(batch, device)
         if self.mixup is not None:
             lam = float(self.mixup.sample())  # a CPU draw: no device sync
             perm = torch.randperm(len(labels), device=device)

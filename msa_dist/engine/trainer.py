@@ -25,7 +25,7 @@ from msa_dist.engine.checkpoint.checkpointer import Checkpointer, TrainState, re
 from msa_dist.engine.early_stop import EarlyStopper
 from msa_dist.engine.ema import WeightAverage
 from msa_dist.engine.evaluation import run_split
-from msa_dist.engine.losses import build_loss
+from msa_dist.engine.losses import build_loss, build_objective
 from msa_dist.engine.run.artifacts import build_run_model, prepare_tokenizer
 from msa_dist.engine.run.place import RunPlace, open_place
 from msa_dist.engine.run.provenance import write_run_info
@@ -159,9 +159,9 @@ def _train(
     if start is not None:
         _restore(checkpointer, start, stream, env)
     log = _open_log(cfg, run_dir, env, state, start, resume)
-    train_step = TrainStep(
-        backend, build_loss(tcfg, class_weights(cfg.data.shards).to(env.device)), cfg.model.modality, tcfg.mixup_alpha
-    )
+    hard_loss = build_loss(tcfg, class_weights(cfg.data.shards).to(env.device))
+    loss_fn, targets = build_objective(tcfg, hard_loss, cfg.data.shards)  # with train.teacher: distillation
+    train_step = TrainStep(backend, loss_fn, cfg.model.modality, tcfg.mixup_alpha, targets)
     ledger = StepLedger(state, tcfg.max_nonfinite_steps)
     summary = {
         "run_dir": str(run_dir),

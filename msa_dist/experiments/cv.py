@@ -34,14 +34,19 @@ OOF_FILE = "oof.json"
 WEIGHTS = "latest"  # the last epoch's model (see the module docstring)
 
 
-def cv_points(cfg: Config, folds_root: Path, k: int, seeds: list[int]) -> list[Point]:
-    """One point per (fold, seed): the config with data.shards = the fold's shard set."""
+def cv_points(
+    cfg: Config, folds_root: Path, k: int, seeds: list[int], configure: Callable | None = None
+) -> list[Point]:
+    """One point per (fold, seed): the config with data.shards = the fold's shard set (and
+    `configure(config, fold)`'s changes: e.g. the fold's teacher file)."""
     points = []
     for seed in seeds:
         for fold in range(k):
             point_cfg = copy.deepcopy(cfg)
             point_cfg.data.shards = str(fold_dir(folds_root, fold).resolve())
             point_cfg.train.seed = seed
+            if configure is not None:
+                configure(point_cfg, fold)
             points.append(Point(f"fold-{fold}-seed-{seed}", point_cfg, {"fold": fold, "seed": seed}))
     return points
 
@@ -57,6 +62,7 @@ def run_cv(
     folds_root: Path | None = None,
     train_fn: Callable | None = None,
     show: bool = True,
+    configure: Callable | None = None,
 ) -> dict | None:
     """Train the unfinished folds, then write cv.md / cv.json (and the ensemble's predictions) on rank 0."""
     if train_fn is None:
@@ -73,7 +79,7 @@ def run_cv(
         if show:
             console.print(f"cv: {k} folds (fold seed {fold_seed}) x seeds {seeds} of {source} in {run_dir}")
     # the other ranks wait in train()'s process-group setup until rank 0 has written the folds
-    points = cv_points(cfg, folds_root, k, seeds)
+    points = cv_points(cfg, folds_root, k, seeds, configure)
     results, complete = run_points(points, run_dir, train_fn)
     if not is_main_process():
         return None

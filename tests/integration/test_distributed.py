@@ -86,12 +86,28 @@ def test_one_shard_with_two_ranks_and_two_workers_reads_every_sample_once(data):
 # -- exact resume and non-finite losses, in this process ----------------------------------------
 
 
+def _teacher_file(shards: Path, path: Path) -> str:
+    """A random teacher over the train split's guids, as a `train.teacher=` override."""
+    from msa_dist.engine.teacher import write_teacher_file
+
+    guids = json.loads((shards / "manifest.json").read_text())["splits"]["train"]["guids"]
+    probs = torch.softmax(torch.randn(len(guids), 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    write_teacher_file(path, guids, probs, {})
+    return f"train.teacher={path}"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [(), ("train.ema_decay=0.9", "train.mixup_alpha=0.4")], ids=["plain", "ema-mixup"])
+@pytest.mark.parametrize(
+    "extra",
+    [(), ("train.ema_decay=0.9", "train.mixup_alpha=0.4"), ("teacher", "train.mixup_alpha=0.4")],
+    ids=["plain", "ema-mixup", "teacher-mixup"],
+)
 def test_resume_mid_epoch_is_exact(data, tmp_path, extra):
     """Dropout on, 2 workers, a shuffle buffer: resuming from a mid-epoch checkpoint reproduces
     every later loss and the final weights bit for bit (CPU, fp32, fixed seed); with an EMA of the
-    weights and mixup too (the trained weights travel in the client state, mixup's draws in the RNG's)."""
+    weights and mixup too (the trained weights travel in the client state, mixup's draws in the RNG's);
+    with a teacher file (train.teacher) and mixup, whose permutation moves the teacher's rows too."""
+    extra = [_teacher_file(data / "shards", tmp_path / "teacher.json") if x == "teacher" else x for x in extra]
     config = write_config(
         tmp_path / "c.yaml",
         data / "shards",

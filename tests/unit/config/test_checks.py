@@ -132,6 +132,8 @@ CASES = {
         "not supported with backend.name=deepspeed",
     ),
     "train.mixup_alpha": (["train.mixup_alpha=-1"], "must be >= 0"),
+    "train.distill_weight": (["train.distill_weight=1.5"], "must be in [0, 1]"),
+    "train.distill_temperature": (["train.distill_temperature=0"], "must be in (0, 100]"),
     "train.mixup_alpha[fusion]": (
         ["model.head.fusion=cross_attention", "train.mixup_alpha=0.2"],
         "not with model.head.fusion=cross_attention",
