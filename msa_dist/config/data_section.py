@@ -51,6 +51,9 @@ class DataConfig:
     # training: regroup each rank's batches, this many at a time, by text length (less padding, less random batches;
     # data/loading/buckets.py); 0 or 1 = off
     length_bucket_batches: int = 0
+    # validation, `evaluate`, CV scoring and `cv --predict` (not `predict` on raw files): average each sample's
+    # logits over its image and the mirrored image (horizontal-flip test-time augmentation; a second forward pass)
+    eval_hflip: bool = False
 
     def __post_init__(self):
         check_section(self, "data")

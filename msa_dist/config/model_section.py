@@ -94,11 +94,27 @@ class HeadConfig:
 
 
 @dataclass
+class BowBranchConfig:
+    # > 0: a third input, a TF-IDF bag of n-grams (models/bow.py) of this width on the text encoder's own tokens,
+    # trained from scratch beside it; its vector joins the text vector before the fusion head. 0 = off
+    hidden: int = 0
+    bigram_buckets: int = 50000  # hashed token-bigram embeddings (0 = tokens only)
+    char_buckets: int = 50000  # hashed character 2-5-gram embeddings of each token (0 = none)
+    token_dropout: float = 0.1  # training: fraction of tokens dropped from each text
+    idf: bool = True  # weight n-grams by inverse document frequency in the train texts (TF-IDF), else a plain mean
+    init_std: float = 0.1  # std of the embeddings' random init
+
+    def __post_init__(self):
+        check_section(self, "model.bow")
+
+
+@dataclass
 class ModelConfig:
     modality: str = "both"  # both | text | image: the seed's ablations with the same code
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    bow: BowBranchConfig = field(default_factory=BowBranchConfig)  # the optional bag-of-n-grams text branch
 
     def __post_init__(self):
         check_section(self, "model")

@@ -26,6 +26,7 @@ class OptimConfig:
     lr: float = 1e-4  # learning rate of the fusion head
     text_lr: float = 2e-5  # learning rate of the text backbone
     image_lr: float = 1e-4  # learning rate of the image backbone
+    bow_lr: float = 3e-3  # learning rate of the bag-of-n-grams branch (model.bow; its rare n-grams need large steps)
     weight_decay: float = 0.01  # AdamW weight decay (not applied to biases and norms)
     betas: tuple = (0.9, 0.999)  # AdamW betas
     warmup_steps: int = 50  # optimizer steps of linear warmup

@@ -26,6 +26,14 @@ class SplitOutputs:
     labels: torch.Tensor  # [N]; -1 where unlabelled
 
 
+def _forward(model, inputs: dict, hflip: bool) -> torch.Tensor:
+    """The model's logits; with `hflip` (data.eval_hflip) the mean of those on the image and on its mirror."""
+    logits = model(**inputs)
+    if hflip and "images" in inputs:
+        logits = (logits + model(**{**inputs, "images": inputs["images"].flip(-1)})) / 2
+    return logits
+
+
 @torch.no_grad()
 def split_outputs(
     cfg: Config,
@@ -76,7 +84,7 @@ def split_outputs(
         if batch is None:  # an empty split: nothing to pad with
             continue
         with autocast or torch.autocast(env.device.type, enabled=False):
-            out = model(**model_inputs(batch, env.device, cfg.model.modality))
+            out = _forward(model, model_inputs(batch, env.device, cfg.model.modality), cfg.data.eval_hflip)
         if padding:
             continue
         last = batch

@@ -1,4 +1,4 @@
-"""AdamW with one learning rate per part (text, image, head) and a warmup-then-decay schedule."""
+"""AdamW with one learning rate per part (text, image, bow, head) and a warmup-then-decay schedule."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def optimizer_param_groups(cfg: OptimConfig, groups: dict[str, list[torch.nn.Par
 
     A key `part*scale` (layer-wise lr decay, see `msa_dist.models.layers`) gets the part's lr times scale.
     """
-    lrs = {"text": cfg.text_lr, "image": cfg.image_lr, "head": cfg.lr}
+    lrs = {"text": cfg.text_lr, "image": cfg.image_lr, "bow": cfg.bow_lr, "head": cfg.lr}
     out = []
     for key, params in groups.items():
         part, scale = split_group_key(key)

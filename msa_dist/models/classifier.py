@@ -10,7 +10,7 @@ from msa_dist.models.fusion import FUSIONS, build_head
 from msa_dist.models.image import build_image_encoder
 from msa_dist.models.image_base import ImageEncoder
 from msa_dist.models.layers import lr_scale_groups
-from msa_dist.models.text import TextEncoder, build_text_encoder
+from msa_dist.models.text import TextEncoder, build_bow_encoder, build_text_encoder
 
 
 class MultimodalSentimentClassifier(nn.Module):
@@ -24,11 +24,13 @@ class MultimodalSentimentClassifier(nn.Module):
         modality: str,
         modality_dropout: float = 0.0,
         layer_decay: tuple[float, float] = (1.0, 1.0),
+        bow_encoder: TextEncoder | None = None,
     ):
         super().__init__()
         assert (text_encoder is not None) == (modality in ("both", "text"))
         assert (image_encoder is not None) == (modality in ("both", "image"))
         self.text_encoder = text_encoder
+        self.bow_encoder = bow_encoder  # a third input: TF-IDF n-grams of the same tokens, joined to the text vector
         self.image_encoder = image_encoder
         self.head = head
         self.modality = modality
@@ -58,6 +60,8 @@ class MultimodalSentimentClassifier(nn.Module):
             text_tokens, image_tokens = self._drop_modality(text_tokens, image_tokens)
             return self.head(text_tokens=text_tokens, text_mask=attention_mask, image_tokens=image_tokens)
         text_emb = self.text_encoder(input_ids, attention_mask) if self.text_encoder is not None else None
+        if self.bow_encoder is not None:
+            text_emb = torch.cat([text_emb, self.bow_encoder(input_ids, attention_mask)], dim=-1)
         image_emb = self.image_encoder(images) if self.image_encoder is not None else None
         text_emb, image_emb = self._drop_modality(text_emb, image_emb)
         if mix is not None:
@@ -83,11 +87,12 @@ class MultimodalSentimentClassifier(nn.Module):
         return text * keep_text, image * keep_image
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """Trainable parameters by part ("text", "image", "head"), each for its own learning rate.
+        """Trainable parameters by part ("text", "image", "bow", "head"), each for its own learning rate.
 
-        "text", "image" and "head" are always present (a part that is absent or frozen gives an empty
-        list). With layer-wise lr decay a backbone's parameters are listed under `text*<multiplier>` /
-        `image*<multiplier>` keys instead, one per depth (see `msa_dist.models.layers`); "head" is last.
+        "text", "image" and "head" are always present, "bow" with the bag-of-n-grams branch (a part that is
+        absent or frozen gives an empty list). With layer-wise lr decay a backbone's parameters are listed
+        under `text*<multiplier>` / `image*<multiplier>` keys instead, one per depth (see
+        `msa_dist.models.layers`); "head" is last.
         """
         groups: dict[str, list[nn.Parameter]] = {"text": [], "image": []}
         for part, module, decay in (
@@ -96,6 +101,8 @@ class MultimodalSentimentClassifier(nn.Module):
         ):
             if module is not None:
                 groups.update(lr_scale_groups(module, part, decay))
+        if self.bow_encoder is not None:
+            groups["bow"] = [p for p in self.bow_encoder.parameters() if p.requires_grad]
         groups["head"] = [p for p in self.head.parameters() if p.requires_grad]  # last: the lr a backend logs
         return groups
 
@@ -115,7 +122,9 @@ def build_model(
         image_encoder = build_image_encoder(cfg.image, pretrained=pretrained)
     uses_tokens = getattr(FUSIONS[cfg.head.fusion], "uses_tokens", False)
     image_dim = None if image_encoder is None else image_encoder.token_dim if uses_tokens else image_encoder.out_dim
-    head = build_head(cfg.head, text_encoder.out_dim if text_encoder else None, image_dim)
+    bow_encoder = build_bow_encoder(cfg.bow, vocab_size) if cfg.bow.hidden else None
+    text_dim = text_encoder.out_dim + (bow_encoder.out_dim if bow_encoder else 0) if text_encoder else None
+    head = build_head(cfg.head, text_dim, image_dim)
     return MultimodalSentimentClassifier(
         text_encoder,
         image_encoder,
@@ -123,4 +132,5 @@ def build_model(
         cfg.modality,
         cfg.head.modality_dropout,
         (cfg.text.layer_decay, cfg.image.layer_decay),
+        bow_encoder,
     )

@@ -10,7 +10,7 @@ from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.checks import POOLINGS
-from msa_dist.config.model_section import TextEncoderConfig
+from msa_dist.config.model_section import BowBranchConfig, TextEncoderConfig
 from msa_dist.models.bow import BagOfNgrams, BagOfNgramsConfig
 from msa_dist.models.clip import load_clip_tower
 from msa_dist.models.layers import unfreeze_last_layers
@@ -155,6 +155,15 @@ def build_text_encoder(
     if cfg.lora.r:
         add_lora(encoder.model, cfg.lora, "model.text.lora")
     return encoder
+
+
+def build_bow_encoder(cfg: BowBranchConfig, vocab_size: int) -> TextEncoder:
+    """The bag-of-n-grams branch beside a text encoder (model.bow): from scratch, over the same tokenizer's ids
+    (`vocab_size` of them), mean-pooled (with `cfg.idf`: TF-IDF's weighted sum of the n-grams' embeddings)."""
+    config = BagOfNgramsConfig(
+        vocab_size, cfg.hidden, cfg.bigram_buckets, cfg.char_buckets, cfg.token_dropout, cfg.idf, cfg.init_std
+    )
+    return TextEncoder(BagOfNgrams(config), "mean")
 
 
 def save_text_architecture(text_encoder: TextEncoder, directory: str | Path) -> None:

@@ -77,19 +77,25 @@ def _shard_wordpiece(shard_dir: str, vocab_size: int):
 def build_run_model(cfg: Config, run_dir: Path, tokenizer, backend) -> torch.nn.Module:
     """The model with pretrained weights where configured; saves the text architecture (rank 0)."""
     model = build_model(cfg.model, vocab_size=len(tokenizer), pretrained=True)
-    text_backbone = getattr(model.text_encoder, "model", None)
-    if hasattr(text_backbone, "index_vocabulary"):  # the bag of n-grams hashes each token's characters
-        text_backbone.index_vocabulary(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
-    if getattr(getattr(text_backbone, "config", None), "idf", False):  # TF-IDF weighting: counts of the train texts
-        texts = iter_texts(cfg.data.shards, "train", max_chars=text_char_limit(cfg.data.max_length))
-        enc = tokenizer(
-            list(texts), padding="longest", truncation=True, max_length=cfg.data.max_length, return_tensors="pt"
-        )
-        text_backbone.fit_idf(enc["input_ids"], enc["attention_mask"])
+    for encoder in (model.text_encoder, getattr(model, "bow_encoder", None)):
+        _fit_bag_of_ngrams(getattr(encoder, "model", None), cfg, tokenizer)
     if backend.env.is_main and model.text_encoder is not None:
         with atomic_dir(run_dir / "text_config") as fresh:
             save_text_architecture(model.text_encoder, fresh)
     return model
+
+
+def _fit_bag_of_ngrams(backbone, cfg: Config, tokenizer) -> None:
+    """A bag of n-grams (the tiny text model or the model.bow branch) hashes each token's characters and,
+    with TF-IDF weighting, counts the train texts' n-grams; any other backbone is left as it is."""
+    if hasattr(backbone, "index_vocabulary"):
+        backbone.index_vocabulary(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))))
+    if getattr(getattr(backbone, "config", None), "idf", False):
+        texts = iter_texts(cfg.data.shards, "train", max_chars=text_char_limit(cfg.data.max_length))
+        enc = tokenizer(
+            list(texts), padding="longest", truncation=True, max_length=cfg.data.max_length, return_tensors="pt"
+        )
+        backbone.fit_idf(enc["input_ids"], enc["attention_mask"])
 
 
 def load_run_config(run_dir: Path) -> Config:

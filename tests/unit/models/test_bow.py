@@ -119,3 +119,17 @@ def test_a_run_with_idf_fits_it_on_the_train_texts_and_reloads_it(tmp_path, shar
         idf = getattr(bow, name)
         assert (idf > 1).any() and idf.min() >= 0, name  # fitted, not the ones a new model starts with
     assert bow.idf_chars[-1] == 0  # the padding n-gram
+
+
+def test_a_run_with_the_bow_branch_fits_its_idf_and_reloads_it(tmp_path, shard_dir):
+    from msa_dist.engine.trainer import train
+
+    cfg = tiny_cfg(shard_dir, "model.bow.hidden=8", "model.bow.char_buckets=128", "model.bow.bigram_buckets=64")
+    train(cfg, tmp_path / "run")
+    _, tokenizer, model = load_trained_model(
+        tmp_path / "run", model_weights_path(tmp_path / "run", "latest"), torch.device("cpu")
+    )
+    bow = model.bow_encoder.model
+    assert (bow.idf_tokens > 1).any() and (bow.idf_bigrams > 1).any()  # fitted on the train texts, saved, reloaded
+    hashtag = tokenizer.convert_tokens_to_ids("#")
+    assert bow.char_table[hashtag].tolist()[:3] == char_ngram_buckets("#", 128)[:3]
