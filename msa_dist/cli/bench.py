@@ -161,76 +161,99 @@ def run_bench(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from msa_dist.bench import report
     from msa_dist.common.display import console
+
+    runners = {"data": _run_data, "train": _run_train, "memory": _run_memory, "plan": _run_plan}
+    runners.update(requests=_run_scale_bench, manifest=_run_scale_bench, replicate=_run_replicate)
+    runner = runners.get(args.bench_command)
+    if runner is None:
+        results = report.merge_results(args.results, args.out)
+        print(report.summary_markdown(results))
+    else:
+        runner(args, console)
+    return 0
+
+
+def _run_data(args: argparse.Namespace, console) -> None:
+    from msa_dist.bench import report
+    from msa_dist.bench.data import run_data_bench
     from msa_dist.config.schema import load_config
 
-    if args.bench_command == "data":
-        from msa_dist.bench.data import run_data_bench
+    cfg = load_config(args.config, [*args.overrides, f"data.shards={args.shards}"])
+    result = run_data_bench(cfg, args.split, args.seconds, args.workers, reference=args.reference)
+    report.write_json(result, args.json)
+    report.print_data_result(result, console)
 
-        cfg = load_config(args.config, [*args.overrides, f"data.shards={args.shards}"])
-        result = run_data_bench(cfg, args.split, args.seconds, args.workers, reference=args.reference)
-        report.write_json(result, args.json)
-        report.print_data_result(result, console)
-    elif args.bench_command == "train" and args.plain_loop:
+
+def _run_train(args: argparse.Namespace, console) -> None:
+    import os
+
+    from msa_dist.bench import report
+    from msa_dist.config.schema import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.plain_loop:
         from msa_dist.bench.overhead import run_overhead_bench
 
-        cfg = load_config(args.config, args.overrides)
         result = run_overhead_bench(cfg, args.steps, args.rounds, args.warmup, args.profile)
         report.write_json(result, args.json)
         report.print_overhead_result(result, console)
-    elif args.bench_command == "train":
-        from msa_dist.bench.train import run_train_bench
+        return
+    from msa_dist.bench.train import run_train_bench
 
-        cfg = load_config(args.config, args.overrides)
-        result = run_train_bench(cfg, args.steps, args.warmup, args.peak_tflops, args.cudnn_benchmark, args.profile)
-        if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 writes (it holds every rank's peak)
-            report.write_json(result, args.json)
-        report.print_train_result(result, console)
-    elif args.bench_command == "memory":
-        from msa_dist.bench.build import bench_tokenizer
-        from msa_dist.bench.memory import run_memory_bench
-
-        cfg = load_config(args.config, args.overrides)
-        result = run_memory_bench(cfg, bench_tokenizer(cfg, cfg.data.shards), args.start, args.limit, args.resolution)
+    result = run_train_bench(cfg, args.steps, args.warmup, args.peak_tflops, args.cudnn_benchmark, args.profile)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 writes (it holds every rank's peak)
         report.write_json(result, args.json)
-        console.print(
-            f"largest batch {result['largest_batch']} ({result['peak_memory_bytes'] / 2**30:.1f} GiB peak); "
-            f"first failing {result['first_failing_batch']}; {len(result['tries'])} tries",
-            highlight=False,
-        )
-    elif args.bench_command == "plan":
-        from msa_dist.bench.plan import print_plan, run_plan_bench
+    report.print_train_result(result, console)
 
-        result = run_plan_bench(
-            int(args.samples),
-            args.shard_samples,
-            args.nodes,
-            args.gpus,
-            args.workers,
-            args.latency_ms,
-            args.samples_per_s_per_gpu,
-            args.chunk_samples,
-            args.batch_size,
-            args.sample_bytes,
-            manifest=not args.no_manifest,
-            blocks=None
-            if args.read_mode == "chunks"
-            else {
-                "block_bytes": args.block_bytes,
-                "buffer_samples": args.shuffle_buffer_samples,
-                "partitions": args.partitions,
-            },
-        )
-        report.write_json(result, args.json)
-        print_plan(result, console)
-    elif args.bench_command in ("requests", "manifest"):
-        _run_scale_bench(args, console)
-    elif args.bench_command == "replicate":
-        from msa_dist.bench.replicate import replicate_shards
 
-        manifest = replicate_shards(args.src, args.out, args.copies)
-        sizes = ", ".join(f"{split} {info['samples']}" for split, info in manifest["splits"].items())
-        console.print(f"wrote {args.copies} copies of {args.src} into {args.out}: {sizes}", highlight=False)
-    else:
-        results = report.merge_results(args.results, args.out)
-        print(report.summary_markdown(results))
-    return 0
+def _run_memory(args: argparse.Namespace, console) -> None:
+    from msa_dist.bench import report
+    from msa_dist.bench.build import bench_tokenizer
+    from msa_dist.bench.memory import run_memory_bench
+    from msa_dist.config.schema import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    result = run_memory_bench(cfg, bench_tokenizer(cfg, cfg.data.shards), args.start, args.limit, args.resolution)
+    report.write_json(result, args.json)
+    console.print(
+        f"largest batch {result['largest_batch']} ({result['peak_memory_bytes'] / 2**30:.1f} GiB peak); "
+        f"first failing {result['first_failing_batch']}; {len(result['tries'])} tries",
+        highlight=False,
+    )
+
+
+def _run_plan(args: argparse.Namespace, console) -> None:
+    from msa_dist.bench import report
+    from msa_dist.bench.plan import print_plan, run_plan_bench
+
+    blocks = None
+    if args.read_mode != "chunks":
+        blocks = {
+            "block_bytes": args.block_bytes,
+            "buffer_samples": args.shuffle_buffer_samples,
+            "partitions": args.partitions,
+        }
+    result = run_plan_bench(
+        int(args.samples),
+        args.shard_samples,
+        args.nodes,
+        args.gpus,
+        args.workers,
+        args.latency_ms,
+        args.samples_per_s_per_gpu,
+        args.chunk_samples,
+        args.batch_size,
+        args.sample_bytes,
+        manifest=not args.no_manifest,
+        blocks=blocks,
+    )
+    report.write_json(result, args.json)
+    print_plan(result, console)
+
+
+def _run_replicate(args: argparse.Namespace, console) -> None:
+    from msa_dist.bench.replicate import replicate_shards
+
+    manifest = replicate_shards(args.src, args.out, args.copies)
+    sizes = ", ".join(f"{split} {info['samples']}" for split, info in manifest["splits"].items())
+    console.print(f"wrote {args.copies} copies of {args.src} into {args.out}: {sizes}", highlight=False)

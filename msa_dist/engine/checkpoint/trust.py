@@ -1,9 +1,9 @@
 """Which DeepSpeed (and DCP) checkpoints were made here: an HMAC of their files under a key kept outside any run dir.
 
-DeepSpeed reads its own files with an unrestricted `torch.load` (full pickle), which runs whatever a file
-asks for, so msa-dist lets it read a DeepSpeed checkpoint only if this user on this machine saved
+DeepSpeed reads its own files with an unrestricted loader that runs whatever a file asks for, so
+msa-dist lets it read a DeepSpeed checkpoint only if this user on this machine saved
 it, or with `train --trust-checkpoint`; the same holds for the FSDP backend's DCP folder, whose
-`.metadata` index torch.distributed.checkpoint reads with `pickle.load`. Where a checkpoint lies
+`.metadata` index torch.distributed.checkpoint deserialises the same unrestricted way. Where a checkpoint lies
 says nothing (a run dir can be downloaded whole); what proves it is `trust.json` beside the
 DeepSpeed (or DCP) folder: an HMAC-SHA256, under a key only this user can read, of the name, size
 and SHA-256 of every file in the folder. Rank 0 writes it after a save (and after a universal
