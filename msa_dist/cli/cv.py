@@ -36,6 +36,12 @@ def add_cv_parser(sub) -> None:
         action="store_true",
         help="with --predict: add per-class logit offsets tuned on the out-of-fold predictions",
     )
+    cv.add_argument(
+        "--only-folds",
+        default=None,
+        metavar="F1,F2,...",
+        help="train and report only these folds, e.g. 0,1 (split one CV between processes or machines)",
+    )
     cv.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.epochs=4")
 
 
@@ -47,15 +53,16 @@ def run_cv_command(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = local_run_dir(args.run_dir or default_run_dir(args.config, "cv"), "cv")
-    run_cv(cfg, run_dir, args.folds, _seeds(args.seeds), args.fold_seed, args.predict, args.adjust)
+    only = _ints(args.only_folds, "--only-folds")
+    run_cv(cfg, run_dir, args.folds, _ints(args.seeds, "--seeds"), args.fold_seed, args.predict, args.adjust, only=only)
     return 0
 
 
-def _seeds(text: str | None) -> list[int] | None:
+def _ints(text: str | None, option: str) -> list[int] | None:
     """'0,1,2' -> [0, 1, 2]."""
     if text is None:
         return None
     try:
         return [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise MsaDistError(f"--seeds takes integers separated by commas, e.g. 0,1,2; got {text!r}") from None
+        raise MsaDistError(f"{option} takes integers separated by commas, e.g. 0,1,2; got {text!r}") from None

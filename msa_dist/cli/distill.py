@@ -34,12 +34,12 @@ def add_distill_parser(sub) -> None:
 
 def run_distill_command(args: argparse.Namespace) -> int:
     """Load the config and run the distillation."""
-    from msa_dist.cli.cv import _seeds
+    from msa_dist.cli.cv import _ints
     from msa_dist.cli.runs import default_run_dir
     from msa_dist.config.schema import load_config
     from msa_dist.experiments.distill import run_distill
 
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or default_run_dir(args.config, "distill")
-    run_distill(cfg, run_dir, _seeds(args.teacher_seeds) or [], args.folds, args.fold_seed)
+    run_distill(cfg, run_dir, _ints(args.teacher_seeds, "--teacher-seeds") or [], args.folds, args.fold_seed)
     return 0

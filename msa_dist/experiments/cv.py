@@ -35,13 +35,18 @@ WEIGHTS = "latest"  # the last epoch's model (see the module docstring)
 
 
 def cv_points(
-    cfg: Config, folds_root: Path, k: int, seeds: list[int], configure: Callable | None = None
+    cfg: Config,
+    folds_root: Path,
+    k: int,
+    seeds: list[int],
+    configure: Callable | None = None,
+    only: list[int] | None = None,
 ) -> list[Point]:
     """One point per (fold, seed): the config with data.shards = the fold's shard set (and
-    `configure(config, fold)`'s changes: e.g. the fold's teacher file)."""
+    `configure(config, fold)`'s changes: e.g. the fold's teacher file); `only`: these folds alone."""
     points = []
     for seed in seeds:
-        for fold in range(k):
+        for fold in range(k) if only is None else sorted(set(only)):
             point_cfg = copy.deepcopy(cfg)
             point_cfg.data.shards = str(fold_dir(folds_root, fold).resolve())
             point_cfg.train.seed = seed
@@ -63,12 +68,17 @@ def run_cv(
     train_fn: Callable | None = None,
     show: bool = True,
     configure: Callable | None = None,
+    only: list[int] | None = None,
 ) -> dict | None:
-    """Train the unfinished folds, then write cv.md / cv.json (and the ensemble's predictions) on rank 0."""
+    """Train the unfinished folds, then write cv.md / cv.json (and the ensemble's predictions) on rank 0.
+    `only` trains and reports those folds alone (an incomplete CV: e.g. two processes or machines
+    taking different folds of one run dir; a later run without it finds them finished)."""
     if train_fn is None:
         from msa_dist.engine.trainer import train as train_fn
     if k < 2:
         raise MsaDistError(f"--folds must be at least 2; got {k}")
+    if only is not None and (not only or any(not 0 <= f < k for f in only)):
+        raise MsaDistError(f"--only-folds takes fold numbers from 0 to {k - 1}; got {only}")
     run_dir = Path(run_dir)
     folds_root = Path(folds_root or run_dir / "folds")
     seeds = list(seeds) if seeds else [cfg.train.seed]
@@ -79,8 +89,9 @@ def run_cv(
         if show:
             console.print(f"cv: {k} folds (fold seed {fold_seed}) x seeds {seeds} of {source} in {run_dir}")
     # the other ranks wait in train()'s process-group setup until rank 0 has written the folds
-    points = cv_points(cfg, folds_root, k, seeds, configure)
+    points = cv_points(cfg, folds_root, k, seeds, configure, only)
     results, complete = run_points(points, run_dir, train_fn)
+    complete = complete and (only is None or set(only) == set(range(k)))
     if not is_main_process():
         return None
     runs = [
@@ -292,7 +303,11 @@ def write_cv_report(summary: dict, run_dir: Path, show: bool = True) -> None:
     rows = cv_table_rows(summary)
     if show:
         console.print(rich_table(title, CV_COLUMNS, rows))
-    note = "" if summary["complete"] else "\n**Incomplete**: a fold was preempted; run the same command again.\n"
+    note = (
+        ""
+        if summary["complete"]
+        else "\n**Incomplete**: a fold was preempted or left out (--only-folds); run without it to finish.\n"
+    )
     write_atomic(run_dir / "cv.md", f"# Cross-validation\n\n{title}.\n{note}\n{markdown_table(CV_COLUMNS, rows)}")
     write_atomic(run_dir / "cv.json", json.dumps(summary, indent=1))
     if show:

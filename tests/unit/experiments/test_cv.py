@@ -125,7 +125,11 @@ def test_cv_trains_every_fold_resumes_and_ensembles(tmp_path, shard_dir):
     run_cv(cfg, run_dir, 3, train_fn=counting, show=False)
     assert counting.calls == []  # every fold finished: nothing is trained again
     (run_dir / "fold-1-seed-0" / "result.json").unlink()  # as if killed before the end
-    run_cv(cfg, run_dir, 3, train_fn=counting, show=False)
+    part = run_cv(cfg, run_dir, 3, train_fn=counting, show=False, only=[1, 0])
+    assert counting.calls == ["fold-1-seed-0"]  # --only-folds 0,1: fold 0 finished earlier, fold 2 left out
+    assert not part["complete"] and [r["fold"] for r in part["runs"]] == [0, 1]
+    assert "Incomplete" in (run_dir / "cv.md").read_text()
+    assert run_cv(cfg, run_dir, 3, train_fn=counting, show=False)["complete"]
     assert counting.calls == ["fold-1-seed-0"]
 
 
@@ -133,6 +137,8 @@ def test_cv_trains_every_fold_resumes_and_ensembles(tmp_path, shard_dir):
 def test_cv_command_and_sweep_ranked_by_cv_mean(tmp_path, shard_dir):
     assert main(["cv", "--config", "configs/cpu_scratch.yaml", "--folds", "1", "--run-dir", str(tmp_path / "x")]) == 2
     assert main(["cv", "--config", "configs/cpu_scratch.yaml", "--seeds", "0,x", "--run-dir", str(tmp_path / "x")]) == 2
+    only = ["--only-folds", "0,3", "--folds", "3"]
+    assert main(["cv", "--config", "configs/cpu_scratch.yaml", *only, "--run-dir", str(tmp_path / "x")]) == 2
     assert not (tmp_path / "x").exists()  # refused before anything was written
     cfg = tiny_cfg(shard_dir, "model.modality=text")
     rows = run_sweep(cfg, parse_grid(["optim.lr=1e-3,3e-3"]), tmp_path / "sweep", metric="macro_f1", cv_folds=2)
