@@ -28,6 +28,12 @@ def add_distill_parser(sub) -> None:
         "each fold's held-out part; 0 (default): on data.shards' train split, scored on its val split",
     )
     d.add_argument("--fold-seed", type=int, default=0, help="with --folds: shuffles the pairs into folds, as in cv")
+    d.add_argument(
+        "--only-folds",
+        default=None,
+        metavar="F1,F2,...",
+        help="with --folds: teachers and student of these folds only, e.g. 0,1",
+    )
     d.add_argument("--run-dir", default=None, help="default: runs/<config name>-distill")
     d.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.distill_weight=0.7")
 
@@ -41,5 +47,6 @@ def run_distill_command(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     run_dir = args.run_dir or default_run_dir(args.config, "distill")
-    run_distill(cfg, run_dir, _ints(args.teacher_seeds, "--teacher-seeds") or [], args.folds, args.fold_seed)
+    seeds, only = _ints(args.teacher_seeds, "--teacher-seeds") or [], _ints(args.only_folds, "--only-folds")
+    run_distill(cfg, run_dir, seeds, args.folds, args.fold_seed, only=only)
     return 0

@@ -90,8 +90,8 @@ def run_cv(
             console.print(f"cv: {k} folds (fold seed {fold_seed}) x seeds {seeds} of {source} in {run_dir}")
     # the other ranks wait in train()'s process-group setup until rank 0 has written the folds
     points = cv_points(cfg, folds_root, k, seeds, configure, only)
-    results, complete = run_points(points, run_dir, train_fn)
-    complete = complete and (only is None or set(only) == set(range(k)))
+    results, finished = run_points(points, run_dir, train_fn)
+    complete = finished and (only is None or set(only) == set(range(k)))
     if not is_main_process():
         return None
     runs = [
@@ -105,6 +105,7 @@ def run_cv(
     ]
     summary = summarize(runs, complete, k, fold_seed, source)
     summary["folds_root"] = str(folds_root)
+    summary["finished"] = finished  # every requested fold (all, or --only-folds) trained
     if complete and predict_out:
         summary["predict"] = predict_ensemble(
             [r["dir"] for r in runs], source, predict_out, summary["offsets"] if adjust else None

@@ -42,8 +42,10 @@ def run_distill(
     fold_seed: int = 0,
     train_fn: Callable | None = None,
     show: bool = True,
+    only: list[int] | None = None,
 ) -> dict | None:
-    """Teachers, teacher file(s), student; writes distill.md / distill.json; None if a run was preempted."""
+    """Teachers, teacher file(s), student; writes distill.md / distill.json; None if a run was preempted.
+    `only` (with folds): these folds alone."""
     from msa_dist.engine.runtime import read_env
 
     if len(teacher_seeds) < 2:
@@ -56,8 +58,10 @@ def run_distill(
         from msa_dist.engine.trainer import train as train_fn
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if only is not None and not folds:
+        raise MsaDistError("--only-folds needs --folds K")
     if folds:
-        summary = _distill_cv(cfg, run_dir, teacher_seeds, folds, fold_seed, train_fn, show)
+        summary = _distill_cv(cfg, run_dir, teacher_seeds, folds, fold_seed, train_fn, show, only)
     else:
         summary = _distill_split(cfg, run_dir, teacher_seeds, train_fn)
     if summary is not None:
@@ -65,36 +69,31 @@ def run_distill(
     return summary
 
 
-def _distill_cv(cfg, run_dir: Path, seeds: list[int], k: int, fold_seed: int, train_fn, show: bool) -> dict | None:
+def _distill_cv(
+    cfg, run_dir: Path, seeds: list[int], k: int, fold_seed: int, train_fn, show: bool, only: list[int] | None
+) -> dict | None:
     """Per fold: its seed runs as teachers, their probabilities on its training part, its student."""
     folds_root = run_dir / "folds"
-    teachers = run_cv(cfg, run_dir / TEACHERS, k, seeds, fold_seed, folds_root=folds_root, train_fn=train_fn, show=show)
-    if not teachers["complete"]:
+    common = dict(folds_root=folds_root, train_fn=train_fn, show=show, only=only)
+    teachers = run_cv(cfg, run_dir / TEACHERS, k, seeds, fold_seed, **common)
+    if not teachers["finished"]:
         return None
     files = {}
-    for fold in range(k):
+    folds = sorted(set(only)) if only else list(range(k))
+    for fold in folds:
         members = [str(run_dir / TEACHERS / f"fold-{fold}-seed-{seed}") for seed in seeds]
         files[fold] = teacher_file(members, str(fold_dir(folds_root, fold)), run_dir / TEACHERS / f"fold-{fold}.json")
 
     def configure(point_cfg: Config, fold: int) -> None:
         point_cfg.train.teacher = str(files[fold].resolve())
 
-    student = run_cv(
-        cfg,
-        run_dir / STUDENT,
-        k,
-        [cfg.train.seed],
-        fold_seed,
-        folds_root=folds_root,
-        train_fn=train_fn,
-        show=show,
-        configure=configure,
-    )
-    if not student["complete"]:
+    student = run_cv(cfg, run_dir / STUDENT, k, [cfg.train.seed], fold_seed, configure=configure, **common)
+    if not student["finished"]:
         return None
-    per_fold = k and teachers["train_seconds"] / k
+    per_fold = teachers["train_seconds"] / len(folds)
+    which = "" if only is None else f", folds {','.join(map(str, folds))} only"
     return {
-        "mode": f"{k}-fold CV (fold seed {fold_seed}), each fold's held-out part",
+        "mode": f"{k}-fold CV (fold seed {fold_seed}{which}), each fold's held-out part",
         "teacher_seeds": seeds,
         "student_seed": cfg.train.seed,
         "rows": {
@@ -105,7 +104,7 @@ def _distill_cv(cfg, run_dir: Path, seeds: list[int], k: int, fold_seed: int, tr
         "seconds": {
             "one teacher": per_fold / len(seeds),
             f"ensemble of {len(seeds)} teachers": per_fold,
-            "student": student["train_seconds"] / k,
+            "student": student["train_seconds"] / len(folds),
         },
         "seconds_are": "per fold, summed over the models behind the row",
         "distill": _distill_keys(cfg),

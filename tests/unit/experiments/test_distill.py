@@ -73,6 +73,16 @@ def test_distill_per_fold_uses_only_that_folds_training_part(tmp_path, shard_dir
     assert summary["rows"]["ensemble of 2 teachers"] and summary["rows"]["student"]["accuracy.std"] >= 0
 
 
+@pytest.mark.slow
+def test_distill_only_folds_trains_those_folds_teachers_and_students(tmp_path, shard_dir):
+    cfg, run_dir = tiny_config(shard_dir, "train.epochs=1"), tmp_path / "d"
+    summary = run_distill(cfg, run_dir, [1, 2], folds=3, show=False, only=[1])
+    assert sorted(p.name for p in (run_dir / "teachers").glob("fold-*-seed-*")) == ["fold-1-seed-1", "fold-1-seed-2"]
+    assert sorted(p.name for p in (run_dir / "teachers").glob("fold-*.json")) == ["fold-1.json"]
+    assert [p.name for p in (run_dir / "student").glob("fold-*")] == ["fold-1-seed-0"]
+    assert "folds 1 only" in summary["mode"] and summary["rows"]["student"]["accuracy"] >= 0
+
+
 def test_distill_refuses_one_teacher_and_a_preset_teacher(tmp_path, shard_dir, capsys):
     cfg = tiny_config(shard_dir)
     with pytest.raises(MsaDistError, match="at least 2 seeds"):
@@ -80,7 +90,9 @@ def test_distill_refuses_one_teacher_and_a_preset_teacher(tmp_path, shard_dir, c
     with pytest.raises(MsaDistError, match="train.teacher is set"):
         run_distill(tiny_config(shard_dir, "train.teacher=x.json"), tmp_path / "d", [1, 2])
     assert main(["distill", "--config", "configs/cpu_scratch.yaml", "--teacher-seeds", "1,x"]) == 2
-    assert "--seeds takes integers" in capsys.readouterr().err
+    assert "--teacher-seeds takes integers" in capsys.readouterr().err
+    with pytest.raises(MsaDistError, match="--only-folds needs --folds"):
+        run_distill(cfg, tmp_path / "d", [1, 2], only=[0])
 
 
 def test_a_student_with_a_broken_teacher_file_stops_in_one_line(tmp_path, shard_dir):
