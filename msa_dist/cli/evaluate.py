@@ -14,6 +14,9 @@ def add_evaluate_parser(sub) -> None:
     e.add_argument("--split", default="val", help="a labelled split of the shards (default %(default)s)")
     e.add_argument("--checkpoint", default="best", help="best | latest | step-NNNNNNN")
     e.add_argument("--adjust", action="store_true", help="add the per-class logit offsets tuned on val for macro-F1")
+    e.add_argument(
+        "--hflip", action="store_true", help="test-time flips: average the logits of each image and its mirror"
+    )
 
 
 def run_evaluate_command(args: argparse.Namespace) -> int:
@@ -21,7 +24,8 @@ def run_evaluate_command(args: argparse.Namespace) -> int:
     from msa_dist.common.display import print_metrics
     from msa_dist.inference.evaluate import evaluate, run_shards
 
-    metrics = evaluate(args.run, run_shards(args.run, args.shards), args.split, args.checkpoint, adjust=args.adjust)
-    adjusted = ", logit offsets tuned on val" if args.adjust else ""
+    shards = run_shards(args.run, args.shards)
+    metrics = evaluate(args.run, shards, args.split, args.checkpoint, adjust=args.adjust, hflip=args.hflip)
+    adjusted = ", logit offsets tuned on val" if args.adjust else ", flipped images averaged in" if args.hflip else ""
     print_metrics(metrics, f"{args.split} metrics ({args.checkpoint} checkpoint of {args.run}{adjusted})")
     return 0

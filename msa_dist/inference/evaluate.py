@@ -83,9 +83,18 @@ def _offsets(run_dir: str, shard_dir: str, which: str, batch_size: int) -> torch
 
 
 def evaluate(
-    run_dir: str, shard_dir: str, split: str = "val", which: str = "best", batch_size: int = 64, adjust: bool = False
+    run_dir: str,
+    shard_dir: str,
+    split: str = "val",
+    which: str = "best",
+    batch_size: int = 64,
+    adjust: bool = False,
+    hflip: bool = False,
 ) -> dict:
-    """Metrics of the run's `which` checkpoint on a labelled split (`adjust`: with the tuned logit offsets)."""
+    """Metrics of the run's `which` checkpoint on a labelled split (`adjust`: with the tuned logit
+    offsets; `hflip`: the mean logits of each image and its mirror, whatever the run's data.eval_hflip)."""
+    if adjust and hflip:
+        raise MsaDistError("--hflip with --adjust: the offsets are tuned on unflipped logits; use one of them")
     check_shards(run_dir, shard_dir, split)  # one warning line when val is not the data the run was validated on
     if adjust:
         offsets = _offsets(run_dir, shard_dir, which, batch_size)
@@ -95,6 +104,7 @@ def evaluate(
             raise MsaDistError(f"split '{split}' in {shard_dir} has no labels: use `msa-dist predict` for it")
         return adjusted_metrics(log_probs, labels, offsets)
     env, cfg, tokenizer, model = _load(run_dir, which)
+    cfg.data.eval_hflip = cfg.data.eval_hflip or hflip
     metrics, _ = run_split(cfg, model, tokenizer, env, None, split, batch_size, shard_dir=shard_dir, complete=True)
     if metrics is None:
         raise MsaDistError(f"split '{split}' in {shard_dir} has no labels: use `msa-dist predict` for it")
