@@ -34,6 +34,11 @@ OOF_FILE = "oof.json"
 WEIGHTS = "latest"  # the last epoch's model (see the module docstring)
 
 
+def fold_numbers(k: int, only: list[int] | None) -> list[int]:
+    """The folds a run trains: all K, or `only`'s (sorted, once each)."""
+    return list(range(k)) if only is None else sorted(set(only))
+
+
 def cv_points(
     cfg: Config,
     folds_root: Path,
@@ -46,7 +51,7 @@ def cv_points(
     `configure(config, fold)`'s changes: e.g. the fold's teacher file); `only`: these folds alone."""
     points = []
     for seed in seeds:
-        for fold in range(k) if only is None else sorted(set(only)):
+        for fold in fold_numbers(k, only):
             point_cfg = copy.deepcopy(cfg)
             point_cfg.data.shards = str(fold_dir(folds_root, fold).resolve())
             point_cfg.train.seed = seed
@@ -91,7 +96,7 @@ def run_cv(
     # the other ranks wait in train()'s process-group setup until rank 0 has written the folds
     points = cv_points(cfg, folds_root, k, seeds, configure, only)
     results, finished = run_points(points, run_dir, train_fn)
-    complete = finished and (only is None or set(only) == set(range(k)))
+    complete = finished and fold_numbers(k, only) == list(range(k))
     if not is_main_process():
         return None
     runs = [

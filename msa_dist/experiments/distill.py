@@ -26,7 +26,7 @@ from msa_dist.common.display import console
 from msa_dist.common.errors import MsaDistError
 from msa_dist.config.schema import Config
 from msa_dist.engine.teacher import write_teacher_file
-from msa_dist.experiments.cv import ensemble_probs, model_log_probs, run_cv
+from msa_dist.experiments.cv import ensemble_probs, fold_numbers, model_log_probs, run_cv
 from msa_dist.experiments.folds import fold_dir
 from msa_dist.experiments.points import Point, is_main_process, run_points
 from msa_dist.experiments.tables import SCORE_KEYS, Column, markdown_table, mean_std, rich_table, scores
@@ -56,10 +56,10 @@ def run_distill(
         raise MsaDistError("msa-dist distill runs in one process (it writes teacher files between runs): no torchrun")
     if train_fn is None:
         from msa_dist.engine.trainer import train as train_fn
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     if only is not None and not folds:
         raise MsaDistError("--only-folds needs --folds K")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     if folds:
         summary = _distill_cv(cfg, run_dir, teacher_seeds, folds, fold_seed, train_fn, show, only)
     else:
@@ -79,7 +79,7 @@ def _distill_cv(
     if not teachers["finished"]:
         return None
     files = {}
-    folds = sorted(set(only)) if only else list(range(k))
+    folds = fold_numbers(k, only)
     for fold in folds:
         members = [str(run_dir / TEACHERS / f"fold-{fold}-seed-{seed}") for seed in seeds]
         files[fold] = teacher_file(members, str(fold_dir(folds_root, fold)), run_dir / TEACHERS / f"fold-{fold}.json")
